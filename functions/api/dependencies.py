@@ -1,0 +1,26 @@
+"""The use cases' collaborators, built once per cold start from the validated settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from functions.dal.feed import Feed
+from functions.dal.queue import RunQueue
+from functions.dal.store import Store
+from functions.settings import get_settings
+
+
+@dataclass(frozen=True)
+class Services:
+    store: Store
+    queue: RunQueue
+    feed: Feed
+
+
+@lru_cache(maxsize=1)
+def services() -> Services:
+    settings = get_settings()
+    return Services(
+        store=Store(settings.table_name), queue=RunQueue(settings.queue_urls), feed=Feed(settings.feed_bucket)
+    )

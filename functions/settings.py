@@ -1,0 +1,21 @@
+"""The functions' environment, validated once at cold start. Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
+
+    table_name: str = Field(min_length=3)
+    feed_bucket: str = Field(min_length=3)
+    queue_urls: dict[str, str] = Field(description="environment name -> URL of its run queue (JSON)")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ApiSettings:
+    return ApiSettings()  # type: ignore[call-arg]  # filled from the environment

@@ -1,0 +1,1 @@
+"""CDK infrastructure of runly: one stack (`stack.RunlyStack`) composing one construct per capability."""

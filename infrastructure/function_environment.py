@@ -1,0 +1,29 @@
+"""Environment variables of the API function: the contract with `functions/settings.py`.
+
+The `RUNLY_*` names are read by the functions' settings model (prefix `RUNLY_` + field name);
+the `POWERTOOLS_*` ones are read by Powertools itself.
+"""
+
+from __future__ import annotations
+
+TABLE_NAME = "RUNLY_TABLE_NAME"
+FEED_BUCKET = "RUNLY_FEED_BUCKET"
+QUEUE_URLS = "RUNLY_QUEUE_URLS"  # JSON object: environment name -> queue URL
+
+SETTINGS_VARIABLES = frozenset({TABLE_NAME, FEED_BUCKET, QUEUE_URLS})
+
+POWERTOOLS_ENVIRONMENT: dict[str, str] = {
+    "POWERTOOLS_SERVICE_NAME": "runly-api",
+    "POWERTOOLS_LOG_LEVEL": "INFO",
+}
+
+API_FUNCTION_VARIABLES = SETTINGS_VARIABLES | POWERTOOLS_ENVIRONMENT.keys()
+
+
+def api_function_environment(*, table_name: str, feed_bucket: str, queue_urls_json: str) -> dict[str, str]:
+    return {
+        TABLE_NAME: table_name,
+        FEED_BUCKET: feed_bucket,
+        QUEUE_URLS: queue_urls_json,
+        **POWERTOOLS_ENVIRONMENT,
+    }

@@ -1,0 +1,257 @@
+"""The agent's AWS adapter: the queue, the run lease protocol in DynamoDB, the feed.
+
+Every write a node makes to a run is conditional on still holding its lease
+(``fenced``): the attempt number is the fencing token, so a node that lost its
+lease (paused, partitioned, presumed dead) cannot overwrite the attempt that
+replaced it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from runly.contracts import AttemptView, FailureReason, RunMessage, RunState
+from runly.records import LEASED, NodeRecord, RunRecord, iso, lease_sort_key, node_key, run_key, utcnow
+from runly.resources import RUNS_BY_LEASE
+
+log = logging.getLogger(__name__)
+
+# Adaptive retries back off (with jitter) on throttling and 5xx before an error reaches the agent.
+BOTO_CONFIG = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=30)
+
+
+class ClaimRefused(Exception):
+    """The run cannot be started by this node now."""
+
+    def __init__(self, run_id: str, why: str, *, terminal: bool = False, retry_in: int = 0) -> None:
+        super().__init__(f"{run_id}: {why}")
+        self.terminal = terminal
+        self.retry_in = retry_in
+
+
+class LeaseLost(Exception):
+    """A fenced write failed: another attempt owns the run, or it was finished."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    receipt_handle: str
+    message: RunMessage | None  # None: a body that is not a run message (poison)
+    receive_count: int
+
+
+def _conditional_failed(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+_FENCE = "#attempt = :attempt AND #owner = :node AND #state IN (:running, :cancelling)"
+
+
+class AgentAws:
+    def __init__(
+        self,
+        *,
+        queue_url: str,
+        table_name: str,
+        bucket: str,
+        session: boto3.session.Session | None = None,
+    ) -> None:
+        session = session or boto3.session.Session()
+        self.queue_url = queue_url
+        self.bucket = bucket
+        self._sqs = session.client("sqs", config=BOTO_CONFIG)
+        self._s3 = session.client("s3", config=BOTO_CONFIG)
+        self._table = session.resource("dynamodb", config=BOTO_CONFIG).Table(table_name)
+
+    # ------------------------------------------------------------ queue
+    def receive(self, max_messages: int, wait_seconds: int) -> list[Delivery]:
+        response = self._sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=max(1, min(max_messages, 10)),
+            WaitTimeSeconds=wait_seconds,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        deliveries = []
+        for raw in response.get("Messages", []):
+            try:
+                message: RunMessage | None = RunMessage.model_validate_json(raw["Body"])
+            except ValidationError:
+                message = None
+            count = int(raw.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+            deliveries.append(Delivery(raw["ReceiptHandle"], message, count))
+        return deliveries
+
+    def delete(self, delivery: Delivery) -> None:
+        self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=delivery.receipt_handle)
+
+    def set_visibility(self, delivery: Delivery, seconds: int) -> None:
+        self._sqs.change_message_visibility(
+            QueueUrl=self.queue_url,
+            ReceiptHandle=delivery.receipt_handle,
+            VisibilityTimeout=max(0, min(seconds, 43200)),
+        )
+
+    # ------------------------------------------------------------ runs: the lease protocol
+    def get_run(self, run_id: str) -> RunRecord | None:
+        item = self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item")
+        return RunRecord.from_item(item) if item else None
+
+    def claim(self, run_id: str, node_id: str, lease_seconds: int, now_ms: int) -> RunRecord:
+        """Take the run's lease as a new attempt, or say why not."""
+        record = self.get_run(run_id)
+        if record is None:
+            raise ClaimRefused(run_id, "no such run", terminal=True)
+        if record.state.terminal:
+            raise ClaimRefused(run_id, f"already {record.state}", terminal=True)
+        leased = record.state in (RunState.RUNNING, RunState.CANCELLING)
+        if leased and record.lease_until_ms is not None and record.lease_until_ms > now_ms:
+            raise ClaimRefused(
+                run_id, f"leased by {record.lease_owner}", retry_in=(record.lease_until_ms - now_ms) // 1000 + 1
+            )
+
+        number = record.attempt + 1
+        until = now_ms + lease_seconds * 1000
+        now = iso(utcnow())
+        names = {"#state": "state", "#attempt": "attempt", "#attempts": "attempts"}
+        values: dict[str, Any] = {
+            ":prev_attempt": record.attempt,
+            ":prev_state": record.state.value,
+            ":running": RunState.RUNNING.value,
+            ":number": number,
+            ":node": node_id,
+            ":until": until,
+            ":leased": LEASED,
+            ":until_key": lease_sort_key(until),
+            ":now": now,
+            ":new": [
+                AttemptView(number=number, node_id=node_id, started_at=utcnow()).model_dump(
+                    mode="json", exclude_none=True
+                )
+            ],
+        }
+        sets = [
+            "#state = :running",
+            "#attempt = :number",
+            "lease_owner = :node",
+            "lease_until_ms = :until",
+            f"{RUNS_BY_LEASE.partition_key} = :leased",
+            f"{RUNS_BY_LEASE.sort_key} = :until_key",
+            "started_at = if_not_exists(started_at, :now)",
+            "#attempts = list_append(#attempts, :new)",
+        ]
+        previous = record.attempts[-1] if record.attempts else None
+        if leased and previous is not None and previous.ended_at is None:
+            # The previous owner's lease ran out: that attempt ended because its node was lost.
+            index = len(record.attempts) - 1
+            sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
+            values[":node_lost"] = FailureReason.NODE_LOST.value
+        try:
+            result = self._table.update_item(
+                Key=run_key(run_id),
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="#attempt = :prev_attempt AND #state = :prev_state",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                raise ClaimRefused(run_id, "another node claimed it first", retry_in=lease_seconds) from exc
+            raise
+        return RunRecord.from_item(result["Attributes"])
+
+    def _fenced_update(
+        self, record: RunRecord, node_id: str, update: str, values: dict[str, Any], names: dict[str, str]
+    ) -> dict[str, Any]:
+        try:
+            return self._table.update_item(
+                Key=run_key(record.run_id),
+                UpdateExpression=update,
+                ConditionExpression=_FENCE,
+                ExpressionAttributeNames={"#attempt": "attempt", "#owner": "lease_owner", "#state": "state", **names},
+                ExpressionAttributeValues={
+                    ":attempt": record.attempt,
+                    ":node": node_id,
+                    ":running": RunState.RUNNING.value,
+                    ":cancelling": RunState.CANCELLING.value,
+                    **values,
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                raise LeaseLost(f"{record.run_id}: attempt {record.attempt} no longer holds the lease") from exc
+            raise
+
+    def extend_lease(self, record: RunRecord, node_id: str, until_ms: int) -> RunState:
+        """Extend the lease; returns the run's state so a requested cancel (Cancelling) is seen at once."""
+        attributes = self._fenced_update(
+            record,
+            node_id,
+            f"SET lease_until_ms = :until, {RUNS_BY_LEASE.sort_key} = :until_key",
+            {":until": until_ms, ":until_key": lease_sort_key(until_ms)},
+            {},
+        )
+        return RunState(attributes["state"])
+
+    def end_attempt(
+        self,
+        record: RunRecord,
+        node_id: str,
+        *,
+        state: RunState,
+        reason: FailureReason | None = None,
+        error: dict[str, Any] | None = None,
+        output: Any = None,
+    ) -> None:
+        """Close this attempt and give up the lease: to a terminal state, or back to Queued for a retry."""
+        index = len(record.attempts) - 1
+        now = iso(utcnow())
+        sets = [
+            "#state = :new_state",
+            f"#attempts[{index}].ended_at = :now",
+            f"#attempts[{index}].outcome = :new_state",
+        ]
+        values: dict[str, Any] = {":new_state": state.value, ":now": now}
+        if reason is not None:
+            sets.append(f"#attempts[{index}].reason = :reason")
+            values[":reason"] = reason.value
+        if error is not None:
+            sets.append(f"#attempts[{index}].#error = :error_message")
+            values[":error_message"] = error["message"]
+        if state.terminal:
+            sets += ["finished_at = :now", "output_json = :output"]
+            values[":output"] = json.dumps(output)
+            if error is not None:
+                sets.append("error_json = :error_json")
+                values[":error_json"] = json.dumps(error)
+        update = (
+            "SET "
+            + ", ".join(sets)
+            + f" REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}"
+        )
+        names = {"#attempts": "attempts", **({"#error": "error"} if error is not None else {})}
+        self._fenced_update(record, node_id, update, values, names)
+
+    # ------------------------------------------------------------ nodes
+    def put_node(self, node: NodeRecord) -> None:
+        self._table.put_item(Item=node.to_item())
+
+    def delete_node(self, node_id: str) -> None:
+        self._table.delete_item(Key=node_key(node_id))
+
+    # ------------------------------------------------------------ feed
+    def download(self, key: str, destination: Path) -> None:
+        self._s3.download_file(self.bucket, key, str(destination))
+
+    def upload_log(self, key: str, source: Path) -> None:
+        self._s3.upload_file(str(source), self.bucket, key, ExtraArgs={"ContentType": "text/plain; charset=utf-8"})

@@ -1,0 +1,305 @@
+"""The node's package cache: one ready-to-run environment per bundle content hash.
+
+Layout under ``root``::
+
+    envs/<sha256>/         a complete venv (relocatable) + runly-env.json; present only once complete
+    tmp/<sha256>.<random>/ one install in progress: the download, the extracted wheels, the venv being built
+    locks/<sha256>.lock    held exclusively while one process installs (or evicts) that hash
+    locks/<sha256>.use     held shared by every InstalledPackage in use; eviction needs it exclusively
+
+An environment is built in ``tmp/`` and renamed into ``envs/`` as the last step,
+so a crash mid-install never leaves a half environment that looks complete. The
+file locks (fcntl) make two agent processes on one machine wait for each other
+instead of installing the same hash twice; the thread locks do the same for the
+threads of one agent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from runly.bundle import PackageError, check_python, extract_bundle, install_offline, venv_python, verify_bundle
+from runly.contracts import SHA256_HEX, PackageManifest
+
+log = logging.getLogger(__name__)
+
+ENV_INFO_FILE = "runly-env.json"
+_SHA256 = re.compile(SHA256_HEX)
+
+
+class PackageDownloadError(PackageError):
+    """The bundle could not be downloaded (the feed, not the package, may be at fault)."""
+
+
+@dataclass
+class InstalledPackage:
+    """A ready environment. While it is held (until :meth:`release`, or garbage collection) it is never evicted."""
+
+    sha256: str
+    python: Path
+    env_dir: Path
+    manifest: PackageManifest
+    timings: dict[str, float]
+    cached: bool
+    _hold: IO[bytes] | None = field(default=None, repr=False, compare=False)
+
+    def release(self) -> None:
+        if self._hold is not None:
+            self._hold.close()  # closing the file drops its shared lock
+            self._hold = None
+
+    def __enter__(self) -> InstalledPackage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class PackageCache:
+    def __init__(self, root: Path, *, budget_bytes: int, python: str = sys.executable, uv: str | None = None) -> None:
+        self.root = Path(root)
+        self.budget_bytes = budget_bytes
+        self.python = python
+        self.uv = uv
+        self.envs = self.root / "envs"
+        self.tmp = self.root / "tmp"
+        self.locks = self.root / "locks"
+        for directory in (self.envs, self.tmp, self.locks):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._guard = threading.Lock()
+        self._thread_locks: dict[str, threading.Lock] = {}
+        self._python_version: tuple[int, ...] | None = None
+        self._clean_abandoned()
+
+    # ------------------------------------------------------------ public
+
+    def ensure(self, sha256: str, fetch: Callable[[Path], None]) -> InstalledPackage:
+        """The environment of the bundle with this content hash, installing it first if needed.
+
+        ``fetch(path)`` downloads the bundle to ``path``; it is only called on a miss.
+        Any failure raises PackageError and leaves nothing behind.
+        """
+        if not _SHA256.match(sha256):
+            raise PackageError(f"{sha256!r} is not a lower-case hex SHA-256")
+        started = time.monotonic()
+        with self._exclusive(sha256, blocking=True):
+            hold = self._hold(sha256)
+            try:
+                env_dir = self.envs / sha256
+                info = self._read_info(env_dir)
+                if info is not None:
+                    os.utime(env_dir)  # most recently used
+                    timings = {"total": time.monotonic() - started}
+                    log.info("package %s: cached environment %s", sha256[:12], env_dir)
+                    return InstalledPackage(
+                        sha256, venv_python(env_dir), env_dir, PackageManifest.model_validate(info["manifest"]),
+                        timings, cached=True, _hold=hold,
+                    )  # fmt: skip
+                if env_dir.exists():  # complete-looking but unreadable: never trust it
+                    self._discard(env_dir)
+                manifest, timings = self._install(sha256, fetch)
+            except BaseException:
+                hold.close()
+                raise
+        self._evict(keep=sha256)
+        timings["total"] = time.monotonic() - started
+        log.info(
+            "package %s (%s %s) installed in %.2fs: %s",
+            sha256[:12], manifest.name, manifest.version, timings["total"],
+            ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in timings.items() if phase != "total"),
+        )  # fmt: skip
+        return InstalledPackage(sha256, venv_python(env_dir), env_dir, manifest, timings, cached=False, _hold=hold)
+
+    def installed(self) -> list[str]:
+        """Content hashes with a complete environment, least recently used first."""
+        return [sha for _, sha, _ in self._inventory()]
+
+    def size_bytes(self) -> int:
+        return sum(size for _, _, size in self._inventory())
+
+    # ------------------------------------------------------------ install
+
+    def _install(self, sha256: str, fetch: Callable[[Path], None]) -> tuple[PackageManifest, dict[str, float]]:
+        self._clean_leftovers(sha256)
+        work = Path(tempfile.mkdtemp(prefix=f"{sha256}.", dir=self.tmp))
+        timings: dict[str, float] = {}
+        try:
+            bundle = work / "bundle.runly"
+            with _timed(timings, "download"):
+                try:
+                    fetch(bundle)
+                except PackageError:
+                    raise
+                except Exception as exc:  # any download failure is reported with the package
+                    raise PackageDownloadError(f"downloading package {sha256} failed: {exc}") from exc
+                if not bundle.is_file():
+                    raise PackageDownloadError(f"downloading package {sha256} produced no file")
+            with _timed(timings, "verify"):
+                manifest = verify_bundle(bundle, sha256)
+                check_python(manifest, self._interpreter_version())
+            with _timed(timings, "install"):
+                extract_bundle(bundle, work / "bundle")
+                bundle.unlink()
+                staged = work / "env"
+                install_offline(
+                    work / "bundle" / "wheels", manifest.project_wheel, staged, python=self.python, uv=self.uv
+                )
+                info = {"sha256": sha256, "size": _tree_size(staged), "manifest": manifest.model_dump(mode="json")}
+                (staged / ENV_INFO_FILE).write_text(json.dumps(info), encoding="utf-8")
+                os.rename(staged, self.envs / sha256)  # the commit point: same file system, atomic
+            return manifest, timings
+        except PackageError:
+            raise
+        except Exception as exc:  # disk full, permissions...: the run fails with a package error
+            raise PackageError(f"installing package {sha256} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _interpreter_version(self) -> tuple[int, ...]:
+        if self._python_version is None:
+            if Path(self.python).resolve() == Path(sys.executable).resolve():
+                self._python_version = tuple(sys.version_info[:3])
+            else:
+                try:
+                    output = subprocess.run(
+                        [self.python, "-c", "import sys; print(*sys.version_info[:3])"],
+                        capture_output=True, text=True, check=True,
+                    ).stdout  # fmt: skip
+                except (OSError, subprocess.CalledProcessError) as exc:
+                    raise PackageError(f"cannot run the node's Python {self.python}: {exc}") from exc
+                self._python_version = tuple(int(part) for part in output.split())
+        return self._python_version
+
+    # ------------------------------------------------------------ eviction
+
+    def _inventory(self) -> list[tuple[float, str, int]]:
+        """(last use, sha256, size) of every complete environment, least recently used first."""
+        entries = []
+        for env_dir in self.envs.iterdir():
+            info = self._read_info(env_dir)
+            if info is None:
+                continue
+            try:
+                entries.append((env_dir.stat().st_mtime, env_dir.name, int(info["size"])))
+            except (OSError, KeyError, TypeError, ValueError):
+                continue
+        return sorted(entries)
+
+    def _evict(self, keep: str) -> None:
+        entries = self._inventory()
+        total = sum(size for _, _, size in entries)
+        for _, sha256, size in entries:
+            if total <= self.budget_bytes:
+                return
+            if sha256 != keep and self._try_remove(sha256):
+                log.info("package %s: evicted (%d bytes, least recently used)", sha256[:12], size)
+                total -= size
+        if total > self.budget_bytes:
+            log.warning(
+                "package cache holds %d bytes, over its %d-byte budget: the rest is in use", total, self.budget_bytes
+            )
+
+    def _try_remove(self, sha256: str) -> bool:
+        """Remove an environment nobody is installing or using; False when it is busy."""
+        with self._exclusive(sha256, blocking=False) as acquired:
+            if not acquired:
+                return False
+            with open(self.locks / f"{sha256}.use", "ab") as use:
+                try:
+                    fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                self._discard(self.envs / sha256)
+        return True
+
+    def _discard(self, env_dir: Path) -> None:
+        # Renamed out of envs/ first: a half-deleted environment must not look complete.
+        trash = self.tmp / f"trash-{env_dir.name}-{uuid.uuid4().hex}"
+        os.rename(env_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # ------------------------------------------------------------ locks and leftovers
+
+    @contextmanager
+    def _exclusive(self, sha256: str, *, blocking: bool) -> Iterator[bool]:
+        with self._guard:
+            thread_lock = self._thread_locks.setdefault(sha256, threading.Lock())
+        if not thread_lock.acquire(blocking=blocking):
+            yield False
+            return
+        try:
+            with open(self.locks / f"{sha256}.lock", "ab") as lock_file:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                yield True  # the lock goes with the file when it closes
+        finally:
+            thread_lock.release()
+
+    def _hold(self, sha256: str) -> IO[bytes]:
+        hold = open(self.locks / f"{sha256}.use", "ab")  # kept open by InstalledPackage: closing it releases the hold
+        fcntl.flock(hold, fcntl.LOCK_SH)
+        return hold
+
+    def _clean_leftovers(self, sha256: str) -> None:
+        """Remove what a crashed install of this hash left in tmp/ (the caller holds its lock)."""
+        for leftover in self.tmp.glob(f"{sha256}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _clean_abandoned(self) -> None:
+        for entry in self.tmp.iterdir():
+            if entry.name.startswith("trash-"):
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            sha256 = entry.name.partition(".")[0]
+            if _SHA256.match(sha256):
+                with self._exclusive(sha256, blocking=False) as acquired:
+                    if acquired:  # nobody is installing it: a crash left it
+                        self._clean_leftovers(sha256)
+
+    def _read_info(self, env_dir: Path) -> dict[str, Any] | None:
+        try:
+            info = json.loads((env_dir / ENV_INFO_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict) or not venv_python(env_dir).exists():
+            return None
+        return info
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[phase] = time.monotonic() - started
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+    return total

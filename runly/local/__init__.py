@@ -1,0 +1,1 @@
+"""The embedded stack: AWS played locally (moto server, the HTTP gateway)."""

@@ -1,0 +1,108 @@
+"""Names and settings of the AWS resources, in one place.
+
+The CDK stack (``infrastructure/``) and the embedded stack (``runly.local``)
+both read this module, so a queue, table or bucket created locally has the same
+name and attributes as the one ``cdk deploy`` creates.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+# DynamoDB: one table, generic keys, sparse GSIs.
+PARTITION_KEY = "pk"
+SORT_KEY = "sk"
+TTL_ATTRIBUTE = "expires_at"
+
+
+class IndexSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    partition_key: str
+    sort_key: str
+
+
+# Runs of an environment, newest first (search, dashboard).
+RUNS_BY_ENVIRONMENT = IndexSpec(name="runs-by-environment", partition_key="gsi1pk", sort_key="gsi1sk")
+# Runs that hold a lease, by lease expiry (the reaper's query). Sparse: only leased runs carry it.
+RUNS_BY_LEASE = IndexSpec(name="runs-by-lease", partition_key="gsi2pk", sort_key="gsi2sk")
+TABLE_INDEXES: tuple[IndexSpec, ...] = (RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE)
+
+# SQS: one queue and one dead-letter queue per environment.
+QUEUE_VISIBILITY_TIMEOUT_SECONDS = 60  # the first lease; agents extend it by heartbeat
+QUEUE_RECEIVE_WAIT_SECONDS = 20  # long polling
+QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
+# Every receive counts, including retries delayed by visibility, so this is
+# well above the largest per-run max_attempts the API accepts.
+QUEUE_MAX_RECEIVE_COUNT = 30
+
+# S3 feed layout.
+PACKAGES_PREFIX = "packages/"
+LOGS_PREFIX = "logs/"
+MAX_PACKAGE_BYTES = 200 * 1024 * 1024
+UPLOAD_URL_EXPIRY_SECONDS = 900
+
+# Lambda / API
+API_FUNCTION_HANDLER = "functions.api.app.lambda_handler"
+FUNCTIONS_MEMORY_MB = 512
+FUNCTIONS_TIMEOUT_SECONDS = 29
+
+LOCAL_ACCOUNT = "123456789012"
+LOCAL_REGION = "us-east-1"
+
+
+class QueueNames(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    dead_letter_queue: str
+
+
+class ResourceNames(BaseModel):
+    """Physical names of one deployment (a stage) of runly."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str = Field(pattern=r"^[a-z][a-z0-9-]{0,20}$")
+    account: str
+    region: str
+    environments: tuple[str, ...] = ("default",)
+
+    @field_validator("environments")
+    @classmethod
+    def _valid_environments(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one environment is required")
+        for name in value:
+            if not ENVIRONMENT_NAME.match(name):
+                raise ValueError(f"environment {name!r} must match {ENVIRONMENT_NAME.pattern}")
+        if len(set(value)) != len(value):
+            raise ValueError("environment names must be unique")
+        return value
+
+    @property
+    def prefix(self) -> str:
+        return f"runly-{self.stage}"
+
+    @property
+    def table(self) -> str:
+        return f"{self.prefix}-store"
+
+    @property
+    def feed_bucket(self) -> str:
+        # Bucket names are global: the account and region keep them unique.
+        return f"{self.prefix}-feed-{self.account}-{self.region}"
+
+    def queues(self, environment: str) -> QueueNames:
+        if environment not in self.environments:
+            raise KeyError(f"unknown environment {environment!r}")
+        return QueueNames(queue=f"{self.prefix}-{environment}", dead_letter_queue=f"{self.prefix}-{environment}-dlq")
+
+    def queue_url(self, environment: str, endpoint: str) -> str:
+        """The queue's URL as SQS spells it: ``{endpoint}/{account}/{name}``."""
+        return f"{endpoint.rstrip('/')}/{self.account}/{self.queues(environment).queue}"

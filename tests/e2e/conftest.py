@@ -1,0 +1,58 @@
+"""The embedded stack as real processes (moto server, gateway, node agent), shared by the e2e tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runly.client import RunlyClient
+from runly.contracts import PackageVersionView
+from runly.local.stack import EmbeddedStack, print_tail
+from runly.pack import pack_project
+
+REPO = Path(__file__).resolve().parents[2]
+E2E_PROJECT = Path(__file__).parent / "projects" / "e2ejobs"
+
+# Short leases and polls so that faults show within seconds.
+FAST_AGENT = {
+    "RUNLY_LEASE_SECONDS": "6",
+    "RUNLY_HEARTBEAT_SECONDS": "1",
+    "RUNLY_POLL_WAIT_SECONDS": "1",
+    "RUNLY_RETRY_BASE_SECONDS": "1",
+    "RUNLY_KILL_GRACE_SECONDS": "2",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    embedded = EmbeddedStack(state_dir=tmp_path_factory.mktemp("stack"), agent_env=FAST_AGENT)
+    embedded.start(agents=1)
+    yield embedded
+    failed = embedded.children and any(c.process.poll() not in (None, 0) for c in embedded.children)
+    if failed:
+        for child in embedded.children:
+            print_tail(child)
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def client(stack: EmbeddedStack) -> RunlyClient:
+    return RunlyClient(stack.api_url)
+
+
+@pytest.fixture(scope="session")
+def hello(client: RunlyClient, tmp_path_factory: pytest.TempPathFactory) -> PackageVersionView:
+    return client.push(pack_project(REPO / "examples" / "hello", tmp_path_factory.mktemp("dist")))
+
+
+@pytest.fixture(scope="session")
+def e2ejobs(client: RunlyClient, tmp_path_factory: pytest.TempPathFactory) -> PackageVersionView:
+    return client.push(pack_project(E2E_PROJECT, tmp_path_factory.mktemp("dist")))

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from infrastructure import lambda_asset
+from infrastructure.lambda_asset import PACKAGES, REPO_ROOT, REQUIREMENTS, asset_hash
+from runly import resources
+
+PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)==(\S+)", re.MULTILINE)
+
+
+def _pins(path: Path) -> dict[str, str]:
+    return {name.lower(): version for name, version in PIN.findall(path.read_text())}
+
+
+def test_lambda_dependencies_are_pinned_as_in_requirements_txt() -> None:
+    lambda_pins = _pins(REPO_ROOT / REQUIREMENTS)
+    project_pins = _pins(REPO_ROOT / "requirements.txt")
+    assert {"aws-lambda-powertools", "pydantic", "pydantic-settings", "packaging"} <= set(lambda_pins)
+    assert {name: project_pins.get(name) for name in lambda_pins} == lambda_pins
+
+
+def test_asset_holds_the_handler_and_the_packages_but_no_tests_or_caches(
+    template_json: dict[str, Any], outdir: Path
+) -> None:
+    [function] = [r for r in template_json["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+    asset_dir = outdir / f"asset.{function['Properties']['Code']['S3Key'].removesuffix('.zip')}"
+    files = {path.relative_to(asset_dir).as_posix() for path in asset_dir.rglob("*")}
+
+    handler_module, _, _ = resources.API_FUNCTION_HANDLER.rpartition(".")
+    assert handler_module.replace(".", "/") + ".py" in files
+    assert {package for package in PACKAGES} <= {file.split("/")[0] for file in files}
+    assert "runly/resources.py" in files
+    assert not [file for file in files if file.split("/")[0] in {"tests", ".venv", "node_agent", "infrastructure"}]
+    assert not [file for file in files if "__pycache__" in file or file.endswith(".pyc")]
+
+
+def _copy_of_repo(tmp_path: Path) -> Path:
+    source = tmp_path / "repo"
+    for package in PACKAGES:
+        shutil.copytree(REPO_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / REQUIREMENTS, source / REQUIREMENTS)
+    (source / "tests").mkdir()
+    (source / "tests" / "test_x.py").write_text("x = 1\n")
+    return source
+
+
+def test_asset_hash_follows_the_packaged_sources_pins_and_bundling_mode_only(tmp_path: Path) -> None:
+    source = _copy_of_repo(tmp_path)
+    original = asset_hash(source_dir=source, install_dependencies=True)
+
+    # When only files outside the packaged sources change, then the asset (and the function) stays the same.
+    (source / "tests" / "test_x.py").write_text("x = 2\n")
+    (source / "README.md").write_text("docs\n")
+    (source / "runly" / "__pycache__").mkdir(exist_ok=True)
+    (source / "runly" / "__pycache__" / "stale.pyc").write_bytes(b"\0")
+    assert asset_hash(source_dir=source, install_dependencies=True) == original
+
+    # A source-only bundle never shares the hash (and the cdk.out cache) of a full one.
+    assert asset_hash(source_dir=source, install_dependencies=False) != original
+
+    (source / REQUIREMENTS).write_text("pydantic==0\n")
+    assert asset_hash(source_dir=source, install_dependencies=True) != original
+
+    (source / "functions" / "new_module.py").write_text("y = 1\n")
+    changed = asset_hash(source_dir=source, install_dependencies=True)
+    assert changed != original
+
+
+def test_uv_is_found_beside_the_python_running_the_app() -> None:
+    assert Path(lambda_asset._uv()).name == "uv"

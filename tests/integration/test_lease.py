@@ -1,0 +1,138 @@
+"""The run lease protocol (claim, heartbeat, fenced completion) against in-process moto."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import boto3
+import pytest
+
+from node_agent.aws import AgentAws, ClaimRefused, LeaseLost
+from runly import resources
+from runly.contracts import FailureReason, RunState
+from runly.records import RunRecord, iso, run_key, utcnow
+
+LEASE = 30
+
+
+def _queued_run(names: resources.ResourceNames, run_id: str = "run_1") -> RunRecord:
+    record = RunRecord(
+        run_id=run_id,
+        state=RunState.QUEUED,
+        package="greeter",
+        version="1.0.0",
+        job="greet",
+        entry_point="greeter.jobs:Greet",
+        environment="default",
+        config_json=json.dumps({"name": "Ada"}),
+        timeout_seconds=60,
+        max_attempts=3,
+        bundle_key="packages/greeter/1.0.0/greeter-1.0.0.runly",
+        bundle_sha256="0" * 64,
+        created_at=iso(utcnow()),
+    )
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.to_item())
+    return record
+
+
+@pytest.fixture
+def agent_aws(aws: dict[str, str], names: resources.ResourceNames) -> AgentAws:
+    return AgentAws(queue_url=aws["default"], table_name=names.table, bucket=names.feed_bucket)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def test_claim_takes_the_lease_as_attempt_one(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
+    _queued_run(names)
+    record = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    assert record.state is RunState.RUNNING
+    assert record.attempt == 1 and record.lease_owner == "node-a"
+    assert [(a.number, a.node_id) for a in record.attempts] == [(1, "node-a")]
+    # The leased run is visible to the reaper's index.
+    item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key("run_1"))["Item"]
+    assert item[resources.RUNS_BY_LEASE.partition_key] == "LEASED"
+
+
+def test_a_live_lease_is_not_taken_twice(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
+    _queued_run(names)
+    agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    with pytest.raises(ClaimRefused) as refused:
+        agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+    assert not refused.value.terminal
+    assert 0 < refused.value.retry_in <= LEASE + 1
+
+
+def test_an_expired_lease_is_taken_over_and_the_lost_attempt_is_closed(
+    agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given node A claimed the run and then went silent past its lease
+    _queued_run(names)
+    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    later = now_ms() + (LEASE + 1) * 1000
+
+    # When node B receives the message again
+    second = agent_aws.claim("run_1", "node-b", LEASE, later)
+
+    # Then B holds attempt 2, and attempt 1 is recorded as lost with its node
+    assert second.attempt == 2 and second.lease_owner == "node-b"
+    assert second.attempts[0].reason is FailureReason.NODE_LOST and second.attempts[0].ended_at is not None
+    # And A, waking up, can neither heartbeat nor complete: it is fenced off
+    with pytest.raises(LeaseLost):
+        agent_aws.extend_lease(first, "node-a", later + 1000)
+    with pytest.raises(LeaseLost):
+        agent_aws.end_attempt(first, "node-a", state=RunState.SUCCEEDED, output={"late": True})
+    # While B completes exactly once
+    agent_aws.end_attempt(second, "node-b", state=RunState.SUCCEEDED, output={"by": "b"})
+    final = agent_aws.get_run("run_1")
+    assert final is not None and final.state is RunState.SUCCEEDED
+    assert json.loads(final.output_json or "null") == {"by": "b"}
+    with pytest.raises(LeaseLost):
+        agent_aws.end_attempt(second, "node-b", state=RunState.FAILED, error={"message": "twice"})
+
+
+def test_a_terminal_run_is_refused_for_good(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
+    _queued_run(names)
+    record = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    agent_aws.end_attempt(record, "node-a", state=RunState.SUCCEEDED, output=1)
+    with pytest.raises(ClaimRefused) as refused:
+        agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+    assert refused.value.terminal
+    with pytest.raises(ClaimRefused) as missing:
+        agent_aws.claim("no_such_run", "node-b", LEASE, now_ms())
+    assert missing.value.terminal
+
+
+def test_retry_returns_the_run_to_queued_and_the_next_claim_is_attempt_two(
+    agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    _queued_run(names)
+    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    agent_aws.end_attempt(
+        first, "node-a", state=RunState.QUEUED, reason=FailureReason.USER_ERROR, error={"message": "boom"}
+    )
+    queued = agent_aws.get_run("run_1")
+    assert queued is not None and queued.state is RunState.QUEUED and queued.lease_owner is None
+    assert queued.attempts[0].reason is FailureReason.USER_ERROR and queued.attempts[0].error == "boom"
+
+    second = agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+    assert second.attempt == 2 and len(second.attempts) == 2
+
+
+def test_heartbeat_extends_the_lease_and_reports_a_cancel(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
+    _queued_run(names)
+    record = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    until = now_ms() + 120_000
+    assert agent_aws.extend_lease(record, "node-a", until) is RunState.RUNNING
+    stored = agent_aws.get_run("run_1")
+    assert stored is not None and stored.lease_until_ms == until
+
+    boto3.resource("dynamodb").Table(names.table).update_item(
+        Key=run_key("run_1"),
+        UpdateExpression="SET #s = :c",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":c": RunState.CANCELLING.value},
+    )
+    assert agent_aws.extend_lease(record, "node-a", until) is RunState.CANCELLING

@@ -1,0 +1,46 @@
+"""Hand-made bundles for tests that need a registered package but not a real pack."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from runly.contracts import JobSpec, PackageManifest
+
+GREETER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "times": {"type": "integer", "minimum": 1}},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def make_bundle(directory: Path, name: str = "greeter", version: str = "1.0.0", *, tamper: bool = False) -> Path:
+    """A structurally valid bundle (manifest + hashed wheels) whose wheels are not meant to be installed."""
+    project_wheel = f"{name}-{version}-py3-none-any.whl"
+    files = {f"wheels/{project_wheel}": b"not really a wheel: registration never installs it"}
+    manifest = PackageManifest(
+        name=name,
+        version=version,
+        requires_python=">=3.11",
+        project_wheel=project_wheel,
+        jobs=[JobSpec(name="greet", entry_point=f"{name}.jobs:Greet", config_schema=GREETER_SCHEMA)],
+        files={path: hashlib.sha256(data).hexdigest() for path, data in files.items()},
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("manifest.json", manifest.model_dump_json())
+        for path, data in files.items():
+            archive.writestr(path, data + (b"!" if tamper else b""))
+    path = directory / f"{name}-{version}.runly"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def manifest_json(bundle: Path) -> dict[str, Any]:
+    with zipfile.ZipFile(bundle) as archive:
+        return dict(json.loads(archive.read("manifest.json")))

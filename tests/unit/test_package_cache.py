@@ -1,0 +1,233 @@
+"""The node's package cache: install once per content hash, verify first, never leave half an environment."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import node_agent.package_cache as package_cache
+from node_agent.package_cache import InstalledPackage, PackageCache, PackageDownloadError
+from runly.bundle import PackageError, sha256_file
+from tests.unit._bundles import hello_variant, packed_hello
+
+
+@pytest.fixture(scope="session")
+def hello_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return packed_hello(tmp_path_factory)
+
+
+class Feed:
+    """Stands in for the S3 download: copies a local bundle and counts the calls."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.calls = 0
+
+    def __call__(self, path: Path) -> None:
+        self.calls += 1
+        shutil.copyfile(self.source, path)
+
+
+def _leftovers(cache: PackageCache) -> list[str]:
+    return sorted(p.name for p in cache.tmp.iterdir())
+
+
+def test_installs_once_then_reuses_the_environment(hello_bundle: Path, tmp_path: Path) -> None:
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    sha = sha256_file(hello_bundle)
+    feed = Feed(hello_bundle)
+
+    # When the package is needed twice
+    first = cache.ensure(sha, feed)
+    first.release()
+    second = cache.ensure(sha, feed)
+    second.release()
+
+    # Then it was downloaded and installed once, each phase timed
+    assert feed.calls == 1
+    assert (first.cached, second.cached) == (False, True)
+    assert {"download", "verify", "install", "total"} <= set(first.timings)
+    assert second.python == first.python == cache.envs / sha / "bin" / "python"
+    assert second.manifest == first.manifest
+    assert first.manifest.jobs[0].name == "hello"
+    assert cache.installed() == [sha]
+    assert _leftovers(cache) == []
+
+
+def test_the_installed_environment_runs_the_job(hello_bundle: Path, tmp_path: Path) -> None:
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+
+    with cache.ensure(sha256_file(hello_bundle), Feed(hello_bundle)) as installed:
+        result = subprocess.run(
+            [
+                str(installed.python),
+                "-I",
+                "-c",
+                "import hello.jobs as j; print(j.__file__); print(j.Hello.default_config())",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+
+    module_file, default_config = result.stdout.splitlines()
+    assert Path(module_file).is_relative_to(installed.env_dir)  # the renamed env, not the temporary one
+    assert default_config == "{'name': 'world', 'times': 1}"
+
+
+def test_a_tampered_download_is_rejected_and_leaves_nothing_behind(hello_bundle: Path, tmp_path: Path) -> None:
+    # Given a feed that serves a bundle with one byte changed
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    sha = sha256_file(hello_bundle)
+    tampered = tmp_path / "tampered.runly"
+    data = bytearray(hello_bundle.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+
+    with pytest.raises(PackageError, match=rf"SHA-256 .*, expected {sha}"):
+        cache.ensure(sha, Feed(tampered))
+
+    assert not (cache.envs / sha).exists()
+    assert cache.installed() == []
+    assert _leftovers(cache) == []
+    # And the cache keeps serving: the genuine bundle installs
+    cache.ensure(sha, Feed(hello_bundle)).release()
+    assert cache.installed() == [sha]
+
+
+def test_a_failed_download_is_a_package_download_error(tmp_path: Path) -> None:
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+
+    def broken(path: Path) -> None:
+        path.write_bytes(b"partial")
+        raise ConnectionError("feed unreachable")
+
+    with pytest.raises(PackageDownloadError, match="feed unreachable"):
+        cache.ensure("a" * 64, broken)
+    assert _leftovers(cache) == []
+
+
+def test_a_crash_mid_install_leaves_no_environment_that_looks_complete(
+    hello_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an install that dies after writing half a venv
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    sha = sha256_file(hello_bundle)
+
+    def dies_halfway(wheels_dir: Path, project_wheel: str, env_dir: Path, **_: object) -> Path:
+        (env_dir / "bin").mkdir(parents=True)
+        (env_dir / "bin" / "python").write_text("half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(package_cache, "install_offline", dies_halfway)
+    with pytest.raises(PackageError, match="No space left on device"):
+        cache.ensure(sha, Feed(hello_bundle))
+    assert not (cache.envs / sha).exists()
+    assert _leftovers(cache) == []
+
+    # When the install works again, the package installs from scratch
+    monkeypatch.undo()
+    installed = cache.ensure(sha, Feed(hello_bundle))
+    assert not installed.cached and installed.python.exists()
+
+
+def test_leftovers_of_a_crashed_process_are_cleaned_on_start(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    (root / "tmp" / f"{'b' * 64}.abc123" / "env").mkdir(parents=True)
+    (root / "tmp" / f"trash-{'c' * 64}-1").mkdir(parents=True)
+
+    cache = PackageCache(root, budget_bytes=10**9)
+
+    assert _leftovers(cache) == []
+
+
+def test_a_package_for_another_python_is_refused_before_install(hello_bundle: Path, tmp_path: Path) -> None:
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    other = hello_variant(hello_bundle, tmp_path, "py4", requires_python=">=4")
+
+    with pytest.raises(PackageError, match=r"requires Python >=4; this node runs 3\."):
+        cache.ensure(sha256_file(other), Feed(other))
+    assert cache.installed() == [] and _leftovers(cache) == []
+
+
+def test_a_malformed_hash_is_refused(tmp_path: Path) -> None:
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+
+    with pytest.raises(PackageError, match="not a lower-case hex SHA-256"):
+        cache.ensure("../../etc", Feed(tmp_path / "none"))
+
+
+def _install(cache: PackageCache, bundle: Path) -> str:
+    sha = sha256_file(bundle)
+    cache.ensure(sha, Feed(bundle)).release()
+    return sha
+
+
+def test_least_recently_used_environments_are_evicted_past_the_budget(hello_bundle: Path, tmp_path: Path) -> None:
+    # Given a budget for two environments, with A used after B
+    a, b, c = (hello_variant(hello_bundle, tmp_path, tag) for tag in ("a", "b", "c"))
+    probe = PackageCache(tmp_path / "probe", budget_bytes=10**9)
+    _install(probe, a)
+    one_env = probe.size_bytes()
+    cache = PackageCache(tmp_path / "cache", budget_bytes=int(one_env * 2.5))
+    sha_a, sha_b = _install(cache, a), _install(cache, b)
+    assert cache.ensure(sha_a, Feed(a)).cached
+
+    # When a third package is installed
+    sha_c = _install(cache, c)
+
+    # Then B, the least recently used, made room
+    assert sorted(cache.installed()) == sorted([sha_a, sha_c])
+    assert not (cache.envs / sha_b).exists()
+    assert cache.size_bytes() <= cache.budget_bytes
+
+
+def test_an_environment_in_use_is_never_evicted(hello_bundle: Path, tmp_path: Path) -> None:
+    # Given a budget too small for any environment, and A in use by a running job
+    a, b, c = (hello_variant(hello_bundle, tmp_path, tag) for tag in ("a", "b", "c"))
+    cache = PackageCache(tmp_path / "cache", budget_bytes=1)
+    in_use = cache.ensure(sha256_file(a), Feed(a))
+
+    # When B is installed, A stays (in use) and B stays (just installed)
+    sha_b = _install(cache, b)
+    assert sorted(cache.installed()) == sorted([in_use.sha256, sha_b])
+    assert in_use.python.exists()
+
+    # When A is released and C installed, both A and B go
+    in_use.release()
+    sha_c = _install(cache, c)
+    assert cache.installed() == [sha_c]
+
+
+def test_two_agents_needing_the_same_package_install_it_once(hello_bundle: Path, tmp_path: Path) -> None:
+    # Given two caches on one root (as two agent processes on one machine) and threads in each
+    caches = [PackageCache(tmp_path / "cache", budget_bytes=10**9) for _ in range(2)]
+    sha = sha256_file(hello_bundle)
+    feed = Feed(hello_bundle)
+    results: list[InstalledPackage] = []
+    errors: list[BaseException] = []
+
+    def need(cache: PackageCache) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                results.append(cache.ensure(sha, feed))
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=need(caches[i % 2])) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert feed.calls == 1
+    assert sorted(r.cached for r in results) == [False, True, True, True]
+    assert len({r.python for r in results}) == 1

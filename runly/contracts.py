@@ -66,6 +66,15 @@ class RunState(StrEnum):
 TERMINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT})
 
 
+class Scope(StrEnum):
+    """What an API key may do. admin > write > read; node keys act for one environment's agents."""
+
+    ADMIN = "admin"
+    WRITE = "write"  # enqueue, cancel, requeue, push packages (and read)
+    READ = "read"  # read-only: safe to embed in a page (Runly's publishable key)
+    NODE = "node"
+
+
 class FailureReason(StrEnum):
     """Why an attempt ended without success; retry rules are keyed by it."""
 
@@ -157,6 +166,27 @@ class AttemptView(BaseModel):
     error: str | None = None
 
 
+class Progress(BaseModel):
+    """Counts of a run's items; ``total`` is known when the items are countable."""
+
+    total: int | None = None
+    succeeded: int = 0
+    failed: int = 0
+    failed_by_category: dict[str, int] = Field(default_factory=dict)
+    message: str | None = None
+
+
+class Checkpoint(BaseModel):
+    """Durable progress of a run. Every item before ``watermark`` (a count, in the job's stable item
+    order) is done; ``state`` is the job's own blob. A resumed attempt starts from it."""
+
+    watermark: int | None = Field(default=None, ge=0)
+    last_item_id: str | None = None
+    state: Any = None
+    attempt: int = Field(ge=1)
+    written_at: datetime
+
+
 class RunError(BaseModel):
     reason: FailureReason
     message: str
@@ -180,6 +210,8 @@ class RunView(BaseModel):
     attempts: list[AttemptView] = Field(default_factory=list)
     output: Any = None
     error: RunError | None = None
+    progress: Progress | None = None
+    checkpoint: Checkpoint | None = None
 
 
 class RunMessage(BaseModel):
@@ -203,7 +235,11 @@ class ErrorBody(BaseModel):
 
 
 class RunSpec(BaseModel):
-    """What the agent hands the job process (a JSON file named by RUNLY_RUN_SPEC)."""
+    """What the agent hands the job process (a JSON file named by RUNLY_RUN_SPEC).
+
+    Job -> agent messages go, one JSON line each, to the fd in RUNLY_CHANNEL_FD;
+    the agent answers checkpoints with an AckMessage line on the fd in RUNLY_ACK_FD.
+    """
 
     run_id: str
     attempt: int
@@ -212,6 +248,33 @@ class RunSpec(BaseModel):
     job: str
     entry_point: str
     config: dict[str, Any]
+    checkpoint: Checkpoint | None = Field(default=None, description="where a resumed attempt starts")
+
+
+class ProgressMessage(BaseModel):
+    """Latest counts; the agent keeps only the newest and writes it on its heartbeat (coalesced)."""
+
+    kind: Literal["progress"] = "progress"
+    progress: Progress
+
+
+class CheckpointMessage(BaseModel):
+    """Asks the agent to write a checkpoint now; the job waits for the AckMessage with the same ``seq``."""
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    seq: int
+    watermark: int | None = Field(default=None, ge=0)
+    last_item_id: str | None = None
+    state: Any = None
+
+
+class AckMessage(BaseModel):
+    """The agent's answer to a checkpoint: ``ok`` false means the lease is lost and the job must stop."""
+
+    kind: Literal["ack"] = "ack"
+    seq: int
+    ok: bool
+    error: str | None = None
 
 
 class ResultMessage(BaseModel):
@@ -226,4 +289,6 @@ class ErrorMessage(BaseModel):
     traceback: str
 
 
-ChannelMessage = Annotated[ResultMessage | ErrorMessage, Field(discriminator="kind")]
+ChannelMessage = Annotated[
+    ResultMessage | ErrorMessage | ProgressMessage | CheckpointMessage, Field(discriminator="kind")
+]

@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -19,12 +20,22 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 
-from runly.contracts import ErrorMessage, JobSpec, ResultMessage, RunSpec
+from runly.contracts import (
+    AckMessage,
+    CheckpointMessage,
+    ErrorMessage,
+    JobSpec,
+    Progress,
+    ProgressMessage,
+    ResultMessage,
+    RunSpec,
+)
 from runly.job import Job, JobContext
 
 ENTRY_POINT_GROUP = "runly.jobs"
 SPEC_ENV = "RUNLY_RUN_SPEC"
 CHANNEL_ENV = "RUNLY_CHANNEL_FD"
+ACK_ENV = "RUNLY_ACK_FD"
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -59,15 +70,50 @@ def describe_jobs() -> list[JobSpec]:
     return specs
 
 
-class Channel:
-    """Line-delimited JSON from the job process to the agent."""
+class CheckpointRefused(Exception):
+    """The agent could not write the checkpoint: this attempt lost its lease and must stop."""
 
-    def __init__(self, stream: IO[str]) -> None:
+
+class Channel:
+    """Line-delimited JSON between the job process and its agent.
+
+    ``send`` is fire-and-forget (progress, result); ``checkpoint`` waits for the
+    agent's acknowledgement, because a checkpoint only counts once it is durable.
+    """
+
+    def __init__(self, stream: IO[str], acks: IO[str] | None = None) -> None:
         self._stream = stream
+        self._acks = acks
+        self._lock = threading.Lock()
+        self._seq = 0
 
     def send(self, message: BaseModel) -> None:
-        self._stream.write(message.model_dump_json() + "\n")
-        self._stream.flush()
+        line = message.model_dump_json() + "\n"
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()
+
+    def progress(self, progress: Progress) -> None:
+        self.send(ProgressMessage(progress=progress))
+
+    def checkpoint(self, *, watermark: int | None = None, last_item_id: str | None = None, state: Any = None) -> None:
+        if self._acks is None:
+            raise CheckpointRefused("no agent to write checkpoints to")
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            message = CheckpointMessage(seq=seq, watermark=watermark, last_item_id=last_item_id, state=state)
+            self._stream.write(message.model_dump_json() + "\n")
+            self._stream.flush()
+            while True:
+                line = self._acks.readline()
+                if not line:
+                    raise CheckpointRefused("the agent closed the channel")
+                ack = AckMessage.model_validate_json(line)
+                if ack.seq == seq:
+                    break
+        if not ack.ok:
+            raise CheckpointRefused(ack.error or "checkpoint refused")
 
 
 def run_job(spec: RunSpec, channel: Channel) -> int:
@@ -91,8 +137,9 @@ def main(argv: list[str]) -> int:
         return EXIT_OK
     if command == "run":
         spec = RunSpec.model_validate_json(Path(os.environ[SPEC_ENV]).read_text())
+        acks = os.fdopen(int(os.environ[ACK_ENV]), "r", encoding="utf-8") if ACK_ENV in os.environ else None
         with os.fdopen(int(os.environ[CHANNEL_ENV]), "w", encoding="utf-8") as stream:
-            return run_job(spec, Channel(stream))
+            return run_job(spec, Channel(stream, acks))
     print("usage: python -m runly.host {run|describe}", file=sys.stderr)
     return EXIT_HOST_ERROR
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runly.contracts import AttemptView, JobSpec, PackageVersionView, RunError, RunState, RunView
+from runly.contracts import AttemptView, JobSpec, PackageVersionView, Progress, RunError, RunState, RunView
 from runly.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, SORT_KEY
 
 LEASED = "LEASED"
@@ -29,6 +29,11 @@ def iso(moment: datetime) -> str:
 
 def run_key(run_id: str) -> dict[str, str]:
     return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: "RUN"}
+
+
+def checkpoint_key(run_id: str) -> dict[str, str]:
+    """The run's last checkpoint: its own item, so the run item stays small; written only by the lease holder."""
+    return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: "CHECKPOINT"}
 
 
 def package_key(name: str, version: str) -> dict[str, str]:
@@ -68,6 +73,8 @@ class RunRecord(BaseModel):
     attempts: list[AttemptView] = Field(default_factory=list)
     output_json: str | None = None
     error_json: str | None = None
+    progress_json: str | None = None  # latest Progress, written by the agent's heartbeat
+    requeued_from: str | None = None  # the run this one was requeued from
 
     def to_item(self) -> dict[str, Any]:
         item = self.model_dump(mode="json", exclude_none=True)
@@ -100,6 +107,7 @@ class RunRecord(BaseModel):
             attempts=self.attempts,
             output=json.loads(self.output_json) if self.output_json is not None else None,
             error=RunError.model_validate_json(self.error_json) if self.error_json else None,
+            progress=Progress.model_validate_json(self.progress_json) if self.progress_json else None,
         )
 
 
@@ -156,6 +164,7 @@ class NodeRecord(BaseModel):
     started_at: str
     last_seen: str
     expires_at: int  # epoch seconds: the table's TTL attribute
+    drain_requested: bool = False  # set by the API (drain a node); the agent reads it on its heartbeat
 
     def to_item(self) -> dict[str, Any]:
         item = self.model_dump(mode="json")

@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export UV_NO_CONFIG := 1
 
-.PHONY: install run up test test-fast lint typecheck synth lock clean
+.PHONY: install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: install lint
 test-fast: install
 	$(BIN)/pytest -q -m "not e2e" -p no:cacheprovider
 
+## The full chaos suite: 100 item runs on 3 agents under kills, freezes and cancels; prints a table.
+chaos: install
+	$(BIN)/python -m tests.chaos.chaos --runs 100 --faults 24
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -42,6 +46,31 @@ typecheck: install
 
 synth: install
 	$(BIN)/python app.py
+
+## Regenerate docs/openapi.json from the API's routes (a test fails when it is out of date).
+openapi: install
+	$(BIN)/python -m functions.api.openapi docs/openapi.json
+
+## Benchmarks on the embedded stack beside Celery on SQS (~15 min on 2 cores; not part of `make test`): writes
+## bench/results.json, bench/REPORT.md, bench/latency.png. `make bench BENCH_ARGS=--quick` for a short check.
+BENCH_VENV := bench/.venv-celery
+bench: install $(BENCH_VENV)/.installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Celery and matplotlib live in a venv of their own, never in the project's requirements.
+$(BENCH_VENV)/.installed: bench/requirements-bench.txt $(VENV)/.installed
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BIN)/uv pip install --quiet --python $(BENCH_VENV)/bin/python --only-binary pycurl -r bench/requirements-bench.txt \
+	  || { $(MAKE) bench-system-deps && $(BIN)/uv pip install --quiet --python $(BENCH_VENV)/bin/python -r bench/requirements-bench.txt; }
+	touch $@
+
+# pycurl builds from source where no wheel fits this machine: it needs libcurl's and OpenSSL's headers.
+bench-system-deps:
+	dpkg -s libcurl4-openssl-dev libssl-dev >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcurl4-openssl-dev libssl-dev; }
+
+bench-lock: $(BIN)/python
+	$(BIN)/uv pip compile bench/requirements-bench.in -o bench/requirements-bench.txt --python-version 3.11
 
 ## Recompile requirements.txt (every package pinned) from requirements.in.
 lock: $(BIN)/python

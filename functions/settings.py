@@ -19,3 +19,16 @@ class ApiSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> ApiSettings:
     return ApiSettings()  # type: ignore[call-arg]  # filled from the environment
+
+
+class AuthorizerSettings(BaseSettings):
+    """The authorizer's environment: it reads API keys and nothing else."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
+
+    table_name: str = Field(min_length=3)
+
+
+@lru_cache(maxsize=1)
+def get_authorizer_settings() -> AuthorizerSettings:
+    return AuthorizerSettings()  # type: ignore[call-arg]  # filled from the environment

@@ -1,4 +1,10 @@
-"""The control-plane API: one Lambda function behind an HTTP API (API Gateway v2)."""
+"""The control-plane API: one Lambda function behind an HTTP API (API Gateway v2), guarded by a Lambda authorizer.
+
+Every route but the open ones (runly.resources.OPEN_ROUTES: the OpenAPI document and Swagger UI) runs the
+authorizer first: a REQUEST authorizer with simple responses whose identity source is the Authorization header
+(so API Gateway answers 401 itself when it is missing) and whose answers are not cached
+(runly.resources.AUTHORIZER_RESULT_TTL_SECONDS = 0), so a revoked key fails on the next request.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,33 @@ import aws_cdk as cdk
 import jsii
 from aws_cdk import aws_apigateway as apigateway_v1
 from aws_cdk import aws_apigatewayv2 as apigateway
+from aws_cdk import aws_apigatewayv2_authorizers as authorizers
 from aws_cdk import aws_apigatewayv2_integrations as integrations
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from runly.resources import API_FUNCTION_HANDLER, FUNCTIONS_MEMORY_MB, FUNCTIONS_TIMEOUT_SECONDS
+from runly.records import key_key
+from runly.resources import (
+    API_FUNCTION_HANDLER,
+    AUTHORIZATION_HEADER,
+    AUTHORIZER_FUNCTION_HANDLER,
+    AUTHORIZER_RESULT_TTL_SECONDS,
+    FUNCTIONS_MEMORY_MB,
+    FUNCTIONS_TIMEOUT_SECONDS,
+    OPEN_ROUTES,
+    PARTITION_KEY,
+)
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH
-# The routes: the function's resolver does the routing, API Gateway only forwards.
+# The routes: the function's resolver does the routing, API Gateway only forwards (and authorizes).
 ROUTE_PATHS = ("/", "/{proxy+}")
+# API Gateway waits at most this long for an authorizer; the authorizer does one GetItem.
+AUTHORIZER_TIMEOUT_SECONDS = 10
+AUTHORIZER_MEMORY_MB = 256
 
 # One JSON line per request, HTTP API context variables only.
 ACCESS_LOG_FORMAT = json.dumps(
@@ -64,6 +85,7 @@ class ControlPlaneApi(Construct):
         api_name: str,
         code: lambda_.Code,
         environment: Mapping[str, str],
+        authorizer_environment: Mapping[str, str],
         throttle_rate_limit: float,
         throttle_burst_limit: int,
     ) -> None:
@@ -93,6 +115,55 @@ class ControlPlaneApi(Construct):
             log_group=function_logs,
             environment=dict(environment),
             description="runly control-plane API",
+            tracing=lambda_.Tracing.ACTIVE,  # Powertools Tracer: X-Ray segments per request
+        )
+        cdk.Validations.of(self.role).acknowledge(
+            cdk.Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords support no resource-level "
+                "permissions, so they can only be granted on '*' (tests/infrastructure check it is only those).",
+            )
+        )
+
+        # The authorizer: its own function and role, which may read API key items and nothing else (see
+        # allow_authorizer_to_read_keys; the stack wires it to the table).
+        self.authorizer_role = iam.Role(
+            self,
+            "AuthorizerRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"{api_name}: the API key authorizer",
+        )
+        authorizer_logs = logs.LogGroup(self, "AuthorizerLogs", retention=LOG_RETENTION)
+        authorizer_logs.grant_write(self.authorizer_role)
+        self.authorizer_function = lambda_.Function(
+            self,
+            "AuthorizerFunction",
+            runtime=RUNTIME,
+            architecture=lambda_.Architecture.X86_64,
+            handler=AUTHORIZER_FUNCTION_HANDLER,
+            code=code,
+            memory_size=AUTHORIZER_MEMORY_MB,
+            timeout=cdk.Duration.seconds(AUTHORIZER_TIMEOUT_SECONDS),
+            role=self.authorizer_role,
+            log_group=authorizer_logs,
+            environment=dict(authorizer_environment),
+            description="runly API key authorizer",
+        )
+        cdk.Validations.of(self.authorizer_function).acknowledge(
+            cdk.Acknowledgment(
+                id="AwsSolutions-L1",
+                reason="Python 3.11 is the project's runtime (requires-python, dependency wheels bundled for cp311); "
+                "moving to a newer runtime is a deliberate, tested upgrade.",
+            )
+        )
+        self.authorizer = authorizers.HttpLambdaAuthorizer(
+            "ApiKeys",
+            self.authorizer_function,
+            authorizer_name=f"{api_name}-keys",
+            response_types=[authorizers.HttpLambdaResponseType.SIMPLE],
+            identity_source=[f"$request.header.{AUTHORIZATION_HEADER}"],
+            # 0: no caching, so revoking a key takes effect on the very next request.
+            results_cache_ttl=cdk.Duration.seconds(AUTHORIZER_RESULT_TTL_SECONDS),
         )
         cdk.Validations.of(self.function).acknowledge(
             cdk.Acknowledgment(
@@ -102,21 +173,34 @@ class ControlPlaneApi(Construct):
             )
         )
 
+        # The authorizer is the API's default: a route added later (by any construct) is protected unless it
+        # says otherwise, as the open routes below do.
         self.http_api = apigateway.HttpApi(
-            self, "HttpApi", api_name=api_name, description="runly control plane", create_default_stage=False
+            self,
+            "HttpApi",
+            api_name=api_name,
+            description="runly control plane",
+            create_default_stage=False,
+            default_authorizer=self.authorizer,
         )
         integration = integrations.HttpLambdaIntegration(
             "Function", self.function, payload_format_version=apigateway.PayloadFormatVersion.VERSION_2_0
         )
         for path in ROUTE_PATHS:
+            self.http_api.add_routes(path=path, methods=[apigateway.HttpMethod.ANY], integration=integration)
+        # More specific than /{proxy+}, so API Gateway picks them (without the authorizer) for these method+paths.
+        for method, path in OPEN_ROUTES:
             for route in self.http_api.add_routes(
-                path=path, methods=[apigateway.HttpMethod.ANY], integration=integration
+                path=path,
+                methods=[apigateway.HttpMethod(method)],
+                integration=integration,
+                authorizer=apigateway.HttpNoneAuthorizer(),
             ):
                 cdk.Validations.of(route).acknowledge(
                     cdk.Acknowledgment(
                         id="AwsSolutions-APIG4",
-                        reason="Authorization (a Lambda authorizer checking runly API keys) comes in a later issue "
-                        "of the walking skeleton; until it lands the API is open and must not face untrusted callers.",
+                        reason="Open on purpose (runly.resources.OPEN_ROUTES): the OpenAPI document and Swagger UI "
+                        "describe the API and expose no data; every other route runs the API key authorizer.",
                     )
                 )
 
@@ -129,6 +213,19 @@ class ControlPlaneApi(Construct):
             auto_deploy=True,
             throttle=apigateway.ThrottleSettings(rate_limit=throttle_rate_limit, burst_limit=throttle_burst_limit),
             access_log_settings=_AccessLogSettings(self.access_logs),
+        )
+
+    def allow_authorizer_to_read_keys(self, table: dynamodb.ITable) -> None:
+        """dynamodb:GetItem on the table's API key items (partition keys KEY#...) only: not its indexes, not
+        runs, nodes or packages."""
+        self.authorizer_role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["dynamodb:GetItem"],
+                resources=[table.table_arn],
+                conditions={
+                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{key_key('')[PARTITION_KEY]}*"]}
+                },
+            )
         )
 
     @property

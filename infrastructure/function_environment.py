@@ -19,6 +19,14 @@ POWERTOOLS_ENVIRONMENT: dict[str, str] = {
 
 API_FUNCTION_VARIABLES = SETTINGS_VARIABLES | POWERTOOLS_ENVIRONMENT.keys()
 
+# The authorizer (functions/authorizer, settings: functions.settings.AuthorizerSettings) reads API keys only.
+AUTHORIZER_SETTINGS_VARIABLES = frozenset({TABLE_NAME})
+AUTHORIZER_POWERTOOLS_ENVIRONMENT: dict[str, str] = {
+    "POWERTOOLS_SERVICE_NAME": "runly-authorizer",
+    "POWERTOOLS_LOG_LEVEL": "INFO",
+}
+AUTHORIZER_FUNCTION_VARIABLES = AUTHORIZER_SETTINGS_VARIABLES | AUTHORIZER_POWERTOOLS_ENVIRONMENT.keys()
+
 
 def api_function_environment(*, table_name: str, feed_bucket: str, queue_urls_json: str) -> dict[str, str]:
     return {
@@ -27,3 +35,7 @@ def api_function_environment(*, table_name: str, feed_bucket: str, queue_urls_js
         QUEUE_URLS: queue_urls_json,
         **POWERTOOLS_ENVIRONMENT,
     }
+
+
+def authorizer_function_environment(*, table_name: str) -> dict[str, str]:
+    return {TABLE_NAME: table_name, **AUTHORIZER_POWERTOOLS_ENVIRONMENT}

@@ -64,6 +64,9 @@ class LocalPythonBundler:
                     PYTHON_VERSION,
                     "--only-binary",
                     ":all:",
+                    # The file pins every transitive dependency itself, except what the Lambda runtime provides
+                    # (boto3, botocore...): resolving would bundle a botocore that shadows the runtime's.
+                    "--no-deps",
                     "-r",
                     str(self.source_dir / REQUIREMENTS),
                 ],

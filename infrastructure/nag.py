@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import Construct
@@ -20,3 +22,25 @@ def acknowledge_scoped_wildcard(
     cdk.Validations.of(principal).acknowledge(
         cdk.Acknowledgment(id=f"AwsSolutions-IAM5[Resource::<{logical_id}.Arn>{suffix}]", reason=reason)
     )
+
+
+def acknowledge_wildcard_arn(construct: Construct, *, arn: str, reason: str) -> None:
+    """Acknowledge AwsSolutions-IAM5 for exactly one ARN that holds a wildcard (e.g. a UUID known only once the
+    resource exists), written as cdk-nag writes it in the finding: intrinsics as `<AWS::Region>`, `<Id.Arn>`."""
+    rendered = _as_nag_renders(cdk.Stack.of(construct).resolve(arn))
+    cdk.Validations.of(construct).acknowledge(
+        cdk.Acknowledgment(id=f"AwsSolutions-IAM5[Resource::{rendered}]", reason=reason)
+    )
+
+
+def _as_nag_renders(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return f"<{value['Ref']}>"
+    if "Fn::GetAtt" in value:
+        return "<" + ".".join(value["Fn::GetAtt"]) + ">"
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return str(separator).join(_as_nag_renders(part) for part in parts)
+    raise ValueError(f"cannot render {value!r} as cdk-nag does")

@@ -1,4 +1,4 @@
-"""The run store: one DynamoDB table for runs, checkpoints, nodes, packages and keys."""
+"""The run store: one DynamoDB table for runs, checkpoints, nodes, packages and keys, and its stream."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infrastructure.nag import acknowledge_scoped_wildcard
-from runly.resources import PARTITION_KEY, SORT_KEY, TABLE_INDEXES, TTL_ATTRIBUTE
+from runly.resources import PARTITION_KEY, SORT_KEY, TABLE_INDEXES, TTL_ATTRIBUTE, IndexSpec
+
+# Lambda's stream poller calls these (AWSLambdaDynamoDBExecutionRole holds the same four).
+STREAM_READ_ACTIONS = ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"]
 
 
 def _string(name: str) -> dynamodb.Attribute:
@@ -30,6 +33,8 @@ class RunStore(Construct):
             ),
             time_to_live_attribute=TTL_ATTRIBUTE,
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            # Every write, with the item before and after it: run events compare a run's old and new state.
+            stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
             # The table is the system of record (runs, checkpoints, keys): never lose it to a stack update.
             deletion_protection=True,
             removal_policy=cdk.RemovalPolicy.RETAIN,
@@ -51,4 +56,39 @@ class RunStore(Construct):
             suffix="/index/*",
             reason="IAM names a table's indexes <table ARN>/index/<name>; the wildcard covers only this table's "
             "GSIs (runly.resources.TABLE_INDEXES), which the grantee queries.",
+        )
+
+    @property
+    def stream_arn(self) -> str:
+        arn = self.table.table_stream_arn
+        assert arn is not None, "the table has a stream"
+        return arn
+
+    def index_arn(self, index: IndexSpec) -> str:
+        return f"{self.table.table_arn}/index/{index.name}"
+
+    def grant_items(self, grantee: iam.IGrantable, *actions: str) -> None:
+        """The named item actions (e.g. "GetItem") on the table's items only: no index, no table management."""
+        iam.Grant.add_to_principal(
+            grantee=grantee, actions=[f"dynamodb:{action}" for action in actions], resource_arns=[self.table.table_arn]
+        )
+
+    def grant_query(self, grantee: iam.IGrantable, index: IndexSpec) -> None:
+        """Query one index (no wildcard over the table's indexes)."""
+        iam.Grant.add_to_principal(grantee=grantee, actions=["dynamodb:Query"], resource_arns=[self.index_arn(index)])
+
+    def grant_stream_read(self, grantee: iam.IGrantable) -> None:
+        """What a Lambda event source mapping on the table's stream needs: reading this stream, and listing
+        streams, which IAM cannot scope to a resource."""
+        iam.Grant.add_to_principal(grantee=grantee, actions=STREAM_READ_ACTIONS, resource_arns=[self.stream_arn])
+        iam.Grant.add_to_principal(grantee=grantee, actions=["dynamodb:ListStreams"], resource_arns=["*"])
+        principal = grantee.grant_principal
+        if not isinstance(principal, Construct):
+            raise TypeError(f"cannot acknowledge findings on {principal!r}: not a construct")
+        cdk.Validations.of(principal).acknowledge(
+            cdk.Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="dynamodb:ListStreams has no resource-level permission (it lists stream ARNs, no data); "
+                "the records themselves are read only from this table's stream.",
+            )
         )

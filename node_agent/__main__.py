@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+from pathlib import Path
+
+import boto3
+from pydantic import ValidationError
 
 from node_agent.agent import Agent
 from node_agent.aws import AgentAws
+from node_agent.credentials import node_key_session
 from node_agent.package_cache import PackageCache
 from node_agent.settings import AgentSettings
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node_agent", description="runly node agent")
+    parser.add_argument(
+        "--config", type=Path, help="a KEY=value file of RUNLY_* settings (environment variables win over it)"
+    )
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    settings = AgentSettings()  # type: ignore[call-arg]  # filled from the environment
-    aws = AgentAws(queue_url=settings.queue_url, table_name=settings.table_name, bucket=settings.feed_bucket)
+    try:
+        settings = AgentSettings(_env_file=args.config)  # type: ignore[call-arg]  # the rest comes from the environment
+    except ValidationError as exc:
+        print(f"invalid agent settings: {exc}", file=sys.stderr)
+        return 2
+    session = None
+    if settings.node_key is not None and settings.api_url:
+        # On-premises: no AWS keys on the node, only its node key.
+        session = node_key_session(
+            settings.api_url, settings.node_key.get_secret_value(), settings.region or "us-east-1"
+        )
+    elif settings.region:
+        session = boto3.session.Session(region_name=settings.region)
+    aws = AgentAws(
+        queue_url=settings.queue_url, table_name=settings.table_name, bucket=settings.feed_bucket, session=session
+    )
     cache = PackageCache(
         settings.package_cache_dir or settings.work_dir / "packages", budget_bytes=settings.cache_budget_bytes
     )

@@ -8,9 +8,12 @@ replaced it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,18 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from runly.contracts import AttemptView, FailureReason, RunMessage, RunState
-from runly.records import LEASED, NodeRecord, RunRecord, iso, lease_sort_key, node_key, run_key, utcnow
+from runly.contracts import AttemptView, Checkpoint, FailureReason, Progress, RunMessage, RunState
+from runly.records import (
+    LEASED,
+    NodeRecord,
+    RunRecord,
+    checkpoint_key,
+    iso,
+    lease_sort_key,
+    node_key,
+    run_key,
+    utcnow,
+)
 from runly.resources import RUNS_BY_LEASE
 
 log = logging.getLogger(__name__)
@@ -54,6 +67,7 @@ def _conditional_failed(exc: ClientError) -> bool:
 
 
 _FENCE = "#attempt = :attempt AND #owner = :node AND #state IN (:running, :cancelling)"
+_FENCE_NAMES = {"#attempt": "attempt", "#owner": "lease_owner", "#state": "state"}
 
 
 class AgentAws:
@@ -71,13 +85,18 @@ class AgentAws:
         self._sqs = session.client("sqs", config=BOTO_CONFIG)
         self._s3 = session.client("s3", config=BOTO_CONFIG)
         self._table = session.resource("dynamodb", config=BOTO_CONFIG).Table(table_name)
+        # The resource's client takes plain Python values (it serializes them itself).
+        self._dynamodb = self._table.meta.client
 
     # ------------------------------------------------------------ queue
-    def receive(self, max_messages: int, wait_seconds: int) -> list[Delivery]:
+    def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
         response = self._sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=max(1, min(max_messages, 10)),
             WaitTimeSeconds=wait_seconds,
+            # Hidden exactly as long as the lease the claim is about to take: if this node dies before
+            # its first heartbeat, the message is back when the lease ends, not at the queue's default.
+            VisibilityTimeout=visibility_seconds,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         deliveries = []
@@ -105,6 +124,41 @@ class AgentAws:
         item = self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item")
         return RunRecord.from_item(item) if item else None
 
+    def get_checkpoint(self, run_id: str) -> Checkpoint | None:
+        item = self._table.get_item(Key=checkpoint_key(run_id), ConsistentRead=True).get("Item")
+        return Checkpoint.model_validate_json(item["checkpoint_json"]) if item else None
+
+    def write_checkpoint(self, record: RunRecord, node_id: str, checkpoint: Checkpoint) -> None:
+        """Store the checkpoint only if this attempt still holds the lease, in one transaction."""
+        fence_values = {
+            ":attempt": record.attempt,
+            ":node": node_id,
+            ":running": RunState.RUNNING.value,
+            ":cancelling": RunState.CANCELLING.value,
+        }
+        item = {**checkpoint_key(record.run_id), "checkpoint_json": checkpoint.model_dump_json()}
+        try:
+            self._dynamodb.transact_write_items(
+                TransactItems=[
+                    {
+                        "ConditionCheck": {
+                            "TableName": self._table.name,
+                            "Key": run_key(record.run_id),
+                            "ConditionExpression": _FENCE,
+                            "ExpressionAttributeNames": dict(_FENCE_NAMES),
+                            "ExpressionAttributeValues": fence_values,
+                        }
+                    },
+                    {"Put": {"TableName": self._table.name, "Item": item}},
+                ]
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+                if "ConditionalCheckFailed" in reasons or not reasons:
+                    raise LeaseLost(f"{record.run_id}: attempt {record.attempt} no longer holds the lease") from exc
+            raise
+
     def claim(self, run_id: str, node_id: str, lease_seconds: int, now_ms: int) -> RunRecord:
         """Take the run's lease as a new attempt, or say why not."""
         record = self.get_run(run_id)
@@ -117,6 +171,11 @@ class AgentAws:
             raise ClaimRefused(
                 run_id, f"leased by {record.lease_owner}", retry_in=(record.lease_until_ms - now_ms) // 1000 + 1
             )
+
+        if record.state is RunState.CANCELLING:
+            # Cancel was asked and its node is gone: the cancel wins, nothing runs again.
+            self._close_abandoned(record, RunState.CANCELLED, FailureReason.CANCELLED, "cancelled; its node was lost")
+            raise ClaimRefused(run_id, "cancelled while its node was lost", terminal=True)
 
         number = record.attempt + 1
         until = now_ms + lease_seconds * 1000
@@ -169,6 +228,37 @@ class AgentAws:
             raise
         return RunRecord.from_item(result["Attributes"])
 
+    def _close_abandoned(self, record: RunRecord, state: RunState, reason: FailureReason, message: str) -> None:
+        """End a run whose lease expired, conditional on nobody having moved it since it was read."""
+        index = len(record.attempts) - 1
+        now = iso(utcnow())
+        sets = ["#state = :state", "finished_at = :now", "error_json = :error"]
+        values: dict[str, Any] = {
+            ":state": state.value,
+            ":now": now,
+            ":error": json.dumps({"reason": reason.value, "message": message}),
+            ":prev_attempt": record.attempt,
+            ":prev_state": record.state.value,
+        }
+        if index >= 0 and record.attempts[index].ended_at is None:
+            sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
+            values[":node_lost"] = FailureReason.NODE_LOST.value
+        try:
+            self._table.update_item(
+                Key=run_key(record.run_id),
+                UpdateExpression="SET "
+                + ", ".join(sets)
+                + f" REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}",
+                ConditionExpression="#attempt = :prev_attempt AND #state = :prev_state",
+                ExpressionAttributeNames={"#state": "state", "#attempt": "attempt", "#attempts": "attempts"}
+                if index >= 0 and record.attempts[index].ended_at is None
+                else {"#state": "state", "#attempt": "attempt"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+
     def _fenced_update(
         self, record: RunRecord, node_id: str, update: str, values: dict[str, Any], names: dict[str, str]
     ) -> dict[str, Any]:
@@ -177,7 +267,7 @@ class AgentAws:
                 Key=run_key(record.run_id),
                 UpdateExpression=update,
                 ConditionExpression=_FENCE,
-                ExpressionAttributeNames={"#attempt": "attempt", "#owner": "lease_owner", "#state": "state", **names},
+                ExpressionAttributeNames={**_FENCE_NAMES, **names},
                 ExpressionAttributeValues={
                     ":attempt": record.attempt,
                     ":node": node_id,
@@ -192,15 +282,17 @@ class AgentAws:
                 raise LeaseLost(f"{record.run_id}: attempt {record.attempt} no longer holds the lease") from exc
             raise
 
-    def extend_lease(self, record: RunRecord, node_id: str, until_ms: int) -> RunState:
-        """Extend the lease; returns the run's state so a requested cancel (Cancelling) is seen at once."""
-        attributes = self._fenced_update(
-            record,
-            node_id,
-            f"SET lease_until_ms = :until, {RUNS_BY_LEASE.sort_key} = :until_key",
-            {":until": until_ms, ":until_key": lease_sort_key(until_ms)},
-            {},
-        )
+    def extend_lease(
+        self, record: RunRecord, node_id: str, until_ms: int, progress: Progress | None = None
+    ) -> RunState:
+        """Extend the lease (and write the newest progress, if any, in the same write); returns the
+        run's state, so a requested cancel (Cancelling) is seen on the next heartbeat."""
+        update = f"SET lease_until_ms = :until, {RUNS_BY_LEASE.sort_key} = :until_key"
+        values: dict[str, Any] = {":until": until_ms, ":until_key": lease_sort_key(until_ms)}
+        if progress is not None:
+            update += ", progress_json = :progress"
+            values[":progress"] = progress.model_dump_json()
+        attributes = self._fenced_update(record, node_id, update, values, {})
         return RunState(attributes["state"])
 
     def end_attempt(
@@ -212,6 +304,8 @@ class AgentAws:
         reason: FailureReason | None = None,
         error: dict[str, Any] | None = None,
         output: Any = None,
+        progress: Progress | None = None,
+        retry_at: datetime | None = None,
     ) -> None:
         """Close this attempt and give up the lease: to a terminal state, or back to Queued for a retry."""
         index = len(record.attempts) - 1
@@ -228,6 +322,13 @@ class AgentAws:
         if error is not None:
             sets.append(f"#attempts[{index}].#error = :error_message")
             values[":error_message"] = error["message"]
+        if retry_at is not None:
+            # Shown as the run's queued reason: "waiting for retry ... until T".
+            sets.append("retry_at = :retry_at")
+            values[":retry_at"] = iso(retry_at)
+        if progress is not None:
+            sets.append("progress_json = :progress")
+            values[":progress"] = progress.model_dump_json()
         if state.terminal:
             sets += ["finished_at = :now", "output_json = :output"]
             values[":output"] = json.dumps(output)
@@ -243,8 +344,21 @@ class AgentAws:
         self._fenced_update(record, node_id, update, values, names)
 
     # ------------------------------------------------------------ nodes
-    def put_node(self, node: NodeRecord) -> None:
-        self._table.put_item(Item=node.to_item())
+    def put_node(self, node: NodeRecord) -> bool:
+        """Register or refresh this node; returns whether a drain was requested (by the API).
+
+        An update, not a put: ``drain_requested`` belongs to the API and must survive heartbeats.
+        """
+        fields = node.model_dump(mode="json", exclude={"node_id", "drain_requested"})
+        names = {f"#{name}": name for name in fields}
+        result = self._table.update_item(
+            Key=node_key(node.node_id),
+            UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in fields),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={f":{name}": value for name, value in fields.items()},
+            ReturnValues="ALL_NEW",
+        )
+        return bool(result.get("Attributes", {}).get("drain_requested", False))
 
     def delete_node(self, node_id: str) -> None:
         self._table.delete_item(Key=node_key(node_id))
@@ -253,5 +367,8 @@ class AgentAws:
     def download(self, key: str, destination: Path) -> None:
         self._s3.download_file(self.bucket, key, str(destination))
 
-    def upload_log(self, key: str, source: Path) -> None:
-        self._s3.upload_file(str(source), self.bucket, key, ExtraArgs={"ContentType": "text/plain; charset=utf-8"})
+    def put_log_chunk(self, key: str, data: bytes) -> None:
+        digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        self._s3.put_object(
+            Bucket=self.bucket, Key=key, Body=data, ContentType="text/plain; charset=utf-8", ChecksumSHA256=digest
+        )

@@ -1,8 +1,11 @@
 """One job, run in its own OS process (and process group) inside its package's environment.
 
-stdout and stderr go to a log file on disk (shipped by the agent); results come
-back over a separate pipe as JSON lines, so nothing the job prints can be
-mistaken for a result.
+stdout and stderr go to a log file on disk (the agent ships it in chunks); the
+job talks to the agent over a separate pair of pipes, so nothing the job prints
+can be mistaken for a message:
+
+- job -> agent (RUNLY_CHANNEL_FD): progress, checkpoints, the result or the error, one JSON line each;
+- agent -> job (RUNLY_ACK_FD): one AckMessage per checkpoint, once it is durable (or refused).
 """
 
 from __future__ import annotations
@@ -14,15 +17,29 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from pydantic import TypeAdapter, ValidationError
 
-from runly.contracts import ChannelMessage, ErrorMessage, ResultMessage, RunSpec
+from runly.contracts import (
+    AckMessage,
+    ChannelMessage,
+    CheckpointMessage,
+    ErrorMessage,
+    Progress,
+    ProgressMessage,
+    ResultMessage,
+    RunSpec,
+)
 
 log = logging.getLogger(__name__)
 _messages: TypeAdapter[ChannelMessage] = TypeAdapter(ChannelMessage)
+
+# Called on the channel's reader thread; returns None when the checkpoint is durable, else why not.
+CheckpointHandler = Callable[[CheckpointMessage], str | None]
 
 
 @dataclass
@@ -39,49 +56,87 @@ class JobProcess:
     python: Path
     work_dir: Path
     log_path: Path
+    on_checkpoint: CheckpointHandler = field(default=lambda message: "no checkpoint handler")
+    latest_progress: Progress | None = None  # only the newest is kept: the heartbeat writes it
     _process: subprocess.Popen[bytes] | None = None
     _reader: threading.Thread | None = None
-    _messages: list[ChannelMessage] = field(default_factory=list)
+    _acks: IO[str] | None = None
+    _result: ResultMessage | None = None
+    _error: ErrorMessage | None = None
     _killed: bool = False
 
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         spec_path = self.work_dir / "spec.json"
         spec_path.write_text(self.spec.model_dump_json())
-        read_fd, write_fd = os.pipe()
+        channel_read, channel_write = os.pipe()
+        ack_read, ack_write = os.pipe()
         env = {
             key: value
             for key, value in os.environ.items()
             # The job gets no AWS credentials or agent settings of the node's.
             if not key.startswith(("AWS_", "RUNLY_"))
         }
-        env.update({"RUNLY_RUN_SPEC": str(spec_path), "RUNLY_CHANNEL_FD": str(write_fd), "PYTHONUNBUFFERED": "1"})
-        with open(self.log_path, "ab") as log_file:
-            self._process = subprocess.Popen(
-                # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered logs.
-                [str(self.python), "-I", "-u", "-m", "runly.host", "run"],
-                cwd=self.work_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,),
-                start_new_session=True,  # its own process group: signals reach the job's children too
-            )
-        os.close(write_fd)
+        env.update(
+            {
+                "RUNLY_RUN_SPEC": str(spec_path),
+                "RUNLY_CHANNEL_FD": str(channel_write),
+                "RUNLY_ACK_FD": str(ack_read),
+            }
+        )
+        try:
+            with open(self.log_path, "ab") as log_file:
+                self._process = subprocess.Popen(
+                    # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered.
+                    [str(self.python), "-I", "-u", "-m", "runly.host", "run"],
+                    cwd=self.work_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(channel_write, ack_read),
+                    start_new_session=True,  # its own process group: signals reach the job's children too
+                )
+        finally:
+            os.close(channel_write)
+            os.close(ack_read)
+        self._acks = os.fdopen(ack_write, "w", encoding="utf-8")
         self._reader = threading.Thread(
-            target=self._read_channel, args=(read_fd,), daemon=True, name=f"channel-{self.spec.run_id}"
+            target=self._read_channel, args=(channel_read,), daemon=True, name=f"channel-{self.spec.run_id}"
         )
         self._reader.start()
-        log.info("job process started", extra={"run_id": self.spec.run_id, "pid": self._process.pid})
+        log.info("run %s attempt %d: job process %d started", self.spec.run_id, self.spec.attempt, self._process.pid)
 
     def _read_channel(self, read_fd: int) -> None:
         with os.fdopen(read_fd, "r", encoding="utf-8") as stream:
             for line in stream:
                 try:
-                    self._messages.append(_messages.validate_python(json.loads(line)))
+                    message = _messages.validate_python(json.loads(line))
                 except (ValueError, ValidationError):
-                    log.warning("unreadable message from job process", extra={"run_id": self.spec.run_id})
+                    log.warning("run %s: unreadable message from the job process", self.spec.run_id)
+                    continue
+                if isinstance(message, ProgressMessage):
+                    self.latest_progress = message.progress
+                elif isinstance(message, CheckpointMessage):
+                    self._acknowledge(message)
+                elif isinstance(message, ResultMessage):
+                    self._result = message
+                elif isinstance(message, ErrorMessage):
+                    self._error = message
+
+    def _acknowledge(self, message: CheckpointMessage) -> None:
+        try:
+            refused = self.on_checkpoint(message)
+        except Exception as exc:  # the job must get an answer, or it would wait forever
+            log.exception("run %s: checkpoint failed", self.spec.run_id)
+            refused = f"checkpoint failed: {exc}"
+        ack = AckMessage(seq=message.seq, ok=refused is None, error=refused)
+        try:
+            assert self._acks is not None
+            self._acks.write(ack.model_dump_json() + "\n")
+            self._acks.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the job is gone; nothing to answer
 
     @property
     def pid(self) -> int:
@@ -99,7 +154,8 @@ class JobProcess:
             pass
 
     def stop(self, grace_seconds: float) -> None:
-        """SIGTERM the process group, then SIGKILL it if it has not exited within the grace period."""
+        """SIGTERM the process group (the SDK turns it into cooperative cancellation), then SIGKILL
+        it if it has not exited within the grace period."""
         self._killed = True
         self.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
@@ -116,6 +172,11 @@ class JobProcess:
         assert self._process is not None and self._reader is not None
         code = self._process.wait()
         self._reader.join(timeout=5)
-        result = next((m for m in self._messages if isinstance(m, ResultMessage)), None)
-        error = next((m for m in self._messages if isinstance(m, ErrorMessage)), None)
-        return Outcome(exit_code=code, result=result, error=error, killed=self._killed)
+        # Children the job left behind die with it: the group is the job's.
+        self.signal(signal.SIGKILL)
+        if self._acks is not None:
+            try:
+                self._acks.close()
+            except OSError:
+                pass
+        return Outcome(exit_code=code, result=self._result, error=self._error, killed=self._killed)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,18 @@ from runly.bundle import read_manifest, sha256_file
 from runly.contracts import (
     EnqueueRunRequest,
     ErrorBody,
+    LogPage,
+    NodeList,
+    PackageSummary,
+    PackageSummaryList,
+    PackageVersionList,
     PackageVersionView,
+    Pin,
+    PinList,
+    PinRequest,
     RegisterPackageRequest,
+    RequeueRunRequest,
+    RunPage,
     RunView,
     UploadRequest,
     UploadTicket,
@@ -36,9 +48,21 @@ class RunlyClient:
         self.timeout = timeout
 
     def _call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        payload = self._send(method, path, body, headers)
+        return json.loads(payload) if payload else None
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        accept: str = "application/json",
+    ) -> bytes:
+        """The response body of a request; an error response raises ApiError."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Accept", "application/json")
+        request.add_header("Accept", accept)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         if self.api_key:
@@ -55,7 +79,7 @@ class RunlyClient:
             except ValueError:
                 error = ErrorBody(code="http_error", message=raw.decode(errors="replace")[:500] or exc.reason)
             raise ApiError(exc.code, error) from None
-        return json.loads(payload) if payload else None
+        return bytes(payload)
 
     # packages
     def push(self, bundle: Path) -> PackageVersionView:
@@ -83,8 +107,13 @@ class RunlyClient:
         return PackageVersionView.model_validate(registered)
 
     # runs
-    def enqueue(self, request: EnqueueRunRequest) -> RunView:
-        return RunView.model_validate(self._call("POST", "/runs", request.model_dump(exclude_none=True)))
+    def enqueue(self, request: EnqueueRunRequest, *, idempotency_key: str | None = None) -> RunView:
+        """Enqueue a run. With ``idempotency_key``, retrying after a timeout or a dropped connection is safe:
+        the same key and request give back the run the first call created."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return RunView.model_validate(
+            self._call("POST", "/runs", request.model_dump(exclude_none=True), headers=headers)
+        )
 
     def get_run(self, run_id: str) -> RunView:
         return RunView.model_validate(self._call("GET", f"/runs/{run_id}"))
@@ -98,3 +127,99 @@ class RunlyClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} still {run.state} after {timeout:.0f} s")
             time.sleep(interval)
+
+    def list_runs(self, *, limit: int | None = None, cursor: str | None = None, **filters: str | None) -> RunPage:
+        """GET /runs; filters: state, package, job, environment, created_after, created_before."""
+        query = {k: v for k, v in {**filters, "limit": limit, "cursor": cursor}.items() if v is not None}
+        suffix = f"?{urllib.parse.urlencode(query)}" if query else ""
+        return RunPage.model_validate(self._call("GET", f"/runs{suffix}"))
+
+    def cancel_run(self, run_id: str) -> RunView:
+        return RunView.model_validate(self._call("POST", f"/runs/{urllib.parse.quote(run_id)}/cancel"))
+
+    def requeue_run(self, run_id: str, *, resume: bool = False) -> RunView:
+        body = RequeueRunRequest(resume=resume).model_dump()
+        return RunView.model_validate(self._call("POST", f"/runs/{urllib.parse.quote(run_id)}/requeue", body))
+
+    def get_logs(self, run_id: str, *, attempt: int | None = None, cursor: str | None = None) -> LogPage:
+        query = {k: v for k, v in {"attempt": attempt, "cursor": cursor}.items() if v is not None}
+        suffix = f"?{urllib.parse.urlencode(query)}" if query else ""
+        return LogPage.model_validate(self._call("GET", f"/runs/{urllib.parse.quote(run_id)}/logs{suffix}"))
+
+    # nodes
+    def list_nodes(self, environment: str | None = None) -> NodeList:
+        suffix = f"?{urllib.parse.urlencode({'environment': environment})}" if environment else ""
+        return NodeList.model_validate(self._call("GET", f"/nodes{suffix}"))
+
+    def iter_runs(self, *, page_size: int = 100, **filters: str | None) -> Iterator[RunView]:
+        """Every run matching the filters (see list_runs), newest first, following the cursor page by page."""
+        cursor: str | None = None
+        while True:
+            page = self.list_runs(limit=page_size, cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def download_logs(self, run_id: str, *, attempt: int | None = None) -> str:
+        """An attempt's whole output (the latest attempt by default); up to 4 MB, else page with get_logs."""
+        query = {"download": "true", **({"attempt": str(attempt)} if attempt is not None else {})}
+        path = f"/runs/{urllib.parse.quote(run_id, safe='')}/logs?{urllib.parse.urlencode(query)}"
+        return self._send("GET", path, accept="text/plain").decode("utf-8", errors="replace")
+
+    def follow_logs(self, run_id: str, *, attempt: int | None = None, interval: float = 1.0) -> Iterator[str]:
+        """The output as it is shipped: of ``attempt`` (the latest by default) and of every attempt after it,
+        until the run is finished and all of it has been read."""
+        cursor: str | None = None
+        while True:
+            page = self.get_logs(run_id, attempt=attempt, cursor=cursor)
+            if page.text:
+                yield page.text
+            if page.complete:
+                run = self.get_run(run_id)
+                later = run.attempts[-1].number > page.attempt if run.attempts else False
+                if later:
+                    attempt, cursor = page.attempt + 1, None
+                    continue
+                if run.state.terminal:
+                    return
+                time.sleep(interval)  # between attempts: waiting for the retry to start
+                continue
+            if page.next_cursor is None:
+                time.sleep(interval)  # not started yet: ask again from the top
+                continue
+            attempt, cursor = page.attempt, page.next_cursor
+            if not page.text:
+                time.sleep(interval)
+
+    # the feed, read
+    def list_packages(self) -> list[PackageSummary]:
+        return PackageSummaryList.model_validate(self._call("GET", "/packages")).items
+
+    def list_versions(self, name: str) -> list[PackageVersionView]:
+        """A package's versions, newest first."""
+        path = f"/packages/{urllib.parse.quote(name, safe='')}/versions"
+        return PackageVersionList.model_validate(self._call("GET", path)).items
+
+    def get_version(self, name: str, version: str) -> PackageVersionView:
+        path = f"/packages/{urllib.parse.quote(name, safe='')}/versions/{urllib.parse.quote(version, safe='')}"
+        return PackageVersionView.model_validate(self._call("GET", path))
+
+    # version pins
+    def _pin_path(self, environment: str, package: str | None = None) -> str:
+        path = f"/environments/{urllib.parse.quote(environment, safe='')}/pins"
+        return path if package is None else f"{path}/{urllib.parse.quote(package, safe='')}"
+
+    def list_pins(self, environment: str) -> list[Pin]:
+        return PinList.model_validate(self._call("GET", self._pin_path(environment))).items
+
+    def get_pin(self, environment: str, package: str) -> Pin:
+        return Pin.model_validate(self._call("GET", self._pin_path(environment, package)))
+
+    def set_pin(self, environment: str, package: str, specifier: str) -> Pin:
+        """Pin a package to a PEP 440 specifier (e.g. ``>=1.2,<2``) in an environment; needs an admin key."""
+        body = PinRequest(specifier=specifier).model_dump()
+        return Pin.model_validate(self._call("PUT", self._pin_path(environment, package), body))
+
+    def delete_pin(self, environment: str, package: str) -> None:
+        self._call("DELETE", self._pin_path(environment, package))

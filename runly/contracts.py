@@ -84,6 +84,7 @@ class FailureReason(StrEnum):
     PACKAGE_ERROR = "package_error"  # download, verification or install failed: not retried
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    DEAD_LETTER = "dead_letter"  # its message was received too often without an outcome (poison)
 
 
 # ---------------------------------------------------------------- packages
@@ -212,6 +213,8 @@ class RunView(BaseModel):
     error: RunError | None = None
     progress: Progress | None = None
     checkpoint: Checkpoint | None = None
+    queued_reason: str | None = Field(default=None, description="why a Queued run has not started yet")
+    requeued_from: str | None = Field(default=None, description="the run this one is a requeue of")
 
 
 class RunMessage(BaseModel):
@@ -292,3 +295,170 @@ class ErrorMessage(BaseModel):
 ChannelMessage = Annotated[
     ResultMessage | ErrorMessage | ProgressMessage | CheckpointMessage, Field(discriminator="kind")
 ]
+
+
+# ---------------------------------------------------------------- API keys
+
+KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,99}$"
+
+
+class CreateKeyRequest(Strict):
+    name: str = Field(pattern=KEY_NAME, description="what the key is for, e.g. 'ci pipeline' or 'node eu-1'")
+    scope: Scope
+    environment: EnvironmentName | None = Field(
+        default=None, description="required for scope node (the one environment its agents join); else absent"
+    )
+
+
+class KeyView(BaseModel):
+    """An API key as listed: never its secret (only a hash of it is stored)."""
+
+    id: str
+    name: str
+    scope: Scope
+    environment: str | None = None
+    prefix: str = Field(description="the start of the secret (rly_<id>_), to recognise a key without revealing it")
+    created_at: datetime
+    created_by: str = Field(description="id of the key that created it, or 'bootstrap'")
+    revoked_at: datetime | None = None
+
+
+class CreatedKey(KeyView):
+    secret: str = Field(description="the key itself: send it as 'Authorization: Bearer <secret>'; shown only once")
+
+
+class KeyList(BaseModel):
+    items: list[KeyView]
+
+
+# ---------------------------------------------------------------- nodes
+
+
+class NodeStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class NodeView(BaseModel):
+    """A node agent as it last reported itself.
+
+    ``status`` is ``online`` while the node's registration is unexpired (``expires_at`` in the future): the agent
+    pushes ``expires_at`` forward on every heartbeat, so a node that stops heartbeating turns ``offline`` once it
+    passes, and DynamoDB's TTL later removes the record.
+    """
+
+    id: str
+    host: str
+    environment: str
+    status: NodeStatus
+    state: str = Field(description="the agent's own state (starting, idle, busy, draining...)")
+    capacity: int = Field(description="how many runs it takes at once")
+    running: list[str] = Field(description="ids of the runs it is running")
+    agent_version: str
+    started_at: datetime
+    last_seen: datetime
+    expires_at: datetime = Field(description="online until then unless it heartbeats again")
+    drain_requested: bool
+
+
+class NodeList(BaseModel):
+    items: list[NodeView]
+
+
+# ---------------------------------------------------------------- feed listing, pins, run search, logs
+# (API issue 3: appended; the models above keep their order.)
+
+IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_CONFIG_BYTES = 64 * 1024  # a run's config, as compact JSON; larger inputs belong in S3 and the config names them
+
+
+class PackageSummary(BaseModel):
+    name: str
+    latest_version: str = Field(description="the newest final release by PEP 440 (the newest pre-release if none)")
+    version_count: int
+    updated_at: datetime = Field(description="when a version of it was last registered")
+
+
+class PackageSummaryList(BaseModel):
+    items: list[PackageSummary]
+
+
+class PackageVersionList(BaseModel):
+    items: list[PackageVersionView] = Field(description="newest first, by PEP 440 ordering")
+
+
+class PinRequest(Strict):
+    specifier: str = Field(
+        min_length=1, max_length=256, description="a PEP 440 version specifier, e.g. '>=1.2,<2' or '==1.4.*'"
+    )
+
+
+class Pin(BaseModel):
+    """Which versions of a package an environment runs when a run names no version."""
+
+    environment: str
+    package: str
+    specifier: str
+    updated_at: datetime
+    updated_by: str | None = Field(default=None, description="the API key that set it")
+
+
+class PinList(BaseModel):
+    items: list[Pin]
+
+
+class RequeueRunRequest(Strict):
+    resume: bool = Field(
+        default=False, description="start from the original run's last checkpoint (from scratch if it has none)"
+    )
+
+
+class RunPage(BaseModel):
+    items: list[RunView] = Field(description="newest first")
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page; null at the end")
+
+
+class LogPage(BaseModel):
+    run_id: str
+    attempt: int = Field(description="the attempt whose output this is (0: the run has not started)")
+    text: str
+    next_cursor: str | None = Field(
+        default=None, description="pass as ?cursor= for what follows; null only when complete"
+    )
+    complete: bool = Field(
+        description="every chunk of this attempt has been read and no more will come (the attempt or the run ended)"
+    )
+
+
+# ---------------------------------------------------------------- run events, node credentials
+# (infrastructure issue 6: appended; the models above keep their order.)
+
+RUN_EVENT_SOURCE = "runly"
+RUN_STATE_CHANGED = "Run State Changed"  # the EventBridge detail-type
+
+
+class RunStateChanged(BaseModel):
+    """The ``detail`` of a ``Run State Changed`` event on the runly bus (source ``runly``), one per state a run
+    enters. Delivery is at least once and not ordered: order by ``occurred_at``, de-duplicate by
+    (``run_id``, ``state``, ``attempt``)."""
+
+    run_id: str
+    environment: str
+    package: str
+    version: str
+    job: str
+    previous_state: RunState | None = Field(description="null when the run was just created")
+    state: RunState
+    attempt: int = Field(description="the attempt number (0 before the first attempt started)")
+    occurred_at: datetime = Field(description="when the change was written (the table stream's clock, in seconds)")
+
+
+class NodeCredentials(BaseModel):
+    """Short-lived AWS credentials for an on-premises node (``POST /nodes/credentials`` with a node key),
+    limited to its environment's queue, the feed and the run and node items. Refresh before ``expiration``."""
+
+    environment: str
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: datetime

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
+import signal
 import sys
 import threading
 import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 from pydantic import BaseModel
@@ -30,7 +33,9 @@ from runly.contracts import (
     ResultMessage,
     RunSpec,
 )
-from runly.job import Job, JobContext
+from runly.job import CheckpointRefused, Job, JobCancelled, JobContext
+
+__all__ = ["Channel", "CheckpointRefused", "describe_jobs", "load_job_class", "main", "run_job"]
 
 ENTRY_POINT_GROUP = "runly.jobs"
 SPEC_ENV = "RUNLY_RUN_SPEC"
@@ -40,6 +45,8 @@ ACK_ENV = "RUNLY_ACK_FD"
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_HOST_ERROR = 3
+EXIT_CANCELLED = 4  # the job stopped on SIGTERM (cancel, drain): an ErrorMessage of type JobCancelled was sent
+EXIT_LEASE_LOST = 5  # a checkpoint was refused: another attempt owns the run; nothing else was sent
 
 
 def load_job_class(entry_point: str) -> type[Job[Any]]:
@@ -54,24 +61,23 @@ def load_job_class(entry_point: str) -> type[Job[Any]]:
     return target
 
 
-def describe_jobs() -> list[JobSpec]:
-    """Every job the installed packages declare in the ``runly.jobs`` entry-point group."""
+def describe_jobs(declared: dict[str, str] | None = None) -> list[JobSpec]:
+    """Every job the installed packages declare in the ``runly.jobs`` entry-point group
+    (or the ``declared`` name -> module:Class pairs, for a project that is not installed)."""
+    if declared is None:
+        declared = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     specs = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        cls = load_job_class(ep.value)
+    for name, value in sorted(declared.items()):
+        cls = load_job_class(value)
         specs.append(
             JobSpec(
-                name=ep.name,
-                entry_point=ep.value,
+                name=name,
+                entry_point=value,
                 config_schema=cls.config_schema(),
                 default_config=cls.default_config(),
             )
         )
     return specs
-
-
-class CheckpointRefused(Exception):
-    """The agent could not write the checkpoint: this attempt lost its lease and must stop."""
 
 
 class Channel:
@@ -86,6 +92,11 @@ class Channel:
         self._acks = acks
         self._lock = threading.Lock()
         self._seq = 0
+
+    @property
+    def can_checkpoint(self) -> bool:
+        """False when the agent passed no ack pipe: it cannot make checkpoints durable."""
+        return self._acks is not None
 
     def send(self, message: BaseModel) -> None:
         line = message.model_dump_json() + "\n"
@@ -103,44 +114,124 @@ class Channel:
             self._seq += 1
             seq = self._seq
             message = CheckpointMessage(seq=seq, watermark=watermark, last_item_id=last_item_id, state=state)
-            self._stream.write(message.model_dump_json() + "\n")
-            self._stream.flush()
-            while True:
-                line = self._acks.readline()
-                if not line:
-                    raise CheckpointRefused("the agent closed the channel")
-                ack = AckMessage.model_validate_json(line)
-                if ack.seq == seq:
-                    break
+            try:
+                self._stream.write(message.model_dump_json() + "\n")
+                self._stream.flush()
+                while True:
+                    line = self._acks.readline()
+                    if not line:
+                        raise CheckpointRefused("the agent closed the channel")
+                    ack = AckMessage.model_validate_json(line)
+                    if ack.seq == seq:
+                        break
+            except (OSError, ValueError) as exc:  # a broken pipe or a garbled ack: not durable
+                raise CheckpointRefused(f"the channel to the agent failed: {exc}") from exc
         if not ack.ok:
             raise CheckpointRefused(ack.error or "checkpoint refused")
 
 
-def run_job(spec: RunSpec, channel: Channel) -> int:
+def configure_logging() -> None:
+    """Job logs (the standard ``logging`` module) go to stdout, which the agent spools and ships."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+def install_cancel_handler(job: Job[Any]) -> None:
+    """SIGTERM (the agent's cancel or drain) becomes the job's cancellation token, not an exit:
+    the job finishes what it holds; the agent SIGKILLs it after its grace period otherwise.
+
+    The token is set on a thread of its own, woken through the signal wakeup fd: a Python signal
+    handler runs on the main thread between any two bytecodes, possibly while that thread holds
+    the very lock (the token's, logging's, threading's) that setting the token needs.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    watched = {signal.SIGTERM.value, signal.SIGINT.value}
+
+    def watch() -> None:
+        while data := os.read(read_fd, 64):
+            for signum in data:
+                if signum in watched and not job.cancellation.cancelled:
+                    name = signal.Signals(signum).name
+                    logging.getLogger("runly.host").warning("%s received: cancelling (items in flight finish)", name)
+                    job.cancellation.cancel(f"cancelled ({name})")
+
+    threading.Thread(target=watch, name="runly-signals", daemon=True).start()
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    for signum in watched:
+        signal.signal(signum, _ignore)  # a handler must be set, or the default action ends the process
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
+def run_job(spec: RunSpec, channel: Channel, *, handle_signals: bool = False) -> int:
+    """Run one job to its end and report it on the channel; return the process's exit code.
+
+    Exit codes: 0 a ResultMessage was sent; 1 the job failed (ErrorMessage); 4 the job stopped
+    on cancellation (ErrorMessage of type JobCancelled); 5 a checkpoint was refused (lease lost).
+    """
+    lease_lost = False
     try:
         cls = load_job_class(spec.entry_point)
-        job = cls(cls.parse_config(spec.config), JobContext(run_id=spec.run_id, attempt=spec.attempt))
-        output = job.run()
+        context = JobContext(run_id=spec.run_id, attempt=spec.attempt, checkpoint=spec.checkpoint)
+        job = cls(cls.parse_config(spec.config), context)
+        if handle_signals:
+            install_cancel_handler(job)
+        job.bind(channel)
+        output = job.execute()
         json.dumps(output)  # the output must be JSON: fail here, in the job, not in the agent
+    except CheckpointRefused:
+        lease_lost = True
+    except JobCancelled as exc:
+        _send_quietly(channel, ErrorMessage(type="JobCancelled", message=str(exc) or "cancelled", traceback=""))
+        print(f"job cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
     except BaseException as exc:  # noqa: BLE001 - every failure of user code is reported, then the process ends
-        channel.send(ErrorMessage(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()))
+        _send_quietly(
+            channel, ErrorMessage(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc())
+        )
         traceback.print_exc()
         return EXIT_JOB_FAILED
+    if lease_lost:
+        print("checkpoint refused: this attempt lost its lease; stopping", file=sys.stderr)
+        return EXIT_LEASE_LOST
     channel.send(ResultMessage(output=output))
     return EXIT_OK
+
+
+def _send_quietly(channel: Channel, message: BaseModel) -> None:
+    try:
+        channel.send(message)
+    except (OSError, ValueError):
+        pass  # the agent is gone: the exit code still tells
 
 
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else ""
     if command == "describe":
-        print(json.dumps([spec.model_dump(mode="json") for spec in describe_jobs()]))
+        # Optional NAME=module:Class arguments: describe those (a project that is not installed).
+        declared = dict(arg.split("=", 1) for arg in argv[2:]) if len(argv) > 2 else None
+        print(json.dumps([spec.model_dump(mode="json") for spec in describe_jobs(declared)]))
         return EXIT_OK
     if command == "run":
+        configure_logging()
         spec = RunSpec.model_validate_json(Path(os.environ[SPEC_ENV]).read_text())
         acks = os.fdopen(int(os.environ[ACK_ENV]), "r", encoding="utf-8") if ACK_ENV in os.environ else None
         with os.fdopen(int(os.environ[CHANNEL_ENV]), "w", encoding="utf-8") as stream:
-            return run_job(spec, Channel(stream, acks))
-    print("usage: python -m runly.host {run|describe}", file=sys.stderr)
+            code = run_job(spec, Channel(stream, acks), handle_signals=True)
+        if code == EXIT_LEASE_LOST:
+            # Stop at once: threads still processing items must not hold the process.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    print("usage: python -m runly.host {run|describe [NAME=module:Class ...]}", file=sys.stderr)
     return EXIT_HOST_ERROR
 
 

@@ -11,10 +11,21 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
-from runly.contracts import AttemptView, JobSpec, PackageVersionView, Progress, RunError, RunState, RunView
-from runly.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, SORT_KEY
+from runly.contracts import (
+    AttemptView,
+    JobSpec,
+    KeyView,
+    PackageVersionView,
+    Pin,
+    Progress,
+    RunError,
+    RunState,
+    RunView,
+    Scope,
+)
+from runly.resources import ITEMS_BY_KIND, PARTITION_KEY, RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, SORT_KEY
 
 LEASED = "LEASED"
 
@@ -75,11 +86,12 @@ class RunRecord(BaseModel):
     error_json: str | None = None
     progress_json: str | None = None  # latest Progress, written by the agent's heartbeat
     requeued_from: str | None = None  # the run this one was requeued from
+    retry_at: str | None = None  # when a Queued run that failed an attempt becomes visible again (agent)
 
     def to_item(self) -> dict[str, Any]:
         item = self.model_dump(mode="json", exclude_none=True)
         item.update(run_key(self.run_id))
-        item[RUNS_BY_ENVIRONMENT.partition_key] = f"ENV#{self.environment}"
+        item[RUNS_BY_ENVIRONMENT.partition_key] = environment_partition(self.environment)
         item[RUNS_BY_ENVIRONMENT.sort_key] = f"{self.created_at}#{self.run_id}"
         if self.lease_until_ms is not None and not self.state.terminal:
             item[RUNS_BY_LEASE.partition_key] = LEASED
@@ -108,6 +120,7 @@ class RunRecord(BaseModel):
             output=json.loads(self.output_json) if self.output_json is not None else None,
             error=RunError.model_validate_json(self.error_json) if self.error_json else None,
             progress=Progress.model_validate_json(self.progress_json) if self.progress_json else None,
+            requeued_from=self.requeued_from,
         )
 
 
@@ -166,7 +179,169 @@ class NodeRecord(BaseModel):
     expires_at: int  # epoch seconds: the table's TTL attribute
     drain_requested: bool = False  # set by the API (drain a node); the agent reads it on its heartbeat
 
+    # Its place in the items-by-kind index (runly.resources.ITEMS_BY_KIND), so the API lists nodes by environment
+    # without scanning the table. Computed fields are part of model_dump, so the agent's heartbeat writes them.
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def gsi3pk(self) -> str:
+        return NODE_KIND
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def gsi3sk(self) -> str:
+        return node_kind_sort_key(self.environment, self.node_id)
+
     def to_item(self) -> dict[str, Any]:
         item = self.model_dump(mode="json")
         item.update(node_key(self.node_id))
         return item
+
+
+# ---------------------------------------------------------------- items listed by kind (ITEMS_BY_KIND)
+
+NODE_KIND = "NODE"
+KEY_KIND = "KEY"
+
+
+def node_kind_sort_key(environment: str, node_id: str) -> str:
+    # Environment names cannot contain "#", so "<environment>#" prefixes exactly that environment's nodes.
+    return f"{environment}#{node_id}"
+
+
+# ---------------------------------------------------------------- API keys
+
+KEY_SECRET_PREFIX = "rly"
+
+
+def key_key(key_id: str) -> dict[str, str]:
+    return {PARTITION_KEY: f"KEY#{key_id}", SORT_KEY: "KEY"}
+
+
+class KeyRecord(BaseModel):
+    """An API key. The secret (``rly_<key_id>_<random>``) is never stored: only its SHA-256."""
+
+    key_id: str
+    name: str
+    scope: Scope
+    environment: str | None = None  # node keys only
+    secret_sha256: str
+    created_at: str
+    created_by: str  # the key that created it, or "bootstrap"
+    revoked_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_item(self) -> dict[str, Any]:
+        item = self.model_dump(mode="json", exclude_none=True)
+        item.update(key_key(self.key_id))
+        item[ITEMS_BY_KIND.partition_key] = KEY_KIND
+        item[ITEMS_BY_KIND.sort_key] = f"{self.created_at}#{self.key_id}"
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> KeyRecord:
+        return cls.model_validate(item)
+
+    def view(self) -> KeyView:
+        return KeyView(
+            id=self.key_id,
+            name=self.name,
+            scope=self.scope,
+            environment=self.environment,
+            prefix=f"{KEY_SECRET_PREFIX}_{self.key_id}_",
+            created_at=datetime.fromisoformat(self.created_at),
+            created_by=self.created_by,
+            revoked_at=datetime.fromisoformat(self.revoked_at) if self.revoked_at else None,
+        )
+
+
+# ---------------------------------------------------------------- pins, idempotency, the package index
+# (API issue 3: appended.)
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+PACKAGE_INDEX_PARTITION = "PACKAGES"
+
+
+def environment_partition(environment: str) -> str:
+    """``ENV#{environment}``: the table partition of an environment's own items (its pins), and the partition
+    of its runs in the runs-by-environment index (``gsi1pk``)."""
+    return f"ENV#{environment}"
+
+
+def pin_key(environment: str, package: str) -> dict[str, str]:
+    return {PARTITION_KEY: environment_partition(environment), SORT_KEY: f"PIN#{package}"}
+
+
+class PinRecord(BaseModel):
+    environment: str
+    package: str
+    specifier: str
+    updated_at: str
+    updated_by: str | None = None
+
+    def to_item(self) -> dict[str, Any]:
+        item = self.model_dump(mode="json", exclude_none=True)
+        item.update(pin_key(self.environment, self.package))
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> PinRecord:
+        return cls.model_validate(item)
+
+    def view(self) -> Pin:
+        return Pin(
+            environment=self.environment,
+            package=self.package,
+            specifier=self.specifier,
+            updated_at=datetime.fromisoformat(self.updated_at),
+            updated_by=self.updated_by,
+        )
+
+
+def idempotency_key(owner: str, key: str) -> dict[str, str]:
+    """One caller's Idempotency-Key: two keys (API keys) never share a namespace."""
+    return {PARTITION_KEY: f"IDEM#{owner}#{key}", SORT_KEY: "IDEM"}
+
+
+class IdempotencyRecord(BaseModel):
+    """The run an ``Idempotency-Key`` created, and a fingerprint of the request that created it.
+
+    ``expires_at`` is the table's TTL attribute; DynamoDB deletes expired items lazily (up to days
+    late), so readers treat an item past it as absent.
+    """
+
+    owner: str
+    key: str
+    fingerprint: str
+    run_id: str
+    created_at: str
+    expires_at: int
+    dispatched: bool = False  # set once the run's message is sent; a replay re-sends it if it never was
+
+    def to_item(self) -> dict[str, Any]:
+        item = self.model_dump(mode="json")
+        item.update(idempotency_key(self.owner, self.key))
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> IdempotencyRecord:
+        return cls.model_validate(item)
+
+
+def package_index_key(name: str) -> dict[str, str]:
+    """One item per package in one partition, so listing packages reads that partition, never the table."""
+    return {PARTITION_KEY: PACKAGE_INDEX_PARTITION, SORT_KEY: f"PKG#{name}"}
+
+
+class PackageIndexRecord(BaseModel):
+    """A package's entry in the package index; ``versions`` is a string set grown with ADD (race-free)."""
+
+    name: str
+    versions: set[str]
+    updated_at: str
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> PackageIndexRecord:
+        return cls.model_validate(item)

@@ -31,7 +31,10 @@ class IndexSpec(BaseModel):
 RUNS_BY_ENVIRONMENT = IndexSpec(name="runs-by-environment", partition_key="gsi1pk", sort_key="gsi1sk")
 # Runs that hold a lease, by lease expiry (the reaper's query). Sparse: only leased runs carry it.
 RUNS_BY_LEASE = IndexSpec(name="runs-by-lease", partition_key="gsi2pk", sort_key="gsi2sk")
-TABLE_INDEXES: tuple[IndexSpec, ...] = (RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE)
+# Small sets of items listed whole, by kind (API keys, nodes), so listing them never scans the runs.
+# Sparse: only the items that list themselves carry it (see runly.records).
+ITEMS_BY_KIND = IndexSpec(name="items-by-kind", partition_key="gsi3pk", sort_key="gsi3sk")
+TABLE_INDEXES: tuple[IndexSpec, ...] = (RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, ITEMS_BY_KIND)
 
 # SQS: one queue and one dead-letter queue per environment.
 QUEUE_VISIBILITY_TIMEOUT_SECONDS = 60  # the first lease; agents extend it by heartbeat
@@ -49,6 +52,17 @@ UPLOAD_URL_EXPIRY_SECONDS = 900
 
 # Lambda / API
 API_FUNCTION_HANDLER = "functions.api.app.lambda_handler"
+# The HTTP API's Lambda REQUEST authorizer (payload 2.0, simple responses); the local gateway runs it too.
+AUTHORIZER_FUNCTION_HANDLER = "functions.authorizer.app.lambda_handler"
+# API Gateway caches an authorizer's answer per Authorization header for this long. 0: never, so a revoked
+# key stops working on the very next request (the price: one authorizer call and one GetItem per request).
+AUTHORIZER_RESULT_TTL_SECONDS = 0
+AUTHORIZATION_HEADER = "Authorization"
+# The routes that answer without an API key (method, path); every other route runs the authorizer first.
+# Read by the CDK construct (routes without an authorizer) and the local gateway (no authorizer call).
+OPEN_ROUTES: tuple[tuple[str, str], ...] = (("GET", "/docs"), ("GET", "/openapi.json"))
+# Largest request body the API function accepts (413 above it); bundles go straight to S3, not through the API.
+MAX_API_BODY_BYTES = 256 * 1024
 FUNCTIONS_MEMORY_MB = 512
 FUNCTIONS_TIMEOUT_SECONDS = 29
 
@@ -97,6 +111,11 @@ class ResourceNames(BaseModel):
     def feed_bucket(self) -> str:
         # Bucket names are global: the account and region keep them unique.
         return f"{self.prefix}-feed-{self.account}-{self.region}"
+
+    @property
+    def event_bus(self) -> str:
+        """The custom EventBridge bus that every run state change is published to."""
+        return self.prefix
 
     def queues(self, environment: str) -> QueueNames:
         if environment not in self.environments:

@@ -7,9 +7,11 @@ it again: a request that somehow arrives without it is refused, not trusted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.event_handler.exceptions import ForbiddenError, UnauthorizedError
+from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from pydantic import BaseModel, ValidationError
 
 from runly.contracts import Scope
@@ -19,7 +21,8 @@ _IMPLIES: dict[Scope, frozenset[Scope]] = {
     Scope.ADMIN: frozenset({Scope.ADMIN, Scope.WRITE, Scope.READ}),
     Scope.WRITE: frozenset({Scope.WRITE, Scope.READ}),
     Scope.READ: frozenset({Scope.READ}),
-    Scope.NODE: frozenset({Scope.NODE}),
+    # A node key reads what its agents need (runs, packages, nodes), in its own environment only.
+    Scope.NODE: frozenset({Scope.NODE, Scope.READ}),
 }
 
 
@@ -35,8 +38,13 @@ class Caller(BaseModel):
         return self.environment is None or self.environment == environment
 
 
-def caller_from_event(event: dict[str, Any]) -> Caller:
-    context = (event.get("requestContext") or {}).get("authorizer", {}).get("lambda")
+Event = Mapping[str, Any] | BaseProxyEvent
+
+
+def caller_from_event(event: Event) -> Caller:
+    """The caller the authorizer identified (``requestContext.authorizer.lambda``); 401 when there is none."""
+    raw = event.raw_event if isinstance(event, BaseProxyEvent) else event
+    context = ((raw.get("requestContext") or {}).get("authorizer") or {}).get("lambda")
     if not context:
         raise UnauthorizedError("missing or invalid API key")
     try:
@@ -45,11 +53,21 @@ def caller_from_event(event: dict[str, Any]) -> Caller:
         raise UnauthorizedError("missing or invalid API key") from exc
 
 
-def require(event: dict[str, Any], needed: Scope, *, environment: str | None = None) -> Caller:
-    """The caller, if its key has the scope (and the environment) this operation needs; else 401/403."""
+def require(event: Event, needed: Scope, *, environment: str | None = None) -> Caller:
+    """The caller, if its key has the scope (and the environment) this operation needs; else 401/403.
+
+    ``event`` is the raw event or the resolver's ``current_event`` (``router.current_event`` in a router).
+    """
     caller = caller_from_event(event)
     if not caller.allows(needed):
         raise ForbiddenError(f"this operation needs a key with scope {needed.value}; yours is {caller.scope.value}")
-    if environment is not None and not caller.can_see_environment(environment):
-        raise ForbiddenError(f"this key is limited to environment {caller.environment!r}")
+    if environment is not None:
+        require_environment(caller, environment)
     return caller
+
+
+def require_environment(caller: Caller, environment: str) -> None:
+    """403 unless the caller may act in ``environment`` (for operations whose environment is known only after a
+    lookup, e.g. the run named in the path)."""
+    if not caller.can_see_environment(environment):
+        raise ForbiddenError(f"this key is limited to environment {caller.environment!r}")

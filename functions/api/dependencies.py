@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from functions.dal.feed import Feed
+from functions.dal.keys import KeyStore
+from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.store import Store
 from functions.settings import get_settings
@@ -24,3 +26,18 @@ def services() -> Services:
     return Services(
         store=Store(settings.table_name), queue=RunQueue(settings.queue_urls), feed=Feed(settings.feed_bucket)
     )
+
+
+@lru_cache(maxsize=1)
+def key_store() -> KeyStore:
+    return KeyStore(get_settings().table_name)
+
+
+@lru_cache(maxsize=1)
+def node_store() -> NodeStore:
+    return NodeStore(get_settings().table_name)
+
+
+def environments() -> frozenset[str]:
+    """The deployment's environments: the ones with a run queue."""
+    return frozenset(get_settings().queue_urls)

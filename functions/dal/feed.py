@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import base64
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
+
+from runly.resources import LOGS_PREFIX
+
+_CHUNK_NAME = re.compile(r"^(\d{8})\.log$")
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """One shipped piece of a run attempt's output: ``logs/{run_id}/{attempt:04d}/{seq:08d}.log``."""
+
+    key: str
+    seq: int
+    size: int
+
+
+def log_prefix(run_id: str, attempt: int) -> str:
+    return f"{LOGS_PREFIX}{run_id}/{attempt:04d}/"
 
 
 class Feed:
@@ -51,3 +71,28 @@ class Feed:
 
     def download(self, key: str, destination: Path) -> None:
         self._s3.download_file(self.bucket, key, str(destination))
+
+    # ------------------------------------------------------------ run logs
+    def log_chunks(self, run_id: str, attempt: int, *, from_seq: int = 0) -> Iterator[LogChunk]:
+        """The attempt's chunks from ``from_seq`` on, in order (zero-padded names: key order is seq order)."""
+        prefix = log_prefix(run_id, attempt)
+        # Listing starts after "{seq:08d}", which sorts just before "{seq:08d}.log": chunk from_seq is included.
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "StartAfter": f"{prefix}{from_seq:08d}"}
+        while True:
+            page = self._s3.list_objects_v2(**request)
+            for entry in page.get("Contents", []):
+                name = entry["Key"][len(prefix) :]
+                matched = _CHUNK_NAME.match(name)
+                if matched:
+                    yield LogChunk(key=entry["Key"], seq=int(matched.group(1)), size=int(entry["Size"]))
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
+            request.pop("StartAfter", None)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of an object from ``start`` (fewer at its end)."""
+        if length <= 0:
+            return b""
+        body = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")["Body"]
+        return bytes(body.read())

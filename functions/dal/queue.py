@@ -14,6 +14,11 @@ class RunQueue:
         self._urls = queue_urls
         self._sqs = client or boto3.client("sqs")
 
+    @property
+    def environments(self) -> tuple[str, ...]:
+        """The deployment's environments: one queue each (``cdk.json``), in a stable order."""
+        return tuple(sorted(self._urls))
+
     def has_environment(self, environment: str) -> bool:
         return environment in self._urls
 

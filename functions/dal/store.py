@@ -1,23 +1,90 @@
-"""DynamoDB access for the API: runs and packages. boto3 lives here, not in logic."""
+"""DynamoDB access for the API: runs, packages, pins, idempotency keys. boto3 lives here, not in logic.
+
+The store owns the protocol (conditions, states); logic decides what to ask for. Every
+state change the API makes to a run is conditional on the state it read, so it cannot
+overwrite what an agent wrote in between (the agent's writes are conditional too, see
+node_agent/aws.py): a lost race surfaces as ``StateChanged`` and logic reads again.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
-from runly.records import PackageRecord, RunRecord, package_partition, run_key
-from runly.resources import PARTITION_KEY
+from runly.contracts import Checkpoint, RunState
+from runly.records import (
+    PACKAGE_INDEX_PARTITION,
+    IdempotencyRecord,
+    PackageIndexRecord,
+    PackageRecord,
+    PinRecord,
+    RunRecord,
+    checkpoint_key,
+    environment_partition,
+    idempotency_key,
+    package_index_key,
+    package_partition,
+    pin_key,
+    run_key,
+)
+from runly.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, SORT_KEY, TTL_ATTRIBUTE
 
 
 class AlreadyExists(Exception):
     pass
 
 
+class IdempotencyKeyTaken(Exception):
+    """Another request stored this Idempotency-Key first; read it and answer with its run."""
+
+
+class StateChanged(Exception):
+    """A conditional state change found the run in another state than the one it was read in."""
+
+
+class InvalidStartKey(Exception):
+    """DynamoDB refused a query's start position (a cursor that does not fit the query)."""
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 def _is_conditional_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    return _error_code(exc) == "ConditionalCheckFailedException"
+
+
+def _cancelled_by_condition(exc: ClientError) -> list[bool]:
+    """For a cancelled transaction: which of its items failed their condition, in request order."""
+    reasons = exc.response.get("CancellationReasons") or []
+    return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
+
+
+@dataclass(frozen=True)
+class RunQueryPage:
+    """Matching runs of one Query page, newest first, and where the next page starts (None: exhausted)."""
+
+    records: list[RunRecord]
+    last_evaluated: str | None  # the index sort key of the last item DynamoDB read, matching or not
+    evaluated: int  # items DynamoDB read (what the query cost), not only those that matched
+
+
+def _start_key(environment: str, sort_key: str) -> dict[str, str]:
+    # The index sort key is "{created_at}#{run_id}" (runly.records.RunRecord.to_item); a start key names both
+    # the index's keys and the table's keys of the item to start after.
+    run_id = sort_key.split("#", 1)[1]
+    return {
+        RUNS_BY_ENVIRONMENT.partition_key: environment_partition(environment),
+        RUNS_BY_ENVIRONMENT.sort_key: sort_key,
+        **run_key(run_id),
+    }
 
 
 class Store:
@@ -25,8 +92,10 @@ class Store:
 
     def __init__(self, table_name: str, *, resource: Any = None) -> None:
         self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        # The resource's client takes plain Python values, as the Table does (transactions, batch reads).
+        self._client = self._table.meta.client
 
-    # runs
+    # ------------------------------------------------------------ runs
     def put_new_run(self, record: RunRecord) -> None:
         try:
             self._table.put_item(Item=record.to_item(), ConditionExpression=self.item_is_new)
@@ -35,6 +104,75 @@ class Store:
                 raise AlreadyExists(record.run_id) from exc
             raise
 
+    def create_run(
+        self,
+        record: RunRecord,
+        *,
+        idempotency: IdempotencyRecord | None = None,
+        checkpoint: dict[str, Any] | None = None,
+        now_epoch: int | None = None,
+    ) -> None:
+        """Record a new run, with its Idempotency-Key and a copied checkpoint, all or nothing.
+
+        The key's condition lets an expired item (TTL deletion lags) be taken over; a live one
+        raises ``IdempotencyKeyTaken``: two concurrent requests with one key make one run.
+        """
+        if idempotency is None and checkpoint is None:
+            self.put_new_run(record)
+            return
+        items: list[dict[str, Any]] = [
+            {"Put": {"TableName": self._table.name, "Item": record.to_item(), "ConditionExpression": self.item_is_new}}
+        ]
+        if idempotency is not None:
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self._table.name,
+                        "Item": idempotency.to_item(),
+                        "ConditionExpression": f"{self.item_is_new} OR #expires <= :now",
+                        "ExpressionAttributeNames": {"#expires": TTL_ATTRIBUTE},
+                        "ExpressionAttributeValues": {":now": int(time.time()) if now_epoch is None else now_epoch},
+                    }
+                }
+            )
+        if checkpoint is not None:
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self._table.name,
+                        "Item": {**checkpoint, **checkpoint_key(record.run_id)},
+                        "ConditionExpression": self.item_is_new,
+                    }
+                }
+            )
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if _error_code(exc) != "TransactionCanceledException":
+                raise
+            failed = _cancelled_by_condition(exc)
+            if idempotency is not None and len(failed) > 1 and failed[1]:
+                raise IdempotencyKeyTaken(idempotency.key) from exc
+            if failed and failed[0]:
+                raise AlreadyExists(record.run_id) from exc
+            raise
+
+    def discard_run(self, run_id: str, *, idempotency: IdempotencyRecord | None = None) -> None:
+        """Take back a run that was never dispatched, with its checkpoint copy and its Idempotency-Key."""
+        self._table.delete_item(Key=run_key(run_id))
+        self._table.delete_item(Key=checkpoint_key(run_id))
+        if idempotency is not None:
+            try:
+                # Only our own key item: if it already names another run, it is not ours to delete.
+                self._table.delete_item(
+                    Key=idempotency_key(idempotency.owner, idempotency.key),
+                    ConditionExpression="run_id = :run_id",
+                    ExpressionAttributeValues={":run_id": run_id},
+                )
+            except ClientError as exc:
+                if not _is_conditional_failure(exc):
+                    raise
+
     def delete_run(self, run_id: str) -> None:
         self._table.delete_item(Key=run_key(run_id))
 
@@ -42,21 +180,211 @@ class Store:
         item = self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item")
         return RunRecord.from_item(item) if item else None
 
-    # packages
-    def put_new_package(self, record: PackageRecord) -> None:
+    def get_run_and_checkpoint(self, run_id: str) -> tuple[RunRecord | None, Checkpoint | None]:
+        """The run and its last checkpoint in one strongly consistent call.
+
+        A batch read of the two keys rather than a Query of the run's partition: it reads exactly
+        these two items, whatever else a run's partition may come to hold.
+        """
+        keys: list[dict[str, str]] = [run_key(run_id), checkpoint_key(run_id)]
+        found: list[dict[str, Any]] = []
+        while keys:
+            response = self._client.batch_get_item(
+                RequestItems={self._table.name: {"Keys": keys, "ConsistentRead": True}}
+            )
+            found.extend(response.get("Responses", {}).get(self._table.name, []))
+            keys = response.get("UnprocessedKeys", {}).get(self._table.name, {}).get("Keys", [])
+        run = next((item for item in found if item[SORT_KEY] == "RUN"), None)
+        checkpoint = next((item for item in found if item[SORT_KEY] == "CHECKPOINT"), None)
+        return (
+            RunRecord.from_item(run) if run else None,
+            Checkpoint.model_validate_json(checkpoint["checkpoint_json"])
+            if checkpoint and "checkpoint_json" in checkpoint
+            else None,
+        )
+
+    def get_checkpoint_item(self, run_id: str) -> dict[str, Any] | None:
+        """The raw checkpoint item (without its keys): what a resumed requeue copies."""
+        item = self._table.get_item(Key=checkpoint_key(run_id), ConsistentRead=True).get("Item")
+        if not item:
+            return None
+        return {name: value for name, value in item.items() if name not in (PARTITION_KEY, SORT_KEY)}
+
+    def _change_state(self, run_id: str, *, expected: RunState, update: str, values: dict[str, Any]) -> RunRecord:
         try:
-            self._table.put_item(Item=record.to_item(), ConditionExpression=self.item_is_new)
+            result = self._table.update_item(
+                Key=run_key(run_id),
+                UpdateExpression=update,
+                ConditionExpression="#state = :expected",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":expected": expected.value, **values},
+                ReturnValues="ALL_NEW",
+            )
         except ClientError as exc:
             if _is_conditional_failure(exc):
+                raise StateChanged(run_id) from exc
+            raise
+        return RunRecord.from_item(result["Attributes"])
+
+    def cancel_queued(self, run_id: str, *, now: str, error: dict[str, Any]) -> RunRecord:
+        """Queued -> Cancelled, only if still Queued: an agent that claims it later sees a terminal run."""
+        return self._change_state(
+            run_id,
+            expected=RunState.QUEUED,
+            update="SET #state = :cancelled, finished_at = :now, error_json = :error",
+            values={":cancelled": RunState.CANCELLED.value, ":now": now, ":error": json.dumps(error)},
+        )
+
+    def request_cancel(self, run_id: str, *, now: str, requested_by: str) -> RunRecord:
+        """Running -> Cancelling, only if still Running; the lease holder sees it on its next heartbeat."""
+        return self._change_state(
+            run_id,
+            expected=RunState.RUNNING,
+            update="SET #state = :cancelling, cancel_requested_at = :now, cancel_requested_by = :by",
+            values={":cancelling": RunState.CANCELLING.value, ":now": now, ":by": requested_by},
+        )
+
+    def query_runs(
+        self,
+        environment: str,
+        *,
+        created_from: str | None,
+        created_before: str | None,
+        filters: dict[str, str],
+        start_after: str | None,
+        page_size: int,
+    ) -> RunQueryPage:
+        """One page of an environment's runs, newest first, from the runs-by-environment index.
+
+        The time range is the key condition (``created_from`` inclusive, ``created_before``
+        exclusive, both ``runly.records.iso`` strings); the other filters are a filter
+        expression, so a page may hold fewer matches than ``page_size`` without being the last.
+        """
+        key: ConditionBase = Key(RUNS_BY_ENVIRONMENT.partition_key).eq(environment_partition(environment))
+        sort = Key(RUNS_BY_ENVIRONMENT.sort_key)
+        # "{created_at}#{run_id}" sorts after "{created_at}" and before any later time: the bounds need no run id.
+        if created_from is not None and created_before is not None:
+            key = key & sort.between(created_from, created_before)
+        elif created_from is not None:
+            key = key & sort.gte(created_from)
+        elif created_before is not None:
+            key = key & sort.lt(created_before)
+        query: dict[str, Any] = {
+            "IndexName": RUNS_BY_ENVIRONMENT.name,
+            "KeyConditionExpression": key,
+            "ScanIndexForward": False,
+            "Limit": page_size,
+        }
+        condition: ConditionBase | None = None
+        for name, value in sorted(filters.items()):
+            clause = Attr(name).eq(value)
+            condition = clause if condition is None else condition & clause
+        if condition is not None:
+            query["FilterExpression"] = condition
+        if start_after is not None:
+            query["ExclusiveStartKey"] = _start_key(environment, start_after)
+        try:
+            page = self._table.query(**query)
+        except ClientError as exc:
+            if _error_code(exc) == "ValidationException" and start_after is not None:
+                raise InvalidStartKey(str(exc)) from exc
+            raise
+        last = page.get("LastEvaluatedKey")
+        return RunQueryPage(
+            records=[RunRecord.from_item(item) for item in page.get("Items", [])],
+            last_evaluated=str(last[RUNS_BY_ENVIRONMENT.sort_key]) if last else None,
+            evaluated=int(page.get("ScannedCount", 0)),
+        )
+
+    # ------------------------------------------------------------ idempotency keys
+    def get_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
+        item = self._table.get_item(Key=idempotency_key(owner, key), ConsistentRead=True).get("Item")
+        return IdempotencyRecord.from_item(item) if item else None
+
+    def mark_dispatched(self, record: IdempotencyRecord) -> None:
+        self._table.update_item(
+            Key=idempotency_key(record.owner, record.key),
+            UpdateExpression="SET dispatched = :yes",
+            ConditionExpression="run_id = :run_id",
+            ExpressionAttributeValues={":yes": True, ":run_id": record.run_id},
+        )
+
+    # ------------------------------------------------------------ packages
+    def put_new_package(self, record: PackageRecord) -> None:
+        """Register a version and add it to its package's index entry, in one transaction."""
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self._table.name,
+                            "Item": record.to_item(),
+                            "ConditionExpression": self.item_is_new,
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table.name,
+                            "Key": package_index_key(record.name),
+                            # ADD to a string set commutes: concurrent registrations of one package both land.
+                            "UpdateExpression": "SET #name = :name, updated_at = :now ADD versions :version",
+                            "ExpressionAttributeNames": {"#name": "name"},
+                            "ExpressionAttributeValues": {
+                                ":name": record.name,
+                                ":now": record.created_at,
+                                ":version": {record.version},
+                            },
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "TransactionCanceledException" and any(_cancelled_by_condition(exc)[:1]):
                 raise AlreadyExists(f"{record.name} {record.version}") from exc
             raise
 
     def package_versions(self, name: str) -> list[PackageRecord]:
-        records: list[PackageRecord] = []
         query: dict[str, Any] = {"KeyConditionExpression": Key(PARTITION_KEY).eq(package_partition(name))}
+        return [PackageRecord.from_item(item) for item in self._query_all(query)]
+
+    def package_index(self) -> list[PackageIndexRecord]:
+        query: dict[str, Any] = {"KeyConditionExpression": Key(PARTITION_KEY).eq(PACKAGE_INDEX_PARTITION)}
+        return [PackageIndexRecord.from_item(item) for item in self._query_all(query)]
+
+    # ------------------------------------------------------------ pins
+    def put_pin(self, record: PinRecord) -> None:
+        self._table.put_item(Item=record.to_item())
+
+    def get_pin(self, environment: str, package: str) -> PinRecord | None:
+        item = self._table.get_item(Key=pin_key(environment, package), ConsistentRead=True).get("Item")
+        return PinRecord.from_item(item) if item else None
+
+    def delete_pin(self, environment: str, package: str) -> bool:
+        """Whether there was a pin to delete."""
+        try:
+            self._table.delete_item(
+                Key=pin_key(environment, package), ConditionExpression=f"attribute_exists({PARTITION_KEY})"
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def pins(self, environment: str) -> list[PinRecord]:
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key(PARTITION_KEY).eq(environment_partition(environment))
+            & Key(SORT_KEY).begins_with("PIN#"),
+            "ConsistentRead": True,
+        }
+        return [PinRecord.from_item(item) for item in self._query_all(query)]
+
+    # ------------------------------------------------------------ helpers
+    def _query_all(self, query: dict[str, Any]) -> Sequence[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
         while True:
             page = self._table.query(**query)
-            records.extend(PackageRecord.from_item(item) for item in page.get("Items", []))
+            items.extend(page.get("Items", []))
             if "LastEvaluatedKey" not in page:
-                return records
+                return items
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]

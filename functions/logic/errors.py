@@ -30,3 +30,15 @@ class Unavailable(DomainError):
     """A dependency (queue, store) failed; nothing was recorded, the caller may retry."""
 
     code = "unavailable"
+
+
+class BadRequest(DomainError):
+    """Input the API cannot even interpret (an undecodable or foreign cursor): 400."""
+
+    code = "bad_request"
+
+
+class TooLarge(DomainError):
+    """Input or output over a stated size limit: 413."""
+
+    code = "payload_too_large"

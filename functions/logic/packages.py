@@ -1,19 +1,21 @@
-"""Use cases of the package feed: request an upload, register an uploaded bundle, resolve a version."""
+"""Use cases of the package feed: request an upload, register an uploaded bundle, list, resolve a version."""
 
 from __future__ import annotations
 
 import json
 import tempfile
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from packaging.version import Version
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 from functions.dal.feed import Feed
 from functions.dal.store import AlreadyExists, Store
 from runly.bundle import PackageError, sha256_file, verify_bundle
-from runly.contracts import PackageVersionView, RegisterPackageRequest, UploadRequest, UploadTicket
-from runly.records import PackageRecord, iso, utcnow
+from runly.contracts import PackageSummary, PackageVersionView, RegisterPackageRequest, UploadRequest, UploadTicket
+from runly.records import PackageRecord, PinRecord, iso, utcnow
 from runly.resources import MAX_PACKAGE_BYTES, PACKAGES_PREFIX, UPLOAD_URL_EXPIRY_SECONDS
 
 from .errors import Conflict, NotFound, Unprocessable
@@ -82,14 +84,88 @@ def register(request: RegisterPackageRequest, *, store: Store, feed: Feed) -> Pa
     return record.view()
 
 
-def resolve_version(name: str, version: str | None, *, store: Store) -> PackageRecord:
-    """The exact version asked for, or the newest registered one."""
+def newest(versions: Iterable[Version]) -> Version | None:
+    """The newest final release; the newest pre-release only when there is no final one (as pip chooses)."""
+    ordered = sorted(versions)
+    if not ordered:
+        return None
+    finals = [version for version in ordered if not version.is_prerelease]
+    return (finals or ordered)[-1]
+
+
+def allowed_by(pin: PinRecord, version: Version, *, explicit: bool) -> bool:
+    """Whether the pin allows a version. A pre-release counts only if the specifier names one, or the run
+    names that very version (asking for ``2.0rc1`` explicitly is asking for a pre-release)."""
+    specifier = SpecifierSet(pin.specifier)
+    return specifier.contains(version, prereleases=True if explicit else bool(specifier.prereleases))
+
+
+def resolve_version(name: str, version: str | None, *, store: Store, pin: PinRecord | None = None) -> PackageRecord:
+    """The version a run gets: the one named (if the environment's pin allows it), else the newest allowed."""
     records = store.package_versions(name)
     if not records:
         raise NotFound(f"no package named {name!r} in the feed", field="package")
-    if version is None:
-        return max(records, key=lambda r: Version(r.version))
+    by_version = {Version(record.version): record for record in records}
+    if version is not None:
+        wanted = Version(version)
+        if wanted not in by_version:
+            raise NotFound(f"package {name!r} has no version {version}", field="version")
+        if pin is not None and not allowed_by(pin, wanted, explicit=True):
+            raise Conflict(
+                f"version {version} of {name!r} is outside the pin {pin.specifier!r} of environment "
+                f"{pin.environment!r}; omit the version or change the pin",
+                field="version",
+            )
+        return by_version[wanted]
+    candidates = [v for v in by_version if pin is None or allowed_by(pin, v, explicit=False)]
+    chosen = newest(candidates)
+    if chosen is None:
+        assert pin is not None  # without a pin every registered version is a candidate
+        registered = ", ".join(str(v) for v in sorted(by_version))
+        raise Conflict(
+            f"no version of {name!r} satisfies the pin {pin.specifier!r} of environment {pin.environment!r} "
+            f"(registered: {registered})",
+            field="version",
+        )
+    return by_version[chosen]
+
+
+# ---------------------------------------------------------------- the feed, read
+
+
+def list_packages(*, store: Store) -> list[PackageSummary]:
+    summaries = []
+    for entry in sorted(store.package_index(), key=lambda e: e.name):
+        latest = newest(Version(v) for v in entry.versions)
+        if latest is None:
+            continue
+        summaries.append(
+            PackageSummary(
+                name=entry.name,
+                latest_version=str(latest),
+                version_count=len(entry.versions),
+                updated_at=datetime.fromisoformat(entry.updated_at),
+            )
+        )
+    return summaries
+
+
+def list_versions(name: str, *, store: Store) -> list[PackageVersionView]:
+    records = store.package_versions(name)
+    if not records:
+        raise NotFound(f"no package named {name!r} in the feed", field="name")
+    return [record.view() for record in sorted(records, key=lambda r: Version(r.version), reverse=True)]
+
+
+def get_version(name: str, version: str, *, store: Store) -> PackageVersionView:
+    records = store.package_versions(name)
+    if not records:
+        raise NotFound(f"no package named {name!r} in the feed", field="name")
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        raise Unprocessable(f"{version!r} is not a PEP 440 version", field="version") from None
     for record in records:
-        if Version(record.version) == Version(version):
-            return record
+        if Version(record.version) == wanted:
+            return record.view()
     raise NotFound(f"package {name!r} has no version {version}", field="version")

@@ -1,20 +1,58 @@
-"""Use cases of runs: enqueue, get."""
+"""Use cases of runs: enqueue (idempotent), get, cancel, requeue; why a run is still queued.
+
+Every use case that takes a run id gets ``authorize``: called with the run's environment
+before the run is shown or changed, it raises when the caller may not act there (a node
+key of another environment), so nothing is changed for a caller who may not change it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
-from functions.dal.store import Store
-from runly.contracts import EnqueueRunRequest, RunMessage, RunState, RunView
-from runly.records import RunRecord, iso, utcnow
+from functions.dal.store import IdempotencyKeyTaken, StateChanged, Store
+from runly.contracts import (
+    IDEMPOTENCY_KEY,
+    MAX_CONFIG_BYTES,
+    Checkpoint,
+    EnqueueRunRequest,
+    FailureReason,
+    RequeueRunRequest,
+    RunMessage,
+    RunState,
+    RunView,
+)
+from runly.records import IDEMPOTENCY_TTL_SECONDS, IdempotencyRecord, NodeRecord, RunRecord, iso, utcnow
 
-from .errors import NotFound, Unavailable, Unprocessable
+from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
 from .packages import resolve_version
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY)
+# Longer than the API function may run (29 s): a key item this old whose run was never marked dispatched
+# belongs to a request that died between recording the run and sending its message.
+DISPATCH_GRACE_SECONDS = 60
+# A node in one of these agent states takes no new work (node_agent.agent.AgentState).
+_NOT_TAKING_WORK = frozenset({"draining", "stopped"})
+# How often a state change that lost a race with an agent is read and tried again.
+_STATE_CHANGE_TRIES = 5
+
+NodesOf = Callable[[str], list[NodeRecord]]
+Authorize = Callable[[str], None]
+
+
+def allow_any(environment: str) -> None:
+    """The ``authorize`` of a caller that may act in every environment."""
 
 
 def new_run_id() -> str:
@@ -30,10 +68,102 @@ def _validate_config(config: dict[str, Any], schema: dict[str, Any], job: str) -
         raise Unprocessable(f"config does not match the schema of job {job!r}: {first.message}", field=field)
 
 
-def enqueue(request: EnqueueRunRequest, *, store: Store, queue: RunQueue) -> RunView:
+def _check_config_size(config: dict[str, Any]) -> None:
+    size = len(json.dumps(config, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_CONFIG_BYTES:
+        raise TooLarge(
+            f"config is {size} bytes as JSON; the limit is {MAX_CONFIG_BYTES}: put large inputs in S3 and pass their"
+            " location",
+            field="config",
+        )
+
+
+def check_idempotency_key(key: str) -> None:
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise Unprocessable(
+            f"{IDEMPOTENCY_HEADER} must be 1 to 128 characters from A-Z a-z 0-9 . _ : -", field=IDEMPOTENCY_HEADER
+        )
+
+
+def request_fingerprint(request: EnqueueRunRequest) -> str:
+    """What "the same request" means for an Idempotency-Key: the validated body, keys in canonical order."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def authorized_run(record: RunRecord | None, run_id: str, authorize: Authorize) -> RunRecord:
+    if record is None:
+        raise NotFound(f"no run {run_id!r}", field="run_id")
+    authorize(record.environment)
+    return record
+
+
+# ---------------------------------------------------------------- why a run is still queued
+
+
+def queued_reason(record: RunRecord, *, now: datetime, nodes_of: NodesOf) -> str | None:
+    """Why a Queued run has not started (None for any other state): the user's first question."""
+    if record.state is not RunState.QUEUED:
+        return None
+    last = record.attempts[-1] if record.attempts else None
+    if last is not None:
+        retry_at = datetime.fromisoformat(record.retry_at) if record.retry_at else None
+        if retry_at is None or retry_at > now:
+            why = f" ({last.reason.value})" if last.reason else ""
+            until = f" until {iso(retry_at)}" if retry_at else ""
+            return f"waiting for retry after attempt {last.number}{why}{until}"
+    epoch = int(now.timestamp())
+    online = [node for node in nodes_of(record.environment) if node.expires_at > epoch]
+    if not online:
+        return f"no node online in environment {record.environment}"
+    if all(node.drain_requested or node.state in _NOT_TAKING_WORK for node in online):
+        return f"every node online in environment {record.environment} is draining"
+    return "waiting for a free node"
+
+
+def nodes_lookup(nodes: NodeStore) -> NodesOf:
+    """Nodes by environment, read once per environment per request."""
+    return cache(nodes.list)
+
+
+def view(record: RunRecord, *, nodes_of: NodesOf, checkpoint: Checkpoint | None = None) -> RunView:
+    result = record.view()
+    result.checkpoint = checkpoint
+    result.queued_reason = queued_reason(record, now=utcnow(), nodes_of=nodes_of)
+    return result
+
+
+# ---------------------------------------------------------------- enqueue
+
+
+def enqueue(
+    request: EnqueueRunRequest,
+    *,
+    store: Store,
+    queue: RunQueue,
+    nodes: NodeStore,
+    owner: str,
+    idempotency_key: str | None = None,
+) -> tuple[RunView, bool]:
+    """Record a run and dispatch it; returns the run and whether this call created it.
+
+    With an Idempotency-Key, the first request creates the run and every later one with the same
+    key and body (from the same API key, for 24 h) gets that run back; another body is a 409.
+    """
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
+    _check_config_size(request.config)
+    fingerprint = request_fingerprint(request)
+    now = utcnow()
+    if idempotency_key is not None:
+        existing = _live_key(store, owner, idempotency_key, now)
+        if existing is not None:
+            return _replay(existing, fingerprint, store=store, queue=queue, nodes=nodes), False
+
     if not queue.has_environment(request.environment):
         raise NotFound(f"unknown environment {request.environment!r}", field="environment")
-    package = resolve_version(request.package, request.version, store=store)
+    pin = store.get_pin(request.environment, request.package)
+    package = resolve_version(request.package, request.version, store=store, pin=pin)
     job = next((j for j in package.jobs if j.name == request.job), None)
     if job is None:
         names = ", ".join(sorted(j.name for j in package.jobs))
@@ -55,21 +185,153 @@ def enqueue(request: EnqueueRunRequest, *, store: Store, queue: RunQueue) -> Run
         max_attempts=request.max_attempts,
         bundle_key=package.key,
         bundle_sha256=package.sha256,
-        created_at=iso(utcnow()),
+        created_at=iso(now),
     )
+    key_record = None
+    if idempotency_key is not None:
+        key_record = IdempotencyRecord(
+            owner=owner,
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            run_id=record.run_id,
+            created_at=iso(now),
+            expires_at=int(now.timestamp()) + IDEMPOTENCY_TTL_SECONDS,
+        )
     # The run is recorded before it is dispatched: a message never names a run that does not exist.
-    store.put_new_run(record)
+    # The key goes in the same transaction, so of two concurrent requests with one key exactly one records a run.
+    try:
+        store.create_run(record, idempotency=key_record, now_epoch=int(now.timestamp()))
+    except IdempotencyKeyTaken:
+        assert idempotency_key is not None
+        existing = _live_key(store, owner, idempotency_key, utcnow())
+        if existing is None:
+            raise Unavailable(f"{IDEMPOTENCY_HEADER} {idempotency_key!r} is being released; retry") from None
+        return _replay(existing, fingerprint, store=store, queue=queue, nodes=nodes), False
+    _dispatch(record, store=store, queue=queue, key_record=key_record)
+    return view(record, nodes_of=nodes_lookup(nodes)), True
+
+
+def _live_key(store: Store, owner: str, key: str, now: datetime) -> IdempotencyRecord | None:
+    record = store.get_idempotency(owner, key)
+    # DynamoDB's TTL deletes expired items up to days late: past expires_at the key is free again.
+    return record if record is not None and record.expires_at > now.timestamp() else None
+
+
+def _replay(
+    existing: IdempotencyRecord, fingerprint: str, *, store: Store, queue: RunQueue, nodes: NodeStore
+) -> RunView:
+    if existing.fingerprint != fingerprint:
+        raise Conflict(
+            f"{IDEMPOTENCY_HEADER} {existing.key!r} was used for another request (run {existing.run_id}); "
+            "use a new key for a new run",
+            field=IDEMPOTENCY_HEADER,
+        )
+    record = store.get_run(existing.run_id)
+    if record is None:
+        # The first request is taking its run back (its dispatch failed): this one may simply retry.
+        raise Unavailable(f"the run of {IDEMPOTENCY_HEADER} {existing.key!r} was not enqueued; retry")
+    age = utcnow() - datetime.fromisoformat(existing.created_at)
+    if not existing.dispatched and age > timedelta(seconds=DISPATCH_GRACE_SECONDS):
+        if record.state is RunState.QUEUED and record.attempt == 0:
+            # The request that recorded it died before sending its message; a duplicate message would be harmless
+            # (claims are conditional), a missing one would leave the run queued forever.
+            try:
+                queue.dispatch(RunMessage(run_id=record.run_id, environment=record.environment))
+            except Exception as exc:
+                raise Unavailable("the run queue did not accept the run's message; retry with the same key") from exc
+        store.mark_dispatched(existing)
+    return view(record, nodes_of=nodes_lookup(nodes))
+
+
+def _dispatch(record: RunRecord, *, store: Store, queue: RunQueue, key_record: IdempotencyRecord | None = None) -> None:
     try:
         queue.dispatch(RunMessage(run_id=record.run_id, environment=record.environment))
     except Exception as exc:
         # Not dispatched: take the record back so no run waits forever for a message that was never sent.
-        store.delete_run(record.run_id)
+        store.discard_run(record.run_id, idempotency=key_record)
         raise Unavailable("the run queue did not accept the run; nothing was enqueued, retry") from exc
-    return record.view()
+    if key_record is not None:
+        store.mark_dispatched(key_record)
 
 
-def get(run_id: str, *, store: Store) -> RunView:
-    record = store.get_run(run_id)
-    if record is None:
-        raise NotFound(f"no run {run_id!r}", field="run_id")
-    return record.view()
+# ---------------------------------------------------------------- get, cancel, requeue
+
+
+def get(run_id: str, *, store: Store, nodes: NodeStore, authorize: Authorize = allow_any) -> RunView:
+    record, checkpoint = store.get_run_and_checkpoint(run_id)
+    return view(authorized_run(record, run_id, authorize), nodes_of=nodes_lookup(nodes), checkpoint=checkpoint)
+
+
+def cancel(
+    run_id: str, *, store: Store, nodes: NodeStore, requested_by: str, authorize: Authorize = allow_any
+) -> RunView:
+    """Queued: Cancelled at once (an agent that receives its message later finds it terminal and drops it).
+    Running: Cancelling; the lease holder sees it on its next heartbeat, stops the job and ends the run Cancelled.
+
+    Each change is conditional on the state it was read in; losing a race with an agent means reading again.
+    """
+    for _ in range(_STATE_CHANGE_TRIES):
+        record = authorized_run(store.get_run(run_id), run_id, authorize)
+        now = iso(utcnow())
+        try:
+            if record.state is RunState.QUEUED:
+                error = {
+                    "reason": FailureReason.CANCELLED.value,
+                    "message": f"cancelled before it started (by key {requested_by})",
+                }
+                return view(store.cancel_queued(run_id, now=now, error=error), nodes_of=nodes_lookup(nodes))
+            if record.state is RunState.RUNNING:
+                cancelling = store.request_cancel(run_id, now=now, requested_by=requested_by)
+                return view(cancelling, nodes_of=nodes_lookup(nodes))
+        except StateChanged:
+            continue
+        raise Conflict(f"run {run_id} is {record.state.value}; only Queued or Running runs can be cancelled")
+    raise Unavailable(f"run {run_id} kept changing state while being cancelled; retry")
+
+
+def requeue(
+    run_id: str,
+    request: RequeueRunRequest,
+    *,
+    store: Store,
+    queue: RunQueue,
+    nodes: NodeStore,
+    authorize: Authorize = allow_any,
+) -> RunView:
+    """A new run of the same package version, job, config and limits, linked to the original.
+
+    With ``resume``, the original's last checkpoint is copied to the new run before its message is
+    sent, so its first attempt starts where the original stopped (from scratch if it never checkpointed).
+    """
+    original = authorized_run(store.get_run(run_id), run_id, authorize)
+    if not original.state.terminal:
+        raise Conflict(f"run {run_id} is {original.state.value}; only finished runs can be requeued (cancel it first)")
+    if not queue.has_environment(original.environment):
+        raise Conflict(f"environment {original.environment!r} of run {run_id} no longer exists", field="environment")
+    copied = None
+    if request.resume:
+        item = store.get_checkpoint_item(run_id)
+        if item is not None and "checkpoint_json" in item:
+            # Only the checkpoint itself: whatever else the agent keeps on it belongs to the original's attempts.
+            copied = {"checkpoint_json": item["checkpoint_json"], "copied_from": run_id}
+    # Built field by field, not copied: nothing one execution produced (attempts, output, lease) carries over.
+    record = RunRecord(
+        run_id=new_run_id(),
+        state=RunState.QUEUED,
+        package=original.package,
+        version=original.version,
+        job=original.job,
+        entry_point=original.entry_point,
+        environment=original.environment,
+        config_json=original.config_json,
+        timeout_seconds=original.timeout_seconds,
+        max_attempts=original.max_attempts,
+        bundle_key=original.bundle_key,
+        bundle_sha256=original.bundle_sha256,
+        created_at=iso(utcnow()),
+        requeued_from=original.run_id,
+    )
+    store.create_run(record, checkpoint=copied)
+    _dispatch(record, store=store, queue=queue)
+    checkpoint = Checkpoint.model_validate_json(copied["checkpoint_json"]) if copied else None
+    return view(record, nodes_of=nodes_lookup(nodes), checkpoint=checkpoint)

@@ -37,7 +37,7 @@ def run_demo(project: Path, job: str, config: dict[str, Any], console: Console) 
         with console.status("starting the embedded stack (moto server, gateway, node agent)"):
             stack.start(agents=1)
         console.print(f"API: {stack.api_url}   AWS (moto): {stack.endpoint}   state: {stack.run_dir}")
-        client = RunlyClient(stack.api_url)
+        client = RunlyClient(stack.api_url, api_key=stack.admin_key)
         with console.status(f"packing {project}"):
             started = time.monotonic()
             bundle = pack_project(project, stack.state_dir / "dist")
@@ -69,7 +69,9 @@ def serve(agents: int, console: Console) -> int:
     try:
         stack.start(agents=agents)
         console.print(
-            f"API: {stack.api_url}\nAWS (moto): {stack.endpoint}\nlogs: {stack.run_dir / 'logs'}\nCtrl-C stops it."
+            f"API: {stack.api_url}\nAWS (moto): {stack.endpoint}\nlogs: {stack.run_dir / 'logs'}\n"
+            f"admin key: {stack.admin_key}\n(use it: export RUNLY_API_KEY={stack.admin_key})\nCtrl-C stops it.",
+            soft_wrap=True,
         )
         while not stop.is_set():
             time.sleep(0.5)

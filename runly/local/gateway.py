@@ -5,11 +5,21 @@ very handler the CDK stack deploys (``runly.resources.API_FUNCTION_HANDLER``) is
 called with it, so the API code runs unchanged locally. The handler's return value
 is turned into the HTTP response by the same rules API Gateway applies.
 
+With an authorizer (the CDK stack's: ``runly.resources.AUTHORIZER_FUNCTION_HANDLER``), every
+request but those of the open routes (``runly.resources.OPEN_ROUTES``) goes through it first, as
+on AWS with a Lambda REQUEST authorizer (payload 2.0, simple responses, identity source
+``$request.header.Authorization``, no result caching): no Authorization header -> 401 without
+calling it; ``isAuthorized`` false -> 403; true -> the function gets the authorizer's context at
+``requestContext.authorizer.lambda``. One difference: API Gateway answers those 401/403 with
+``{"message": ...}`` (an HTTP API cannot reshape its own responses); here they are ErrorBody.
+
 Run it as a process::
 
-    python -m runly.local.gateway --handler functions.api.app.lambda_handler --port 0 --ready-file PATH
+    python -m runly.local.gateway --handler functions.api.app.lambda_handler \
+        --authorizer functions.authorizer.app.lambda_handler --port 0 --ready-file PATH
 
 Reference: https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-develop-integrations-lambda.html
+and https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-lambda-authorizer.html
 """
 
 from __future__ import annotations
@@ -40,10 +50,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from runly.contracts import ErrorBody
 from runly.resources import (
     API_FUNCTION_HANDLER,
+    AUTHORIZATION_HEADER,
+    AUTHORIZER_FUNCTION_HANDLER,
     FUNCTIONS_MEMORY_MB,
     FUNCTIONS_TIMEOUT_SECONDS,
     LOCAL_ACCOUNT,
     LOCAL_REGION,
+    OPEN_ROUTES,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,6 +77,7 @@ _IO_CHUNK_BYTES = 64 * 1024
 
 LOCAL_API_ID = "local"
 LOCAL_FUNCTION_NAME = "runly-local-api"
+LOCAL_AUTHORIZER_NAME = "runly-local-authorizer"
 
 # Content types whose bodies API Gateway passes as text; every other body arrives base64-encoded.
 _TEXT_MEDIA_TYPES = frozenset(
@@ -227,6 +241,35 @@ def _as_text(body: bytes) -> str | None:
         return None
 
 
+def build_authorizer_event(event: dict[str, Any], identity_source: list[str]) -> dict[str, Any]:
+    """The Lambda REQUEST authorizer event (payload 2.0) API Gateway sends for the request ``event``.
+
+    Everything the request event carries except its body, plus ``type``, ``routeArn`` and ``identitySource``
+    (the values of the identity sources, in order).
+    """
+    context = event["requestContext"]
+    route_arn = (
+        f"arn:aws:execute-api:{LOCAL_REGION}:{context['accountId']}:{context['apiId']}/{context['stage']}"
+        f"/{context['http']['method']}{event['rawPath']}"
+    )
+    authorizer_event: dict[str, Any] = {
+        "version": "2.0",
+        "type": "REQUEST",
+        "routeArn": route_arn,
+        "identitySource": list(identity_source),
+        "routeKey": event["routeKey"],
+        "rawPath": event["rawPath"],
+        "rawQueryString": event["rawQueryString"],
+    }
+    for optional in ("cookies", "headers", "queryStringParameters"):
+        if optional in event:
+            authorizer_event[optional] = event[optional]
+    authorizer_event["requestContext"] = json.loads(json.dumps(context))
+    if "pathParameters" in event:
+        authorizer_event["pathParameters"] = event["pathParameters"]
+    return authorizer_event
+
+
 # ---------------------------------------------------------------- result -> response
 
 
@@ -382,6 +425,8 @@ class Gateway:
         self,
         handler: Handler | str = API_FUNCTION_HANDLER,
         *,
+        authorizer: Handler | str | None = None,
+        open_routes: Sequence[tuple[str, str]] = OPEN_ROUTES,
         host: str = "127.0.0.1",
         port: int = 0,
         function_name: str = LOCAL_FUNCTION_NAME,
@@ -393,6 +438,8 @@ class Gateway:
         api_id: str = LOCAL_API_ID,
     ) -> None:
         self.handler: Handler = resolve_handler(handler) if isinstance(handler, str) else handler
+        self.authorizer: Handler | None = resolve_handler(authorizer) if isinstance(authorizer, str) else authorizer
+        self.open_routes = frozenset((method.upper(), path) for method, path in open_routes)
         self.host = host
         self.port = port
         self.function_name = function_name
@@ -402,6 +449,8 @@ class Gateway:
         self.max_invocation_bytes = max_invocation_bytes
         self.api_id = api_id
         self._invocation_lock: threading.Lock | None = threading.Lock() if serialize_invocations else None
+        # The authorizer is a function of its own, with its own execution environment (and lock).
+        self._authorizer_lock: threading.Lock | None = threading.Lock() if serialize_invocations else None
         self._server: _GatewayServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -440,6 +489,56 @@ class Gateway:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def handle(self, event: dict[str, Any]) -> Response:
+        """Answer one request event: the authorizer first (unless the route is open), then the function."""
+        if self.authorizer is not None and not self.is_open_route(event):
+            refused = self.authorize(event)
+            if refused is not None:
+                return refused
+        return self.invoke(event)
+
+    def is_open_route(self, event: dict[str, Any]) -> bool:
+        return (event["requestContext"]["http"]["method"], event["rawPath"]) in self.open_routes
+
+    def authorize(self, event: dict[str, Any]) -> Response | None:
+        """Run the authorizer as API Gateway does; None when allowed (the context is then in ``event``),
+        else the response the client gets."""
+        request_id: str = event["requestContext"]["requestId"]
+        identity = (event.get("headers") or {}).get(AUTHORIZATION_HEADER.lower(), "")
+        if not identity:
+            # A missing identity source: API Gateway answers 401 and does not call the authorizer.
+            return error_response(401, "unauthorized", "Unauthorized", request_id=request_id)
+        context = LocalLambdaContext(
+            aws_request_id=str(uuid.uuid4()),
+            function_name=LOCAL_AUTHORIZER_NAME,
+            memory_limit_in_mb=self.memory_limit_in_mb,
+            timeout_seconds=self.timeout_seconds,
+        )
+        authorizer_event = json.loads(lambda_json(build_authorizer_event(event, [identity])))
+        try:
+            result = json.loads(lambda_json(self._call_authorizer(authorizer_event, context)))
+        except Exception:
+            logger.exception("authorizer failed (request %s)", request_id)
+            return internal_error_response(request_id)
+        if not isinstance(result, dict) or not isinstance(result.get("isAuthorized"), bool):
+            logger.error("authorizer answered without a boolean isAuthorized (request %s)", request_id)
+            return internal_error_response(request_id)
+        if not result["isAuthorized"]:
+            return error_response(403, "forbidden", "Forbidden", request_id=request_id)
+        authorizer_context = result.get("context") or {}
+        if not isinstance(authorizer_context, dict):
+            logger.error("authorizer context is not an object (request %s)", request_id)
+            return internal_error_response(request_id)
+        event["requestContext"]["authorizer"] = {"lambda": authorizer_context}
+        return None
+
+    def _call_authorizer(self, event: dict[str, Any], context: LocalLambdaContext) -> Any:
+        assert self.authorizer is not None
+        if self._authorizer_lock is None:
+            return self.authorizer(event, context)
+        with self._authorizer_lock:
+            return self.authorizer(event, context)
 
     def invoke(self, event: dict[str, Any]) -> Response:
         """Call the handler with ``event`` as Lambda would and map the outcome to an HTTP response."""
@@ -549,7 +648,7 @@ class _GatewayRequestHandler(BaseHTTPRequestHandler):
             protocol=self.request_version,
         )
         request_id = event["requestContext"]["requestId"]
-        self._send(gateway.invoke(event), request_id=request_id)
+        self._send(gateway.handle(event), request_id=request_id)
 
     def _read_body(self, limit: int) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -645,6 +744,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m runly.local.gateway", description="Local API Gateway (HTTP API) in front of a Lambda handler."
     )
     parser.add_argument("--handler", default=API_FUNCTION_HANDLER, help="dotted path of the Lambda handler")
+    parser.add_argument(
+        "--authorizer",
+        default=AUTHORIZER_FUNCTION_HANDLER,
+        help="dotted path of the Lambda REQUEST authorizer run before the handler (except on open routes)",
+    )
+    parser.add_argument("--no-authorizer", action="store_true", help="call the handler without any authorizer")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--ready-file", type=Path, help="where to write the URL once listening")
@@ -657,6 +762,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = resolve_handler(args.handler)
     except (ImportError, ValueError) as exc:
         parser.error(f"cannot load handler {args.handler!r}: {exc}")
+    authorizer: Handler | None = None
+    if not args.no_authorizer:
+        try:
+            authorizer = resolve_handler(args.authorizer)
+        except (ImportError, ValueError) as exc:
+            parser.error(f"cannot load authorizer {args.authorizer!r}: {exc}")
 
     stopping = threading.Event()
 
@@ -667,7 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    gateway = Gateway(handler, host=args.host, port=args.port, function_name=args.function_name).start()
+    gateway = Gateway(
+        handler, authorizer=authorizer, host=args.host, port=args.port, function_name=args.function_name
+    ).start()
     try:
         if args.ready_file is not None:
             write_ready_file(args.ready_file, gateway.url)

@@ -67,6 +67,7 @@ class EmbeddedStack:
     agent_env: dict[str, str] = field(default_factory=dict)  # extra RUNLY_* settings for agents (tests: short leases)
     endpoint: str = ""
     api_url: str = ""
+    admin_key: str = ""  # the secret of an admin key made at start (as `runly keys bootstrap` makes one)
     queue_urls: dict[str, str] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
     _run_dir: Path | None = None
@@ -133,6 +134,7 @@ class EmbeddedStack:
         self._run_dir = Path(tempfile.mkdtemp(prefix="stack-", dir=self.state_dir)).resolve()
         try:
             self._start_aws()
+            self._bootstrap_admin_key()
             self._start_gateway()
             for _ in range(agents):
                 self.start_agent()
@@ -150,6 +152,12 @@ class EmbeddedStack:
         _wait_until(lambda: _http_ok(f"{self.endpoint}/moto-api/"), what="moto server", child=moto)
         self.queue_urls = create_resources(self.names, self.session(), self.endpoint)
 
+    def _bootstrap_admin_key(self) -> None:
+        from runly.cli_keys import bootstrap_admin_key
+
+        dynamodb = self.session().resource("dynamodb", endpoint_url=self.endpoint)
+        _, self.admin_key = bootstrap_admin_key(self.names.table, dynamodb=dynamodb, name="embedded stack admin")
+
     def _control_plane_env(self) -> dict[str, str]:
         import json
 
@@ -160,6 +168,7 @@ class EmbeddedStack:
                 "RUNLY_FEED_BUCKET": self.names.feed_bucket,
                 "RUNLY_QUEUE_URLS": json.dumps(self.queue_urls),
                 "POWERTOOLS_SERVICE_NAME": "runly-api",
+                "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray locally
                 "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
             }
         )
@@ -175,6 +184,8 @@ class EmbeddedStack:
                 "runly.local.gateway",
                 "--handler",
                 resources.API_FUNCTION_HANDLER,
+                "--authorizer",
+                resources.AUTHORIZER_FUNCTION_HANDLER,
                 "--port",
                 "0",
                 "--ready-file",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
 
 @pytest.fixture(scope="session")
 def client(stack: EmbeddedStack) -> RunlyClient:
-    return RunlyClient(stack.api_url)
+    return RunlyClient(stack.api_url, api_key=stack.admin_key)
 
 
 @pytest.fixture(scope="session")
@@ -54,5 +54,26 @@ def hello(client: RunlyClient, tmp_path_factory: pytest.TempPathFactory) -> Pack
 
 
 @pytest.fixture(scope="session")
-def e2ejobs(client: RunlyClient, tmp_path_factory: pytest.TempPathFactory) -> PackageVersionView:
-    return client.push(pack_project(E2E_PROJECT, tmp_path_factory.mktemp("dist")))
+def e2ejobs_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The jobs that fail, crash and sleep on purpose, packed once per session."""
+    return pack_project(E2E_PROJECT, tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def e2ejobs(client: RunlyClient, e2ejobs_bundle: Path) -> PackageVersionView:
+    return client.push(e2ejobs_bundle)
+
+
+@pytest.fixture(scope="session")
+def push_example(
+    client: RunlyClient, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], PackageVersionView]:
+    """Packs and pushes examples/<name>, once per session."""
+    pushed: dict[str, PackageVersionView] = {}
+
+    def push(name: str) -> PackageVersionView:
+        if name not in pushed:
+            pushed[name] = client.push(pack_project(REPO / "examples" / name, tmp_path_factory.mktemp("dist")))
+        return pushed[name]
+
+    return push

@@ -27,6 +27,14 @@ def _queue_is_empty(stack: EmbeddedStack) -> bool:
     return attributes == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
 
 
+def shipped_log(stack: EmbeddedStack, run_id: str, attempt: int) -> str:
+    """The log chunks of one attempt, in order, as the agent shipped them to the feed."""
+    s3 = stack.client("s3")
+    listing = s3.list_objects_v2(Bucket=stack.names.feed_bucket, Prefix=f"logs/{run_id}/{attempt:04d}/")
+    keys = sorted(item["Key"] for item in listing.get("Contents", []))
+    return "".join(s3.get_object(Bucket=stack.names.feed_bucket, Key=key)["Body"].read().decode() for key in keys)
+
+
 def test_hello_runs_out_of_process_and_succeeds(
     stack: EmbeddedStack, client: RunlyClient, hello: PackageVersionView
 ) -> None:
@@ -47,8 +55,7 @@ def test_hello_runs_out_of_process_and_succeeds(
     assert attempt.node_id == "local-node-1" and attempt.outcome is RunState.SUCCEEDED and attempt.ended_at
     assert run.started_at and run.finished_at and run.created_at <= run.started_at <= run.finished_at
     # And its stdout was shipped to the feed's log prefix
-    body = stack.client("s3").get_object(Bucket=stack.names.feed_bucket, Key=f"logs/{run.id}/attempt-1.log")["Body"]
-    assert "Hello, Ada!" in body.read().decode()
+    assert "Hello, Ada!" in shipped_log(stack, run.id, 1)
     # And its message is gone only now that it is terminal
     assert _queue_is_empty(stack)
 

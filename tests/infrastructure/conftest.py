@@ -15,7 +15,7 @@ from aws_cdk.assertions import Template
 
 from infrastructure.settings import StageSettings
 from infrastructure.stack import RunlyStack
-from tests.infrastructure.synth import TEST_STAGE, synth_context
+from tests.infrastructure.synth import FLEET_STAGE, TEST_STAGE, fleet_synth_context, synth_context
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +44,20 @@ def template(runly_stack: RunlyStack) -> Template:
 @pytest.fixture(scope="session")
 def template_json(template: Template) -> dict[str, Any]:
     return dict(template.to_json())
+
+
+@pytest.fixture(scope="session")
+def fleet_settings() -> StageSettings:
+    return StageSettings.from_context(fleet_synth_context())
+
+
+@pytest.fixture(scope="session")
+def fleet_stack(tmp_path_factory: pytest.TempPathFactory, fleet_settings: StageSettings) -> RunlyStack:
+    """The stack with the EC2 fleet and the alarm topic on (both off in the default stage)."""
+    app = cdk.App(context=fleet_synth_context(), outdir=str(tmp_path_factory.mktemp("cdk.out.fleet")))
+    return RunlyStack(app, f"runly-{FLEET_STAGE}", settings=fleet_settings)
+
+
+@pytest.fixture(scope="session")
+def fleet_template_json(fleet_stack: RunlyStack) -> dict[str, Any]:
+    return dict(Template.from_stack(fleet_stack).to_json())

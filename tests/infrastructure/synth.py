@@ -20,3 +20,31 @@ def synth_context() -> dict[str, Any]:
         "stages": {TEST_STAGE: {"environments": list(TEST_ENVIRONMENTS)}},
         "bundle": False,
     }
+
+
+# The second (and last) stage the suite synthesizes: everything optional switched on. Staging's nodes never
+# shrink to zero and run on Graviton, so both scaling shapes and both architectures are in one template.
+FLEET_STAGE = "fleet"
+AGENT_WHEEL = "runly-0.1.0-py3-none-any.whl"
+ALARM_EMAIL = "ops@example.com"
+
+
+def fleet_synth_context() -> dict[str, Any]:
+    return {
+        **cdk_json_context(),
+        "stage": FLEET_STAGE,
+        "stages": {
+            FLEET_STAGE: {
+                "environments": list(TEST_ENVIRONMENTS),
+                "alarms": {"topic": True, "emails": [ALARM_EMAIL]},
+                "fleet": {
+                    "agent_wheel": AGENT_WHEEL,
+                    "environments": {
+                        "production": {"max_nodes": 8, "runs_per_node": 4},
+                        "staging": {"instance_type": "t4g.small", "min_nodes": 1},
+                    },
+                },
+            }
+        },
+        "bundle": False,
+    }

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from functions.nodes.credentials import ROUTE as NODE_CREDENTIALS_ROUTE
 from infrastructure import function_environment
 from infrastructure.settings import StageSettings
 from infrastructure.stack import queue_url_output_id
@@ -12,15 +13,20 @@ from runly import resources
 from tests.infrastructure.cfn import as_list, render, resources_of_type
 from tests.infrastructure.synth import TEST_ENVIRONMENTS
 
+XRAY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+NODE_CREDENTIALS_ROUTE_KEY = f"POST {NODE_CREDENTIALS_ROUTE}"
 
-@pytest.fixture(scope="module")
-def function(template_json: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    [(logical_id, function)] = resources_of_type(template_json, "AWS::Lambda::Function").items()
+
+def _function_with_handler(template_json: dict[str, Any], handler: str) -> tuple[str, dict[str, Any]]:
+    [(logical_id, function)] = [
+        (logical_id, function)
+        for logical_id, function in resources_of_type(template_json, "AWS::Lambda::Function").items()
+        if function["Properties"].get("Handler") == handler
+    ]
     return logical_id, function["Properties"]
 
 
-@pytest.fixture(scope="module")
-def role_statements(template_json: dict[str, Any], function: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _role_statements(template_json: dict[str, Any], function: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every statement of every policy attached to the function's role."""
     role_id = function[1]["Role"]["Fn::GetAtt"][0]
     role = template_json["Resources"][role_id]["Properties"]
@@ -31,6 +37,21 @@ def role_statements(template_json: dict[str, Any], function: tuple[str, dict[str
             statements += policy["Properties"]["PolicyDocument"]["Statement"]
     assert statements
     return statements
+
+
+@pytest.fixture(scope="module")
+def function(template_json: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return _function_with_handler(template_json, resources.API_FUNCTION_HANDLER)
+
+
+@pytest.fixture(scope="module")
+def role_statements(template_json: dict[str, Any], function: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return _role_statements(template_json, function)
+
+
+@pytest.fixture(scope="module")
+def authorizer_function(template_json: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return _function_with_handler(template_json, resources.AUTHORIZER_FUNCTION_HANDLER)
 
 
 def _statements_for(statements: list[dict[str, Any]], service: str) -> list[dict[str, Any]]:
@@ -113,12 +134,21 @@ def test_function_is_told_the_table_bucket_and_every_environment_queue(
 # --- least privilege ----------------------------------------------------------------------------------------
 
 
-def test_function_role_has_no_wildcard_action_nor_resource(role_statements: list[dict[str, Any]]) -> None:
+def test_function_role_has_no_wildcard_action_nor_resource_but_for_tracing(
+    role_statements: list[dict[str, Any]],
+) -> None:
     for statement in role_statements:
         assert statement["Effect"] == "Allow"
         assert not [action for action in as_list(statement["Action"]) if "*" in action], statement
-        assert "*" not in as_list(statement["Resource"]), statement
+        if "*" in as_list(statement["Resource"]):
+            # X-Ray has no resource-level permissions: "*" is the only way, and only for its two write actions.
+            assert set(as_list(statement["Action"])) == XRAY_ACTIONS, statement
         assert "NotAction" not in statement and "NotResource" not in statement
+
+
+def test_function_traces_to_xray(function: tuple[str, dict[str, Any]], role_statements: list[dict[str, Any]]) -> None:
+    assert function[1]["TracingConfig"] == {"Mode": "Active"}
+    assert _actions(_statements_for(role_statements, "xray")) == XRAY_ACTIONS
 
 
 def test_function_reads_and_writes_items_of_the_table_and_its_indexes_only(
@@ -171,18 +201,75 @@ def test_function_writes_logs_to_its_own_log_group_only(
 # --- the HTTP API -------------------------------------------------------------------------------------------
 
 
-def test_api_routes_root_and_every_path_to_the_function_with_payload_2(
+def test_api_routes_root_every_path_and_the_open_routes_to_the_function_with_payload_2(
     template_json: dict[str, Any], function: tuple[str, dict[str, Any]]
 ) -> None:
     integrations = resources_of_type(template_json, "AWS::ApiGatewayV2::Integration")
-    routes = resources_of_type(template_json, "AWS::ApiGatewayV2::Route").values()
-    assert {route["Properties"]["RouteKey"] for route in routes} == {"ANY /", "ANY /{proxy+}"}
+    # POST /nodes/credentials has a function of its own (tests/infrastructure/test_node_access.py).
+    routes = [
+        route
+        for route in resources_of_type(template_json, "AWS::ApiGatewayV2::Route").values()
+        if route["Properties"]["RouteKey"] != NODE_CREDENTIALS_ROUTE_KEY
+    ]
+    open_route_keys = {f"{method} {path}" for method, path in resources.OPEN_ROUTES}
+    assert {route["Properties"]["RouteKey"] for route in routes} == {"ANY /", "ANY /{proxy+}", *open_route_keys}
     for route in routes:
         integration_id = render(route["Properties"]["Target"]).removeprefix("integrations/").strip("<>")
         integration = integrations[integration_id]["Properties"]
         assert integration["IntegrationType"] == "AWS_PROXY"
         assert integration["IntegrationUri"] == {"Fn::GetAtt": [function[0], "Arn"]}
         assert integration["PayloadFormatVersion"] == "2.0"
+
+
+def test_every_route_but_the_open_ones_runs_the_authorizer(template_json: dict[str, Any]) -> None:
+    [authorizer_id] = resources_of_type(template_json, "AWS::ApiGatewayV2::Authorizer")
+    open_route_keys = {f"{method} {path}" for method, path in resources.OPEN_ROUTES}
+    for route in resources_of_type(template_json, "AWS::ApiGatewayV2::Route").values():
+        properties = route["Properties"]
+        if properties["RouteKey"] in open_route_keys:
+            assert properties.get("AuthorizationType", "NONE") == "NONE" and "AuthorizerId" not in properties
+        else:
+            assert properties["AuthorizationType"] == "CUSTOM", properties["RouteKey"]
+            assert properties["AuthorizerId"] == {"Ref": authorizer_id}
+
+
+def test_authorizer_is_an_uncached_request_authorizer_with_simple_responses_on_the_authorization_header(
+    template_json: dict[str, Any], authorizer_function: tuple[str, dict[str, Any]]
+) -> None:
+    [authorizer] = resources_of_type(template_json, "AWS::ApiGatewayV2::Authorizer").values()
+    properties = authorizer["Properties"]
+    assert properties["AuthorizerType"] == "REQUEST"
+    assert properties["AuthorizerPayloadFormatVersion"] == "2.0"
+    assert properties["EnableSimpleResponses"] is True
+    assert properties["IdentitySource"] == [f"$request.header.{resources.AUTHORIZATION_HEADER}"]
+    assert properties["AuthorizerResultTtlInSeconds"] == resources.AUTHORIZER_RESULT_TTL_SECONDS == 0
+    assert f"<{authorizer_function[0]}.Arn>" in render(properties["AuthorizerUri"])
+
+
+def test_authorizer_function_gets_exactly_the_settings_it_reads(
+    authorizer_function: tuple[str, dict[str, Any]],
+) -> None:
+    from functions.settings import AuthorizerSettings
+
+    prefix = str(AuthorizerSettings.model_config.get("env_prefix", ""))
+    read = {f"{prefix}{field}".upper() for field in AuthorizerSettings.model_fields}
+    assert read == function_environment.AUTHORIZER_SETTINGS_VARIABLES
+    variables = authorizer_function[1]["Environment"]["Variables"]
+    assert set(variables) == function_environment.AUTHORIZER_FUNCTION_VARIABLES
+    assert authorizer_function[1]["Runtime"] == "python3.11"
+
+
+def test_authorizer_may_only_get_api_key_items_and_write_its_own_logs(
+    template_json: dict[str, Any], authorizer_function: tuple[str, dict[str, Any]]
+) -> None:
+    statements = _role_statements(template_json, authorizer_function)
+    table_id = _logical_id(template_json, "AWS::DynamoDB::Table")
+    log_group_id = authorizer_function[1]["LoggingConfig"]["LogGroup"]["Ref"]
+    assert _actions(statements) == {"dynamodb:GetItem", "logs:CreateLogStream", "logs:PutLogEvents"}
+    [dynamodb_statement] = _statements_for(statements, "dynamodb")
+    assert _resources([dynamodb_statement]) == {f"<{table_id}.Arn>"}
+    assert dynamodb_statement["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["KEY#*"]}}
+    assert _resources(_statements_for(statements, "logs")) == {f"<{log_group_id}.Arn>"}
 
 
 def test_api_stage_logs_access_and_throttles(template_json: dict[str, Any], stage_settings: StageSettings) -> None:

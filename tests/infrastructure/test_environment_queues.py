@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk.assertions import Template
-
+from infrastructure.run_events import failures_queue_name
 from infrastructure.settings import StageSettings
 from runly import resources
 from tests.infrastructure.cfn import resources_of_type
@@ -17,10 +16,14 @@ def _queues_by_name(template_json: dict[str, Any]) -> dict[str, tuple[str, dict[
     }
 
 
-def test_two_environments_make_two_queue_pairs(template: Template) -> None:
-    # Given a stage with two environments (conftest), then there is one queue and one DLQ per environment.
+def test_two_environments_make_two_queue_pairs(template_json: dict[str, Any], stage_settings: StageSettings) -> None:
+    # Given a stage with two environments (conftest), then there is one queue and one DLQ per environment (and,
+    # apart from them, only the run events' failure queue: test_run_events).
     assert len(TEST_ENVIRONMENTS) == 2
-    template.resource_count_is("AWS::SQS::Queue", 2 * len(TEST_ENVIRONMENTS))
+    names = stage_settings.resource_names(account="any", region="any")
+    pairs = {name for environment in TEST_ENVIRONMENTS for name in names.queues(environment).model_dump().values()}
+    assert len(pairs) == 2 * len(TEST_ENVIRONMENTS)
+    assert set(_queues_by_name(template_json)) == pairs | {failures_queue_name(names)}
 
 
 def test_each_environment_queue_redrives_to_its_own_dead_letter_queue(

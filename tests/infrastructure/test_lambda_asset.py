@@ -26,12 +26,15 @@ def test_lambda_dependencies_are_pinned_as_in_requirements_txt() -> None:
 def test_asset_holds_the_handler_and_the_packages_but_no_tests_or_caches(
     template_json: dict[str, Any], outdir: Path
 ) -> None:
-    [function] = [r for r in template_json["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
-    asset_dir = outdir / f"asset.{function['Properties']['Code']['S3Key'].removesuffix('.zip')}"
+    functions = [r for r in template_json["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+    # One asset for every function, each with its own handler in it.
+    [s3_key] = {function["Properties"]["Code"]["S3Key"] for function in functions}
+    asset_dir = outdir / f"asset.{s3_key.removesuffix('.zip')}"
     files = {path.relative_to(asset_dir).as_posix() for path in asset_dir.rglob("*")}
 
-    handler_module, _, _ = resources.API_FUNCTION_HANDLER.rpartition(".")
-    assert handler_module.replace(".", "/") + ".py" in files
+    for handler in (resources.API_FUNCTION_HANDLER, resources.AUTHORIZER_FUNCTION_HANDLER):
+        handler_module, _, _ = handler.rpartition(".")
+        assert handler_module.replace(".", "/") + ".py" in files
     assert {package for package in PACKAGES} <= {file.split("/")[0] for file in files}
     assert "runly/resources.py" in files
     assert not [file for file in files if file.split("/")[0] in {"tests", ".venv", "node_agent", "infrastructure"}]
@@ -72,3 +75,69 @@ def test_asset_hash_follows_the_packaged_sources_pins_and_bundling_mode_only(tmp
 
 def test_uv_is_found_beside_the_python_running_the_app() -> None:
     assert Path(lambda_asset._uv()).name == "uv"
+
+
+# What the Python Lambda runtime provides: boto3 and its dependencies.
+LAMBDA_RUNTIME_PACKAGES = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"}
+
+
+def test_lambda_requirements_list_every_dependency_the_runtime_lacks() -> None:
+    # The asset is installed with --no-deps: a dependency missing from the file would fail only in Lambda.
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pinned = {canonicalize_name(name) for name in _pins(REPO_ROOT / REQUIREMENTS)}
+    provided = pinned | {canonicalize_name(name) for name in LAMBDA_RUNTIME_PACKAGES}
+    missing = {
+        f"{package} needs {requirement.name}"
+        for package in pinned
+        for requirement in map(Requirement, requires(package) or [])
+        if (requirement.marker is None or requirement.marker.evaluate({"extra": ""}))
+        and canonicalize_name(requirement.name) not in provided
+    }
+    assert missing == set()
+
+
+def test_lambda_requirements_hold_every_module_the_handlers_import(template_json: dict[str, Any]) -> None:
+    # Given the modules of ours that the stack's handlers load (imported in a fresh interpreter)
+    import ast
+    import json
+    import subprocess
+    import sys
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    handlers = {
+        resource["Properties"]["Handler"]
+        for resource in template_json["Resources"].values()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
+    script = (
+        "import importlib, json, sys\n"
+        f"for name in {sorted(h.rpartition('.')[0] for h in handlers)!r}: importlib.import_module(name)\n"
+        f"print(json.dumps([m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in {PACKAGES!r}]))"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True, capture_output=True, text=True)
+    ours = [Path(file) for file in json.loads(run.stdout) if file]
+
+    # When their imports are read
+    imported: set[str] = set()
+    for source in ours:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+
+    # Then each third-party one comes from a distribution the asset pins or the runtime provides
+    distributions = packages_distributions()
+    provided = {canonicalize_name(name) for name in [*_pins(REPO_ROOT / REQUIREMENTS), *LAMBDA_RUNTIME_PACKAGES]}
+    unprovided = {
+        module: distributions[module]
+        for module in imported - set(PACKAGES)
+        if module in distributions and not {canonicalize_name(d) for d in distributions[module]} & provided
+    }
+    assert ours and unprovided == {}

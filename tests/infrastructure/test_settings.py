@@ -50,3 +50,49 @@ def test_account_and_region_pin_the_stack_environment() -> None:
     environment = StageSettings.from_context(context).cdk_environment()
     assert environment is not None
     assert (environment.account, environment.region) == ("123456789012", "eu-west-1")
+
+
+# --- optional parts: the EC2 fleet, the alarm topic --------------------------------------------------------------
+
+FLEET = {"agent_wheel": "runly-0.1.0-py3-none-any.whl", "environments": {"production": {}}}
+
+
+def _stage(**values: object) -> dict[str, object]:
+    return {"stage": "prod", "stages": {"prod": {"environments": ["production", "staging"], **values}}}
+
+
+def test_every_cdk_json_stage_leaves_the_fleet_off_unless_it_declares_one() -> None:
+    for stage, values in cdk_json_context()["stages"].items():
+        settings = StageSettings.from_context({**cdk_json_context(), "stage": stage})
+        assert (settings.fleet is None) == ("fleet" not in values)
+
+
+def test_a_fleet_for_an_environment_the_stage_lacks_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"\['qa'\]"):
+        StageSettings.from_context(_stage(fleet={**FLEET, "environments": {"qa": {}}}))
+
+
+def test_a_fleet_group_with_more_minimum_than_maximum_nodes_is_refused() -> None:
+    with pytest.raises(ValidationError, match="min_nodes"):
+        StageSettings.from_context(_stage(fleet={**FLEET, "environments": {"production": {"min_nodes": 3}}}))
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"agent_wheel": "runly.tar.gz"}, "agent_wheel"),
+        ({"vpc_cidr": "10.0.0.0/24"}, "vpc_cidr"),
+        ({"drain_timeout_seconds": 7200}, "drain_timeout_seconds"),  # the lifecycle hook waits at most 7200 s
+        ({"enviroments": {}}, "enviroments"),
+    ],
+)
+def test_a_fleet_setting_out_of_bounds_is_refused(override: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        StageSettings.from_context(_stage(fleet={**FLEET, **override}))
+
+
+def test_alarm_emails_are_checked_and_imply_the_topic() -> None:
+    assert StageSettings.from_context(_stage()).alarms.notify is False
+    assert StageSettings.from_context(_stage(alarms={"emails": ["ops@example.com"]})).alarms.notify is True
+    with pytest.raises(ValidationError, match="not an email"):
+        StageSettings.from_context(_stage(alarms={"emails": ["ops"]}))

@@ -11,12 +11,12 @@ import boto3
 import pytest
 
 from functions.api import app as api_app
-from functions.api.dependencies import services
-from functions.settings import get_settings
 from runly import resources
 from runly.bundle import sha256_file
-from runly.contracts import RunMessage
+from runly.contracts import RunMessage, Scope
 from runly.local.gateway import build_event
+from tests.support.api import clear_function_caches
+from tests.support.auth import as_caller
 from tests.support.bundles import make_bundle
 
 Call = Callable[..., tuple[int, dict[str, Any]]]
@@ -40,8 +40,7 @@ def call(aws: dict[str, str], names: resources.ResourceNames, monkeypatch: pytes
     monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
     monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
     monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(aws))
-    get_settings.cache_clear()
-    services.cache_clear()
+    clear_function_caches()
 
     def invoke(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         raw = b"" if body is None else json.dumps(body).encode()
@@ -53,12 +52,11 @@ def call(aws: dict[str, str], names: resources.ResourceNames, monkeypatch: pytes
             body=raw,
             source_ip="127.0.0.1",
         )
-        response = api_app.lambda_handler(event, FakeContext())  # type: ignore[arg-type]
+        response = api_app.lambda_handler(as_caller(event, Scope.ADMIN), FakeContext())  # type: ignore[arg-type]
         return response["statusCode"], json.loads(response["body"]) if response.get("body") else {}
 
     yield invoke
-    get_settings.cache_clear()
-    services.cache_clear()
+    clear_function_caches()
 
 
 def _register(call: Call, names: resources.ResourceNames, bundle: Path) -> tuple[int, dict[str, Any]]:
@@ -193,6 +191,6 @@ def test_malformed_json_is_a_client_error(call: Call) -> None:
         body=b"{not json",
         source_ip="127.0.0.1",
     )
-    response = api_app.lambda_handler(event, FakeContext())  # type: ignore[arg-type]
+    response = api_app.lambda_handler(as_caller(event, Scope.WRITE), FakeContext())  # type: ignore[arg-type]
     assert 400 <= response["statusCode"] < 500
     assert "Traceback" not in response["body"]

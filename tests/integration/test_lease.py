@@ -10,30 +10,11 @@ import pytest
 
 from node_agent.aws import AgentAws, ClaimRefused, LeaseLost
 from runly import resources
-from runly.contracts import FailureReason, RunState
-from runly.records import RunRecord, iso, run_key, utcnow
+from runly.contracts import Checkpoint, FailureReason, RunState
+from runly.records import run_key, utcnow
+from tests.support.runs import queued_run as _queued_run
 
 LEASE = 30
-
-
-def _queued_run(names: resources.ResourceNames, run_id: str = "run_1") -> RunRecord:
-    record = RunRecord(
-        run_id=run_id,
-        state=RunState.QUEUED,
-        package="greeter",
-        version="1.0.0",
-        job="greet",
-        entry_point="greeter.jobs:Greet",
-        environment="default",
-        config_json=json.dumps({"name": "Ada"}),
-        timeout_seconds=60,
-        max_attempts=3,
-        bundle_key="packages/greeter/1.0.0/greeter-1.0.0.runly",
-        bundle_sha256="0" * 64,
-        created_at=iso(utcnow()),
-    )
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.to_item())
-    return record
 
 
 @pytest.fixture
@@ -136,3 +117,22 @@ def test_heartbeat_extends_the_lease_and_reports_a_cancel(agent_aws: AgentAws, n
         ExpressionAttributeValues={":c": RunState.CANCELLING.value},
     )
     assert agent_aws.extend_lease(record, "node-a", until) is RunState.CANCELLING
+
+
+def test_checkpoints_are_written_only_by_the_lease_holder(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
+    _queued_run(names)
+    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    agent_aws.write_checkpoint(
+        first, "node-a", Checkpoint(watermark=10, last_item_id="9", attempt=1, written_at=utcnow())
+    )
+    stored = agent_aws.get_checkpoint("run_1")
+    assert stored is not None and stored.watermark == 10 and stored.last_item_id == "9"
+
+    # Once another node took the run over, the old attempt's checkpoint is refused and the stored one stays
+    second = agent_aws.claim("run_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
+    with pytest.raises(LeaseLost):
+        agent_aws.write_checkpoint(first, "node-a", Checkpoint(watermark=99, attempt=1, written_at=utcnow()))
+    resumed = agent_aws.get_checkpoint("run_1")
+    assert resumed is not None and resumed.watermark == 10
+    agent_aws.write_checkpoint(second, "node-b", Checkpoint(watermark=15, attempt=2, written_at=utcnow()))
+    assert (agent_aws.get_checkpoint("run_1") or resumed).watermark == 15

@@ -470,6 +470,7 @@ def test_main_serves_until_signalled_then_exits_cleanly(tmp_path: Path, stop_sig
             "runly.local.gateway",
             "--handler",
             "tests.unit.test_gateway.echo_handler",
+            "--no-authorizer",
             "--port",
             "0",
             "--ready-file",

@@ -1,10 +1,12 @@
 import os
 import signal
 import time
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from runly import Job
+from runly.items import ItemConfig, ItemJob
 
 
 class EchoConfig(BaseModel):
@@ -44,3 +46,53 @@ class Sleep(Job[SleepConfig]):
     def run(self) -> dict[str, float]:
         time.sleep(self.config.seconds)
         return {"slept": self.config.seconds}
+
+
+class LedgerConfig(ItemConfig):
+    items: int = Field(default=40, ge=1)
+    item_seconds: float = Field(default=0.05, ge=0)
+    ledger: str = Field(description="an append-only file on this machine where each processed item is noted")
+
+
+class Ledger(ItemJob[LedgerConfig, int]):
+    """Items that note themselves in a ledger file, so a chaos run can count repeats and resumes."""
+
+    parallelism = 2
+    checkpoint_interval = 0.5
+
+    def _note(self, line: str) -> None:
+        # One write() per line on an O_APPEND file: lines from concurrent processes never interleave.
+        fd = os.open(self.config.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def bind(self, channel: Any, *, checkpoint_interval: float | None = None) -> None:
+        # Note every checkpoint the agent acknowledged: the ground truth a resumed attempt must start from.
+        super().bind(_NotingChannel(channel, self), checkpoint_interval=checkpoint_interval)
+
+    def setup(self) -> None:
+        watermark = self.resumed_from.watermark if self.resumed_from and self.resumed_from.watermark else 0
+        self._note(f"{self.context.run_id} start {self.context.attempt} {watermark}")
+
+    def items(self) -> range:
+        return range(self.config.items)
+
+    def process(self, item: int) -> None:
+        time.sleep(self.config.item_seconds)
+        self._note(f"{self.context.run_id} item {self.context.attempt} {item}")
+
+
+class _NotingChannel:
+    def __init__(self, channel: Any, job: Ledger) -> None:
+        self._channel = channel
+        self._job = job
+        self.can_checkpoint = channel.can_checkpoint
+
+    def progress(self, progress: Any) -> None:
+        self._channel.progress(progress)
+
+    def checkpoint(self, **message: Any) -> None:
+        self._channel.checkpoint(**message)  # returns once durable; raises if refused
+        self._job._note(f"{self._job.context.run_id} ckpt {self._job.context.attempt} {message.get('watermark') or 0}")

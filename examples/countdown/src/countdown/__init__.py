@@ -1,0 +1,1 @@
+"""runly example: a long, resumable job."""

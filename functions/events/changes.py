@@ -1,0 +1,137 @@
+"""Which stream records are run state changes, and publishing them (the publisher's use case).
+
+A run item is ``RUN#{id}`` / ``RUN``; it changes state when its ``state`` attribute differs between the old and
+the new image, or when it is created. Every other write (heartbeats, progress, checkpoints, nodes, packages)
+publishes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
+from pydantic import ValidationError
+
+from functions.events.bus import MAX_ENTRIES_PER_CALL, BusEntry, BusUnavailable, EventBus
+from functions.events.metrics import SERVICE
+from runly.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, RunStateChanged
+from runly.records import run_key
+from runly.resources import PARTITION_KEY, SORT_KEY
+
+logger = Logger(service=SERVICE)
+
+# Calls per chunk of entries, the first included; the waits between them stay well inside the function's timeout.
+PUT_ATTEMPTS = 3
+RETRY_BASE_SECONDS = 0.2
+
+_RUN_KEY = run_key("")  # {"pk": "RUN#", "sk": "RUN"}
+
+
+def sequence_number(record: DynamoDBRecord) -> str:
+    stream = record.dynamodb
+    if stream is None or stream.sequence_number is None:
+        raise ValueError("a DynamoDB stream record without a sequence number")
+    return stream.sequence_number
+
+
+def state_change(record: DynamoDBRecord) -> RunStateChanged | None:
+    """The run state change this record carries, or None. Raises ValidationError for a run item that lacks
+    what an event needs (a defect of the writer: the record is reported as failed, not skipped)."""
+    stream = record.dynamodb
+    if stream is None or record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY):
+        return None
+    keys = stream.keys
+    is_run = str(keys.get(PARTITION_KEY, "")).startswith(_RUN_KEY[PARTITION_KEY]) and (
+        keys.get(SORT_KEY) == _RUN_KEY[SORT_KEY]
+    )
+    if not is_run:
+        return None
+    new = stream.new_image
+    previous = stream.old_image.get("state") if record.event_name is DynamoDBRecordEventName.MODIFY else None
+    if record.event_name is DynamoDBRecordEventName.MODIFY and previous == new.get("state"):
+        return None
+    written = stream.approximate_creation_date_time
+    return RunStateChanged.model_validate(
+        {
+            "run_id": new.get("run_id"),
+            "environment": new.get("environment"),
+            "package": new.get("package"),
+            "version": new.get("version"),
+            "job": new.get("job"),
+            "previous_state": previous,
+            "state": new.get("state"),
+            "attempt": new.get("attempt", 0),
+            "occurred_at": datetime.fromtimestamp(written, UTC) if written is not None else datetime.now(UTC),
+        }
+    )
+
+
+@dataclass
+class PublishReport:
+    published: list[RunStateChanged] = field(default_factory=list)
+    unpublished: set[str] = field(default_factory=set)  # sequence numbers of the records to report as failed
+
+
+def _entry(change: RunStateChanged) -> BusEntry:
+    return BusEntry(
+        source=RUN_EVENT_SOURCE,
+        detail_type=RUN_STATE_CHANGED,
+        detail_json=change.model_dump_json(),
+        time=change.occurred_at,
+    )
+
+
+def _put_chunk(
+    bus: EventBus, chunk: Sequence[tuple[str, RunStateChanged]], sleep: Callable[[float], None]
+) -> list[tuple[str, RunStateChanged]]:
+    """Put one chunk, retrying what EventBridge refused with capped exponential backoff and jitter; returns
+    what is still unpublished."""
+    remaining = list(chunk)
+    for attempt in range(PUT_ATTEMPTS):
+        if attempt:
+            sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+        try:
+            refused = bus.put([_entry(change) for _, change in remaining])
+        except BusUnavailable:
+            logger.warning("PutEvents failed", attempt=attempt + 1, entries=len(remaining))
+            continue
+        remaining = [remaining[position] for position in refused]
+        if not remaining:
+            break
+    return remaining
+
+
+def publish_changes(
+    records: Iterable[DynamoDBRecord], bus: EventBus, *, sleep: Callable[[float], None] = time.sleep
+) -> PublishReport:
+    """Publish the run state changes among ``records`` (in stream order, 10 entries per call)."""
+    report = PublishReport()
+    pending: list[tuple[str, RunStateChanged]] = []
+    for record in records:
+        sequence = sequence_number(record)
+        try:
+            change = state_change(record)
+        except ValidationError:
+            logger.exception("run item without what a run event needs", sequence_number=sequence)
+            report.unpublished.add(sequence)
+            continue
+        if change is not None:
+            pending.append((sequence, change))
+
+    for start in range(0, len(pending), MAX_ENTRIES_PER_CALL):
+        chunk = pending[start : start + MAX_ENTRIES_PER_CALL]
+        left = _put_chunk(bus, chunk, sleep)
+        left_sequences = {sequence for sequence, _ in left}
+        report.unpublished |= left_sequences
+        report.published += [change for sequence, change in chunk if sequence not in left_sequences]
+        for sequence, change in left:
+            logger.error("run event not published", sequence_number=sequence, run_id=change.run_id)
+    return report

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from functions.settings import ApiSettings
+
+
+class MaintenanceSettings(ApiSettings):
+    reaper_grace_seconds: int = Field(
+        default=300, ge=0, description="how long after a lease expired the reaper steps in (nodes normally do first)"
+    )
+
+
+@lru_cache(maxsize=1)
+def get_maintenance_settings() -> MaintenanceSettings:
+    return MaintenanceSettings()  # type: ignore[call-arg]  # filled from the environment

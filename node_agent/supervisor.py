@@ -1,0 +1,266 @@
+"""Supervising one run on this node: package, job process, checkpoints, outcome.
+
+Runs on a thread of its own. It writes the run only through fenced writes
+(node_agent.aws), and stops writing the moment the lease is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from node_agent.aws import AgentAws, Delivery, LeaseLost
+from node_agent.backoff import retry
+from node_agent.job_process import JobProcess, Outcome
+from node_agent.logs import LogSpool
+from node_agent.package_cache import PackageCache, PackageDownloadError
+from node_agent.settings import AgentSettings
+from runly.bundle import PackageError
+from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, Progress, RunSpec, RunState
+from runly.records import RunRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+# Reasons worth another attempt; a package error or a timeout would fail the same way again.
+RETRIABLE = frozenset({FailureReason.USER_ERROR, FailureReason.PROCESS_CRASH, FailureReason.NODE_LOST})
+NOT_RETRIED_ERRORS = frozenset({"FailureThresholdExceeded", "ResumeMismatch"})
+MAX_CHECKPOINT_BYTES = 300 * 1024  # a DynamoDB item holds 400 KB; leave room for the keys
+
+
+def retry_delay(attempt: int, *, base: int, cap: int) -> int:
+    """Exponential in the attempt number, with jitter so a burst of failures does not retry in step."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return int(random.uniform(ceiling / 2, ceiling))
+
+
+@dataclass
+class RunSupervisor:
+    settings: AgentSettings
+    aws: AgentAws
+    cache: PackageCache
+    record: RunRecord
+    delivery: Delivery
+    checkpoint: Checkpoint | None
+    cold: threading.Event  # the agent's second stop signal
+    started: float = field(default_factory=time.monotonic)
+    process: JobProcess | None = None
+    spool: LogSpool | None = None
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    _last_progress_sent: Progress | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.node_id
+
+    # ------------------------------------------------------------ called by the heartbeat thread
+    def progress_to_send(self) -> Progress | None:
+        """The newest progress if it changed since the last heartbeat (coalesced), else None."""
+        latest = self.process.latest_progress if self.process else None
+        if latest is None or latest == self._last_progress_sent:
+            return None
+        self._last_progress_sent = latest
+        return latest
+
+    # ------------------------------------------------------------ the run
+    def run(self) -> None:
+        record = self.record
+        work_dir = self.settings.work_dir / "runs" / f"{record.run_id}-{record.attempt:04d}"
+        self.spool = LogSpool.create(work_dir, record.run_id, record.attempt)
+        try:
+            self._run(work_dir)
+        except LeaseLost:
+            log.warning("run %s attempt %d: lease lost; nothing more is written", record.run_id, record.attempt)
+        except Exception:
+            log.exception(
+                "supervising run %s failed; its lease will expire and another attempt takes it", record.run_id
+            )
+        finally:
+            try:
+                self.spool.finish(self.aws.put_log_chunk)
+            except Exception:  # the spool stays on disk; the next agent start ships it
+                log.exception("could not ship the log of run %s", record.run_id)
+            self.finished.set()
+
+    def _run(self, work_dir: Any) -> None:
+        record = self.record
+        phase_started = time.monotonic()
+        try:
+            installed = self.cache.ensure(record.bundle_sha256, lambda path: self.aws.download(record.bundle_key, path))
+        except PackageDownloadError as exc:
+            # The feed, not the package, failed: worth another attempt.
+            self._fail(
+                FailureReason.PACKAGE_ERROR, {"message": str(exc), "type": "PackageDownloadError"}, retriable=True
+            )
+            return
+        except PackageError as exc:
+            self._finish(RunState.FAILED, FailureReason.PACKAGE_ERROR, {"message": str(exc), "type": "PackageError"})
+            return
+        log.info(
+            "run %s: package %s %s ready in %.2f s (%s)",
+            record.run_id, record.package, record.version, time.monotonic() - phase_started,
+            "cached" if installed.cached else ", ".join(f"{k} {v:.2f}s" for k, v in installed.timings.items()),
+        )  # fmt: skip
+        spec = RunSpec(
+            run_id=record.run_id,
+            attempt=record.attempt,
+            package=record.package,
+            version=record.version,
+            job=record.job,
+            entry_point=record.entry_point,
+            config=json.loads(record.config_json),
+            checkpoint=self.checkpoint,
+        )
+        assert self.spool is not None
+        with installed:  # held: the environment is not evicted while the job runs
+            self.process = JobProcess(
+                spec=spec, python=installed.python, work_dir=work_dir, log_path=self.spool.log_path,
+                on_checkpoint=self._on_checkpoint,
+            )  # fmt: skip
+            self.process.start()
+            timed_out = self._wait()
+            outcome = self.process.outcome()
+        if self.lease_lost.is_set():
+            log.warning(
+                "run %s attempt %d lost its lease: job stopped, nothing recorded", record.run_id, record.attempt
+            )
+            return
+        # The whole log is in the feed before the run turns terminal: whoever sees the outcome can read it.
+        self._ship_log()
+        self._record(outcome, timed_out)
+
+    def _ship_log(self) -> None:
+        spool = self.spool
+        assert spool is not None
+        try:
+            retry(lambda: spool.ship(self.aws.put_log_chunk), what="shipping the log")
+        except Exception:  # the log stays spooled; never let it change the run's outcome
+            log.exception("could not ship the log of run %s", self.run_id)
+
+    def _on_checkpoint(self, message: CheckpointMessage) -> str | None:
+        if self.lease_lost.is_set():
+            return "lease lost: another attempt owns this run"
+        checkpoint = Checkpoint(
+            watermark=message.watermark,
+            last_item_id=message.last_item_id,
+            state=message.state,
+            attempt=self.record.attempt,
+            written_at=utcnow(),
+        )
+        size = len(checkpoint.model_dump_json())
+        if size > MAX_CHECKPOINT_BYTES:
+            return f"checkpoint is {size} bytes; the limit is {MAX_CHECKPOINT_BYTES}"
+        try:
+            # Synchronous and retried through throttling: a checkpoint is never silently dropped.
+            retry(lambda: self.aws.write_checkpoint(self.record, self.node_id, checkpoint), what="checkpoint")
+        except LeaseLost:
+            self.lease_lost.set()
+            return "lease lost: another attempt owns this run"
+        return None
+
+    def _wait(self) -> bool:
+        """Wait for the job process; stop it on cancel, lost lease, timeout or cold shutdown. True if it timed out."""
+        assert self.process is not None
+        deadline = self.started + self.record.timeout_seconds
+        while self.process.poll() is None:
+            if self.lease_lost.is_set():
+                self.process.kill()  # another attempt owns the run: stop at once
+            elif self.cancel_requested.is_set() or self.cold.is_set():
+                self.process.stop(self.settings.kill_grace_seconds)
+            elif time.monotonic() > deadline:
+                self.process.stop(self.settings.kill_grace_seconds)
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _record(self, outcome: Outcome, timed_out: bool) -> None:
+        progress = self.process.latest_progress if self.process else None
+        if timed_out:
+            message = f"run exceeded its timeout of {self.record.timeout_seconds} s"
+            self._finish(RunState.TIMED_OUT, FailureReason.TIMEOUT, {"message": message}, progress=progress)
+        elif self.cancel_requested.is_set():
+            self._finish(RunState.CANCELLED, FailureReason.CANCELLED, {"message": "cancelled"}, progress=progress)
+        elif self.cold.is_set() and outcome.killed:
+            # Stopped by this node's shutdown, not by the job: back to the queue for another node, at once.
+            self._end(
+                RunState.QUEUED, FailureReason.NODE_LOST, {"message": "node shut down"}, progress=progress,
+                retry_at=utcnow(),
+            )  # fmt: skip
+            self.aws.set_visibility(self.delivery, 0)
+        elif outcome.result is not None and outcome.exit_code == 0:
+            self._finish(RunState.SUCCEEDED, None, None, output=outcome.result.output, progress=progress)
+        elif outcome.error is not None:
+            error = {"message": outcome.error.message, "type": outcome.error.type, "traceback": outcome.error.traceback}
+            # A broken failure threshold or a changed item order would fail the same way on every attempt.
+            retriable = outcome.error.type not in NOT_RETRIED_ERRORS
+            self._fail(FailureReason.USER_ERROR, error, progress=progress, retriable=retriable)
+        else:
+            self._fail(FailureReason.PROCESS_CRASH, {"message": describe_exit(outcome.exit_code)}, progress=progress)
+
+    def _fail(
+        self,
+        reason: FailureReason,
+        error: dict[str, Any],
+        *,
+        retriable: bool | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        record = self.record
+        if retriable is None:
+            retriable = reason in RETRIABLE
+        if retriable and record.attempt < record.max_attempts:
+            # Retried later on any node: the delay is the message's visibility; no node sleeps on it.
+            delay = retry_delay(
+                record.attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds
+            )
+            retry_at = utcnow() + timedelta(seconds=delay)
+            self._end(RunState.QUEUED, reason, error, progress=progress, retry_at=retry_at)
+            retry(lambda: self.aws.set_visibility(self.delivery, delay), what="retry delay")
+            log.info("run %s attempt %d failed (%s); retry in %d s", record.run_id, record.attempt, reason, delay)
+        else:
+            self._finish(RunState.FAILED, reason, error, progress=progress)
+
+    def _end(self, state: RunState, reason: FailureReason | None, error: dict[str, Any] | None, **kwargs: Any) -> None:
+        retry(
+            lambda: self.aws.end_attempt(self.record, self.node_id, state=state, reason=reason, error=error, **kwargs),
+            what="recording the attempt",
+        )
+
+    def _finish(
+        self, state: RunState, reason: FailureReason | None, error: dict[str, Any] | None, **kwargs: Any
+    ) -> None:
+        if error is not None and reason is not None:
+            error = {"reason": reason.value, **error}
+        self._end(state, reason, error, **kwargs)
+        # Deleted only now that the run is terminal: a node that dies before this loses nothing.
+        retry(lambda: self.aws.delete(self.delivery), what="deleting the message")
+        log.info("run %s %s", self.record.run_id, state)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal_name(-code)
+        except ValueError:
+            name = str(-code)
+        return f"job process was killed by {name}"
+    if code == 137:
+        return "job process was killed (exit 137: SIGKILL, often the out-of-memory killer)"
+    return f"job process exited with code {code} without a result"
+
+
+def signal_name(number: int) -> str:
+    import signal
+
+    return signal.Signals(number).name

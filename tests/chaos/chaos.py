@@ -1,0 +1,355 @@
+"""The chaos suite: many item runs on three real agents while agents are killed and restarted,
+job processes are killed, an agent is frozen past its lease, and runs are cancelled.
+
+    python -m tests.chaos.chaos --runs 100        # `make chaos`
+    (a shorter form runs in `make test`: tests/chaos/test_chaos.py)
+
+It prints a table and exits non-zero unless no run was lost, none completed twice, none is stuck,
+and every resumed run restarted from its checkpoint (no item before its watermark processed again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runly.client import ApiError, RunlyClient
+from runly.contracts import EnqueueRunRequest, RunState, RunView
+from runly.local.stack import Child, EmbeddedStack
+from runly.pack import pack_project
+
+PROJECT = Path(__file__).resolve().parents[1] / "e2e" / "projects" / "e2ejobs"
+LEASE_SECONDS = 4
+POLL_SECONDS = 1
+AGENT_SETTINGS = {
+    "RUNLY_LEASE_SECONDS": str(LEASE_SECONDS),
+    "RUNLY_HEARTBEAT_SECONDS": "1",
+    "RUNLY_POLL_WAIT_SECONDS": str(POLL_SECONDS),
+    "RUNLY_RETRY_BASE_SECONDS": "1",
+    "RUNLY_RETRY_MAX_SECONDS": "4",
+    "RUNLY_KILL_GRACE_SECONDS": "2",
+    "RUNLY_CAPACITY": "2",
+}
+
+
+@dataclass
+class Planned:
+    run_id: str
+    intent: str  # "succeed" | "fail" | "cancel"
+
+
+@dataclass
+class Report:
+    enqueued: int = 0
+    succeeded: int = 0
+    failed_as_intended: int = 0
+    failed_unexpectedly: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    completed_more_than_once: int = 0
+    stuck: int = 0
+    items_processed: int = 0
+    items_repeated: int = 0
+    resumed_runs: int = 0
+    resumed_from_checkpoint: int = 0
+    resume_violations: int = 0
+    faults: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    takeover_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost == 0
+            and self.completed_more_than_once == 0
+            and self.stuck == 0
+            and self.resume_violations == 0
+            and self.resumed_from_checkpoint == self.resumed_runs
+        )
+
+    def table(self) -> str:
+        rows = [
+            ("runs enqueued", self.enqueued),
+            ("succeeded", self.succeeded),
+            ("failed as intended", self.failed_as_intended),
+            ("failed unexpectedly", self.failed_unexpectedly),
+            ("cancelled", self.cancelled),
+            ("lost", self.lost),
+            ("completed more than once", self.completed_more_than_once),
+            ("stuck non-terminal", self.stuck),
+            ("items processed", self.items_processed),
+            ("items processed more than once", self.items_repeated),
+            ("runs resumed on another attempt", self.resumed_runs),
+            ("  of which from their checkpoint", self.resumed_from_checkpoint),
+            ("items before a watermark processed again", self.resume_violations),
+            ("faults injected", ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"),
+        ]
+        if self.takeover_seconds:
+            rows.append(
+                (
+                    "node death -> run resumed elsewhere (s)",
+                    f"median {statistics.median(self.takeover_seconds):.1f}, max {max(self.takeover_seconds):.1f}"
+                    f" (lease {LEASE_SECONDS} + poll {POLL_SECONDS}), n={len(self.takeover_seconds)}",
+                )
+            )
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+class Chaos:
+    def __init__(self, stack: EmbeddedStack, client: RunlyClient, ledger: Path, rng: random.Random) -> None:
+        self.stack = stack
+        self.client = client
+        self.ledger = ledger
+        self.rng = rng
+        self.report = Report()
+        self.planned: list[Planned] = []
+        self.views: dict[str, RunView] = {}
+        self._watch: list[tuple[float, dict[str, int]]] = []  # (killed at, run_id -> attempts then)
+
+    # ------------------------------------------------------------ runs
+    def enqueue(self, runs: int, items: int) -> None:
+        for index in range(runs):
+            roll = self.rng.random()
+            if roll < 0.1:
+                request = EnqueueRunRequest(package="e2ejobs", job="fail", max_attempts=1)
+                intent = "fail"
+            else:
+                config = {"items": items + self.rng.randrange(items), "item_seconds": 0.08, "ledger": str(self.ledger)}
+                request = EnqueueRunRequest(package="e2ejobs", job="ledger", config=config, max_attempts=6)
+                intent = "succeed"
+            run = self.client.enqueue(request)
+            self.planned.append(Planned(run.id, intent))
+            self.report.enqueued += 1
+            if index % 10 == 9:
+                time.sleep(0.2)  # arrive in waves, as real traffic does
+
+    def refresh(self) -> None:
+        for plan in self.planned:
+            known = self.views.get(plan.run_id)
+            if known is not None and known.state.terminal:
+                continue  # a terminal run never changes again
+            try:
+                self.views[plan.run_id] = self.client.get_run(plan.run_id)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        now = time.monotonic()
+        for killed_at, held in list(self._watch):
+            for run_id, attempts in list(held.items()):
+                view = self.views.get(run_id)
+                if view and (len(view.attempts) > attempts or view.state.terminal):
+                    if len(view.attempts) > attempts:
+                        self.report.takeover_seconds.append(now - killed_at)
+                    del held[run_id]
+            if not held:
+                self._watch.remove((killed_at, held))
+
+    def running(self) -> list[RunView]:
+        return [v for v in self.views.values() if v.state is RunState.RUNNING and v.attempts]
+
+    def all_terminal(self) -> bool:
+        return len(self.views) == len(self.planned) and all(v.state.terminal for v in self.views.values())
+
+    # ------------------------------------------------------------ faults
+    def agents(self) -> list[Child]:
+        return [c for c in self.stack.children if c.name.startswith("local-node-") and c.process.poll() is None]
+
+    def kill_agent(self) -> None:
+        by_node: dict[str, list[RunView]] = defaultdict(list)
+        for view in self.running():
+            by_node[view.attempts[-1].node_id].append(view)
+        candidates = [a for a in self.agents() if by_node.get(a.name)]
+        if not candidates:
+            return
+        victim = self.rng.choice(candidates)
+        victim.process.kill()
+        victim.process.wait()
+        self._watch.append((time.monotonic(), {v.id: len(v.attempts) for v in by_node[victim.name]}))
+        self.report.faults["agent SIGKILL"] += 1
+        self.stack.start_agent()
+
+    def kill_job(self) -> None:
+        jobs = _job_processes(self.stack.run_dir)
+        if jobs:
+            os.kill(self.rng.choice(jobs), signal.SIGKILL)
+            self.report.faults["job SIGKILL"] += 1
+
+    def freeze_agent(self) -> None:
+        busy = {v.attempts[-1].node_id for v in self.running()}
+        candidates = [a for a in self.agents() if a.name in busy]
+        if not candidates:
+            return
+        victim = self.rng.choice(candidates)
+        os.kill(victim.process.pid, signal.SIGSTOP)
+        # Past its lease: another node takes its runs; when it wakes it must be fenced off.
+        timer = threading.Timer(LEASE_SECONDS + 2.5, lambda: _resume(victim))
+        timer.daemon = True
+        timer.start()
+        self.report.faults["agent SIGSTOP past lease"] += 1
+
+    def cancel(self) -> None:
+        candidates = [v for v in self.running() if self._intent(v.id) == "succeed"]
+        if not candidates:
+            return
+        target = self.rng.choice(candidates)
+        try:
+            self.client.cancel_run(target.id)
+        except ApiError as exc:
+            if exc.status != 409:  # 409: it ended meanwhile
+                raise
+            return
+        next(p for p in self.planned if p.run_id == target.id).intent = "cancel"
+        self.report.faults["cancel"] += 1
+
+    def _intent(self, run_id: str) -> str:
+        return next(p.intent for p in self.planned if p.run_id == run_id)
+
+    # ------------------------------------------------------------ the story
+    def play(self, *, faults: int, timeout: float) -> Report:
+        actions = [self.kill_agent, self.kill_job, self.kill_agent, self.freeze_agent, self.cancel, self.kill_job]
+        deadline = time.monotonic() + timeout
+        injected = 0
+        while time.monotonic() < deadline:
+            self.refresh()
+            if self.all_terminal():
+                break
+            if injected < faults and self.running():
+                before = sum(self.report.faults.values())
+                self.rng.choice(actions)()
+                injected += sum(self.report.faults.values()) - before
+            time.sleep(self.rng.uniform(0.2, 0.8))
+        self.refresh()
+        self.tally()
+        return self.report
+
+    def tally(self) -> None:
+        report = self.report
+        for plan in self.planned:
+            view = self.views.get(plan.run_id)
+            if view is None:
+                report.lost += 1
+                continue
+            if not view.state.terminal:
+                report.stuck += 1
+                continue
+            ended = [a for a in view.attempts if a.outcome is not None and a.outcome.terminal]
+            if len(ended) > 1:
+                report.completed_more_than_once += 1
+            if view.state is RunState.SUCCEEDED:
+                report.succeeded += 1
+            elif view.state is RunState.CANCELLED:
+                report.cancelled += 1
+            elif view.state is RunState.FAILED and plan.intent == "fail":
+                report.failed_as_intended += 1
+            else:
+                report.failed_unexpectedly += 1
+        self._tally_ledger()
+
+    def _tally_ledger(self) -> None:
+        starts: dict[str, dict[int, int]] = defaultdict(dict)  # run -> attempt -> watermark it started from
+        acked: dict[str, list[tuple[int, int]]] = defaultdict(list)  # run -> (attempt, watermark), in order
+        items: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))  # run -> attempt -> items
+        lines = self.ledger.read_text().splitlines() if self.ledger.exists() else []
+        for line in lines:
+            run_id, kind, attempt, value = line.split()
+            if kind == "start":
+                starts[run_id][int(attempt)] = int(value)
+            elif kind == "ckpt":
+                acked[run_id].append((int(attempt), int(value)))
+            else:
+                items[run_id][int(attempt)].append(int(value))
+        report = self.report
+        for by_attempt in items.values():
+            seen: set[int] = set()
+            for attempt in sorted(by_attempt):
+                for item in by_attempt[attempt]:
+                    report.items_processed += 1
+                    if item in seen:
+                        report.items_repeated += 1
+                    seen.add(item)
+        for run_id, attempts in starts.items():
+            later = sorted(a for a in attempts if a > min(attempts))
+            if not later:
+                continue
+            report.resumed_runs += 1
+            # Each later attempt must start no earlier than the last checkpoint acknowledged to the attempts
+            # before it (it may start later: a checkpoint can be durable while its node dies before the ack).
+            from_checkpoint = True
+            for attempt in later:
+                earlier = [watermark for (a, watermark) in acked[run_id] if a < attempt]
+                expected = earlier[-1] if earlier else 0
+                from_checkpoint &= attempts[attempt] >= expected
+                watermark = attempts[attempt]
+                report.resume_violations += sum(1 for item in items[run_id].get(attempt, []) if item < watermark)
+            report.resumed_from_checkpoint += 1 if from_checkpoint else 0
+
+
+def _resume(child: Child) -> None:
+    try:
+        os.kill(child.process.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def _job_processes(stack_dir: Path) -> list[int]:
+    """Job processes (``runly.host run``) started by this stack's agents."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if b"runly.host" in cmdline and b"run" in cmdline and cwd.startswith(str(stack_dir)):
+            found.append(int(proc.name))
+    return found
+
+
+def run_chaos(*, runs: int, items: int, faults: int, agents: int, seed: int, timeout: float, workdir: Path) -> Report:
+    stack = EmbeddedStack(state_dir=workdir / "state", agent_env=AGENT_SETTINGS)
+    stack.start(agents=agents)
+    try:
+        client = RunlyClient(stack.api_url, api_key=getattr(stack, "admin_key", None))
+        client.push(pack_project(PROJECT, workdir / "dist"))
+        chaos = Chaos(stack, client, workdir / "ledger.txt", random.Random(seed))
+        chaos.enqueue(runs, items)
+        return chaos.play(faults=faults, timeout=timeout)
+    finally:
+        for child in stack.children:  # a frozen agent must be thawed to stop
+            _resume(child)
+        stack.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--items", type=int, default=40, help="items per run (up to twice this)")
+    parser.add_argument("--faults", type=int, default=20)
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="runly-chaos-") as scratch:
+        report = run_chaos(
+            runs=args.runs, items=args.items, faults=args.faults, agents=args.agents, seed=args.seed,
+            timeout=args.timeout, workdir=Path(scratch),
+        )  # fmt: skip
+    print(report.table())
+    print("OK" if report.ok else "FAILED: see the table")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

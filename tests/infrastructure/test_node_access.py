@@ -1,0 +1,158 @@
+"""On-premises access: a NodeRole per environment, assumable by the credentials function only, and the
+POST /nodes/credentials route to that function behind the API key authorizer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from functions.nodes.credentials import CREDENTIALS_SECONDS, ROUTE
+from infrastructure.node_access import CREDENTIALS_HANDLER
+from infrastructure.settings import StageSettings
+from infrastructure.stack import environment_output_id
+from tests.infrastructure.cfn import render, resources_of_type
+from tests.infrastructure.iam import (
+    assert_no_wildcard_action,
+    feed_bucket_id,
+    function_with_handler,
+    grants,
+    logical_id,
+    role_of,
+    role_statements,
+)
+from tests.infrastructure.synth import TEST_ENVIRONMENTS
+
+NODE_ITEM_ACTIONS = {
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
+}
+NODE_QUEUE_ACTIONS = {
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+}
+
+
+@pytest.fixture(scope="module")
+def credentials_function(template_json: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return function_with_handler(template_json, CREDENTIALS_HANDLER)
+
+
+@pytest.fixture(scope="module")
+def node_roles(template_json: dict[str, Any]) -> dict[str, str]:
+    """Environment -> logical id of its NodeRole, read from the stack's outputs."""
+    outputs = template_json["Outputs"]
+    return {
+        environment: outputs[environment_output_id("NodeRoleArn", environment)]["Value"]["Fn::GetAtt"][0]
+        for environment in TEST_ENVIRONMENTS
+    }
+
+
+def expected_node_grants(template_json: dict[str, Any], queue_id: str) -> set[tuple[str, str]]:
+    """What a node of one environment may do, wherever its credentials come from (EC2 role or NodeRole)."""
+    table_id = logical_id(template_json, "AWS::DynamoDB::Table")
+    feed = feed_bucket_id(template_json)
+    return {
+        *{(action, f"<{queue_id}.Arn>") for action in NODE_QUEUE_ACTIONS},
+        ("s3:GetObject", f"<{feed}.Arn>/packages/*"),
+        ("s3:PutObject", f"<{feed}.Arn>/logs/*"),
+        *{(action, f"<{table_id}.Arn>") for action in NODE_ITEM_ACTIONS},
+    }
+
+
+def assert_items_limited_to_runs_and_nodes(statements: list[dict[str, Any]]) -> None:
+    [items] = [s for s in statements if "dynamodb:GetItem" in s["Action"]]
+    assert items["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*", "NODE#*"]}}
+
+
+def test_each_node_role_may_use_only_its_environment_queue_the_feed_prefixes_and_run_and_node_items(
+    template_json: dict[str, Any], node_roles: dict[str, str], stage_settings: StageSettings
+) -> None:
+    names = stage_settings.resource_names(account="any", region="any")
+    assert len(set(node_roles.values())) == len(TEST_ENVIRONMENTS)
+    for environment, role_id in node_roles.items():
+        statements = role_statements(template_json, role_id)
+        assert_no_wildcard_action(statements)
+        queue_id = logical_id(template_json, "AWS::SQS::Queue", QueueName=names.queues(environment).queue)
+        assert grants(statements) == expected_node_grants(template_json, queue_id)
+        assert_items_limited_to_runs_and_nodes(statements)
+
+
+def test_only_the_credentials_function_may_assume_a_node_role_for_an_hour_at_most(
+    template_json: dict[str, Any], node_roles: dict[str, str], credentials_function: tuple[str, dict[str, Any]]
+) -> None:
+    function_role = role_of(credentials_function[1])
+    for role_id in node_roles.values():
+        role = template_json["Resources"][role_id]["Properties"]
+        assert role["AssumeRolePolicyDocument"]["Statement"] == [
+            {
+                "Action": "sts:AssumeRole",
+                "Effect": "Allow",
+                "Principal": {"AWS": {"Fn::GetAtt": [function_role, "Arn"]}},
+            }
+        ]
+        assert role["MaxSessionDuration"] == CREDENTIALS_SECONDS
+
+
+def test_the_credentials_function_may_assume_the_node_roles_and_nothing_else(
+    template_json: dict[str, Any], node_roles: dict[str, str], credentials_function: tuple[str, dict[str, Any]]
+) -> None:
+    _, function = credentials_function
+    statements = role_statements(template_json, role_of(function))
+    assert_no_wildcard_action(statements)
+    log_group = function["LoggingConfig"]["LogGroup"]["Ref"]
+    assert grants(statements) == {
+        *{("sts:AssumeRole", f"<{role_id}.Arn>") for role_id in node_roles.values()},
+        ("logs:CreateLogStream", f"<{log_group}.Arn>"),
+        ("logs:PutLogEvents", f"<{log_group}.Arn>"),
+    }
+
+
+def test_the_credentials_function_gets_exactly_the_settings_it_reads(
+    template_json: dict[str, Any],
+    node_roles: dict[str, str],
+    credentials_function: tuple[str, dict[str, Any]],
+    stage_settings: StageSettings,
+) -> None:
+    from functions.nodes.credentials import CredentialsSettings
+
+    prefix = str(CredentialsSettings.model_config.get("env_prefix", ""))
+    read = {f"{prefix}{field}".upper() for field in CredentialsSettings.model_fields}
+    variables = credentials_function[1]["Environment"]["Variables"]
+    assert {name for name in variables if name.startswith(prefix)} == read
+
+    # The roles map names each environment's own role and queue: a node key of one never gets another's.
+    names = stage_settings.resource_names(account="any", region="any")
+    roles = json.loads(render(variables["RUNLY_NODE_ROLES"]))
+    queues = {
+        e: logical_id(template_json, "AWS::SQS::Queue", QueueName=names.queues(e).queue) for e in TEST_ENVIRONMENTS
+    }
+    assert roles == {
+        environment: {"role_arn": f"<{node_roles[environment]}.Arn>", "queue_arn": f"<{queues[environment]}.Arn>"}
+        for environment in TEST_ENVIRONMENTS
+    }
+    assert variables["RUNLY_TABLE_ARN"] == {"Fn::GetAtt": [logical_id(template_json, "AWS::DynamoDB::Table"), "Arn"]}
+    assert variables["RUNLY_FEED_BUCKET_ARN"] == {"Fn::GetAtt": [feed_bucket_id(template_json), "Arn"]}
+
+
+def test_post_nodes_credentials_reaches_the_credentials_function_through_the_authorizer(
+    template_json: dict[str, Any], credentials_function: tuple[str, dict[str, Any]]
+) -> None:
+    [route] = [
+        r["Properties"]
+        for r in resources_of_type(template_json, "AWS::ApiGatewayV2::Route").values()
+        if r["Properties"]["RouteKey"] == f"POST {ROUTE}"
+    ]
+    [authorizer_id] = resources_of_type(template_json, "AWS::ApiGatewayV2::Authorizer")
+    assert route["AuthorizationType"] == "CUSTOM"
+    assert route["AuthorizerId"] == {"Ref": authorizer_id}
+    integration_id = render(route["Target"]).removeprefix("integrations/").strip("<>")
+    integration = template_json["Resources"][integration_id]["Properties"]
+    assert integration["IntegrationUri"] == {"Fn::GetAtt": [credentials_function[0], "Arn"]}
+    assert integration["PayloadFormatVersion"] == "2.0"

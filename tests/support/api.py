@@ -1,0 +1,152 @@
+"""The API and authorizer functions in-process, on in-process moto, with API Gateway payload 2.0 events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from runly import resources
+from runly.contracts import Scope
+from runly.local.gateway import build_event
+from tests.support.auth import as_caller
+
+
+class FakeContext:
+    function_name = "runly-api"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:runly-api"
+    memory_limit_in_mb = 512
+    aws_request_id = "req-1"
+    log_group_name = "/aws/lambda/runly-api"
+    log_stream_name = "stream"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+def clear_function_caches() -> None:
+    from functions.api import dependencies
+    from functions.authorizer import app as authorizer_app
+    from functions.settings import get_authorizer_settings, get_settings
+
+    for cached in (
+        get_settings,
+        get_authorizer_settings,
+        dependencies.services,
+        dependencies.key_store,
+        dependencies.node_store,
+        authorizer_app.key_store,
+    ):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def function_env(
+    aws: dict[str, str], names: resources.ResourceNames, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """The functions' settings pointed at the in-process moto resources; yields environment -> queue URL."""
+    monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
+    monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
+    monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(aws))
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
+    clear_function_caches()
+    yield aws
+    clear_function_caches()
+
+
+@pytest.fixture(scope="module")
+def module_function_env() -> Iterator[dict[str, str]]:
+    """function_env for a whole module (one moto, one set of resources): for tests that only read or whose
+    writes do not matter to each other. Yields environment -> queue URL."""
+    import os
+
+    import boto3
+    from moto import mock_aws
+
+    from runly.local.aws import create_resources
+
+    names = resources.ResourceNames(
+        stage="test",
+        account=resources.LOCAL_ACCOUNT,
+        region=resources.LOCAL_REGION,
+        environments=("default", "staging"),
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        for key in list(os.environ):
+            if key.startswith("AWS_"):
+                patch.delenv(key)
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", resources.LOCAL_REGION)
+        with mock_aws():
+            queue_urls = create_resources(names, boto3.session.Session())
+            patch.setenv("RUNLY_TABLE_NAME", names.table)
+            patch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
+            patch.setenv("RUNLY_QUEUE_URLS", json.dumps(queue_urls))
+            patch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+            patch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
+            clear_function_caches()
+            yield queue_urls
+            clear_function_caches()
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def api_event(
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    query: str = "",
+    headers: list[tuple[str, str]] | None = None,
+    raw_body: bytes | None = None,
+) -> dict[str, Any]:
+    raw = raw_body if raw_body is not None else (b"" if body is None else json.dumps(body).encode())
+    return build_event(
+        method=method,
+        raw_path=path,
+        raw_query=query,
+        headers=[("content-type", "application/json"), *(headers or [])],
+        body=raw,
+        source_ip="127.0.0.1",
+    )
+
+
+def invoke(event: dict[str, Any]) -> Answer:
+    from functions.api import app as api_app
+
+    response = api_app.lambda_handler(event, FakeContext())  # type: ignore[arg-type]
+    text = response.get("body") or ""
+    try:
+        body = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        body = text
+    headers = {name.lower(): value for name, value in (response.get("headers") or {}).items()}
+    return Answer(response["statusCode"], body, headers)
+
+
+def call(
+    method: str,
+    path: str,
+    *,
+    scope: Scope | str | None = Scope.ADMIN,
+    environment: str | None = None,
+    body: Any = None,
+    query: str = "",
+) -> Answer:
+    """One request as the API function receives it once the authorizer allowed a key of ``scope`` (None: no
+    authorizer context at all)."""
+    event = api_event(method, path, body=body, query=query)
+    if scope is not None:
+        as_caller(event, scope, environment)
+    return invoke(event)

@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 
-from node_agent.aws import AgentAws, ClaimRefused, Delivery, LeaseLost
+from node_agent.aws import AgentAws, ClaimRefused, Delivery, LeaseLost, lease_until
 from node_agent.backoff import delay as backoff_delay
 from node_agent.backoff import is_transient
 from node_agent.logs import ship_leftovers
@@ -247,7 +247,7 @@ class Agent:
     def heartbeat(self) -> None:
         """Extend every lease and message visibility, write the newest progress, learn about cancels,
         lost leases and drain requests."""
-        until = now_ms() + self.settings.lease_seconds * 1000
+        until = lease_until(now_ms(), self.settings.lease_seconds)
         for supervisor, _ in self._snapshot():
             if supervisor.finished.is_set():
                 continue

@@ -143,13 +143,14 @@ class Chaos:
             except ApiError as exc:
                 if exc.status != 404:
                     raise
-        now = time.monotonic()
         for killed_at, held in list(self._watch):
             for run_id, attempts in list(held.items()):
                 view = self.views.get(run_id)
                 if view and (len(view.attempts) > attempts or view.state.terminal):
                     if len(view.attempts) > attempts:
-                        self.report.takeover_seconds.append(now - killed_at)
+                        # When the next attempt started, by the store's clock, not when this loop noticed.
+                        started = view.attempts[attempts].started_at.timestamp()
+                        self.report.takeover_seconds.append(started - killed_at)
                     del held[run_id]
             if not held:
                 self._watch.remove((killed_at, held))
@@ -174,7 +175,7 @@ class Chaos:
         victim = self.rng.choice(candidates)
         victim.process.kill()
         victim.process.wait()
-        self._watch.append((time.monotonic(), {v.id: len(v.attempts) for v in by_node[victim.name]}))
+        self._watch.append((time.time(), {v.id: len(v.attempts) for v in by_node[victim.name]}))
         self.report.faults["agent SIGKILL"] += 1
         self.stack.start_agent()
 

@@ -24,5 +24,6 @@ def test_chaos_loses_nothing_and_completes_nothing_twice(tmp_path: Path) -> None
     assert report.resumed_from_checkpoint == report.resumed_runs
     assert report.failed_unexpectedly == 0
     assert sum(report.faults.values()) > 0, "no fault was injected: the test proved nothing"
-    # Recovery bound: lease + one poll, plus the heartbeat that was due and slack for a loaded CI machine.
-    assert all(seconds <= LEASE_SECONDS + POLL_SECONDS + 8 for seconds in report.takeover_seconds)
+    # Recovery bound: lease + one poll (measured from the kill to the next attempt's start in the store),
+    # with 2 s of slack for a loaded CI machine.
+    assert all(seconds <= LEASE_SECONDS + POLL_SECONDS + 2 for seconds in report.takeover_seconds)

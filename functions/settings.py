@@ -14,6 +14,12 @@ class ApiSettings(BaseSettings):
     table_name: str = Field(min_length=3)
     feed_bucket: str = Field(min_length=3)
     queue_urls: dict[str, str] = Field(description="environment name -> URL of its run queue (JSON)")
+    # Schedules: the API creates, changes and deletes them in EventBridge Scheduler (infrastructure/schedules.py).
+    scheduler_group: str = Field(min_length=1, max_length=64, description="the schedule group of this deployment")
+    scheduler_role_arn: str = Field(
+        min_length=20, description="the role EventBridge Scheduler assumes to invoke the fire function"
+    )
+    schedule_fire_function_arn: str = Field(min_length=20, description="the function every schedule invokes")
 
 
 @lru_cache(maxsize=1)
@@ -32,3 +38,17 @@ class AuthorizerSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_authorizer_settings() -> AuthorizerSettings:
     return AuthorizerSettings()  # type: ignore[call-arg]  # filled from the environment
+
+
+class ScheduleFireSettings(BaseSettings):
+    """The schedule fire function's environment (functions/schedules/fire.py): it enqueues runs."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
+
+    table_name: str = Field(min_length=3)
+    queue_urls: dict[str, str] = Field(description="environment name -> URL of its run queue (JSON)")
+
+
+@lru_cache(maxsize=1)
+def get_fire_settings() -> ScheduleFireSettings:
+    return ScheduleFireSettings()  # type: ignore[call-arg]  # filled from the environment

@@ -1,6 +1,6 @@
 """The control-plane API: one Lambda function behind an HTTP API (API Gateway v2), guarded by a Lambda authorizer.
 
-Every route but the open ones (runly.resources.OPEN_ROUTES: the OpenAPI document and Swagger UI) runs the
+Every route but the open ones (runly.resources.OPEN_ROUTES: the OpenAPI document, Swagger UI, the dashboard) runs the
 authorizer first: a REQUEST authorizer with simple responses whose identity source is the Authorization header
 (so API Gateway answers 401 itself when it is missing) and whose answers are not cached
 (runly.resources.AUTHORIZER_RESULT_TTL_SECONDS = 0), so a revoked key fails on the next request.
@@ -199,8 +199,9 @@ class ControlPlaneApi(Construct):
                 cdk.Validations.of(route).acknowledge(
                     cdk.Acknowledgment(
                         id="AwsSolutions-APIG4",
-                        reason="Open on purpose (runly.resources.OPEN_ROUTES): the OpenAPI document and Swagger UI "
-                        "describe the API and expose no data; every other route runs the API key authorizer.",
+                        reason="Open on purpose (runly.resources.OPEN_ROUTES): the OpenAPI document, Swagger UI and "
+                        "the dashboard's static page and files expose no data (the page calls the API with its "
+                        "user's key); every other route runs the API key authorizer.",
                     )
                 )
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 TABLE_NAME = "RUNLY_TABLE_NAME"
 FEED_BUCKET = "RUNLY_FEED_BUCKET"
 QUEUE_URLS = "RUNLY_QUEUE_URLS"  # JSON object: environment name -> queue URL
+# Schedules (infrastructure/schedules.py): where the API puts them in EventBridge Scheduler, and what they invoke.
+SCHEDULER_GROUP = "RUNLY_SCHEDULER_GROUP"
+SCHEDULER_ROLE_ARN = "RUNLY_SCHEDULER_ROLE_ARN"
+SCHEDULE_FIRE_FUNCTION_ARN = "RUNLY_SCHEDULE_FIRE_FUNCTION_ARN"
 
-SETTINGS_VARIABLES = frozenset({TABLE_NAME, FEED_BUCKET, QUEUE_URLS})
+SETTINGS_VARIABLES = frozenset(
+    {TABLE_NAME, FEED_BUCKET, QUEUE_URLS, SCHEDULER_GROUP, SCHEDULER_ROLE_ARN, SCHEDULE_FIRE_FUNCTION_ARN}
+)
 
 POWERTOOLS_ENVIRONMENT: dict[str, str] = {
     "POWERTOOLS_SERVICE_NAME": "runly-api",
@@ -28,14 +34,39 @@ AUTHORIZER_POWERTOOLS_ENVIRONMENT: dict[str, str] = {
 AUTHORIZER_FUNCTION_VARIABLES = AUTHORIZER_SETTINGS_VARIABLES | AUTHORIZER_POWERTOOLS_ENVIRONMENT.keys()
 
 
-def api_function_environment(*, table_name: str, feed_bucket: str, queue_urls_json: str) -> dict[str, str]:
+def api_function_environment(
+    *,
+    table_name: str,
+    feed_bucket: str,
+    queue_urls_json: str,
+    scheduler_group: str,
+    scheduler_role_arn: str,
+    schedule_fire_function_arn: str,
+) -> dict[str, str]:
     return {
         TABLE_NAME: table_name,
         FEED_BUCKET: feed_bucket,
         QUEUE_URLS: queue_urls_json,
+        SCHEDULER_GROUP: scheduler_group,
+        SCHEDULER_ROLE_ARN: scheduler_role_arn,
+        SCHEDULE_FIRE_FUNCTION_ARN: schedule_fire_function_arn,
         **POWERTOOLS_ENVIRONMENT,
     }
 
 
 def authorizer_function_environment(*, table_name: str) -> dict[str, str]:
     return {TABLE_NAME: table_name, **AUTHORIZER_POWERTOOLS_ENVIRONMENT}
+
+
+# The schedule fire function (functions/schedules/fire.py, settings: functions.settings.ScheduleFireSettings)
+# enqueues runs: the table and the run queues.
+FIRE_SETTINGS_VARIABLES = frozenset({TABLE_NAME, QUEUE_URLS})
+FIRE_POWERTOOLS_ENVIRONMENT: dict[str, str] = {
+    "POWERTOOLS_SERVICE_NAME": "runly-schedules",
+    "POWERTOOLS_LOG_LEVEL": "INFO",
+}
+FIRE_FUNCTION_VARIABLES = FIRE_SETTINGS_VARIABLES | FIRE_POWERTOOLS_ENVIRONMENT.keys()
+
+
+def fire_function_environment(*, table_name: str, queue_urls_json: str) -> dict[str, str]:
+    return {TABLE_NAME: table_name, QUEUE_URLS: queue_urls_json, **FIRE_POWERTOOLS_ENVIRONMENT}

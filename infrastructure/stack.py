@@ -10,7 +10,11 @@ from constructs import Construct
 from infrastructure.control_plane_api import ControlPlaneApi
 from infrastructure.environment_queues import EnvironmentQueues
 from infrastructure.feed_bucket import FeedBucket
-from infrastructure.function_environment import api_function_environment, authorizer_function_environment
+from infrastructure.function_environment import (
+    api_function_environment,
+    authorizer_function_environment,
+    fire_function_environment,
+)
 from infrastructure.lambda_asset import functions_code
 from infrastructure.maintenance import Maintenance
 from infrastructure.node_access import OnPremisesAccess
@@ -18,6 +22,7 @@ from infrastructure.node_fleet import NodeFleet
 from infrastructure.observability import Observability, dashboard_url
 from infrastructure.run_events import RunEvents
 from infrastructure.run_store import RunStore
+from infrastructure.schedules import Schedules
 from infrastructure.settings import StageSettings
 
 
@@ -32,11 +37,22 @@ class RunlyStack(cdk.Stack):
         queues = EnvironmentQueues(self, "Queues", names=names)
         # One asset for every function: each one is a handler in it.
         code = functions_code(install_dependencies=settings.bundle_dependencies)
+        queue_urls_json = self.to_json_string(queues.queue_urls())
+        schedules = Schedules(
+            self,
+            "Schedules",
+            names=names,
+            code=code,
+            environment=fire_function_environment(table_name=store.table.table_name, queue_urls_json=queue_urls_json),
+            store=store,
+            queues=queues,
+        )
         # The API's settings (functions.settings.ApiSettings), which the maintenance functions read too.
         api_environment = api_function_environment(
             table_name=store.table.table_name,
             feed_bucket=feed.bucket.bucket_name,
-            queue_urls_json=self.to_json_string(queues.queue_urls()),
+            queue_urls_json=queue_urls_json,
+            **schedules.api_environment(),
         )
         api = ControlPlaneApi(
             self,
@@ -53,6 +69,7 @@ class RunlyStack(cdk.Stack):
         api.allow_authorizer_to_read_keys(store.table)
         feed.grant_package_read_write(api.function)
         queues.grant_send(api.function)
+        schedules.grant_manage_schedules(api.function)
 
         maintenance = Maintenance(
             self, "Maintenance", code=code, environment=api_environment, store=store, queues=queues
@@ -84,6 +101,7 @@ class RunlyStack(cdk.Stack):
                 "run-events": run_events.publisher.function,
                 "node-credentials": on_premises.credentials.function,
                 "reaper": maintenance.reaper.function,
+                "schedule-fire": schedules.fire.function,
                 **{
                     f"dead-letters-{environment}": handler.function
                     for environment, handler in maintenance.dead_letter_handlers.items()

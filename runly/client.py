@@ -13,6 +13,7 @@ from typing import Any
 
 from runly.bundle import read_manifest, sha256_file
 from runly.contracts import (
+    CreateScheduleRequest,
     EnqueueRunRequest,
     ErrorBody,
     LogPage,
@@ -28,6 +29,9 @@ from runly.contracts import (
     RequeueRunRequest,
     RunPage,
     RunView,
+    ScheduleList,
+    ScheduleView,
+    UpdateScheduleRequest,
     UploadRequest,
     UploadTicket,
 )
@@ -223,3 +227,22 @@ class RunlyClient:
 
     def delete_pin(self, environment: str, package: str) -> None:
         self._call("DELETE", self._pin_path(environment, package))
+
+    # schedules
+    def create_schedule(self, request: CreateScheduleRequest) -> ScheduleView:
+        return ScheduleView.model_validate(self._call("POST", "/schedules", request.model_dump(exclude_none=True)))
+
+    def list_schedules(self, environment: str | None = None) -> list[ScheduleView]:
+        query = f"?{urllib.parse.urlencode({'environment': environment})}" if environment else ""
+        return ScheduleList.model_validate(self._call("GET", f"/schedules{query}")).items
+
+    def get_schedule(self, schedule_id: str) -> ScheduleView:
+        return ScheduleView.model_validate(self._call("GET", f"/schedules/{urllib.parse.quote(schedule_id, safe='')}"))
+
+    def update_schedule(self, schedule_id: str, request: UpdateScheduleRequest) -> ScheduleView:
+        """Change the fields ``request`` sets (``model_fields_set``): the others stay."""
+        path = f"/schedules/{urllib.parse.quote(schedule_id, safe='')}"
+        return ScheduleView.model_validate(self._call("PATCH", path, request.model_dump(exclude_unset=True)))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._call("DELETE", f"/schedules/{urllib.parse.quote(schedule_id, safe='')}")

@@ -6,6 +6,7 @@ package manifest, the job process channel) is one of these models.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -215,6 +216,7 @@ class RunView(BaseModel):
     checkpoint: Checkpoint | None = None
     queued_reason: str | None = Field(default=None, description="why a Queued run has not started yet")
     requeued_from: str | None = Field(default=None, description="the run this one is a requeue of")
+    schedule_id: str | None = Field(default=None, description="the schedule that enqueued it, if one did")
 
 
 class RunMessage(BaseModel):
@@ -462,3 +464,115 @@ class NodeCredentials(BaseModel):
     secret_access_key: str
     session_token: str
     expiration: datetime
+
+
+# ---------------------------------------------------------------- the calling key
+# (dashboard issue 8: appended; the models above keep their order.)
+
+
+class KeyIdentity(BaseModel):
+    """``GET /me``: the key a request was made with, so a client (the dashboard) knows what it may do."""
+
+    key_id: str
+    scope: Scope = Field(description="admin > write > read; node keys read their environment only")
+    environment: str | None = Field(default=None, description="node keys only: the environment they act for")
+
+
+# ---------------------------------------------------------------- schedules
+# (infrastructure issue 6, schedules: appended; the models above keep their order.)
+
+SCHEDULE_ID = r"^[A-Za-z0-9_.-]{1,64}$"  # also the EventBridge Scheduler schedule's name
+SCHEDULE_EXPRESSION_DOC = (
+    "EventBridge Scheduler syntax: `cron(minutes hours day-of-month month day-of-week year)` (one of day-of-month "
+    "and day-of-week is `?`; day-of-week 1-7 from Sunday or SUN-SAT; `L`, `LW` and `#` supported, `W` after a day "
+    "not) or `rate(value minute|minutes|hour|hours|day|days)` (first fire one interval after it is set)"
+)
+# Context attributes that EventBridge Scheduler fills into a target's input on each invocation.
+SCHEDULED_TIME_ATTRIBUTE = "<aws.scheduler.scheduled-time>"
+EXECUTION_ID_ATTRIBUTE = "<aws.scheduler.execution-id>"
+ATTEMPT_NUMBER_ATTRIBUTE = "<aws.scheduler.attempt-number>"
+
+
+class CreateScheduleRequest(EnqueueRunRequest):
+    """A job template (the run it enqueues: the fields of ``POST /runs``) and when to enqueue it."""
+
+    name: str = Field(pattern=KEY_NAME, description="what the schedule is for, e.g. 'nightly report'")
+    expression: str = Field(min_length=1, max_length=256, description=SCHEDULE_EXPRESSION_DOC)
+    timezone: str = Field(
+        default="UTC", min_length=1, max_length=64, description="IANA time zone the expression is read in"
+    )
+    enabled: bool = True
+
+    def run_request(self) -> EnqueueRunRequest:
+        """The run each fire enqueues."""
+        return EnqueueRunRequest.model_validate(self.model_dump(include=set(EnqueueRunRequest.model_fields)))
+
+
+class UpdateScheduleRequest(Strict):
+    """``PATCH /schedules/{id}``: the fields given change, the others stay. Null leaves a field as it is, except
+    ``version``, where null means "the newest version the environment's pin allows"."""
+
+    name: str | None = Field(default=None, pattern=KEY_NAME)
+    config: dict[str, Any] | None = None
+    version: PackageVersion | None = None
+    timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    max_attempts: int | None = Field(default=None, ge=1, le=10)
+    expression: str | None = Field(default=None, min_length=1, max_length=256, description=SCHEDULE_EXPRESSION_DOC)
+    timezone: str | None = Field(default=None, min_length=1, max_length=64)
+    enabled: bool | None = None
+
+
+class ScheduleView(BaseModel):
+    id: str
+    name: str
+    package: str
+    job: str
+    config: dict[str, Any]
+    environment: str
+    version: str | None = Field(description="the version each run gets; null: the newest the pin allows then")
+    timeout_seconds: int
+    max_attempts: int
+    expression: str = Field(description="as EventBridge Scheduler has it (canonical spelling)")
+    timezone: str
+    enabled: bool
+    next_fire_times: list[datetime] = Field(description="the next times it fires (at most 5; none when disabled)")
+    created_at: datetime
+    created_by: str = Field(description="the API key that created it")
+    updated_at: datetime
+    last_fired_at: datetime | None = Field(
+        default=None, description="the scheduled time of the last fire that enqueued a run"
+    )
+    last_run_id: str | None = Field(default=None, description="the run that fire enqueued")
+    last_error: str | None = Field(
+        default=None,
+        description="why the last fire enqueued nothing (e.g. the package version no longer resolves); cleared by "
+        "the next fire that enqueues",
+    )
+    last_error_at: datetime | None = None
+
+
+class ScheduleList(BaseModel):
+    items: list[ScheduleView]
+
+
+class ScheduleFire(BaseModel):
+    """What EventBridge Scheduler sends the fire function: the target's input (``schedule_input``) with the
+    context attributes filled in. ``scheduled_time`` makes each fire idempotent: a retried invocation carries it
+    again and enqueues nothing more."""
+
+    schedule_id: str = Field(pattern=SCHEDULE_ID)
+    scheduled_time: datetime
+    execution_id: str | None = None
+    attempt: int | None = Field(default=None, ge=1)
+
+    @staticmethod
+    def input_template(schedule_id: str) -> str:
+        """The target input a schedule is created with; EventBridge Scheduler substitutes the attributes."""
+        return json.dumps(
+            {
+                "schedule_id": schedule_id,
+                "scheduled_time": SCHEDULED_TIME_ATTRIBUTE,
+                "execution_id": EXECUTION_ID_ATTRIBUTE,
+                "attempt": ATTEMPT_NUMBER_ATTRIBUTE,
+            }
+        )

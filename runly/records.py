@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -23,6 +23,7 @@ from runly.contracts import (
     RunError,
     RunState,
     RunView,
+    ScheduleView,
     Scope,
 )
 from runly.resources import ITEMS_BY_KIND, PARTITION_KEY, RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, SORT_KEY
@@ -87,6 +88,7 @@ class RunRecord(BaseModel):
     progress_json: str | None = None  # latest Progress, written by the agent's heartbeat
     requeued_from: str | None = None  # the run this one was requeued from
     retry_at: str | None = None  # when a Queued run that failed an attempt becomes visible again (agent)
+    schedule_id: str | None = None  # the schedule that enqueued it
 
     def to_item(self) -> dict[str, Any]:
         item = self.model_dump(mode="json", exclude_none=True)
@@ -121,6 +123,7 @@ class RunRecord(BaseModel):
             error=RunError.model_validate_json(self.error_json) if self.error_json else None,
             progress=Progress.model_validate_json(self.progress_json) if self.progress_json else None,
             requeued_from=self.requeued_from,
+            schedule_id=self.schedule_id,
         )
 
 
@@ -345,3 +348,87 @@ class PackageIndexRecord(BaseModel):
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> PackageIndexRecord:
         return cls.model_validate(item)
+
+
+# ---------------------------------------------------------------- schedules
+# (infrastructure issue 6, schedules: appended.)
+
+SCHEDULE_KIND = "SCHEDULE"
+
+
+def schedule_key(schedule_id: str) -> dict[str, str]:
+    return {PARTITION_KEY: f"SCHEDULE#{schedule_id}", SORT_KEY: "SCHEDULE"}
+
+
+def schedule_kind_sort_key(environment: str, created_at: str = "", schedule_id: str = "") -> str:
+    # "<environment>#" prefixes exactly that environment's schedules (names cannot hold "#"); oldest first within.
+    return f"{environment}#{created_at}#{schedule_id}" if created_at else f"{environment}#"
+
+
+class ScheduleRecord(BaseModel):
+    """A schedule: a job template (what ``POST /runs`` would take) and its recurrence. The recurrence itself lives
+    in EventBridge Scheduler too (a schedule named ``schedule_id`` in the deployment's group), which fires it."""
+
+    schedule_id: str
+    name: str
+    package: str
+    job: str
+    config_json: str
+    environment: str
+    version: str | None = None
+    timeout_seconds: int
+    max_attempts: int
+    expression: str  # canonical (runly.schedule_expression)
+    timezone: str
+    enabled: bool
+    start_at: str | None = None  # rate schedules: the first occurrence (EventBridge's StartDate)
+    created_at: str
+    created_by: str
+    updated_at: str
+    revision: int = 1  # each change of the definition increments it; changes are conditional on it
+    # Written by the fire function only:
+    last_fired_at: str | None = None
+    last_run_id: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+
+    # What a change of the definition writes; the fire function's fields are never part of it.
+    FIRE_FIELDS: ClassVar[frozenset[str]] = frozenset({"last_fired_at", "last_run_id", "last_error", "last_error_at"})
+
+    def to_item(self) -> dict[str, Any]:
+        item = self.model_dump(mode="json", exclude_none=True)
+        item.update(schedule_key(self.schedule_id))
+        item[ITEMS_BY_KIND.partition_key] = SCHEDULE_KIND
+        item[ITEMS_BY_KIND.sort_key] = schedule_kind_sort_key(self.environment, self.created_at, self.schedule_id)
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> ScheduleRecord:
+        return cls.model_validate(item)
+
+    def view(self, next_fire_times: list[datetime]) -> ScheduleView:
+        def moment(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        return ScheduleView(
+            id=self.schedule_id,
+            name=self.name,
+            package=self.package,
+            job=self.job,
+            config=json.loads(self.config_json),
+            environment=self.environment,
+            version=self.version,
+            timeout_seconds=self.timeout_seconds,
+            max_attempts=self.max_attempts,
+            expression=self.expression,
+            timezone=self.timezone,
+            enabled=self.enabled,
+            next_fire_times=next_fire_times,
+            created_at=datetime.fromisoformat(self.created_at),
+            created_by=self.created_by,
+            updated_at=datetime.fromisoformat(self.updated_at),
+            last_fired_at=moment(self.last_fired_at),
+            last_run_id=self.last_run_id,
+            last_error=self.last_error,
+            last_error_at=moment(self.last_error_at),
+        )

@@ -8,6 +8,7 @@ name and attributes as the one ``cdk deploy`` creates.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -58,9 +59,33 @@ AUTHORIZER_FUNCTION_HANDLER = "functions.authorizer.app.lambda_handler"
 # key stops working on the very next request (the price: one authorizer call and one GetItem per request).
 AUTHORIZER_RESULT_TTL_SECONDS = 0
 AUTHORIZATION_HEADER = "Authorization"
-# The routes that answer without an API key (method, path); every other route runs the authorizer first.
-# Read by the CDK construct (routes without an authorizer) and the local gateway (no authorizer call).
-OPEN_ROUTES: tuple[tuple[str, str], ...] = (("GET", "/docs"), ("GET", "/openapi.json"))
+# The routes that answer without an API key (method, path as an API Gateway route key: ``{name}`` is one path
+# segment); every other route runs the authorizer first. Read by the CDK construct (routes without an authorizer),
+# the local gateway (no authorizer call) and the API function (no identity expected): the OpenAPI document, Swagger
+# UI, and the dashboard's static page and assets (they hold no data: the page calls the API with the key its user
+# enters).
+OPEN_ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
+    ("GET", "/"),
+    ("GET", "/dashboard/{asset}"),
+)
+
+
+def _route_pattern(path: str) -> re.Pattern[str]:
+    return re.compile(
+        "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{\w+\})", path))
+    )
+
+
+def is_open_route(method: str, path: str, routes: Iterable[tuple[str, str]] = OPEN_ROUTES) -> bool:
+    """Whether a request (method, raw path) matches one of ``routes`` as API Gateway matches route keys."""
+    return any(
+        method.upper() == route_method and _route_pattern(route_path).fullmatch(path)
+        for route_method, route_path in routes
+    )
+
+
 # Largest request body the API function accepts (413 above it); bundles go straight to S3, not through the API.
 MAX_API_BODY_BYTES = 256 * 1024
 FUNCTIONS_MEMORY_MB = 512
@@ -115,6 +140,11 @@ class ResourceNames(BaseModel):
     @property
     def event_bus(self) -> str:
         """The custom EventBridge bus that every run state change is published to."""
+        return self.prefix
+
+    @property
+    def scheduler_group(self) -> str:
+        """The EventBridge Scheduler schedule group that holds the deployment's schedules (one per runly schedule)."""
         return self.prefix
 
     def queues(self, environment: str) -> QueueNames:

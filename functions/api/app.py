@@ -25,7 +25,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from functions.api import openapi
 from functions.api.auth import caller_from_event
 from functions.api.observability import count, logger, publish_metrics, tracer
-from functions.api.routers import environments, keys, nodes, packages, runs
+from functions.api.routers import dashboard, environments, keys, nodes, packages, runs, schedules
 from functions.logic.errors import (
     BadRequest,
     Conflict,
@@ -36,7 +36,7 @@ from functions.logic.errors import (
     Unprocessable,
 )
 from runly.contracts import ErrorBody
-from runly.resources import MAX_API_BODY_BYTES, OPEN_ROUTES
+from runly.resources import MAX_API_BODY_BYTES, is_open_route
 
 app = APIGatewayHttpResolver(enable_validation=True)
 app.include_router(runs.router, prefix="/runs")
@@ -44,6 +44,8 @@ app.include_router(packages.router, prefix="/packages")
 app.include_router(nodes.router, prefix="/nodes")
 app.include_router(keys.router, prefix="/keys")
 app.include_router(environments.router, prefix="/environments")
+app.include_router(schedules.router, prefix="/schedules")
+app.include_router(dashboard.router)  # the page and its assets (open routes), and GET /me
 # Open routes (runly.resources.OPEN_ROUTES): the document and Swagger UI, whose assets Powertools bundles and
 # inlines into the page, so it works with no internet access.
 app.enable_swagger(path="/docs", **openapi.DOCUMENT)
@@ -193,7 +195,7 @@ def _refused_before_routing(event: dict[str, Any]) -> dict[str, Any] | None:
     check keeps the function safe behind a misconfigured route), 413 for a body over the API's limit, 400 for a
     body that is not UTF-8 text (the API reads JSON only; API Gateway passes such a body base64-encoded)."""
     http = (event.get("requestContext") or {}).get("http") or {}
-    if (str(http.get("method", "")).upper(), event.get("rawPath", "")) not in OPEN_ROUTES:
+    if not is_open_route(str(http.get("method", "")), event.get("rawPath", "")):
         try:
             caller_from_event(event)
         except ServiceError as exc:

@@ -9,6 +9,7 @@ from functions.dal.feed import Feed
 from functions.dal.keys import KeyStore
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
+from functions.dal.schedules import Scheduler, ScheduleStore
 from functions.dal.store import Store
 from functions.settings import get_settings
 
@@ -36,6 +37,21 @@ def key_store() -> KeyStore:
 @lru_cache(maxsize=1)
 def node_store() -> NodeStore:
     return NodeStore(get_settings().table_name)
+
+
+@lru_cache(maxsize=1)
+def schedule_store() -> ScheduleStore:
+    return ScheduleStore(get_settings().table_name)
+
+
+@lru_cache(maxsize=1)
+def scheduler() -> Scheduler:
+    settings = get_settings()
+    return Scheduler(
+        group=settings.scheduler_group,
+        role_arn=settings.scheduler_role_arn,
+        target_arn=settings.schedule_fire_function_arn,
+    )
 
 
 def environments() -> frozenset[str]:

@@ -58,6 +58,7 @@ class RunSearch:
     created_before: datetime | None = None  # exclusive
     limit: int = 50
     cursor: str | None = None
+    schedule_id: str | None = None  # only the runs a schedule enqueued
 
 
 class _Cursor(BaseModel):
@@ -219,6 +220,8 @@ def search_runs(
         filters["package"] = normalize_package_name(search.package)
     if search.job is not None:
         filters["job"] = search.job
+    if search.schedule_id is not None:
+        filters["schedule_id"] = search.schedule_id
     fingerprint = _fingerprint(search, environments, filters)
     cursor = (
         _decode_cursor(search.cursor, fingerprint, environments, search)

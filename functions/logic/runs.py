@@ -27,12 +27,21 @@ from runly.contracts import (
     Checkpoint,
     EnqueueRunRequest,
     FailureReason,
+    JobSpec,
     RequeueRunRequest,
     RunMessage,
     RunState,
     RunView,
 )
-from runly.records import IDEMPOTENCY_TTL_SECONDS, IdempotencyRecord, NodeRecord, RunRecord, iso, utcnow
+from runly.records import (
+    IDEMPOTENCY_TTL_SECONDS,
+    IdempotencyRecord,
+    NodeRecord,
+    PackageRecord,
+    RunRecord,
+    iso,
+    utcnow,
+)
 
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
 from .packages import resolve_version
@@ -68,7 +77,7 @@ def _validate_config(config: dict[str, Any], schema: dict[str, Any], job: str) -
         raise Unprocessable(f"config does not match the schema of job {job!r}: {first.message}", field=field)
 
 
-def _check_config_size(config: dict[str, Any]) -> None:
+def check_config_size(config: dict[str, Any]) -> None:
     size = len(json.dumps(config, separators=(",", ":"), ensure_ascii=False).encode())
     if size > MAX_CONFIG_BYTES:
         raise TooLarge(
@@ -136,30 +145,10 @@ def view(record: RunRecord, *, nodes_of: NodesOf, checkpoint: Checkpoint | None 
 # ---------------------------------------------------------------- enqueue
 
 
-def enqueue(
-    request: EnqueueRunRequest,
-    *,
-    store: Store,
-    queue: RunQueue,
-    nodes: NodeStore,
-    owner: str,
-    idempotency_key: str | None = None,
-) -> tuple[RunView, bool]:
-    """Record a run and dispatch it; returns the run and whether this call created it.
-
-    With an Idempotency-Key, the first request creates the run and every later one with the same
-    key and body (from the same API key, for 24 h) gets that run back; another body is a 409.
-    """
-    if idempotency_key is not None:
-        check_idempotency_key(idempotency_key)
-    _check_config_size(request.config)
-    fingerprint = request_fingerprint(request)
-    now = utcnow()
-    if idempotency_key is not None:
-        existing = _live_key(store, owner, idempotency_key, now)
-        if existing is not None:
-            return _replay(existing, fingerprint, store=store, queue=queue, nodes=nodes), False
-
+def resolve_job(request: EnqueueRunRequest, *, store: Store, queue: RunQueue) -> tuple[PackageRecord, JobSpec]:
+    """What a run of ``request`` would run, checked as enqueue checks it before anything is recorded: the
+    environment exists, the version resolves (the environment's pin), the package has the job, and the config
+    matches the job's JSON schema. Schedules check their template with it too."""
     if not queue.has_environment(request.environment):
         raise NotFound(f"unknown environment {request.environment!r}", field="environment")
     pin = store.get_pin(request.environment, request.package)
@@ -171,7 +160,36 @@ def enqueue(
             f"package {package.name} {package.version} has no job {request.job!r} (jobs: {names})", field="job"
         )
     _validate_config(request.config, job.config_schema, job.name)
+    return package, job
 
+
+def enqueue(
+    request: EnqueueRunRequest,
+    *,
+    store: Store,
+    queue: RunQueue,
+    nodes: NodeStore,
+    owner: str,
+    idempotency_key: str | None = None,
+    schedule_id: str | None = None,
+) -> tuple[RunView, bool]:
+    """Record a run and dispatch it; returns the run and whether this call created it.
+
+    With an Idempotency-Key, the first request creates the run and every later one with the same
+    key and body (from the same API key, for 24 h) gets that run back; another body is a 409.
+    ``schedule_id`` marks a run a schedule enqueued (its owner is then the schedule, its key the fire's time).
+    """
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
+    check_config_size(request.config)
+    fingerprint = request_fingerprint(request)
+    now = utcnow()
+    if idempotency_key is not None:
+        existing = _live_key(store, owner, idempotency_key, now)
+        if existing is not None:
+            return _replay(existing, fingerprint, store=store, queue=queue, nodes=nodes), False
+
+    package, job = resolve_job(request, store=store, queue=queue)
     record = RunRecord(
         run_id=new_run_id(),
         state=RunState.QUEUED,
@@ -186,6 +204,7 @@ def enqueue(
         bundle_key=package.key,
         bundle_sha256=package.sha256,
         created_at=iso(now),
+        schedule_id=schedule_id,
     )
     key_record = None
     if idempotency_key is not None:

@@ -87,4 +87,19 @@ def create_resources(
             "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
         },
     )
+    # Schedules: moto keeps them (the API creates them in this group) but never fires one; runly.local.scheduler does.
+    session.client("scheduler", endpoint_url=endpoint_url).create_schedule_group(Name=names.scheduler_group)
     return urls
+
+
+def schedule_settings(names: r.ResourceNames) -> dict[str, str]:
+    """The API's schedule settings (functions.settings.ApiSettings) on the embedded AWS: the group create_resources
+    makes, and the ARNs of a role and a function that exist only by name (moto's scheduler invokes nothing;
+    runly.local.scheduler invokes the fire handler for schedules that target this ARN)."""
+    return {
+        "RUNLY_SCHEDULER_GROUP": names.scheduler_group,
+        "RUNLY_SCHEDULER_ROLE_ARN": f"arn:aws:iam::{names.account}:role/{names.prefix}-scheduler",
+        "RUNLY_SCHEDULE_FIRE_FUNCTION_ARN": (
+            f"arn:aws:lambda:{names.region}:{names.account}:function:{names.prefix}-schedule-fire"
+        ),
+    }

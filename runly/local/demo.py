@@ -37,6 +37,10 @@ def run_demo(project: Path, job: str, config: dict[str, Any], console: Console) 
         with console.status("starting the embedded stack (moto server, gateway, node agent)"):
             stack.start(agents=1)
         console.print(f"API: {stack.api_url}   AWS (moto): {stack.endpoint}   state: {stack.run_dir}")
+        console.print(
+            f"dashboard: {stack.api_url}/ (admin key {stack.admin_key}; up while the demo runs, `make up` keeps it)",
+            soft_wrap=True,
+        )
         client = RunlyClient(stack.api_url, api_key=stack.admin_key)
         with console.status(f"packing {project}"):
             started = time.monotonic()
@@ -69,7 +73,8 @@ def serve(agents: int, console: Console) -> int:
     try:
         stack.start(agents=agents)
         console.print(
-            f"API: {stack.api_url}\nAWS (moto): {stack.endpoint}\nlogs: {stack.run_dir / 'logs'}\n"
+            f"API: {stack.api_url}\ndashboard: {stack.api_url}/ (sign in with the admin key)\n"
+            f"AWS (moto): {stack.endpoint}\nlogs: {stack.run_dir / 'logs'}\n"
             f"admin key: {stack.admin_key}\n(use it: export RUNLY_API_KEY={stack.admin_key})\nCtrl-C stops it.",
             soft_wrap=True,
         )

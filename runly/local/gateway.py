@@ -57,6 +57,7 @@ from runly.resources import (
     LOCAL_ACCOUNT,
     LOCAL_REGION,
     OPEN_ROUTES,
+    is_open_route,
 )
 
 logger = logging.getLogger(__name__)
@@ -499,7 +500,7 @@ class Gateway:
         return self.invoke(event)
 
     def is_open_route(self, event: dict[str, Any]) -> bool:
-        return (event["requestContext"]["http"]["method"], event["rawPath"]) in self.open_routes
+        return is_open_route(event["requestContext"]["http"]["method"], event["rawPath"], self.open_routes)
 
     def authorize(self, event: dict[str, Any]) -> Response | None:
         """Run the authorizer as API Gateway does; None when allowed (the context is then in ``event``),

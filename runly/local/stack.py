@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ import boto3
 
 import runly
 from runly import resources
-from runly.local.aws import create_resources
+from runly.local.aws import create_resources, schedule_settings
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class EmbeddedStack:
             self._start_aws()
             self._bootstrap_admin_key()
             self._start_gateway()
+            self._start_scheduler()
             for _ in range(agents):
                 self.start_agent()
         except BaseException:
@@ -167,6 +169,7 @@ class EmbeddedStack:
                 "RUNLY_TABLE_NAME": self.names.table,
                 "RUNLY_FEED_BUCKET": self.names.feed_bucket,
                 "RUNLY_QUEUE_URLS": json.dumps(self.queue_urls),
+                **schedule_settings(self.names),
                 "POWERTOOLS_SERVICE_NAME": "runly-api",
                 "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray locally
                 "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
@@ -195,6 +198,42 @@ class EmbeddedStack:
         )
         _wait_until(ready.exists, what="gateway", child=gateway)
         self.api_url = ready.read_text().strip()
+
+    def _scheduler_command(self, *options: str) -> list[str]:
+        settings = schedule_settings(self.names)
+        return [
+            sys.executable,
+            "-m",
+            "runly.local.scheduler",
+            "--group",
+            settings["RUNLY_SCHEDULER_GROUP"],
+            "--target-arn",
+            settings["RUNLY_SCHEDULE_FIRE_FUNCTION_ARN"],
+            *options,
+        ]
+
+    def _scheduler_env(self) -> dict[str, str]:
+        return {**self._control_plane_env(), "POWERTOOLS_SERVICE_NAME": "runly-schedules"}
+
+    def _start_scheduler(self) -> None:
+        """EventBridge Scheduler's part (runly.local.scheduler): fires the schedules moto keeps, on time."""
+        self._spawn("scheduler", self._scheduler_command(), self._scheduler_env())
+
+    def fire_schedule(self, schedule_id: str, *, at: str | None = None) -> dict[str, object]:
+        """Fire a schedule now (or for the scheduled time ``at``), as EventBridge Scheduler would; returns what the
+        fire function returned."""
+        completed = subprocess.run(
+            self._scheduler_command("--fire", schedule_id, *(["--at", at] if at else [])),
+            cwd=REPO_ROOT,
+            env=self._scheduler_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"firing schedule {schedule_id} failed:\n{completed.stderr[-4000:]}")
+        return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
 
     def start_agent(self, environment: str | None = None, **settings: str) -> Child:
         environment = environment or self.environments[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,6 +113,7 @@ def test_make_run_demo_ends_with_a_succeeded_run(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Succeeded" in result.stdout and "Hello, world!" in result.stdout
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ ", result.stdout), result.stdout
 
 
 def test_ctrl_c_stops_every_process_the_stack_started(tmp_path: Path) -> None:

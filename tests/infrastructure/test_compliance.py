@@ -25,6 +25,7 @@ EXPECTED_ACKNOWLEDGMENTS = {
     "AwsSolutions-IAM5[Resource::<…>/packages/*]",  # the feed's packages prefix (API, nodes)
     "AwsSolutions-IAM5[Resource::<…>/logs/*]",  # the feed's logs prefix (nodes upload run logs)
     "AwsSolutions-SQS3",  # the run events' failure queue is itself a dead-letter destination
+    "AwsSolutions-IAM5[Resource::arn:<…>:scheduler:<…>:<…>:schedule/<…>/*]",  # the API: its group's schedules
 }
 # With the EC2 fleet (the fleet stage): plus these. Session Manager's "*" is among the ones above.
 FLEET_ACKNOWLEDGMENTS = {

@@ -37,6 +37,8 @@ def test_asset_holds_the_handler_and_the_packages_but_no_tests_or_caches(
         assert handler_module.replace(".", "/") + ".py" in files
     assert {package for package in PACKAGES} <= {file.split("/")[0] for file in files}
     assert "runly/resources.py" in files
+    # The dashboard the API function serves (functions/api/routers/dashboard.py) ships in the same asset.
+    assert {"functions/dashboard/index.html", "functions/dashboard/app.js", "functions/dashboard/app.css"} <= files
     assert not [file for file in files if file.split("/")[0] in {"tests", ".venv", "node_agent", "infrastructure"}]
     assert not [file for file in files if "__pycache__" in file or file.endswith(".pyc")]
 

@@ -14,6 +14,7 @@ from functions.api import app as api_app
 from runly import resources
 from runly.bundle import sha256_file
 from runly.contracts import RunMessage, Scope
+from runly.local.aws import schedule_settings
 from runly.local.gateway import build_event
 from tests.support.api import clear_function_caches
 from tests.support.auth import as_caller
@@ -40,6 +41,8 @@ def call(aws: dict[str, str], names: resources.ResourceNames, monkeypatch: pytes
     monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
     monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
     monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(aws))
+    for name, value in schedule_settings(names).items():
+        monkeypatch.setenv(name, value)
     clear_function_caches()
 
     def invoke(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:

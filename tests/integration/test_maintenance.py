@@ -16,6 +16,7 @@ from functions.maintenance.settings import get_maintenance_settings
 from node_agent.aws import AgentAws
 from runly import resources
 from runly.contracts import FailureReason, RunMessage, RunState
+from runly.local.aws import schedule_settings
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 10
@@ -135,6 +136,8 @@ def maintenance_env(
     monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
     monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
     monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(aws))
+    for name, value in schedule_settings(names).items():  # MaintenanceSettings extends ApiSettings
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("RUNLY_REAPER_GRACE_SECONDS", "60")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "runly")
     for cached in (get_maintenance_settings, dlq._store, reaper._store):

@@ -11,6 +11,7 @@ import pytest
 
 from runly import resources
 from runly.contracts import Scope
+from runly.local.aws import schedule_settings
 from runly.local.gateway import build_event
 from tests.support.auth import as_caller
 
@@ -31,15 +32,20 @@ class FakeContext:
 def clear_function_caches() -> None:
     from functions.api import dependencies
     from functions.authorizer import app as authorizer_app
-    from functions.settings import get_authorizer_settings, get_settings
+    from functions.schedules import fire
+    from functions.settings import get_authorizer_settings, get_fire_settings, get_settings
 
     for cached in (
         get_settings,
         get_authorizer_settings,
+        get_fire_settings,
         dependencies.services,
         dependencies.key_store,
         dependencies.node_store,
+        dependencies.schedule_store,
+        dependencies.scheduler,
         authorizer_app.key_store,
+        fire._services,
     ):
         cached.cache_clear()
 
@@ -52,6 +58,8 @@ def function_env(
     monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
     monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
     monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(aws))
+    for name, value in schedule_settings(names).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
     clear_function_caches()
@@ -88,6 +96,8 @@ def module_function_env() -> Iterator[dict[str, str]]:
             patch.setenv("RUNLY_TABLE_NAME", names.table)
             patch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
             patch.setenv("RUNLY_QUEUE_URLS", json.dumps(queue_urls))
+            for name, value in schedule_settings(names).items():
+                patch.setenv(name, value)
             patch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
             patch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
             clear_function_caches()

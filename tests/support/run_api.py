@@ -19,7 +19,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from runly import resources
 from runly.bundle import sha256_file
 from runly.contracts import Scope
-from runly.local.aws import create_resources
+from runly.local.aws import create_resources, schedule_settings
 from tests.support.api import Answer, api_event, clear_function_caches, invoke
 from tests.support.auth import as_caller
 from tests.support.bundles import make_bundle
@@ -103,6 +103,8 @@ class Api:
         monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
         monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
         monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(queue_urls))
+        for name, value in schedule_settings(names).items():
+            monkeypatch.setenv(name, value)
         monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
         monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
         clear_function_caches()

@@ -18,6 +18,7 @@ from functions.logic.run_search import RunSearch, search_runs
 from runly.contracts import (
     IDEMPOTENCY_KEY,
     JOB_NAME,
+    SCHEDULE_ID,
     EnqueueRunRequest,
     LogPage,
     RequeueRunRequest,
@@ -97,6 +98,9 @@ def search(
     created_before: Annotated[datetime | None, Query(description="ISO-8601; runs created before it")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="most runs on a page")] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    schedule_id: Annotated[
+        str | None, Query(pattern=SCHEDULE_ID, description="only the runs this schedule enqueued")
+    ] = None,
 ) -> RunPage:
     caller = require(router.current_event, Scope.READ, environment=environment)
     deps = services()
@@ -109,6 +113,7 @@ def search(
         created_before=created_before,
         limit=limit,
         cursor=cursor,
+        schedule_id=schedule_id,
     )
     return search_runs(
         query, store=deps.store, queue=deps.queue, nodes=node_store(), visible_environment=caller.environment

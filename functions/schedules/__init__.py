@@ -1,0 +1,1 @@
+"""Schedules: the function EventBridge Scheduler invokes at each fire (``fire.py``)."""

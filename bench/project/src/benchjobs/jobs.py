@@ -1,0 +1,103 @@
+"""The jobs of runly's benchmarks (packed and pushed by ``make bench``).
+
+Each notes wall-clock times (``time.time()``) to a file on this machine, so the bench can compare them
+with the times it took on its side (the same clock): when the job's module was imported, when the first
+line of job code ran, when items were processed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pydantic import BaseModel, Field
+
+from runly import Job
+from runly.items import ItemConfig, ItemJob
+from runly.job import Disposition, JobChannel, JobContext
+
+IMPORTED_AT = time.time()  # the job process has started and imported runly.host and this module
+
+
+def note(path: str, line: str) -> None:
+    # One write() per line on an O_APPEND file: lines of concurrent processes never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class StampConfig(BaseModel):
+    stamps: str | None = Field(default=None, description="file to note '<run id> <first line> <module imported>' in")
+
+
+class Stamp(Job[StampConfig]):
+    """The trivial job: notes when its first line ran, and nothing else."""
+
+    def run(self) -> None:
+        started = time.time()
+        if self.config.stamps:
+            note(self.config.stamps, f"{self.context.run_id} {started:.6f} {IMPORTED_AT:.6f} {os.getpid()}")
+
+
+class NoopItemsConfig(ItemConfig):
+    items: int = Field(default=100_000, ge=1)
+    checkpoint_every: float = Field(
+        default=2.0, gt=0, description="seconds between automatic checkpoints (1e9: none until the items end)"
+    )
+
+
+class NoopItems(ItemJob[NoopItemsConfig, int]):
+    """Items that do nothing: what is left is the SDK's own cost per item, checkpoints included."""
+
+    def __init__(self, config: NoopItemsConfig, context: JobContext | None = None) -> None:
+        super().__init__(config, context)
+        self._last = self.config.items - 1
+        self._started = self._finished = 0.0
+
+    def bind(self, channel: JobChannel, *, checkpoint_interval: float | None = None) -> None:
+        # The host binds the job to its agent's channel: with this run's interval instead of the class's.
+        every = self.config.checkpoint_every if checkpoint_interval is None else checkpoint_interval
+        super().bind(channel, checkpoint_interval=every)
+
+    def items(self) -> range:
+        self._started = time.perf_counter()
+        return range(self.config.items)
+
+    def process(self, item: int) -> None:
+        if item == self._last:
+            self._finished = time.perf_counter()
+
+    def finalize(self, disposition: Disposition) -> dict[str, object]:
+        seconds = self._finished - self._started
+        reporter = self._reporter
+        return {
+            **self.summary(),
+            "seconds": seconds,
+            "items_per_second": self.counts.done / seconds if seconds > 0 else None,
+            "checkpoints": getattr(reporter, "checkpoints_taken", None),
+        }
+
+
+class LedgerConfig(ItemConfig):
+    items: int = Field(default=200, ge=1)
+    item_seconds: float = Field(default=0.05, ge=0)
+    ledger: str = Field(description="file where each attempt notes its start and each item it processed")
+
+
+class Ledger(ItemJob[LedgerConfig, int]):
+    """Slow items that note themselves, so the bench sees when a run resumed elsewhere and what it repeated."""
+
+    checkpoint_interval = 1.0
+
+    def setup(self) -> None:
+        watermark = self.resumed_from.watermark if self.resumed_from and self.resumed_from.watermark else 0
+        note(self.config.ledger, f"{self.context.run_id} start {self.context.attempt} {watermark} {time.time():.6f}")
+
+    def items(self) -> range:
+        return range(self.config.items)
+
+    def process(self, item: int) -> None:
+        time.sleep(self.config.item_seconds)
+        note(self.config.ledger, f"{self.context.run_id} item {self.context.attempt} {item} {time.time():.6f}")

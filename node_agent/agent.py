@@ -50,8 +50,19 @@ class AgentState(StrEnum):
     STOPPED = "stopped"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+class Clock:
+    """Wall time (lease expiries, shared with other nodes) and monotonic time (local deadlines).
+    Tests pass a fake one to move time without waiting."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def now_ms(clock: Clock | None = None) -> int:
+    return int((clock or Clock()).time() * 1000)
 
 
 class Agent:
@@ -61,7 +72,9 @@ class Agent:
         aws: AgentAws,
         cache: PackageCache,
         supervisor_factory: Callable[..., RunSupervisor] = RunSupervisor,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock = clock or Clock()
         self.settings = settings
         self.aws = aws
         self.cache = cache
@@ -133,9 +146,9 @@ class Agent:
         log.info(
             "draining: %d run(s) to finish (at most %d s)", self.running_count(), self.settings.drain_timeout_seconds
         )
-        deadline = time.monotonic() + self.settings.drain_timeout_seconds
+        deadline = self.clock.monotonic() + self.settings.drain_timeout_seconds
         while self.running_count():
-            if self._cold.wait(0.1) or time.monotonic() > deadline:
+            if self._cold.wait(0.1) or self.clock.monotonic() > deadline:
                 self._cold.set()  # supervisors SIGTERM their jobs, then record and release
                 break
         for _, thread in self._snapshot():
@@ -205,7 +218,7 @@ class Agent:
             return
         run_id = delivery.message.run_id
         try:
-            record = self.aws.claim(run_id, self.settings.node_id, self.settings.lease_seconds, now_ms())
+            record = self.aws.claim(run_id, self.settings.node_id, self.settings.lease_seconds, now_ms(self.clock))
             checkpoint = self.aws.get_checkpoint(run_id)
         except ClaimRefused as refused:
             log.info("not starting %s: %s", run_id, refused)
@@ -247,7 +260,7 @@ class Agent:
     def heartbeat(self) -> None:
         """Extend every lease and message visibility, write the newest progress, learn about cancels,
         lost leases and drain requests."""
-        until = lease_until(now_ms(), self.settings.lease_seconds)
+        until = lease_until(now_ms(self.clock), self.settings.lease_seconds)
         for supervisor, _ in self._snapshot():
             if supervisor.finished.is_set():
                 continue

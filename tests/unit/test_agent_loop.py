@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from node_agent.agent import Agent
+from node_agent.agent import Agent, Clock
 from node_agent.aws import ClaimRefused, Delivery, LeaseLost
 from node_agent.settings import AgentSettings
 from node_agent.supervisor import retry_delay
@@ -42,6 +42,7 @@ class FakeAws:
     lease_state: RunState | Exception = RunState.RUNNING
     drain_requested: bool = False
     on_empty: threading.Event = field(default_factory=threading.Event)
+    leases_until: list[int] = field(default_factory=list)
 
     def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
         self.asked.append(max_messages)
@@ -68,6 +69,7 @@ class FakeAws:
         self.deleted.append(delivery.receipt_handle)
 
     def extend_lease(self, record: RunRecord, node_id: str, until_ms: int, progress: Any = None) -> RunState:
+        self.leases_until.append(until_ms)
         if isinstance(self.lease_state, Exception):
             raise self.lease_state
         return self.lease_state
@@ -113,7 +115,23 @@ def settings(tmp_path: Path) -> AgentSettings:
     )  # fmt: skip
 
 
-def _agent(settings: AgentSettings, aws: FakeAws) -> tuple[Agent, list[FakeSupervisor]]:
+class FakeClock(Clock):
+    """Time that moves only when the test says so."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _agent(settings: AgentSettings, aws: FakeAws, clock: Clock | None = None) -> tuple[Agent, list[FakeSupervisor]]:
     started: list[FakeSupervisor] = []
 
     def factory(**kwargs: Any) -> FakeSupervisor:
@@ -121,7 +139,8 @@ def _agent(settings: AgentSettings, aws: FakeAws) -> tuple[Agent, list[FakeSuper
         started.append(supervisor)
         return supervisor
 
-    return Agent(settings, aws, cache=None, supervisor_factory=factory), started  # type: ignore[arg-type]
+    agent = Agent(settings, aws, cache=None, supervisor_factory=factory, clock=clock)  # type: ignore[arg-type]
+    return agent, started
 
 
 def _run_until_idle(agent: Agent, aws: FakeAws) -> threading.Thread:
@@ -242,3 +261,43 @@ def test_retry_delays_grow_and_are_capped_with_jitter() -> None:
     fourth = [retry_delay(4, base=5, cap=60) for _ in range(50)]
     assert max(first) <= 5 and min(fourth) >= 20
     assert len(set(fourth)) > 1  # jitter
+
+
+def test_a_drain_that_outlasts_its_timeout_turns_cold(settings: AgentSettings) -> None:
+    # Given a draining node whose job does not finish
+    clock = FakeClock()
+    drain = settings.model_copy(update={"drain_timeout_seconds": 600})
+    aws = FakeAws(batches=[[_delivery("slow")]])
+    agent, started = _agent(drain, aws, clock)
+    thread = _run_until_idle(agent, aws)
+    agent.request_stop()
+    threading.Event().wait(0.3)
+    assert not agent._cold.is_set()  # the drain waits...
+
+    # When the drain timeout passes (without anyone waiting ten minutes)
+    clock.advance(601)
+
+    # Then the agent turns cold (its supervisors stop their jobs and hand the runs back)
+    _eventually(agent._cold.is_set)
+    started[0].release.set()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_the_heartbeat_asks_for_a_lease_ending_just_before_the_message_reappears(settings: AgentSettings) -> None:
+    clock = FakeClock()
+    aws = FakeAws(batches=[[_delivery("a")]])
+    agent, started = _agent(settings, aws, clock)
+    thread = _run_until_idle(agent, aws)
+
+    agent.heartbeat()
+    clock.advance(5)
+    agent.heartbeat()
+
+    start_ms = int(1_800_000_000.0 * 1000)
+    lease_ms = settings.lease_seconds * 1000
+    assert aws.leases_until == [start_ms + lease_ms - 1000, start_ms + 5000 + lease_ms - 1000]
+    assert aws.visibility["rh-a"] == settings.lease_seconds
+    agent.request_stop()
+    started[0].release.set()
+    thread.join(5)

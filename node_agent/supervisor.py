@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -251,16 +252,10 @@ class RunSupervisor:
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
-            name = signal_name(-code)
+            name = signal.Signals(-code).name
         except ValueError:
             name = str(-code)
         return f"job process was killed by {name}"
     if code == 137:
         return "job process was killed (exit 137: SIGKILL, often the out-of-memory killer)"
     return f"job process exited with code {code} without a result"
-
-
-def signal_name(number: int) -> str:
-    import signal
-
-    return signal.Signals(number).name

@@ -151,7 +151,3 @@ class ResourceNames(BaseModel):
         if environment not in self.environments:
             raise KeyError(f"unknown environment {environment!r}")
         return QueueNames(queue=f"{self.prefix}-{environment}", dead_letter_queue=f"{self.prefix}-{environment}-dlq")
-
-    def queue_url(self, environment: str, endpoint: str) -> str:
-        """The queue's URL as SQS spells it: ``{endpoint}/{account}/{name}``."""
-        return f"{endpoint.rstrip('/')}/{self.account}/{self.queues(environment).queue}"

@@ -223,9 +223,7 @@ class ControlPlaneApi(Construct):
             iam.PolicyStatement(
                 actions=["dynamodb:GetItem"],
                 resources=[table.table_arn],
-                conditions={
-                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{key_key('')[PARTITION_KEY]}*"]}
-                },
+                conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{key_key('')[PARTITION_KEY]}*"]}},
             )
         )
 

@@ -28,7 +28,7 @@ from constructs import Construct
 
 from functions.events import metrics as run_metrics
 from infrastructure.environment_queues import EnvironmentQueues
-from infrastructure.settings import AlarmSettings
+from infrastructure.settings import AlarmSettings, RunEventsMode
 from runly.contracts import RunState
 from runly.resources import ResourceNames
 
@@ -36,6 +36,9 @@ PERIOD = cdk.Duration.minutes(5)
 # Emitted by functions.maintenance.reaper (namespace runly, service runly-reaper): one per ReapReport field.
 REAPER_SERVICE = "runly-reaper"
 REAPER_METRICS = ("ReaperRequeued", "ReaperFailed", "ReaperCancelled", "ReaperSkipped")
+# Emitted by the API function (functions.api.observability), once per run POST /runs or POST /runs/batch creates.
+API_SERVICE = "runly-api"
+API_ENQUEUED_METRIC = "RunsEnqueued"
 WIDGET_WIDTH = 8
 WIDGET_HEIGHT = 6
 
@@ -56,7 +59,8 @@ class Observability(Construct):
         http_api: apigateway.IHttpApi,
         table: dynamodb.ITable,
         functions: Mapping[str, lambda_.IFunction],
-        undeliverable_events: sqs.IQueue,
+        undeliverable_events: sqs.IQueue | None,
+        run_events: RunEventsMode = "all",
     ) -> None:
         super().__init__(scope, construct_id)
         self._prefix = names.prefix
@@ -135,22 +139,29 @@ class Observability(Construct):
             threshold=1,
             comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         )
-        self._alarm(
-            "UndeliverableRunEvents",
-            name="run-events-undeliverable",
-            description="Run events could not be published after every retry; the stream records they came from "
-            "are described in the publish-failures queue (replayable for 24 hours).",
-            metric=undeliverable_events.metric_approximate_number_of_messages_visible(
-                statistic="Maximum", period=PERIOD
-            ),
-            threshold=0,
-            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-        )
+        if undeliverable_events is not None:
+            self._alarm(
+                "UndeliverableRunEvents",
+                name="run-events-undeliverable",
+                description="Run events could not be published after every retry; the stream records they came from "
+                "are described in the publish-failures queue (replayable for 24 hours).",
+                metric=undeliverable_events.metric_approximate_number_of_messages_visible(
+                    statistic="Maximum", period=PERIOD
+                ),
+                threshold=0,
+                comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            )
 
         self.dashboard = cloudwatch.Dashboard(
             self, "Dashboard", dashboard_name=names.prefix, default_interval=cdk.Duration.hours(3)
         )
-        self._widgets(queues=queues, http_api=http_api, table_throttles=table_throttles, functions=functions)
+        self._widgets(
+            queues=queues,
+            http_api=http_api,
+            table_throttles=table_throttles,
+            functions=functions,
+            run_events=run_events,
+        )
 
     # ------------------------------------------------------------ alarms
 
@@ -210,6 +221,7 @@ class Observability(Construct):
         http_api: apigateway.IHttpApi,
         table_throttles: cloudwatch.IMetric,
         functions: Mapping[str, lambda_.IFunction],
+        run_events: RunEventsMode,
     ) -> None:
         def graph(title: str, left: Sequence[cloudwatch.IMetric], *, stacked: bool = False) -> cloudwatch.GraphWidget:
             return cloudwatch.GraphWidget(
@@ -230,19 +242,26 @@ class Observability(Construct):
         self.dashboard.add_widgets(
             cloudwatch.AlarmStatusWidget(title="Alarms", alarms=list(self.alarms), width=24, height=4)
         )
+        # The publisher counts the states it publishes (the stage's run_events); without the non-terminal ones,
+        # the API's count of enqueued runs stands in for "started".
+        if run_events == "all":
+            started = [
+                runly_metric(run_metrics.SERVICE, run_metrics.RUN_STATE_METRICS[state])
+                for state in (RunState.QUEUED, RunState.RUNNING)
+            ]
+        else:
+            started = [runly_metric(API_SERVICE, API_ENQUEUED_METRIC)]
+        run_graphs = [graph("Runs started" if run_events == "all" else "Runs enqueued", started)]
+        if run_events != "off":
+            run_graphs.append(
+                graph(
+                    "Runs finished",
+                    [runly_metric(run_metrics.SERVICE, run_metrics.RUN_STATE_METRICS[state]) for state in finished],
+                    stacked=True,
+                )
+            )
         self.dashboard.add_widgets(
-            graph(
-                "Runs started",
-                [
-                    runly_metric(run_metrics.SERVICE, run_metrics.RUN_STATE_METRICS[state])
-                    for state in (RunState.QUEUED, RunState.RUNNING)
-                ],
-            ),
-            graph(
-                "Runs finished",
-                [runly_metric(run_metrics.SERVICE, run_metrics.RUN_STATE_METRICS[state]) for state in finished],
-                stacked=True,
-            ),
+            *run_graphs,
             graph("Reaper actions", [runly_metric(REAPER_SERVICE, name) for name in REAPER_METRICS], stacked=True),
         )
         self.dashboard.add_widgets(

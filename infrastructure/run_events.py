@@ -3,9 +3,16 @@
 Subscribers (a webhook through an API destination, an SNS topic, another account's bus) are one rule away; see
 docs/events.md. Stream batches whose events cannot be published are retried; after `STREAM_RETRY_ATTEMPTS` the
 batch's description lands in a queue of its own (nothing is dropped silently) and an alarm fires.
+
+The stage setting `run_events` chooses what is published: "all" (every state a run enters), "terminal" (only
+finished runs: the stream mapping's filter drops the other records before the publisher is invoked) or "off"
+(none of this is built).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
@@ -14,9 +21,12 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from functions.events.changes import stream_filter
 from functions.events.metrics import SERVICE
 from infrastructure.lambda_function import RunlyFunction
 from infrastructure.run_store import RunStore
+from infrastructure.settings import RunEventsMode
+from runly.contracts import TERMINAL_STATES
 from runly.resources import QUEUE_RETENTION_SECONDS, ResourceNames
 
 PUBLISHER_HANDLER = "functions.events.publisher.lambda_handler"
@@ -29,11 +39,30 @@ def failures_queue_name(names: ResourceNames) -> str:
     return f"{names.prefix}-run-events-dlq"
 
 
+def stream_filters(mode: RunEventsMode) -> list[Mapping[str, Any]] | None:
+    """The stream mapping's filters: none for every state change, else only run items entering a terminal state
+    (Lambda drops the other records before invoking the publisher, and bills no invocation for them)."""
+    if mode == "all":
+        return None  # an empty list would be an empty FilterCriteria, which CloudFormation refuses
+    return [lambda_.FilterCriteria.filter(stream_filter(TERMINAL_STATES))]
+
+
 class RunEvents(Construct):
+    """Built unless the stage's ``run_events`` is "off"; "terminal" filters the stream to finished runs."""
+
     def __init__(
-        self, scope: Construct, construct_id: str, *, names: ResourceNames, code: lambda_.Code, store: RunStore
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        names: ResourceNames,
+        code: lambda_.Code,
+        store: RunStore,
+        mode: RunEventsMode,
     ) -> None:
         super().__init__(scope, construct_id)
+        if mode == "off":
+            raise ValueError("run events are off: build no RunEvents")
         self.bus = events.EventBus(self, "Bus", event_bus_name=names.event_bus, description="runly: run state changes")
 
         self.publisher = RunlyFunction(
@@ -80,4 +109,5 @@ class RunEvents(Construct):
             retry_attempts=STREAM_RETRY_ATTEMPTS,
             report_batch_item_failures=True,
             on_failure=event_sources.SqsDlq(self.failures),
+            filters=stream_filters(mode),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import aws_cdk as cdk
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from runly.resources import ResourceNames
 
 DEFAULT_STAGE = "dev"
+
+RunEventsMode = Literal["all", "terminal", "off"]
 
 
 class AlarmSettings(BaseModel):
@@ -109,6 +111,9 @@ class StageSettings(BaseModel):
     api_throttle_burst_limit: int = Field(default=100, gt=0)
     alarms: AlarmSettings = AlarmSettings()
     fleet: FleetSettings | None = None
+    # Which run state changes are published as EventBridge events (docs/events.md): every state a run enters,
+    # only the terminal ones (one event per run, the default), or none (no bus, no publisher, no stream mapping).
+    run_events: RunEventsMode = "terminal"
 
     @model_validator(mode="after")
     def _fleet_joins_known_environments(self) -> StageSettings:

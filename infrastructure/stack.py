@@ -74,7 +74,11 @@ class RunlyStack(cdk.Stack):
         maintenance = Maintenance(
             self, "Maintenance", code=code, environment=api_environment, store=store, queues=queues
         )
-        run_events = RunEvents(self, "RunEvents", names=names, code=code, store=store)
+        run_events = (
+            None
+            if settings.run_events == "off"
+            else RunEvents(self, "RunEvents", names=names, code=code, store=store, mode=settings.run_events)
+        )
         on_premises = OnPremisesAccess(
             self,
             "OnPremises",
@@ -98,7 +102,7 @@ class RunlyStack(cdk.Stack):
             functions={
                 "api": api.function,
                 "authorizer": api.authorizer_function,
-                "run-events": run_events.publisher.function,
+                **({"run-events": run_events.publisher.function} if run_events is not None else {}),
                 "node-credentials": on_premises.credentials.function,
                 "reaper": maintenance.reaper.function,
                 "schedule-fire": schedules.fire.function,
@@ -107,13 +111,17 @@ class RunlyStack(cdk.Stack):
                     for environment, handler in maintenance.dead_letter_handlers.items()
                 },
             },
-            undeliverable_events=run_events.failures,
+            undeliverable_events=run_events.failures if run_events is not None else None,
+            run_events=settings.run_events,
         )
 
         cdk.CfnOutput(self, "ApiUrl", value=api.url, description="Base URL of the runly API")
         cdk.CfnOutput(self, "TableName", value=store.table.table_name)
         cdk.CfnOutput(self, "FeedBucketName", value=feed.bucket.bucket_name)
-        cdk.CfnOutput(self, "EventBusName", value=run_events.bus.event_bus_name, description="Run State Changed events")
+        if run_events is not None:
+            cdk.CfnOutput(
+                self, "EventBusName", value=run_events.bus.event_bus_name, description="Run State Changed events"
+            )
         cdk.CfnOutput(
             self,
             "DashboardUrl",

@@ -10,11 +10,13 @@ a dead node loses it within the lease time.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -26,6 +28,7 @@ from node_agent.logs import ship_leftovers
 from node_agent.package_cache import PackageCache
 from node_agent.settings import AgentSettings
 from node_agent.supervisor import RunSupervisor
+from node_agent.warm_hosts import WarmHosts
 from runly import __version__
 from runly.contracts import RunState
 from runly.records import NodeRecord, iso, utcnow
@@ -65,6 +68,16 @@ def now_ms(clock: Clock | None = None) -> int:
     return int((clock or Clock()).time() * 1000)
 
 
+def receive_visibility(settings: AgentSettings) -> int:
+    """How long a received message stays hidden before its first heartbeat extends it to the lease.
+
+    Two heartbeats, not the whole lease: when a node dies, a long poll it left open at the queue can still
+    take a message (even the very run it held) and hide it for this long, so a shorter hide brings the run
+    back sooner, at no extra request. The first heartbeat comes within one interval of a claim.
+    """
+    return min(settings.lease_seconds, max(2, math.ceil(2 * settings.heartbeat_seconds)))
+
+
 class Agent:
     def __init__(
         self,
@@ -73,19 +86,25 @@ class Agent:
         cache: PackageCache,
         supervisor_factory: Callable[..., RunSupervisor] = RunSupervisor,
         clock: Clock | None = None,
+        hosts: WarmHosts | None = None,
     ) -> None:
         self.clock = clock or Clock()
         self.settings = settings
         self.aws = aws
         self.cache = cache
         self._new_supervisor = supervisor_factory
+        self.hosts = hosts  # warm job hosts, one per package version; None: a new interpreter per run
         self.state = AgentState.STARTING
         self.started_at = iso(utcnow())
+        # When the node record was last written (clock.monotonic) and what it said: an idle node writes it
+        # only on a change and every idle_refresh_seconds.
+        self._node_written: tuple[float, str, list[str]] | None = None
         self._active: dict[str, tuple[RunSupervisor, threading.Thread]] = {}
         self._lock = threading.Lock()
         self._draining = threading.Event()  # first signal (or a drain from the API): finish what runs, take nothing new
         self._cold = threading.Event()  # second signal or drain timeout: stop jobs now, hand their runs back
         self._stopped = threading.Event()
+        self._slot_freed = threading.Event()
         self._polling = False  # in a long poll, holding no message: a stop may interrupt it
 
     @property
@@ -106,19 +125,24 @@ class Agent:
             heartbeat.join(timeout=self.settings.heartbeat_seconds + 5)
             self.state = AgentState.STOPPED
             self.deregister()
+            if self.hosts is not None:
+                self.hosts.stop_all()
 
     def _take_work(self) -> None:
         failures = 0
         while not self._draining.is_set():
+            self._slot_freed.clear()  # before counting: a run ending after the count wakes the wait below
             free = self.settings.capacity - self.running_count()
             self.state = AgentState.BUSY if free == 0 else AgentState.IDLE
             if free == 0:
-                self._draining.wait(0.1)
+                # Woken the moment a run ends, so a full node takes its next run at once (bounded, for a drain).
+                self._slot_freed.wait(0.1)
                 continue
             # Never ask for more messages than there are free slots: nothing waits in a node's hands.
+            visibility = receive_visibility(self.settings)
             try:
                 self._polling = True
-                deliveries = self.aws.receive(free, self.settings.poll_wait_seconds, self.settings.lease_seconds)
+                deliveries = self.aws.receive(free, self.settings.poll_wait_seconds, visibility)
                 self._polling = False
             except _StopWaiting:
                 self._polling = False
@@ -133,11 +157,18 @@ class Agent:
                 self._draining.wait(pause)
                 continue
             failures = 0
+            # The messages were handed out at the latest now: the claims' leases count from here, so each
+            # ends before its message could reappear, however long the claims of the batch take.
+            received_ms = now_ms(self.clock)
+            if deliveries and self._node_write_older_than(self.settings.heartbeat_seconds):
+                # An idle node writes its record rarely, so it hears of a drain asked through the API only
+                # when it writes: do so now, before taking new work, not after.
+                self._refresh_node_record()
             for delivery in deliveries:
                 if self._draining.is_set():
                     self.aws.set_visibility(delivery, 0)  # not started: another node takes it at once
                 else:
-                    self._start(delivery)
+                    self._start(delivery, visibility, received_ms)
 
     def _drain(self) -> None:
         self.state = AgentState.DRAINING
@@ -183,7 +214,13 @@ class Agent:
     def _node_record(self) -> NodeRecord:
         with self._lock:
             running = sorted(self._active)
-        now = utcnow()
+        now = self.clock.time()
+        # The longest this record may go unwritten: one heartbeat while runs are running; while none is, the
+        # idle refresh (checked on each heartbeat). Twice that, so that one failed write does not show a live
+        # node offline. The price: an idle node that died shows online for up to that long.
+        interval = self.settings.heartbeat_seconds
+        if not running:
+            interval += self.settings.idle_refresh_seconds
         return NodeRecord(
             node_id=self.settings.node_id,
             host=platform.node(),
@@ -193,14 +230,44 @@ class Agent:
             agent_version=__version__,
             state=self.state.value,
             started_at=self.started_at,
-            last_seen=iso(now),
+            last_seen=iso(datetime.fromtimestamp(now, UTC)),
             # Online while this is in the future; DynamoDB's TTL removes a dead node's record eventually.
-            expires_at=int(now.timestamp() + 2 * self.settings.heartbeat_seconds + 1),
+            expires_at=int(now + 2 * interval + 1),
         )
 
-    def register(self) -> None:
-        if self.aws.put_node(self._node_record()):
+    def _write_node_record(self) -> None:
+        """Write the node record, and learn whether a drain was asked through the API."""
+        node = self._node_record()
+        drain = self.aws.put_node(node)
+        with self._lock:
+            self._node_written = (self.clock.monotonic(), node.state, node.running)
+        if drain and not self._draining.is_set():
+            # Not request_stop: the API asks once and means warm; it must never escalate to a cold stop.
+            log.info("drain requested through the API: finishing running jobs, taking no new ones")
             self._draining.set()
+
+    def _refresh_node_record(self) -> None:
+        try:
+            self._write_node_record()
+        except Exception:  # the next heartbeat writes it again; the record outlives several
+            log.exception("writing the node record failed")
+
+    def _node_write_older_than(self, seconds: float) -> bool:
+        with self._lock:
+            written = self._node_written
+        return written is None or self.clock.monotonic() - written[0] >= seconds
+
+    def _node_write_due(self) -> bool:
+        """Every heartbeat while runs are running; while none is, on a change and every idle refresh."""
+        with self._lock:
+            running = sorted(self._active)
+            written = self._node_written
+        if running or written is None or (self.state.value, running) != (written[1], written[2]):
+            return True
+        return self._node_write_older_than(self.settings.idle_refresh_seconds)
+
+    def register(self) -> None:
+        self._write_node_record()
         log.info("node %s joined environment %s", self.settings.node_id, self.settings.environment)
 
     def deregister(self) -> None:
@@ -210,7 +277,8 @@ class Agent:
             log.exception("could not deregister node")
 
     # ------------------------------------------------------------ taking a run
-    def _start(self, delivery: Delivery) -> None:
+    def _start(self, delivery: Delivery, visibility: int, received_ms: int) -> None:
+        """Claim the run of a message received at ``received_ms``, hidden for ``visibility`` seconds, and start it."""
         if delivery.message is None:
             # Not a run message: it comes back until the redrive policy moves it to the DLQ.
             log.error("poison message (not a run message), receive count %d", delivery.receive_count)
@@ -218,8 +286,10 @@ class Agent:
             return
         run_id = delivery.message.run_id
         try:
-            record = self.aws.claim(run_id, self.settings.node_id, self.settings.lease_seconds, now_ms(self.clock))
-            checkpoint = self.aws.get_checkpoint(run_id)
+            # A lease as long as the message stays hidden, counted from when it was handed out: it ends
+            # (LEASE_MARGIN_MS) before the message can reappear. The first heartbeat extends both.
+            record = self.aws.claim(run_id, self.settings.node_id, visibility, received_ms)
+            checkpoint = self.aws.checkpoint_for(record)
         except ClaimRefused as refused:
             log.info("not starting %s: %s", run_id, refused)
             if refused.terminal:
@@ -239,6 +309,7 @@ class Agent:
             delivery=delivery,
             checkpoint=checkpoint,
             cold=self._cold,
+            hosts=self.hosts,
         )
         thread = threading.Thread(target=self._supervise, args=(supervisor,), name=f"run-{run_id}", daemon=True)
         with self._lock:
@@ -251,15 +322,24 @@ class Agent:
         finally:
             with self._lock:
                 self._active.pop(supervisor.run_id, None)
+            self._slot_freed.set()
 
     # ------------------------------------------------------------ heartbeat
     def _heartbeat_loop(self) -> None:
-        while not self._stopped.wait(self.settings.heartbeat_seconds):
+        # On a fixed schedule, not a fixed pause after each beat: a slow beat (throttling, many runs) does not
+        # push the next one back, so a run claimed just after a beat is beaten within about one interval,
+        # inside the two its message was received hidden for (receive_visibility).
+        interval = self.settings.heartbeat_seconds
+        next_beat = time.monotonic() + interval
+        while not self._stopped.wait(max(0.0, next_beat - time.monotonic())):
             self.heartbeat()
+            next_beat = max(next_beat + interval, time.monotonic())
+            if self.hosts is not None:
+                self.hosts.stop_idle()
 
     def heartbeat(self) -> None:
         """Extend every lease and message visibility, write the newest progress, learn about cancels,
-        lost leases and drain requests."""
+        lost leases and (when the node record is written: _node_write_due) drain requests."""
         until = lease_until(now_ms(self.clock), self.settings.lease_seconds)
         for supervisor, _ in self._snapshot():
             if supervisor.finished.is_set():
@@ -277,9 +357,5 @@ class Agent:
                     supervisor.lease_lost.set()
             except Exception:  # one failed beat is retried on the next; the lease outlives several
                 log.exception("heartbeat for run %s failed", supervisor.run_id)
-        try:
-            if self.aws.put_node(self._node_record()) and not self._draining.is_set():
-                log.info("drain requested through the API")
-                self.request_stop()
-        except Exception:
-            log.exception("node heartbeat failed")
+        if self._node_write_due():
+            self._refresh_node_record()

@@ -12,12 +12,14 @@ import base64
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
@@ -52,6 +54,17 @@ def lease_until(now_ms: int, lease_seconds: int) -> int:
     return now_ms + lease_seconds * 1000 - LEASE_MARGIN_MS
 
 
+def may_have_checkpoint(record: RunRecord) -> bool:
+    """Whether a claimed run can have a checkpoint, from the claim's own answer.
+
+    Only two writers make one: an attempt that holds the lease (``write_checkpoint``, fenced on its number,
+    so the next claim is attempt 2 or later), and a resumed requeue, which copies the original's checkpoint
+    to the new run, marked ``requeued_from``, before its message is sent. A first attempt of any other run
+    has none: not reading it saves a round trip on most claims.
+    """
+    return record.attempt > 1 or record.requeued_from is not None
+
+
 class ClaimRefused(Exception):
     """The run cannot be started by this node now."""
 
@@ -76,6 +89,17 @@ def _conditional_failed(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+_DESERIALIZER = TypeDeserializer()
+
+
+class _RunChanged(Exception):
+    """A claim's condition failed; ``record`` is the run as it was then (None: there is no such run)."""
+
+    def __init__(self, record: RunRecord | None) -> None:
+        super().__init__("the run is not as the claim expected")
+        self.record = record
+
+
 _FENCE = "#attempt = :attempt AND #owner = :node AND #state IN (:running, :cancelling)"
 _FENCE_NAMES = {"#attempt": "attempt", "#owner": "lease_owner", "#state": "state"}
 
@@ -92,11 +116,21 @@ class AgentAws:
         session = session or boto3.session.Session()
         self.queue_url = queue_url
         self.bucket = bucket
+        self._session = session
         self._sqs = session.client("sqs", config=BOTO_CONFIG)
-        self._s3 = session.client("s3", config=BOTO_CONFIG)
+        # Built on first use (an idle node downloads nothing and ships no log): it is the largest client.
+        self._s3_client: Any = None
+        self._s3_lock = threading.Lock()
         self._table = session.resource("dynamodb", config=BOTO_CONFIG).Table(table_name)
         # The resource's client takes plain Python values (it serializes them itself).
         self._dynamodb = self._table.meta.client
+
+    @property
+    def _s3(self) -> Any:
+        with self._s3_lock:  # a session may not build clients on two threads at once
+            if self._s3_client is None:
+                self._s3_client = self._session.client("s3", config=BOTO_CONFIG)
+            return self._s3_client
 
     # ------------------------------------------------------------ queue
     def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
@@ -104,8 +138,8 @@ class AgentAws:
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=max(1, min(max_messages, 10)),
             WaitTimeSeconds=wait_seconds,
-            # Hidden exactly as long as the lease the claim is about to take: if this node dies before
-            # its first heartbeat, the message is back when the lease ends, not at the queue's default.
+            # Hidden until the first heartbeat extends it (the agent asks for two heartbeats, at most the lease),
+            # and the claim's lease ends before then: if this node dies first, the message is back soon after.
             VisibilityTimeout=visibility_seconds,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
@@ -169,9 +203,22 @@ class AgentAws:
                     raise LeaseLost(f"{record.run_id}: attempt {record.attempt} no longer holds the lease") from exc
             raise
 
+    def checkpoint_for(self, record: RunRecord) -> Checkpoint | None:
+        """The checkpoint a claimed attempt resumes from; read only when there can be one."""
+        return self.get_checkpoint(record.run_id) if may_have_checkpoint(record) else None
+
     def claim(self, run_id: str, node_id: str, lease_seconds: int, now_ms: int) -> RunRecord:
-        """Take the run's lease as a new attempt, or say why not."""
-        record = self.get_run(run_id)
+        """Take the run's lease as a new attempt, or say why not.
+
+        The common case, a run queued for its first attempt, is one conditional write. Any other run fails
+        that condition, and the failed write returns the run as it was: a retry is then taken as attempt n+1,
+        an expired lease is taken over, a live lease, a terminal run or a lost cancel refused, each as before.
+        """
+        until = lease_until(now_ms, lease_seconds)
+        try:
+            return self._take_lease(run_id, node_id, until, previous=None)
+        except _RunChanged as changed:
+            record = changed.record
         if record is None:
             raise ClaimRefused(run_id, "no such run", terminal=True)
         if record.state.terminal:
@@ -186,14 +233,22 @@ class AgentAws:
             # Cancel was asked and its node is gone: the cancel wins, nothing runs again.
             self._close_abandoned(record, RunState.CANCELLED, FailureReason.CANCELLED, "cancelled; its node was lost")
             raise ClaimRefused(run_id, "cancelled while its node was lost", terminal=True)
+        try:
+            return self._take_lease(run_id, node_id, until, previous=record)
+        except _RunChanged as changed:
+            raise ClaimRefused(run_id, "another node claimed it first", retry_in=lease_seconds) from changed
 
-        number = record.attempt + 1
-        until = lease_until(now_ms, lease_seconds)
+    def _take_lease(self, run_id: str, node_id: str, until: int, *, previous: RunRecord | None) -> RunRecord:
+        """The claim's write, conditional on the run being ``previous`` (its attempt and state), or, with
+        None, on its being queued for its first attempt. Raises _RunChanged with the run as it was."""
+        expected_attempt = previous.attempt if previous is not None else 0
+        expected_state = previous.state if previous is not None else RunState.QUEUED
+        number = expected_attempt + 1
         now = iso(utcnow())
         names = {"#state": "state", "#attempt": "attempt", "#attempts": "attempts"}
         values: dict[str, Any] = {
-            ":prev_attempt": record.attempt,
-            ":prev_state": record.state.value,
+            ":prev_attempt": expected_attempt,
+            ":prev_state": expected_state.value,
             ":running": RunState.RUNNING.value,
             ":number": number,
             ":node": node_id,
@@ -217,25 +272,30 @@ class AgentAws:
             "started_at = if_not_exists(started_at, :now)",
             "#attempts = list_append(#attempts, :new)",
         ]
-        previous = record.attempts[-1] if record.attempts else None
-        if leased and previous is not None and previous.ended_at is None:
+        last = previous.attempts[-1] if previous is not None and previous.attempts else None
+        if previous is not None and previous.state is RunState.RUNNING and last is not None and last.ended_at is None:
             # The previous owner's lease ran out: that attempt ended because its node was lost.
-            index = len(record.attempts) - 1
+            index = len(previous.attempts) - 1
             sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
             values[":node_lost"] = FailureReason.NODE_LOST.value
         try:
             result = self._table.update_item(
                 Key=run_key(run_id),
                 UpdateExpression="SET " + ", ".join(sets),
+                # Nothing else may have moved the run since: the attempt number is the fencing token.
                 ConditionExpression="#attempt = :prev_attempt AND #state = :prev_state",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if _conditional_failed(exc):
-                raise ClaimRefused(run_id, "another node claimed it first", retry_in=lease_seconds) from exc
-            raise
+            if not _conditional_failed(exc):
+                raise
+            # The item comes back in DynamoDB's wire format: the resource only deserializes successful answers.
+            item = exc.response.get("Item")
+            found = {key: _DESERIALIZER.deserialize(value) for key, value in item.items()} if item else None
+            raise _RunChanged(RunRecord.from_item(found) if found else None) from exc
         return RunRecord.from_item(result["Attributes"])
 
     def _close_abandoned(self, record: RunRecord, state: RunState, reason: FailureReason, message: str) -> None:

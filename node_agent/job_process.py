@@ -6,6 +6,10 @@ can be mistaken for a message:
 
 - job -> agent (RUNLY_CHANNEL_FD): progress, checkpoints, the result or the error, one JSON line each;
 - agent -> job (RUNLY_ACK_FD): one AckMessage per checkpoint, once it is durable (or refused).
+
+The process is a new interpreter (``python -I -u -m runly.host run``) or, when the package has a
+warm host (node_agent.warm_hosts), a child that host forks; either way the same environment,
+descriptors, session and log file, and the agent watches and signals it alike.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import IO
 
 from pydantic import TypeAdapter, ValidationError
 
+from node_agent.warm_hosts import HostedProcess, WarmHost, WarmHostError
 from runly.contracts import (
     AckMessage,
     ChannelMessage,
@@ -42,6 +47,11 @@ _messages: TypeAdapter[ChannelMessage] = TypeAdapter(ChannelMessage)
 CheckpointHandler = Callable[[CheckpointMessage], str | None]
 
 
+def job_environment() -> dict[str, str]:
+    """The agent's environment minus its own: a job gets no AWS credentials or agent settings of the node's."""
+    return {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "RUNLY_"))}
+
+
 @dataclass
 class Outcome:
     exit_code: int
@@ -57,8 +67,10 @@ class JobProcess:
     work_dir: Path
     log_path: Path
     on_checkpoint: CheckpointHandler = field(default=lambda message: "no checkpoint handler")
+    warm_host: WarmHost | None = None  # fork the run from this host; None (or a failing host): a new interpreter
+    on_warm_host_failure: Callable[[WarmHost], None] | None = None
     latest_progress: Progress | None = None  # only the newest is kept: the heartbeat writes it
-    _process: subprocess.Popen[bytes] | None = None
+    _process: subprocess.Popen[bytes] | HostedProcess | None = None
     _reader: threading.Thread | None = None
     _acks: IO[str] | None = None
     _result: ResultMessage | None = None
@@ -71,32 +83,27 @@ class JobProcess:
         spec_path.write_text(self.spec.model_dump_json())
         channel_read, channel_write = os.pipe()
         ack_read, ack_write = os.pipe()
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            # The job gets no AWS credentials or agent settings of the node's.
-            if not key.startswith(("AWS_", "RUNLY_"))
-        }
-        env.update(
-            {
-                "RUNLY_RUN_SPEC": str(spec_path),
-                "RUNLY_CHANNEL_FD": str(channel_write),
-                "RUNLY_ACK_FD": str(ack_read),
-            }
-        )
+        env = job_environment()
+        env["RUNLY_RUN_SPEC"] = str(spec_path)
+        how = "new interpreter"
         try:
             with open(self.log_path, "ab") as log_file:
-                self._process = subprocess.Popen(
-                    # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered.
-                    [str(self.python), "-I", "-u", "-m", "runly.host", "run"],
-                    cwd=self.work_dir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(channel_write, ack_read),
-                    start_new_session=True,  # its own process group: signals reach the job's children too
-                )
+                if self.warm_host is not None:
+                    self._process = self._spawn_warm(self.warm_host, env, log_file.fileno(), channel_write, ack_read)
+                    how = "warm host"
+                if self._process is None:
+                    env.update({"RUNLY_CHANNEL_FD": str(channel_write), "RUNLY_ACK_FD": str(ack_read)})
+                    self._process = subprocess.Popen(
+                        # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered.
+                        [str(self.python), "-I", "-u", "-m", "runly.host", "run"],
+                        cwd=self.work_dir,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        pass_fds=(channel_write, ack_read),
+                        start_new_session=True,  # its own process group: signals reach the job's children too
+                    )
         finally:
             os.close(channel_write)
             os.close(ack_read)
@@ -105,7 +112,18 @@ class JobProcess:
             target=self._read_channel, args=(channel_read,), daemon=True, name=f"channel-{self.spec.run_id}"
         )
         self._reader.start()
-        log.info("run %s attempt %d: job process %d started", self.spec.run_id, self.spec.attempt, self._process.pid)
+        log.info("run %s attempt %d: job process %d started (%s)", self.spec.run_id, self.spec.attempt, self.pid, how)
+
+    def _spawn_warm(
+        self, host: WarmHost, env: dict[str, str], log_fd: int, channel_fd: int, ack_fd: int
+    ) -> HostedProcess | None:
+        try:
+            return host.spawn(cwd=self.work_dir, env=env, log_fd=log_fd, channel_fd=channel_fd, ack_fd=ack_fd)
+        except WarmHostError as exc:
+            log.warning("run %s: %s; starting a new interpreter instead", self.spec.run_id, exc)
+            if self.on_warm_host_failure is not None:
+                self.on_warm_host_failure(host)
+            return None
 
     def _read_channel(self, read_fd: int) -> None:
         with os.fdopen(read_fd, "r", encoding="utf-8") as stream:
@@ -146,6 +164,14 @@ class JobProcess:
     def poll(self) -> int | None:
         assert self._process is not None
         return self._process.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code once the process has ended, or None after ``timeout`` seconds."""
+        assert self._process is not None
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def signal(self, signum: int) -> None:
         try:

@@ -254,6 +254,10 @@ class PackageCache:
         finally:
             thread_lock.release()
 
+    def hold(self, sha256: str) -> IO[bytes]:
+        """Keep an installed environment from eviction until the returned file is closed."""
+        return self._hold(sha256)
+
     def _hold(self, sha256: str) -> IO[bytes]:
         hold = open(self.locks / f"{sha256}.use", "ab")  # kept open by InstalledPackage: closing it releases the hold
         fcntl.flock(hold, fcntl.LOCK_SH)

@@ -1,21 +1,63 @@
-"""The agent's settings: environment variables (RUNLY_*) or a .env-style file, validated at start."""
+"""The agent's settings: environment variables (RUNLY_*) or a .env-style file, validated at start.
+
+A plain pydantic model filled by ``AgentSettings.load``, not pydantic-settings: that package and the source
+providers it imports cost an idle agent about 9 MB of its memory, for reading a few strings.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+ENV_PREFIX = "RUNLY_"
 
 
 def _default_node_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
-class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RUNLY_", env_file=None, extra="ignore")
+class _SettingsConfig(ConfigDict, total=False):
+    env_prefix: str  # where each setting is read from: ENV_PREFIX + its name, in any case
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines (``export`` before the key, quotes around the value and ``#`` comments allowed).
+
+    A file that does not exist reads as empty, as it did with pydantic-settings: the settings it would have
+    given are then reported missing.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()  # a comment after an unquoted value
+        values[key.strip()] = value
+    return values
+
+
+class AgentSettings(BaseModel):
+    # Errors name the setting and why, not the values given: a whole-model error would print the node key.
+    model_config = _SettingsConfig(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     environment: str = Field(default="default", description="the environment this node joins")
     queue_url: str = Field(description="URL of the environment's run queue")
@@ -35,6 +77,11 @@ class AgentSettings(BaseSettings):
     drain_timeout_seconds: int = Field(
         default=3600, ge=0, description="on a first stop signal, how long running jobs may take before they are stopped"
     )
+    idle_refresh_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="while the node runs nothing, how often it rewrites its node record (else every heartbeat)",
+    )
     retry_base_seconds: int = Field(default=5, ge=0, description="first retry delay; doubles per attempt")
     retry_max_seconds: int = Field(default=900, ge=0, le=43200)
     work_dir: Path = Field(default=Path.home() / ".cache" / "runly" / "node")
@@ -42,6 +89,28 @@ class AgentSettings(BaseSettings):
         default=None, description="where package environments live; default work_dir/packages"
     )
     cache_budget_bytes: int = Field(default=5 * 1024**3, gt=0)
+    warm_hosts: bool = Field(
+        default=True,
+        description="fork each run from a warm host process of its package version (false: a new interpreter per run)",
+    )
+    max_warm_hosts: int = Field(
+        default=4, ge=1, le=64, description="warm hosts kept at once (the least recently used stops first)"
+    )
+    warm_host_idle_seconds: float = Field(
+        default=600.0, gt=0, description="a warm host that started no run for this long is stopped"
+    )
+
+    @classmethod
+    def load(cls, env_file: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentSettings:
+        """The settings from ``RUNLY_*`` environment variables, then ``env_file``; raises ValidationError."""
+        found: dict[str, Any] = {}
+        # The file first, so that an environment variable wins over it; names in any case, as before.
+        for source in (read_env_file(env_file) if env_file else {}, os.environ if environ is None else environ):
+            for key, value in source.items():
+                name = key.lower()
+                if name.startswith(ENV_PREFIX.lower()) and name[len(ENV_PREFIX) :] in cls.model_fields:
+                    found[name[len(ENV_PREFIX) :]] = value
+        return cls.model_validate(found)
 
     @model_validator(mode="after")
     def _node_key_needs_api(self) -> AgentSettings:

@@ -22,6 +22,7 @@ from node_agent.job_process import JobProcess, Outcome
 from node_agent.logs import LogSpool
 from node_agent.package_cache import PackageCache, PackageDownloadError
 from node_agent.settings import AgentSettings
+from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHosts
 from runly.bundle import PackageError
 from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, Progress, RunSpec, RunState
 from runly.records import RunRecord, utcnow
@@ -49,6 +50,7 @@ class RunSupervisor:
     delivery: Delivery
     checkpoint: Checkpoint | None
     cold: threading.Event  # the agent's second stop signal
+    hosts: WarmHosts | None = None  # None: every run in a new interpreter
     started: float = field(default_factory=time.monotonic)
     process: JobProcess | None = None
     spool: LogSpool | None = None
@@ -125,13 +127,20 @@ class RunSupervisor:
         )
         assert self.spool is not None
         with installed:  # held: the environment is not evicted while the job runs
-            self.process = JobProcess(
-                spec=spec, python=installed.python, work_dir=work_dir, log_path=self.spool.log_path,
-                on_checkpoint=self._on_checkpoint,
-            )  # fmt: skip
-            self.process.start()
-            timed_out = self._wait()
-            outcome = self.process.outcome()
+            hosts = self.hosts
+            host = hosts.acquire(installed.sha256, installed.python) if hosts is not None else None
+            try:
+                self.process = JobProcess(
+                    spec=spec, python=installed.python, work_dir=work_dir, log_path=self.spool.log_path,
+                    on_checkpoint=self._on_checkpoint, warm_host=host,
+                    on_warm_host_failure=hosts.broken if hosts is not None else None,
+                )  # fmt: skip
+                self.process.start()
+                timed_out = self._wait()
+                outcome = self.process.outcome()
+            finally:
+                if host is not None and hosts is not None:
+                    hosts.release(host)
         if self.lease_lost.is_set():
             log.warning(
                 "run %s attempt %d lost its lease: job stopped, nothing recorded", record.run_id, record.attempt
@@ -174,7 +183,8 @@ class RunSupervisor:
         """Wait for the job process; stop it on cancel, lost lease, timeout or cold shutdown. True if it timed out."""
         assert self.process is not None
         deadline = self.started + self.record.timeout_seconds
-        while self.process.poll() is None:
+        # Woken by the exit itself, so a short run's outcome is recorded at once; checks every 50 ms meanwhile.
+        while self.process.wait(0.05) is None:
             if self.lease_lost.is_set():
                 self.process.kill()  # another attempt owns the run: stop at once
             elif self.cancel_requested.is_set() or self.cold.is_set():
@@ -182,7 +192,6 @@ class RunSupervisor:
             elif time.monotonic() > deadline:
                 self.process.stop(self.settings.kill_grace_seconds)
                 return True
-            time.sleep(0.05)
         return False
 
     def _record(self, outcome: Outcome, timed_out: bool) -> None:
@@ -199,7 +208,8 @@ class RunSupervisor:
                 retry_at=utcnow(),
             )  # fmt: skip
             self.aws.set_visibility(self.delivery, 0)
-        elif outcome.result is not None and outcome.exit_code == 0:
+        elif outcome.result is not None and outcome.exit_code in (0, EXIT_STATUS_UNKNOWN):
+            # The job sent its result as its last act; a warm host that died since only lost the exit status.
             self._finish(RunState.SUCCEEDED, None, None, output=outcome.result.output, progress=progress)
         elif outcome.error is not None:
             error = {"message": outcome.error.message, "type": outcome.error.type, "traceback": outcome.error.traceback}
@@ -250,6 +260,8 @@ class RunSupervisor:
 
 
 def describe_exit(code: int) -> str:
+    if code == EXIT_STATUS_UNKNOWN:
+        return "job process ended while its warm host was down: its exit status is unknown"
     if code < 0:
         try:
             name = signal.Signals(-code).name

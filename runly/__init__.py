@@ -5,16 +5,24 @@ parallel if asked, with results by category, automatic checkpoints and resume). 
 runs a job in-process for its tests.
 """
 
-from runly.items import (
-    FailureThresholdExceeded,
-    ItemConfig,
-    ItemCounts,
-    ItemFailed,
-    ItemJob,
-    ItemResult,
-    ResumeMismatch,
-)
-from runly.job import CancellationToken, CheckpointRefused, Disposition, Job, JobCancelled, JobContext
+from __future__ import annotations
+
+import importlib
+
+# Not typing.TYPE_CHECKING: importing typing would be most of what `import runly` costs (type checkers
+# know this spelling too).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runly.items import (
+        FailureThresholdExceeded,
+        ItemConfig,
+        ItemCounts,
+        ItemFailed,
+        ItemJob,
+        ItemResult,
+        ResumeMismatch,
+    )
+    from runly.job import CancellationToken, CheckpointRefused, Disposition, Job, JobCancelled, JobContext
 
 __all__ = [
     "CancellationToken",
@@ -32,3 +40,37 @@ __all__ = [
     "ResumeMismatch",
 ]
 __version__ = "0.1.0"
+
+# Each name is imported from its module on first use (PEP 562), not here: every job process
+# imports this package, and a job that only needs Job should not pay for the item machinery
+# (nor the CLI and the agent for either).
+_HOMES = {
+    "CancellationToken": "runly.job",
+    "CheckpointRefused": "runly.job",
+    "Disposition": "runly.job",
+    "FailureThresholdExceeded": "runly.items",
+    "ItemConfig": "runly.items",
+    "ItemCounts": "runly.items",
+    "ItemFailed": "runly.items",
+    "ItemJob": "runly.items",
+    "ItemResult": "runly.items",
+    "Job": "runly.job",
+    "JobCancelled": "runly.job",
+    "JobContext": "runly.job",
+    "ResumeMismatch": "runly.items",
+}
+
+# Hidden from type checkers, which see the imports above: they would take any runly.<name> for
+# valid if they saw a module __getattr__.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        home = _HOMES.get(name)
+        if home is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(home), name)
+        globals()[name] = value  # the next lookup does not come here
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -7,13 +7,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from runly.bundle import read_manifest, sha256_file
 from runly.contracts import (
     CreateScheduleRequest,
+    EnqueueBatchItem,
+    EnqueueBatchResponse,
     EnqueueRunRequest,
     ErrorBody,
     LogPage,
@@ -118,6 +120,25 @@ class RunlyClient:
         return RunView.model_validate(
             self._call("POST", "/runs", request.model_dump(exclude_none=True), headers=headers)
         )
+
+    def enqueue_many(
+        self, requests: Sequence[EnqueueRunRequest], *, idempotency_keys: Sequence[str | None] | None = None
+    ) -> list[RunView]:
+        """Enqueue up to 100 runs in one request (POST /runs/batch); returns them in the order given.
+
+        Every request is checked before any run is recorded: one bad request raises ApiError naming it
+        (``runs[<index>]...``) and nothing is enqueued. ``idempotency_keys`` (one per request, None for none) make
+        retrying the whole batch safe, as ``idempotency_key`` does for ``enqueue``.
+        """
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
+        if len(keys) != len(requests):
+            raise ValueError(f"{len(keys)} idempotency keys for {len(requests)} requests")
+        items = [
+            EnqueueBatchItem(**request.model_dump(), idempotency_key=key).model_dump(exclude_none=True)
+            for request, key in zip(requests, keys, strict=True)
+        ]
+        answer = EnqueueBatchResponse.model_validate(self._call("POST", "/runs/batch", {"runs": items}))
+        return answer.runs
 
     def get_run(self, run_id: str) -> RunView:
         return RunView.model_validate(self._call("GET", f"/runs/{run_id}"))

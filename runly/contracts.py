@@ -13,12 +13,26 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from packaging.version import InvalidVersion, Version
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from runly.resources import ENVIRONMENT_NAME
 
+# The job process channel's models, defined in runly.wire (a job process imports only that module) and
+# re-exported here under the same names.
+from runly.wire import JOB_NAME as JOB_NAME
+from runly.wire import AckMessage as AckMessage
+from runly.wire import ChannelMessage as ChannelMessage
+from runly.wire import Checkpoint as Checkpoint
+from runly.wire import CheckpointMessage as CheckpointMessage
+from runly.wire import ErrorMessage as ErrorMessage
+from runly.wire import JobSpec as JobSpec
+from runly.wire import Progress as Progress
+from runly.wire import ProgressMessage as ProgressMessage
+from runly.wire import ResultMessage as ResultMessage
+from runly.wire import RunSpec as RunSpec
+from runly.wire import Strict as Strict
+
 PACKAGE_NAME = r"^[a-z0-9]([a-z0-9._-]{0,98}[a-z0-9])?$"
-JOB_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
 SHA256_HEX = r"^[0-9a-f]{64}$"
 
 
@@ -44,10 +58,6 @@ PackageVersion = Annotated[str, AfterValidator(_pep440)]
 PackageName = Annotated[str, AfterValidator(normalize_package_name), Field(pattern=PACKAGE_NAME)]
 EnvironmentName = Annotated[str, AfterValidator(_environment)]
 Sha256 = Annotated[str, Field(pattern=SHA256_HEX, description="lower-case hex SHA-256")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RunState(StrEnum):
@@ -89,15 +99,6 @@ class FailureReason(StrEnum):
 
 
 # ---------------------------------------------------------------- packages
-
-
-class JobSpec(Strict):
-    name: str = Field(pattern=JOB_NAME, description="the job's name within its package")
-    entry_point: str = Field(description="module:Class of the job")
-    config_schema: dict[str, Any] = Field(description="JSON schema of the job's config")
-    default_config: dict[str, Any] | None = Field(
-        default=None, description="the config with every default filled in, or null when some field is required"
-    )
 
 
 class PackageManifest(Strict):
@@ -168,27 +169,6 @@ class AttemptView(BaseModel):
     error: str | None = None
 
 
-class Progress(BaseModel):
-    """Counts of a run's items; ``total`` is known when the items are countable."""
-
-    total: int | None = None
-    succeeded: int = 0
-    failed: int = 0
-    failed_by_category: dict[str, int] = Field(default_factory=dict)
-    message: str | None = None
-
-
-class Checkpoint(BaseModel):
-    """Durable progress of a run. Every item before ``watermark`` (a count, in the job's stable item
-    order) is done; ``state`` is the job's own blob. A resumed attempt starts from it."""
-
-    watermark: int | None = Field(default=None, ge=0)
-    last_item_id: str | None = None
-    state: Any = None
-    attempt: int = Field(ge=1)
-    written_at: datetime
-
-
 class RunError(BaseModel):
     reason: FailureReason
     message: str
@@ -237,66 +217,8 @@ class ErrorBody(BaseModel):
 
 
 # ---------------------------------------------------------------- job process channel
-
-
-class RunSpec(BaseModel):
-    """What the agent hands the job process (a JSON file named by RUNLY_RUN_SPEC).
-
-    Job -> agent messages go, one JSON line each, to the fd in RUNLY_CHANNEL_FD;
-    the agent answers checkpoints with an AckMessage line on the fd in RUNLY_ACK_FD.
-    """
-
-    run_id: str
-    attempt: int
-    package: str
-    version: str
-    job: str
-    entry_point: str
-    config: dict[str, Any]
-    checkpoint: Checkpoint | None = Field(default=None, description="where a resumed attempt starts")
-
-
-class ProgressMessage(BaseModel):
-    """Latest counts; the agent keeps only the newest and writes it on its heartbeat (coalesced)."""
-
-    kind: Literal["progress"] = "progress"
-    progress: Progress
-
-
-class CheckpointMessage(BaseModel):
-    """Asks the agent to write a checkpoint now; the job waits for the AckMessage with the same ``seq``."""
-
-    kind: Literal["checkpoint"] = "checkpoint"
-    seq: int
-    watermark: int | None = Field(default=None, ge=0)
-    last_item_id: str | None = None
-    state: Any = None
-
-
-class AckMessage(BaseModel):
-    """The agent's answer to a checkpoint: ``ok`` false means the lease is lost and the job must stop."""
-
-    kind: Literal["ack"] = "ack"
-    seq: int
-    ok: bool
-    error: str | None = None
-
-
-class ResultMessage(BaseModel):
-    kind: Literal["result"] = "result"
-    output: Any = None
-
-
-class ErrorMessage(BaseModel):
-    kind: Literal["error"] = "error"
-    type: str
-    message: str
-    traceback: str
-
-
-ChannelMessage = Annotated[
-    ResultMessage | ErrorMessage | ProgressMessage | CheckpointMessage, Field(discriminator="kind")
-]
+# RunSpec and the channel messages (ProgressMessage, CheckpointMessage, AckMessage, ResultMessage,
+# ErrorMessage, ChannelMessage): see runly.wire, imported above.
 
 
 # ---------------------------------------------------------------- API keys
@@ -576,3 +498,35 @@ class ScheduleFire(BaseModel):
                 "attempt": ATTEMPT_NUMBER_ATTRIBUTE,
             }
         )
+
+
+# ---------------------------------------------------------------- batch enqueue (POST /runs/batch)
+
+MAX_BATCH_RUNS = 100
+
+
+class EnqueueBatchItem(EnqueueRunRequest):
+    """One run of a batch: the body of ``POST /runs``, plus that request's Idempotency-Key header as a field."""
+
+    idempotency_key: str | None = Field(
+        default=None,
+        pattern=IDEMPOTENCY_KEY,
+        description="as the Idempotency-Key header of POST /runs: the same key and run give the same run (24 h, "
+        "per API key); a key POST /runs used names the same run here, and the other way round",
+    )
+
+    def run_request(self) -> EnqueueRunRequest:
+        """The run this item asks for, without its key: what the key's fingerprint covers, as for POST /runs."""
+        return EnqueueRunRequest.model_validate(self.model_dump(exclude={"idempotency_key"}))
+
+
+class EnqueueBatchRequest(Strict):
+    runs: list[EnqueueBatchItem] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_RUNS,
+        description=f"1 to {MAX_BATCH_RUNS} runs, every one checked before any is recorded",
+    )
+
+
+class EnqueueBatchResponse(BaseModel):
+    runs: list[RunView] = Field(description="the runs, in the order of the request")

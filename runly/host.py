@@ -1,6 +1,7 @@
 """The job host: the entry point of a job process, run by the node agent inside
 the package's own environment (``python -m runly.host run``), and by ``runly pack``
-to describe a package's jobs (``python -m runly.host describe``).
+to describe a package's jobs (``python -m runly.host describe``); ``serve`` is the warm
+host (runly.host_server) that forks a child per run instead.
 
 It talks to the agent over a structured channel (a pipe whose fd is in
 RUNLY_CHANNEL_FD), never over stdout, which belongs to the job's own output.
@@ -23,7 +24,8 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 
-from runly.contracts import (
+from runly.job import CheckpointRefused, Job, JobCancelled, JobContext
+from runly.wire import (
     AckMessage,
     CheckpointMessage,
     ErrorMessage,
@@ -33,7 +35,6 @@ from runly.contracts import (
     ResultMessage,
     RunSpec,
 )
-from runly.job import CheckpointRefused, Job, JobCancelled, JobContext
 
 __all__ = ["Channel", "CheckpointRefused", "describe_jobs", "load_job_class", "main", "run_job"]
 
@@ -220,19 +221,29 @@ def main(argv: list[str]) -> int:
         print(json.dumps([spec.model_dump(mode="json") for spec in describe_jobs(declared)]))
         return EXIT_OK
     if command == "run":
-        configure_logging()
-        spec = RunSpec.model_validate_json(Path(os.environ[SPEC_ENV]).read_text())
-        acks = os.fdopen(int(os.environ[ACK_ENV]), "r", encoding="utf-8") if ACK_ENV in os.environ else None
-        with os.fdopen(int(os.environ[CHANNEL_ENV]), "w", encoding="utf-8") as stream:
-            code = run_job(spec, Channel(stream, acks), handle_signals=True)
-        if code == EXIT_LEASE_LOST:
-            # Stop at once: threads still processing items must not hold the process.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        return code
-    print("usage: python -m runly.host {run|describe [NAME=module:Class ...]}", file=sys.stderr)
+        return run_main()
+    if command == "serve" and len(argv) == 3:
+        from runly.host_server import serve
+
+        return serve(argv[2])
+    print("usage: python -m runly.host {run|serve SOCKET|describe [NAME=module:Class ...]}", file=sys.stderr)
     return EXIT_HOST_ERROR
+
+
+def run_main() -> int:
+    """The run named by the environment (RUNLY_RUN_SPEC, RUNLY_CHANNEL_FD, RUNLY_ACK_FD): in a new
+    interpreter (``run``) or in a child forked by a warm host (``serve``)."""
+    configure_logging()
+    spec = RunSpec.model_validate_json(Path(os.environ[SPEC_ENV]).read_text())
+    acks = os.fdopen(int(os.environ[ACK_ENV]), "r", encoding="utf-8") if ACK_ENV in os.environ else None
+    with os.fdopen(int(os.environ[CHANNEL_ENV]), "w", encoding="utf-8") as stream:
+        code = run_job(spec, Channel(stream, acks), handle_signals=True)
+    if code == EXIT_LEASE_LOST:
+        # Stop at once: threads still processing items must not hold the process.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ resources (it must publish nothing; its output is discarded). Then the process e
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import logging
@@ -51,8 +50,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from runly.contracts import Progress
 from runly.job import CheckpointRefused, ConfigT, Disposition, Job, JobCancelled, JobContext, join_state
+from runly.wire import Progress
 
 ItemT = TypeVar("ItemT")
 
@@ -370,6 +369,10 @@ class ItemJob(Job[ConfigT], Generic[ConfigT, ItemT]):
                         "make process async too (they share one event loop)"
                     )
             return self._run_sync()
+        # Imported here, not at the top: asyncio is a large share of a job process's start-up, and
+        # only async jobs need it (by now it is in sys.modules for the async methods below).
+        import asyncio
+
         return asyncio.run(self._run_async())
 
     def _run_sync(self) -> Any:
@@ -529,6 +532,8 @@ class ItemJob(Job[ConfigT], Generic[ConfigT, ItemT]):
                 category, delay = self._failure(exc, attempts)
                 if delay is not None:
                     self.log.info("item %s: %s; retry %d in %.1f s", self.item_id(item), category, attempts, delay)
+                    import asyncio  # see run()
+
                     deadline = time.monotonic() + delay
                     while time.monotonic() < deadline:
                         if runner.stopping:
@@ -588,6 +593,8 @@ class ItemJob(Job[ConfigT], Generic[ConfigT, ItemT]):
             raise runner.fatal
 
     async def _drive_async(self, source: Iterator[tuple[int, ItemT]]) -> None:
+        import asyncio  # see run()
+
         runner = self._runner
         parallelism = self.setting("parallelism")
         if parallelism <= 1:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_orig
 
 from pydantic import BaseModel, ValidationError
 
-from runly.contracts import Checkpoint, Progress
+from runly.wire import Checkpoint, Progress
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 

@@ -146,14 +146,15 @@ def _invalid_request(exc: RequestValidationError) -> Response[Any]:
     if first.get("type") == "json_invalid":
         return _error(400, ErrorBody(code="bad_request", message="the body is not valid JSON"))
     # Powertools prefixes the location with where it came from ("body", "query"...): keep only the field path.
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    # A list position is written as an index: runs[3].config, as the batch's own checks name it.
+    field = ""
+    for part in first.get("loc", ()):
+        if part in ("body", "query", "path", "header"):
+            continue
+        field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
     return _error(
         422,
-        ErrorBody(
-            code="invalid_request",
-            message=str(first.get("msg", "invalid request")),
-            field=".".join(location) or None,
-        ),
+        ErrorBody(code="invalid_request", message=str(first.get("msg", "invalid request")), field=field or None),
     )
 
 

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
 from runly.contracts import RunMessage
 
+# SendMessageBatch takes at most 10 entries, and SQS bills a batch as one request.
+MAX_BATCH_ENTRIES = 10
+# Calls per group of entries, the first included; what SQS refuses is retried with capped backoff and jitter.
+BATCH_SEND_ATTEMPTS = 3
+RETRY_BASE_SECONDS = 0.05
+
 
 class RunQueue:
-    def __init__(self, queue_urls: dict[str, str], *, client: Any = None) -> None:
+    def __init__(
+        self, queue_urls: dict[str, str], *, client: Any = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self._urls = queue_urls
         self._sqs = client or boto3.client("sqs")
+        self._sleep = sleep
 
     @property
     def environments(self) -> tuple[str, ...]:
@@ -27,3 +40,33 @@ class RunQueue:
             QueueUrl=self._urls[message.environment], MessageBody=message.model_dump_json()
         )
         return str(response["MessageId"])
+
+    def dispatch_many(self, messages: Sequence[RunMessage]) -> set[int]:
+        """Send the messages, 10 per call per environment's queue, retrying what SQS refused (entries or a whole
+        call); returns the positions (in ``messages``) of those still unsent after every attempt."""
+        unsent: set[int] = set()
+        by_environment: dict[str, list[int]] = {}
+        for position, message in enumerate(messages):
+            by_environment.setdefault(message.environment, []).append(position)
+        for environment, positions in by_environment.items():
+            for start in range(0, len(positions), MAX_BATCH_ENTRIES):
+                group = positions[start : start + MAX_BATCH_ENTRIES]
+                unsent |= self._send_group(self._urls[environment], group, messages)
+        return unsent
+
+    def _send_group(self, url: str, group: list[int], messages: Sequence[RunMessage]) -> set[int]:
+        remaining = list(group)
+        for attempt in range(BATCH_SEND_ATTEMPTS):
+            if attempt:
+                self._sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            entries = [
+                {"Id": str(position), "MessageBody": messages[position].model_dump_json()} for position in remaining
+            ]
+            try:
+                response = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
+            except (BotoCoreError, ClientError):
+                continue  # none of the group was sent: try it all again
+            remaining = [int(failed["Id"]) for failed in response.get("Failed", [])]
+            if not remaining:
+                return set()
+        return set(remaining)

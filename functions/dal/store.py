@@ -9,6 +9,7 @@ node_agent/aws.py): a lost race surfaces as ``StateChanged`` and logic reads aga
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from runly.records import (
     environment_partition,
     idempotency_key,
     package_index_key,
+    package_key,
     package_partition,
     pin_key,
     run_key,
@@ -45,12 +47,33 @@ class IdempotencyKeyTaken(Exception):
     """Another request stored this Idempotency-Key first; read it and answer with its run."""
 
 
+class IdempotencyKeysTaken(Exception):
+    """Other requests stored some of a batch's Idempotency-Keys first (``positions``: in the pairs given)."""
+
+    def __init__(self, positions: list[int]) -> None:
+        super().__init__(f"idempotency keys taken at positions {positions}")
+        self.positions = positions
+
+
+class Unwritten(Exception):
+    """A batch write left items unprocessed after every retry (throttling): some of it may have been written."""
+
+
 class StateChanged(Exception):
     """A conditional state change found the run in another state than the one it was read in."""
 
 
 class InvalidStartKey(Exception):
     """DynamoDB refused a query's start position (a cursor that does not fit the query)."""
+
+
+# BatchWriteItem takes 25 requests, BatchGetItem 100 keys, TransactWriteItems 100 actions.
+BATCH_WRITE_SIZE = 25
+BATCH_GET_SIZE = 100
+TRANSACTION_SIZE = 100
+# Calls per batch write, the first included, before what DynamoDB left unprocessed is given up on.
+BATCH_WRITE_ATTEMPTS = 5
+BATCH_RETRY_BASE_SECONDS = 0.05
 
 
 def _error_code(exc: ClientError) -> str:
@@ -124,17 +147,7 @@ class Store:
             {"Put": {"TableName": self._table.name, "Item": record.to_item(), "ConditionExpression": self.item_is_new}}
         ]
         if idempotency is not None:
-            items.append(
-                {
-                    "Put": {
-                        "TableName": self._table.name,
-                        "Item": idempotency.to_item(),
-                        "ConditionExpression": f"{self.item_is_new} OR #expires <= :now",
-                        "ExpressionAttributeNames": {"#expires": TTL_ATTRIBUTE},
-                        "ExpressionAttributeValues": {":now": int(time.time()) if now_epoch is None else now_epoch},
-                    }
-                }
-            )
+            items.append(self._new_key_put(idempotency, int(time.time()) if now_epoch is None else now_epoch))
         if checkpoint is not None:
             items.append(
                 {
@@ -162,16 +175,124 @@ class Store:
         self._table.delete_item(Key=run_key(run_id))
         self._table.delete_item(Key=checkpoint_key(run_id))
         if idempotency is not None:
-            try:
-                # Only our own key item: if it already names another run, it is not ours to delete.
-                self._table.delete_item(
-                    Key=idempotency_key(idempotency.owner, idempotency.key),
-                    ConditionExpression="run_id = :run_id",
-                    ExpressionAttributeValues={":run_id": run_id},
+            self._delete_own_key(idempotency)
+
+    # ------------------------------------------------------------ runs, many at a time (POST /runs/batch)
+    def put_new_runs(self, records: Sequence[RunRecord]) -> None:
+        """Record new runs that have no Idempotency-Key, 25 per call.
+
+        Unconditional, unlike ``put_new_run``: a run id is new by construction (time + 48 random bits), and
+        BatchWriteItem takes no condition. Raises ``Unwritten`` if some stay unprocessed after every retry.
+        """
+        self._batch_write([{"PutRequest": {"Item": record.to_item()}} for record in records])
+
+    def create_runs_with_keys(self, pairs: Sequence[tuple[RunRecord, IdempotencyRecord]], *, now_epoch: int) -> None:
+        """Record runs with their Idempotency-Keys, each run with its key, in transactions of up to 50 pairs.
+
+        The key's condition is ``create_run``'s. If a key is live (a concurrent request took it since it was
+        read), that transaction writes nothing and ``IdempotencyKeysTaken`` names the positions of such keys;
+        the transactions before it stay written (the caller takes them back).
+        """
+        per_transaction = TRANSACTION_SIZE // 2
+        for start in range(0, len(pairs), per_transaction):
+            chunk = pairs[start : start + per_transaction]
+            items: list[dict[str, Any]] = []
+            for record, key in chunk:
+                items.append(
+                    {
+                        "Put": {
+                            "TableName": self._table.name,
+                            "Item": record.to_item(),
+                            "ConditionExpression": self.item_is_new,
+                        }
+                    }
                 )
+                items.append(self._new_key_put(key, now_epoch))
+            try:
+                self._client.transact_write_items(TransactItems=items)
             except ClientError as exc:
-                if not _is_conditional_failure(exc):
+                if _error_code(exc) != "TransactionCanceledException":
                     raise
+                failed = _cancelled_by_condition(exc)
+                taken = [start + index // 2 for index, hit in enumerate(failed) if hit and index % 2 == 1]
+                if taken:
+                    raise IdempotencyKeysTaken(taken) from exc
+                raise
+
+    def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        """The runs that exist among ``run_ids``, strongly consistent, 100 per call."""
+        items = self._batch_get([run_key(run_id) for run_id in run_ids])
+        return {record.run_id: record for record in (RunRecord.from_item(item) for item in items)}
+
+    def get_idempotency_many(self, owner: str, keys: Sequence[str]) -> dict[str, IdempotencyRecord]:
+        """The stored Idempotency-Keys among ``keys`` of one API key (expired ones included), 100 per call."""
+        items = self._batch_get([idempotency_key(owner, key) for key in keys])
+        return {record.key: record for record in (IdempotencyRecord.from_item(item) for item in items)}
+
+    def mark_dispatched_many(self, records: Sequence[IdempotencyRecord]) -> None:
+        """``mark_dispatched`` for many keys, 25 per call: each key item written again with ``dispatched``.
+
+        Unconditional, unlike ``mark_dispatched``: these keys were written by this request moments ago and stay
+        live for 24 h, so no other request can have taken them over.
+        """
+        self._batch_write(
+            [{"PutRequest": {"Item": record.model_copy(update={"dispatched": True}).to_item()}} for record in records]
+        )
+
+    def discard_runs(self, records: Sequence[RunRecord], keys: Sequence[IdempotencyRecord] = ()) -> None:
+        """``discard_run`` for runs a batch recorded but did not dispatch (they have no checkpoint copy)."""
+        self._batch_write([{"DeleteRequest": {"Key": run_key(record.run_id)}} for record in records])
+        for key in keys:
+            self._delete_own_key(key)
+
+    def _new_key_put(self, idempotency: IdempotencyRecord, now_epoch: int) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._table.name,
+                "Item": idempotency.to_item(),
+                # An expired item (TTL deletion lags) may be taken over; a live one may not.
+                "ConditionExpression": f"{self.item_is_new} OR #expires <= :now",
+                "ExpressionAttributeNames": {"#expires": TTL_ATTRIBUTE},
+                "ExpressionAttributeValues": {":now": now_epoch},
+            }
+        }
+
+    def _delete_own_key(self, idempotency: IdempotencyRecord) -> None:
+        try:
+            # Only our own key item: if it already names another run, it is not ours to delete.
+            self._table.delete_item(
+                Key=idempotency_key(idempotency.owner, idempotency.key),
+                ConditionExpression="run_id = :run_id",
+                ExpressionAttributeValues={":run_id": idempotency.run_id},
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+
+    def _batch_write(self, requests: list[dict[str, Any]]) -> None:
+        for start in range(0, len(requests), BATCH_WRITE_SIZE):
+            pending = requests[start : start + BATCH_WRITE_SIZE]
+            for attempt in range(BATCH_WRITE_ATTEMPTS):
+                if attempt:
+                    time.sleep(BATCH_RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+                response = self._client.batch_write_item(RequestItems={self._table.name: pending})
+                pending = response.get("UnprocessedItems", {}).get(self._table.name, [])
+                if not pending:
+                    break
+            if pending:
+                raise Unwritten(f"{len(pending)} items left unprocessed after {BATCH_WRITE_ATTEMPTS} attempts")
+
+    def _batch_get(self, keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), BATCH_GET_SIZE):
+            pending = keys[start : start + BATCH_GET_SIZE]
+            while pending:
+                response = self._client.batch_get_item(
+                    RequestItems={self._table.name: {"Keys": pending, "ConsistentRead": True}}
+                )
+                found.extend(response.get("Responses", {}).get(self._table.name, []))
+                pending = response.get("UnprocessedKeys", {}).get(self._table.name, {}).get("Keys", [])
+        return found
 
     def delete_run(self, run_id: str) -> None:
         self._table.delete_item(Key=run_key(run_id))
@@ -342,6 +463,16 @@ class Store:
             if _error_code(exc) == "TransactionCanceledException" and any(_cancelled_by_condition(exc)[:1]):
                 raise AlreadyExists(f"{record.name} {record.version}") from exc
             raise
+
+    def get_package(self, name: str, version: str) -> PackageRecord | None:
+        """One version, with its jobs' schemas; ``version`` as registered (PEP 440 normal form)."""
+        item = self._table.get_item(Key=package_key(name, version), ConsistentRead=True).get("Item")
+        return PackageRecord.from_item(item) if item else None
+
+    def get_package_index(self, name: str) -> PackageIndexRecord | None:
+        """A package's index entry: its versions, without reading any version item (nor its schemas)."""
+        item = self._table.get_item(Key=package_index_key(name), ConsistentRead=True).get("Item")
+        return PackageIndexRecord.from_item(item) if item else None
 
     def package_versions(self, name: str) -> list[PackageRecord]:
         query: dict[str, Any] = {"KeyConditionExpression": Key(PARTITION_KEY).eq(package_partition(name))}

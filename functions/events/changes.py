@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from functions.events.bus import MAX_ENTRIES_PER_CALL, BusEntry, BusUnavailable, EventBus
 from functions.events.metrics import SERVICE
-from runly.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, RunStateChanged
+from runly.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, RunState, RunStateChanged
 from runly.records import run_key
 from runly.resources import PARTITION_KEY, SORT_KEY
 
@@ -33,6 +34,24 @@ PUT_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.2
 
 _RUN_KEY = run_key("")  # {"pk": "RUN#", "sk": "RUN"}
+
+
+def stream_filter(states: Iterable[RunState]) -> dict[str, Any]:
+    """The stream event source mapping's filter pattern (Lambda event filtering) that lets through only the
+    records of run items entering one of ``states``: a subset of what ``state_change`` accepts (run items,
+    INSERT or MODIFY), so the publisher sees fewer records and decides the same way on those it sees. A write
+    that keeps a run in such a state (e.g. a late update of a finished run) passes the filter and is dropped by
+    ``state_change``, as without the filter."""
+    return {
+        "eventName": [DynamoDBRecordEventName.INSERT.name, DynamoDBRecordEventName.MODIFY.name],
+        "dynamodb": {
+            "Keys": {
+                PARTITION_KEY: {"S": [{"prefix": _RUN_KEY[PARTITION_KEY]}]},
+                SORT_KEY: {"S": [_RUN_KEY[SORT_KEY]]},
+            },
+            "NewImage": {"state": {"S": sorted(state.value for state in states)}},
+        },
+    }
 
 
 def sequence_number(record: DynamoDBRecord) -> str:

@@ -100,34 +100,56 @@ def allowed_by(pin: PinRecord, version: Version, *, explicit: bool) -> bool:
     return specifier.contains(version, prereleases=True if explicit else bool(specifier.prereleases))
 
 
-def resolve_version(name: str, version: str | None, *, store: Store, pin: PinRecord | None = None) -> PackageRecord:
-    """The version a run gets: the one named (if the environment's pin allows it), else the newest allowed."""
-    records = store.package_versions(name)
-    if not records:
+def _named_version(name: str, wanted: Version, *, store: Store) -> PackageRecord:
+    # Versions are stored as registered, in normal form (runly.contracts.PackageVersion), as requests are; the
+    # index is read only when that misses (no such version, or one spelt otherwise: 1.0 is 1.0.0).
+    record = store.get_package(name, str(wanted))
+    if record is not None:
+        return record
+    index = store.get_package_index(name)
+    if index is None:
         raise NotFound(f"no package named {name!r} in the feed", field="package")
-    by_version = {Version(record.version): record for record in records}
+    spelt = next((v for v in index.versions if Version(v) == wanted and v != str(wanted)), None)
+    record = store.get_package(name, spelt) if spelt is not None else None
+    if record is None:
+        raise NotFound(f"package {name!r} has no version {wanted}", field="version")
+    return record
+
+
+def resolve_version(name: str, version: str | None, *, store: Store, pin: PinRecord | None = None) -> PackageRecord:
+    """The version a run gets: the one named (if the environment's pin allows it), else the newest allowed.
+
+    Reads one version item, never every version's (whose job schemas make them the feed's large items): the one
+    named, or the one chosen from the package's index entry (its versions, nothing else). Registration writes both
+    in one transaction, so a version the index names exists.
+    """
     if version is not None:
-        wanted = Version(version)
-        if wanted not in by_version:
-            raise NotFound(f"package {name!r} has no version {version}", field="version")
-        if pin is not None and not allowed_by(pin, wanted, explicit=True):
+        record = _named_version(name, Version(version), store=store)
+        if pin is not None and not allowed_by(pin, Version(record.version), explicit=True):
             raise Conflict(
                 f"version {version} of {name!r} is outside the pin {pin.specifier!r} of environment "
                 f"{pin.environment!r}; omit the version or change the pin",
                 field="version",
             )
-        return by_version[wanted]
-    candidates = [v for v in by_version if pin is None or allowed_by(pin, v, explicit=False)]
+        return record
+    index = store.get_package_index(name)
+    if index is None or not index.versions:
+        raise NotFound(f"no package named {name!r} in the feed", field="package")
+    registered = {Version(v): v for v in index.versions}
+    candidates = [v for v in registered if pin is None or allowed_by(pin, v, explicit=False)]
     chosen = newest(candidates)
     if chosen is None:
         assert pin is not None  # without a pin every registered version is a candidate
-        registered = ", ".join(str(v) for v in sorted(by_version))
+        listed = ", ".join(str(v) for v in sorted(registered))
         raise Conflict(
             f"no version of {name!r} satisfies the pin {pin.specifier!r} of environment {pin.environment!r} "
-            f"(registered: {registered})",
+            f"(registered: {listed})",
             field="version",
         )
-    return by_version[chosen]
+    newest_allowed = store.get_package(name, registered[chosen])
+    if newest_allowed is None:  # only if the index and the version items disagree, which registration rules out
+        raise NotFound(f"package {name!r} has no version {chosen}", field="version")
+    return newest_allowed
 
 
 # ---------------------------------------------------------------- the feed, read

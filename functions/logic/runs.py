@@ -145,14 +145,14 @@ def view(record: RunRecord, *, nodes_of: NodesOf, checkpoint: Checkpoint | None 
 # ---------------------------------------------------------------- enqueue
 
 
-def resolve_job(request: EnqueueRunRequest, *, store: Store, queue: RunQueue) -> tuple[PackageRecord, JobSpec]:
+def resolve_job(
+    request: EnqueueRunRequest, *, store: Store, queue: RunQueue, package: PackageRecord | None = None
+) -> tuple[PackageRecord, JobSpec]:
     """What a run of ``request`` would run, checked as enqueue checks it before anything is recorded: the
     environment exists, the version resolves (the environment's pin), the package has the job, and the config
-    matches the job's JSON schema. Schedules check their template with it too."""
-    if not queue.has_environment(request.environment):
-        raise NotFound(f"unknown environment {request.environment!r}", field="environment")
-    pin = store.get_pin(request.environment, request.package)
-    package = resolve_version(request.package, request.version, store=store, pin=pin)
+    matches the job's JSON schema. Schedules check their template with it too. ``package``: already resolved."""
+    if package is None:
+        package = resolve_package(request, store=store, queue=queue)
     job = next((j for j in package.jobs if j.name == request.job), None)
     if job is None:
         names = ", ".join(sorted(j.name for j in package.jobs))
@@ -163,34 +163,18 @@ def resolve_job(request: EnqueueRunRequest, *, store: Store, queue: RunQueue) ->
     return package, job
 
 
-def enqueue(
-    request: EnqueueRunRequest,
-    *,
-    store: Store,
-    queue: RunQueue,
-    nodes: NodeStore,
-    owner: str,
-    idempotency_key: str | None = None,
-    schedule_id: str | None = None,
-) -> tuple[RunView, bool]:
-    """Record a run and dispatch it; returns the run and whether this call created it.
+def resolve_package(request: EnqueueRunRequest, *, store: Store, queue: RunQueue) -> PackageRecord:
+    """The package version a run of ``request`` gets: its environment's pin read, then one version item."""
+    if not queue.has_environment(request.environment):
+        raise NotFound(f"unknown environment {request.environment!r}", field="environment")
+    pin = store.get_pin(request.environment, request.package)
+    return resolve_version(request.package, request.version, store=store, pin=pin)
 
-    With an Idempotency-Key, the first request creates the run and every later one with the same
-    key and body (from the same API key, for 24 h) gets that run back; another body is a 409.
-    ``schedule_id`` marks a run a schedule enqueued (its owner is then the schedule, its key the fire's time).
-    """
-    if idempotency_key is not None:
-        check_idempotency_key(idempotency_key)
-    check_config_size(request.config)
-    fingerprint = request_fingerprint(request)
-    now = utcnow()
-    if idempotency_key is not None:
-        existing = _live_key(store, owner, idempotency_key, now)
-        if existing is not None:
-            return _replay(existing, fingerprint, store=store, queue=queue, nodes=nodes), False
 
-    package, job = resolve_job(request, store=store, queue=queue)
-    record = RunRecord(
+def new_run(
+    request: EnqueueRunRequest, package: PackageRecord, job: JobSpec, *, now: datetime, schedule_id: str | None = None
+) -> RunRecord:
+    return RunRecord(
         run_id=new_run_id(),
         state=RunState.QUEUED,
         package=package.name,
@@ -206,16 +190,52 @@ def enqueue(
         created_at=iso(now),
         schedule_id=schedule_id,
     )
+
+
+def new_key(owner: str, key: str, fingerprint: str, run_id: str, *, now: datetime) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        owner=owner,
+        key=key,
+        fingerprint=fingerprint,
+        run_id=run_id,
+        created_at=iso(now),
+        expires_at=int(now.timestamp()) + IDEMPOTENCY_TTL_SECONDS,
+    )
+
+
+def enqueue(
+    request: EnqueueRunRequest,
+    *,
+    store: Store,
+    queue: RunQueue,
+    owner: str,
+    idempotency_key: str | None = None,
+    schedule_id: str | None = None,
+) -> tuple[RunView, bool]:
+    """Record a run and dispatch it; returns the run and whether this call created it.
+
+    With an Idempotency-Key, the first request creates the run and every later one with the same
+    key and body (from the same API key, for 24 h) gets that run back; another body is a 409.
+    ``schedule_id`` marks a run a schedule enqueued (its owner is then the schedule, its key the fire's time).
+
+    The answer has no ``queued_reason``: a run just enqueued is waiting for its message to be received, and
+    finding out whether a node could take it would cost a read of the environment's nodes on every enqueue.
+    """
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
+    check_config_size(request.config)
+    fingerprint = request_fingerprint(request)
+    now = utcnow()
+    if idempotency_key is not None:
+        existing = _live_key(store, owner, idempotency_key, now)
+        if existing is not None:
+            return replay(existing, fingerprint, store=store, queue=queue), False
+
+    package, job = resolve_job(request, store=store, queue=queue)
+    record = new_run(request, package, job, now=now, schedule_id=schedule_id)
     key_record = None
     if idempotency_key is not None:
-        key_record = IdempotencyRecord(
-            owner=owner,
-            key=idempotency_key,
-            fingerprint=fingerprint,
-            run_id=record.run_id,
-            created_at=iso(now),
-            expires_at=int(now.timestamp()) + IDEMPOTENCY_TTL_SECONDS,
-        )
+        key_record = new_key(owner, idempotency_key, fingerprint, record.run_id, now=now)
     # The run is recorded before it is dispatched: a message never names a run that does not exist.
     # The key goes in the same transaction, so of two concurrent requests with one key exactly one records a run.
     try:
@@ -225,27 +245,40 @@ def enqueue(
         existing = _live_key(store, owner, idempotency_key, utcnow())
         if existing is None:
             raise Unavailable(f"{IDEMPOTENCY_HEADER} {idempotency_key!r} is being released; retry") from None
-        return _replay(existing, fingerprint, store=store, queue=queue, nodes=nodes), False
+        return replay(existing, fingerprint, store=store, queue=queue), False
     _dispatch(record, store=store, queue=queue, key_record=key_record)
-    return view(record, nodes_of=nodes_lookup(nodes)), True
+    return record.view(), True
 
 
 def _live_key(store: Store, owner: str, key: str, now: datetime) -> IdempotencyRecord | None:
     record = store.get_idempotency(owner, key)
+    return record if is_live(record, now) else None
+
+
+def is_live(record: IdempotencyRecord | None, now: datetime) -> bool:
     # DynamoDB's TTL deletes expired items up to days late: past expires_at the key is free again.
-    return record if record is not None and record.expires_at > now.timestamp() else None
+    return record is not None and record.expires_at > now.timestamp()
 
 
-def _replay(
-    existing: IdempotencyRecord, fingerprint: str, *, store: Store, queue: RunQueue, nodes: NodeStore
+def replay(
+    existing: IdempotencyRecord,
+    fingerprint: str,
+    *,
+    store: Store,
+    queue: RunQueue,
+    record: RunRecord | None = None,
+    key_field: str = IDEMPOTENCY_HEADER,
 ) -> RunView:
+    """The run an earlier request with this key created (409 for another body, named ``key_field``), dispatched if
+    the request that recorded it died before sending its message; ``record``: that run, if already read."""
     if existing.fingerprint != fingerprint:
         raise Conflict(
             f"{IDEMPOTENCY_HEADER} {existing.key!r} was used for another request (run {existing.run_id}); "
             "use a new key for a new run",
-            field=IDEMPOTENCY_HEADER,
+            field=key_field,
         )
-    record = store.get_run(existing.run_id)
+    if record is None:
+        record = store.get_run(existing.run_id)
     if record is None:
         # The first request is taking its run back (its dispatch failed): this one may simply retry.
         raise Unavailable(f"the run of {IDEMPOTENCY_HEADER} {existing.key!r} was not enqueued; retry")
@@ -259,7 +292,7 @@ def _replay(
             except Exception as exc:
                 raise Unavailable("the run queue did not accept the run's message; retry with the same key") from exc
         store.mark_dispatched(existing)
-    return view(record, nodes_of=nodes_lookup(nodes))
+    return record.view()
 
 
 def _dispatch(record: RunRecord, *, store: Store, queue: RunQueue, key_record: IdempotencyRecord | None = None) -> None:

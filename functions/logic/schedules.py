@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.schedules import ScheduleChanged, ScheduleExists, Scheduler, SchedulerRefused, ScheduleStore
 from functions.dal.store import Store
@@ -279,7 +278,6 @@ def fire(
     *,
     store: Store,
     queue: RunQueue,
-    nodes: NodeStore,
     schedules: ScheduleStore,
     now: datetime | None = None,
 ) -> FireOutcome:
@@ -300,7 +298,6 @@ def fire(
             run_request(record),
             store=store,
             queue=queue,
-            nodes=nodes,
             owner=fire_owner(record.schedule_id),
             idempotency_key=key,
             schedule_id=record.schedule_id,

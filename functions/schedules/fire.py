@@ -13,7 +13,6 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.schedules import ScheduleStore
 from functions.dal.store import Store
@@ -26,12 +25,11 @@ metrics = Metrics(namespace="runly", service="runly-schedules")
 
 
 @lru_cache(maxsize=1)
-def _services() -> tuple[Store, RunQueue, NodeStore, ScheduleStore]:
+def _services() -> tuple[Store, RunQueue, ScheduleStore]:
     settings = get_fire_settings()
     return (
         Store(settings.table_name),
         RunQueue(settings.queue_urls),
-        NodeStore(settings.table_name),
         ScheduleStore(settings.table_name),
     )
 
@@ -40,8 +38,8 @@ def _services() -> tuple[Store, RunQueue, NodeStore, ScheduleStore]:
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     fire = ScheduleFire.model_validate(event)
-    store, queue, nodes, schedule_store = _services()
-    outcome = schedules.fire(fire, store=store, queue=queue, nodes=nodes, schedules=schedule_store)
+    store, queue, schedule_store = _services()
+    outcome = schedules.fire(fire, store=store, queue=queue, schedules=schedule_store)
     metrics.add_metric(name=f"ScheduleFires{outcome.status.capitalize()}", unit=MetricUnit.Count, value=1)
     details = {"schedule_id": fire.schedule_id, "scheduled_time": schedules.fire_key(fire.scheduled_time)}
     if outcome.status == "failed":

@@ -22,6 +22,7 @@ FAST_AGENT = {
     "RUNLY_POLL_WAIT_SECONDS": "1",
     "RUNLY_RETRY_BASE_SECONDS": "1",
     "RUNLY_KILL_GRACE_SECONDS": "2",
+    "RUNLY_IDLE_REFRESH_SECONDS": "2",  # an idle node sees a drain and shows offline within seconds, too
 }
 
 

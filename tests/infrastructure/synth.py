@@ -22,8 +22,8 @@ def synth_context() -> dict[str, Any]:
     }
 
 
-# The second (and last) stage the suite synthesizes: everything optional switched on. Staging's nodes never
-# shrink to zero and run on Graviton, so both scaling shapes and both architectures are in one template.
+# The second stage the suite synthesizes: everything optional switched on (every run state published). Staging's
+# nodes never shrink to zero and run on Graviton, so both scaling shapes and both architectures are in one template.
 FLEET_STAGE = "fleet"
 AGENT_WHEEL = "runly-0.1.0-py3-none-any.whl"
 ALARM_EMAIL = "ops@example.com"
@@ -37,6 +37,7 @@ def fleet_synth_context() -> dict[str, Any]:
             FLEET_STAGE: {
                 "environments": list(TEST_ENVIRONMENTS),
                 "alarms": {"topic": True, "emails": [ALARM_EMAIL]},
+                "run_events": "all",
                 "fleet": {
                     "agent_wheel": AGENT_WHEEL,
                     "environments": {
@@ -46,5 +47,18 @@ def fleet_synth_context() -> dict[str, Any]:
                 },
             }
         },
+        "bundle": False,
+    }
+
+
+# The third (and last): run events off, the default stage otherwise (test_run_events.py only).
+NO_EVENTS_STAGE = "quiet"
+
+
+def no_events_synth_context() -> dict[str, Any]:
+    return {
+        **cdk_json_context(),
+        "stage": NO_EVENTS_STAGE,
+        "stages": {NO_EVENTS_STAGE: {"environments": list(TEST_ENVIRONMENTS), "run_events": "off"}},
         "bundle": False,
     }

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from functions.events.metrics import NAMESPACE, RUN_STATE_METRICS, SERVICE
-from infrastructure.observability import REAPER_METRICS
+from infrastructure.observability import API_ENQUEUED_METRIC, API_SERVICE, REAPER_METRICS
 from infrastructure.settings import StageSettings
 from runly import resources
+from runly.contracts import TERMINAL_STATES
 from tests.infrastructure.cfn import render, resources_of_type
 from tests.infrastructure.iam import logical_id
 from tests.infrastructure.synth import ALARM_EMAIL, TEST_ENVIRONMENTS
@@ -156,7 +157,7 @@ def test_dashboard_shows_queues_runs_reaper_api_and_functions(
     titles = {w["properties"].get("title") for w in widgets}
     assert {
         "Alarms",
-        "Runs started",
+        "Runs enqueued",  # the default stage publishes terminal states only: "started" is the API's count
         "Runs finished",
         "Reaper actions",
         "Runs waiting per environment",
@@ -166,8 +167,9 @@ def test_dashboard_shows_queues_runs_reaper_api_and_functions(
     } <= titles
     metrics = [m for w in widgets for m in w["properties"].get("metrics", [])]
     flat = json.dumps(metrics)
-    for name in RUN_STATE_METRICS.values():
-        assert json.dumps([NAMESPACE, name, "service", SERVICE])[1:-1] in flat, name
+    for state in TERMINAL_STATES:
+        assert json.dumps([NAMESPACE, RUN_STATE_METRICS[state], "service", SERVICE])[1:-1] in flat, state
+    assert json.dumps([NAMESPACE, API_ENQUEUED_METRIC, "service", API_SERVICE])[1:-1] in flat
     for name in REAPER_METRICS:
         assert json.dumps([NAMESPACE, name, "service", "runly-reaper"])[1:-1] in flat, name
     assert "DashboardUrl" in template_json["Outputs"]
@@ -180,3 +182,19 @@ def test_reaper_metrics_on_the_dashboard_are_the_ones_the_reaper_emits() -> None
     from functions.logic.maintenance import ReapReport
 
     assert set(REAPER_METRICS) == {f"Reaper{field.name.capitalize()}" for field in fields(ReapReport)}
+
+
+def test_with_every_run_state_published_the_dashboard_graphs_every_state(fleet_template_json: dict[str, Any]) -> None:
+    [dashboard] = resources_of_type(fleet_template_json, "AWS::CloudWatch::Dashboard").values()
+    widgets = json.loads(render(dashboard["Properties"]["DashboardBody"]))["widgets"]
+    assert "Runs started" in {w["properties"].get("title") for w in widgets}
+    flat = json.dumps([m for w in widgets for m in w["properties"].get("metrics", [])])
+    for name in RUN_STATE_METRICS.values():
+        assert json.dumps([NAMESPACE, name, "service", SERVICE])[1:-1] in flat, name
+
+
+def test_the_enqueue_count_on_the_dashboard_is_the_one_the_api_emits() -> None:
+    from functions.api.observability import METRICS_NAMESPACE
+    from functions.api.observability import SERVICE as API_FUNCTION_SERVICE
+
+    assert (METRICS_NAMESPACE, API_FUNCTION_SERVICE) == (NAMESPACE, API_SERVICE)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import aws_cdk as cdk
 import pytest
+from aws_cdk.assertions import Template
 
+from functions.events.changes import stream_filter
 from infrastructure.run_events import PUBLISHER_HANDLER, STREAM_RETRY_ATTEMPTS, failures_queue_name
 from infrastructure.settings import StageSettings
+from infrastructure.stack import RunlyStack
+from runly.contracts import TERMINAL_STATES
 from tests.infrastructure.cfn import resources_of_type
 from tests.infrastructure.iam import (
     assert_no_wildcard_action,
@@ -17,6 +23,7 @@ from tests.infrastructure.iam import (
     role_of,
     role_statements,
 )
+from tests.infrastructure.synth import NO_EVENTS_STAGE, no_events_synth_context
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +45,54 @@ def test_the_table_streams_new_and_old_images(template_json: dict[str, Any]) -> 
 def test_the_bus_is_named_runly_stage(bus_id: str, stage_settings: StageSettings) -> None:
     # Named in runly.resources, so rules written against it (docs/events.md) name it the same way.
     assert stage_settings.resource_names(account="a", region="r").event_bus == f"runly-{stage_settings.stage}"
+
+
+def _publisher_mapping(template_json: dict[str, Any]) -> dict[str, Any]:
+    function_id, _ = function_with_handler(template_json, PUBLISHER_HANDLER)
+    [mapping] = [
+        m["Properties"]
+        for m in resources_of_type(template_json, "AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"] == {"Ref": function_id}
+    ]
+    return mapping
+
+
+def test_by_default_only_runs_entering_a_terminal_state_reach_the_publisher(template_json: dict[str, Any]) -> None:
+    # The default stage's run_events is "terminal": one event per run, the stream filtered before the publisher
+    [criteria] = _publisher_mapping(template_json)["FilterCriteria"]["Filters"]
+    pattern = json.loads(criteria["Pattern"])
+    assert pattern == stream_filter(TERMINAL_STATES)
+    assert sorted(pattern["dynamodb"]["NewImage"]["state"]["S"]) == ["Cancelled", "Failed", "Succeeded", "TimedOut"]
+    assert pattern["dynamodb"]["Keys"] == {"pk": {"S": [{"prefix": "RUN#"}]}, "sk": {"S": ["RUN"]}}
+
+
+def test_with_run_events_all_every_record_reaches_the_publisher(fleet_template_json: dict[str, Any]) -> None:
+    assert "FilterCriteria" not in _publisher_mapping(fleet_template_json)
+
+
+@pytest.fixture(scope="module")
+def no_events_template_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    app = cdk.App(context=no_events_synth_context(), outdir=str(tmp_path_factory.mktemp("cdk.out.quiet")))
+    settings = StageSettings.from_context(no_events_synth_context())
+    return dict(Template.from_stack(RunlyStack(app, f"runly-{NO_EVENTS_STAGE}", settings=settings)).to_json())
+
+
+def test_with_run_events_off_there_is_no_bus_publisher_mapping_or_alarm(
+    no_events_template_json: dict[str, Any],
+) -> None:
+    template = no_events_template_json
+    assert resources_of_type(template, "AWS::Events::EventBus") == {}
+    table_id = logical_id(template, "AWS::DynamoDB::Table")
+    sources = [
+        m["Properties"]["EventSourceArn"]
+        for m in resources_of_type(template, "AWS::Lambda::EventSourceMapping").values()
+    ]
+    assert {"Fn::GetAtt": [table_id, "StreamArn"]} not in sources
+    handlers = [f["Properties"].get("Handler") for f in resources_of_type(template, "AWS::Lambda::Function").values()]
+    assert PUBLISHER_HANDLER not in handlers and handlers
+    alarms = [a["Properties"]["AlarmName"] for a in resources_of_type(template, "AWS::CloudWatch::Alarm").values()]
+    assert not any("run-events" in name for name in alarms) and alarms
+    assert "EventBusName" not in template["Outputs"]
 
 
 def test_the_publisher_reads_the_stream_reporting_failures_and_parking_what_never_publishes(

@@ -96,3 +96,19 @@ def test_alarm_emails_are_checked_and_imply_the_topic() -> None:
     assert StageSettings.from_context(_stage(alarms={"emails": ["ops@example.com"]})).alarms.notify is True
     with pytest.raises(ValidationError, match="not an email"):
         StageSettings.from_context(_stage(alarms={"emails": ["ops"]}))
+
+
+# --- run events -------------------------------------------------------------------------------------------------
+
+
+def test_run_events_default_to_terminal_and_take_all_or_off() -> None:
+    assert StageSettings.from_context({"stage": "dev", "stages": {"dev": {}}}).run_events == "terminal"
+    for mode in ("all", "terminal", "off"):
+        context = {"stage": "dev", "stages": {"dev": {"run_events": mode}}}
+        assert StageSettings.from_context(context).run_events == mode
+
+
+def test_an_unknown_run_events_setting_is_refused_naming_the_choices() -> None:
+    context = {"stage": "dev", "stages": {"dev": {"run_events": "finished"}}}
+    with pytest.raises(ValidationError, match=r"run_events[\s\S]*'all', 'terminal' or 'off'"):
+        StageSettings.from_context(context)

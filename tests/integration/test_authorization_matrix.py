@@ -18,6 +18,7 @@ from tests.support.api import call, module_function_env  # noqa: F401  (fixture)
 # (method, path as the app registers it) -> (the scope it needs, a well-formed body)
 MATRIX: dict[tuple[str, str], tuple[Scope, Any]] = {
     ("POST", "/runs"): (Scope.WRITE, {"package": "hello", "job": "hello"}),
+    ("POST", "/runs/batch"): (Scope.WRITE, {"runs": [{"package": "hello", "job": "hello"}]}),
     ("GET", "/runs"): (Scope.READ, None),
     ("GET", "/runs/<run_id>"): (Scope.READ, None),
     ("POST", "/runs/<run_id>/cancel"): (Scope.WRITE, None),

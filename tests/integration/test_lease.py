@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import boto3
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from node_agent.aws import AgentAws, ClaimRefused, LeaseLost
 from runly import resources
 from runly.contracts import Checkpoint, FailureReason, RunState
-from runly.records import run_key, utcnow
+from runly.records import checkpoint_key, run_key, utcnow
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 30
@@ -136,3 +139,113 @@ def test_checkpoints_are_written_only_by_the_lease_holder(agent_aws: AgentAws, n
     assert resumed is not None and resumed.watermark == 10
     agent_aws.write_checkpoint(second, "node-b", Checkpoint(watermark=15, attempt=2, written_at=utcnow()))
     assert (agent_aws.get_checkpoint("run_1") or resumed).watermark == 15
+
+
+@contextmanager
+def dynamodb_calls(agent_aws: AgentAws) -> Iterator[list[str]]:
+    """The DynamoDB operations the adapter sends while the block runs, in order."""
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    events = agent_aws._dynamodb.meta.events
+    events.register("before-call.dynamodb", record)
+    try:
+        yield calls
+    finally:
+        events.unregister("before-call.dynamodb", record)
+
+
+def test_a_first_claim_is_one_conditional_write_and_reads_no_checkpoint(
+    agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    _queued_run(names)
+    with dynamodb_calls(agent_aws) as calls:
+        record = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+        checkpoint = agent_aws.checkpoint_for(record)
+    assert calls == ["UpdateItem"]
+    assert record.attempt == 1 and record.lease_owner == "node-a" and checkpoint is None
+
+
+def test_a_retry_is_claimed_from_the_failed_write_and_resumes_from_its_checkpoint(
+    agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given attempt 1 checkpointed, failed and went back to the queue
+    _queued_run(names)
+    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    agent_aws.write_checkpoint(first, "node-a", Checkpoint(watermark=7, attempt=1, written_at=utcnow()))
+    agent_aws.end_attempt(
+        first, "node-a", state=RunState.QUEUED, reason=FailureReason.USER_ERROR, error={"message": "x"}
+    )
+
+    # When another node claims it: the first write fails and returns the run as it is, so no read precedes the
+    # second write
+    with dynamodb_calls(agent_aws) as calls:
+        second = agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+        checkpoint = agent_aws.checkpoint_for(second)
+
+    # Then it is attempt 2, and it gets attempt 1's checkpoint
+    assert calls == ["UpdateItem", "UpdateItem", "GetItem"]
+    assert second.attempt == 2 and [a.number for a in second.attempts] == [1, 2]
+    assert checkpoint is not None and checkpoint.watermark == 7
+
+
+def test_a_resumed_requeue_gets_the_copied_checkpoint_on_its_first_attempt(
+    agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given a run requeued with --resume: the API put the original's checkpoint on it before dispatching it
+    table = boto3.resource("dynamodb").Table(names.table)
+    requeued = _queued_run(names, "run_2").model_copy(update={"requeued_from": "run_1"})
+    table.put_item(Item=requeued.to_item())
+    copied = Checkpoint(watermark=40, last_item_id="39", attempt=2, written_at=utcnow())
+    table.put_item(
+        Item={**checkpoint_key("run_2"), "checkpoint_json": copied.model_dump_json(), "copied_from": "run_1"}
+    )
+
+    record = agent_aws.claim("run_2", "node-a", LEASE, now_ms())
+
+    assert record.attempt == 1
+    assert agent_aws.checkpoint_for(record) == copied
+
+
+def test_a_cancel_whose_node_was_lost_ends_cancelled_when_its_message_comes_back(
+    agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given a run asked to cancel while its node was already gone
+    _queued_run(names)
+    agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    boto3.resource("dynamodb").Table(names.table).update_item(
+        Key=run_key("run_1"),
+        UpdateExpression="SET #s = :c",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":c": RunState.CANCELLING.value},
+    )
+
+    # When another node receives its message after the lease ran out, it runs nothing and closes the run
+    with pytest.raises(ClaimRefused) as refused:
+        agent_aws.claim("run_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
+    assert refused.value.terminal
+    final = agent_aws.get_run("run_1")
+    assert final is not None and final.state is RunState.CANCELLED and final.lease_owner is None
+    assert [(a.number, a.reason) for a in final.attempts] == [(1, FailureReason.NODE_LOST)]
+
+
+def test_the_feed_client_is_built_only_when_first_used(aws: dict[str, str], names: resources.ResourceNames) -> None:
+    built: list[str] = []
+
+    class CountingSession(boto3.session.Session):
+        def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            built.append(service_name)
+            return super().client(service_name, *args, **kwargs)
+
+    # An idle node downloads nothing and ships no log: it holds no S3 client (the largest one)
+    agent_aws = AgentAws(
+        queue_url=aws["default"], table_name=names.table, bucket=names.feed_bucket, session=CountingSession()
+    )
+    assert "s3" not in built
+    agent_aws.put_log_chunk("logs/run_1/0001/00000000.log", b"hello\n")
+    agent_aws.put_log_chunk("logs/run_1/0001/00000001.log", b"again\n")
+    assert built.count("s3") == 1
+    body = boto3.client("s3").get_object(Bucket=names.feed_bucket, Key="logs/run_1/0001/00000001.log")["Body"]
+    assert body.read() == b"again\n"

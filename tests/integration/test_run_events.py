@@ -12,13 +12,14 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBStreamEvent
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord, DynamoDBStreamEvent
+from moto.events.models import EventPattern
 
 from functions.events import publisher
 from functions.events.bus import BusEntry, BusUnavailable, EventBus
-from functions.events.changes import publish_changes
+from functions.events.changes import publish_changes, state_change, stream_filter
 from runly import resources
-from runly.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, RunState, RunStateChanged
+from runly.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, TERMINAL_STATES, RunState, RunStateChanged
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 
@@ -203,3 +204,35 @@ def test_a_failed_call_is_retried_and_counts_for_every_entry_in_it() -> None:
     bus = ScriptedBus([BusUnavailable("down")] * 3)
     report = publish_changes(_state_changes(2).records, bus, sleep=lambda _: None)
     assert report.unpublished == {f"{0:021d}", f"{1:021d}"} and report.published == []
+
+
+@pytest.mark.parametrize(
+    "states",
+    [TERMINAL_STATES, frozenset(RunState)],
+    ids=["terminal", "every state"],
+)
+def test_the_stream_filter_lets_through_exactly_the_changes_the_publisher_publishes_in_those_states(
+    states: frozenset[RunState],
+) -> None:
+    # Given the lifecycle's records (run writes that change state or not, a node, a checkpoint, a removal) and
+    # each with its run's state rewritten to every state, as Lambda's event filtering sees them
+    records = []
+    for record in _fixture("run_lifecycle.json")["Records"]:
+        for state in RunState:
+            rewritten = copy.deepcopy(record)
+            if "state" in rewritten["dynamodb"].get("NewImage", {}):
+                rewritten["dynamodb"]["NewImage"]["state"] = {"S": state.value}
+            records.append(rewritten)
+    pattern = EventPattern.load(json.dumps(stream_filter(states)))
+
+    for record in records:
+        change = state_change(DynamoDBRecord(record))
+        published = change is not None and change.state in states
+        # Then a record that would be published passes the filter; one that passes but is not a change (its state
+        # unchanged) is the publisher's to drop, as without the filter
+        if published:
+            assert pattern.matches_event(record), record
+        if pattern.matches_event(record):
+            new_state = record["dynamodb"]["NewImage"]["state"]["S"]
+            assert RunState(new_state) in states and record["dynamodb"]["Keys"]["sk"] == {"S": "RUN"}
+    assert any(pattern.matches_event(record) for record in records)

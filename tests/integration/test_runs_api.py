@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from functions.api.app import lambda_handler
-from functions.api.dependencies import node_store, services
+from functions.api.dependencies import services
 from functions.dal.queue import RunQueue
 from functions.dal.store import Store
 from functions.logic import run_logs, run_search, runs
@@ -180,9 +180,7 @@ def test_concurrent_requests_with_one_key_make_one_run(api: Api, greeter: dict[s
     def send() -> None:
         start.wait()
         try:
-            run, created = runs.enqueue(
-                request, store=deps.store, queue=deps.queue, nodes=node_store(), owner="k", idempotency_key="same"
-            )
+            run, created = runs.enqueue(request, store=deps.store, queue=deps.queue, owner="k", idempotency_key="same")
             results.append((run.id, created))
         except Exception as exc:  # noqa: BLE001  # the assertion below reports it
             failures.append(exc)
@@ -207,9 +205,7 @@ def test_a_request_that_loses_the_race_for_its_key_answers_with_the_winners_run(
     # Given a first request that recorded its run under key "k"
     deps = services()
     request = EnqueueRunRequest.model_validate(GREET)
-    winner, _ = runs.enqueue(
-        request, store=deps.store, queue=deps.queue, nodes=node_store(), owner="o", idempotency_key="k"
-    )
+    winner, _ = runs.enqueue(request, store=deps.store, queue=deps.queue, owner="o", idempotency_key="k")
     # And a second one that looked the key up just before the first stored it (it saw nothing)
     real_lookup = Store.get_idempotency
     lookups = iter([None])
@@ -218,9 +214,7 @@ def test_a_request_that_loses_the_race_for_its_key_answers_with_the_winners_run(
     )
 
     # When the second one tries to record its own run
-    run, created = runs.enqueue(
-        request, store=deps.store, queue=deps.queue, nodes=node_store(), owner="o", idempotency_key="k"
-    )
+    run, created = runs.enqueue(request, store=deps.store, queue=deps.queue, owner="o", idempotency_key="k")
 
     # Then its conditional write fails, nothing of its own is kept, and it answers with the winner's run
     assert (run.id, created) == (winner.id, False)

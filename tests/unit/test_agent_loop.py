@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,12 +12,12 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from node_agent.agent import Agent, Clock
-from node_agent.aws import ClaimRefused, Delivery, LeaseLost
+from node_agent.agent import Agent, Clock, receive_visibility
+from node_agent.aws import ClaimRefused, Delivery, LeaseLost, lease_until
 from node_agent.settings import AgentSettings
 from node_agent.supervisor import retry_delay
 from runly.contracts import RunMessage, RunState
-from runly.records import RunRecord
+from runly.records import NodeRecord, RunRecord
 
 
 def _record(run_id: str) -> RunRecord:
@@ -43,9 +45,17 @@ class FakeAws:
     drain_requested: bool = False
     on_empty: threading.Event = field(default_factory=threading.Event)
     leases_until: list[int] = field(default_factory=list)
+    received_hidden_for: list[int] = field(default_factory=list)
+    claims: list[tuple[str, int, int]] = field(default_factory=list)  # run, lease seconds, from (ms)
+    nodes: list[NodeRecord] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)  # the order of claims and node writes
+    on_receive: Callable[[], None] | None = None  # what happens during the long poll
 
     def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
         self.asked.append(max_messages)
+        self.received_hidden_for.append(visibility_seconds)
+        if self.on_receive is not None and self.batches:
+            self.on_receive()
         if not self.batches:
             self.on_empty.set()
             return []
@@ -55,11 +65,13 @@ class FakeAws:
         return batch
 
     def claim(self, run_id: str, node_id: str, lease_seconds: int, now_ms: int) -> RunRecord:
+        self.claims.append((run_id, lease_seconds, now_ms))
+        self.calls.append(f"claim {run_id}")
         if run_id in self.refusals:
             raise self.refusals[run_id]
         return _record(run_id)
 
-    def get_checkpoint(self, run_id: str) -> None:
+    def checkpoint_for(self, record: RunRecord) -> None:
         return None
 
     def set_visibility(self, delivery: Delivery, seconds: int) -> None:
@@ -74,7 +86,9 @@ class FakeAws:
             raise self.lease_state
         return self.lease_state
 
-    def put_node(self, node: Any) -> bool:
+    def put_node(self, node: NodeRecord) -> bool:
+        self.nodes.append(node)
+        self.calls.append("put_node")
         return self.drain_requested
 
     def delete_node(self, node_id: str) -> None:
@@ -301,3 +315,175 @@ def test_the_heartbeat_asks_for_a_lease_ending_just_before_the_message_reappears
     agent.request_stop()
     started[0].release.set()
     thread.join(5)
+
+
+def test_an_idle_node_writes_its_record_rarely_and_stays_online_between_writes(settings: AgentSettings) -> None:
+    # Given a node that runs nothing for half an hour, beating every 5 s (a node write every 10 min when idle)
+    clock = FakeClock()
+    aws = FakeAws()
+    agent, _ = _agent(settings.model_copy(update={"idle_refresh_seconds": 600}), aws, clock)
+    thread = _run_until_idle(agent, aws)
+    start = clock.now
+
+    online_throughout = True
+    for _ in range(360):
+        clock.advance(settings.heartbeat_seconds)
+        agent.heartbeat()
+        online_throughout &= aws.nodes[-1].expires_at > clock.now
+
+    # Then it wrote its record when it joined, when its state changed (starting -> idle), then every 10 min
+    assert [node.state for node in aws.nodes[:2]] == ["starting", "idle"]
+    written_at = [round(_epoch(node.last_seen) - start) for node in aws.nodes]
+    assert written_at == [0, 5, 605, 1205]
+    # And the API saw it online all along, though the record went unwritten for ten minutes at a time
+    assert online_throughout
+    agent.request_stop()
+    thread.join(5)
+
+
+def test_a_node_running_anything_writes_its_record_every_heartbeat(settings: AgentSettings) -> None:
+    clock = FakeClock()
+    aws = FakeAws(batches=[[_delivery("a")]])
+    agent, started = _agent(settings, aws, clock)
+    thread = _run_until_idle(agent, aws)
+    writes = len(aws.nodes)
+
+    for _ in range(3):
+        clock.advance(settings.heartbeat_seconds)
+        agent.heartbeat()
+
+    assert len(aws.nodes) == writes + 3
+    assert aws.nodes[-1].running == ["a"]
+    assert aws.nodes[-1].expires_at == int(clock.now + 2 * settings.heartbeat_seconds + 1)
+
+    # When its run ends, the next beat writes that at once (a change), and from then on only the idle refresh
+    started[0].release.set()
+    _eventually(lambda: agent.running_count() == 0)
+    clock.advance(settings.heartbeat_seconds)
+    agent.heartbeat()
+    clock.advance(settings.heartbeat_seconds)
+    agent.heartbeat()
+    assert len(aws.nodes) == writes + 4 and aws.nodes[-1].running == []
+    agent.request_stop()
+    thread.join(5)
+
+
+@pytest.mark.parametrize(("poll_took", "written_first"), [(20.0, True), (1.0, False)])
+def test_a_drain_asked_while_idle_is_honoured_before_new_work(
+    settings: AgentSettings, poll_took: float, written_first: bool
+) -> None:
+    # Given an idle node (its record written rarely) that an admin drains through the API during a long poll
+    clock = FakeClock()
+    aws = FakeAws(batches=[[_delivery("a")]])
+    agent, started = _agent(settings, aws, clock)
+
+    def admin_drains_during_the_poll() -> None:
+        clock.advance(poll_took)
+        aws.drain_requested = True
+
+    aws.on_receive = admin_drains_during_the_poll
+
+    if written_first:
+        # When a message arrives and the record was last written more than a heartbeat ago
+        agent.run()  # returns by itself: the drain was seen before the claim
+
+        # Then the node wrote its record before claiming, saw the drain, and handed the message back at once
+        assert aws.calls == ["put_node", "put_node"]
+        assert aws.visibility == {"rh-a": 0}
+        assert started == []
+    else:
+        # When the record was written less than a heartbeat ago, the node claims without another write
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        _eventually(lambda: len(started) == 1)
+        assert aws.calls == ["put_node", "claim a"]
+        agent.request_stop()
+        started[0].release.set()
+        thread.join(5)
+
+
+def test_messages_are_hidden_for_two_heartbeats_and_the_claim_lease_ends_before_they_reappear(
+    settings: AgentSettings,
+) -> None:
+    # Given a lease much longer than two heartbeats, and a batch whose claims take a while
+    long_lease = settings.model_copy(update={"lease_seconds": 60, "heartbeat_seconds": 5})
+    clock = FakeClock()
+    aws = FakeAws(batches=[[_delivery("a"), _delivery("b")]])
+    agent, started = _agent(long_lease, aws, clock)
+    aws.on_receive = lambda: clock.advance(3)  # the long poll returns 3 s in
+    received_ms = int((clock.now + 3) * 1000)
+    claim = aws.claim
+
+    def slow_claim(run_id: str, node_id: str, lease_seconds: int, now_ms: int) -> RunRecord:
+        clock.advance(0.8)  # a throttled write, retried
+        return claim(run_id, node_id, lease_seconds, now_ms)
+
+    aws.claim = slow_claim  # type: ignore[method-assign]
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    _eventually(lambda: len(started) == 2)
+
+    # Then the messages were received hidden for two heartbeats (the first heartbeat extends that to the lease)
+    assert receive_visibility(long_lease) == 10
+    assert aws.received_hidden_for[0] == 10
+    # And each claim's lease counts from when the batch arrived, so it ends a second before its message reappears
+    assert [(run_id, seconds, since) for run_id, seconds, since in aws.claims] == [
+        ("a", 10, received_ms),
+        ("b", 10, received_ms),
+    ]
+    assert lease_until(received_ms, 10) == received_ms + 10_000 - 1000
+    agent.request_stop()
+    for supervisor in started:
+        supervisor.release.set()
+    thread.join(5)
+
+
+def test_a_slow_heartbeat_does_not_delay_the_first_beat_of_a_run_claimed_during_it(tmp_path: Path) -> None:
+    # Given heartbeats every second whose node write takes 1.2 s (throttled), and a message received hidden for 2 s
+    settings = AgentSettings(
+        queue_url="q", table_name="t", feed_bucket="b", node_id="node-1", lease_seconds=4, heartbeat_seconds=1,
+        poll_wait_seconds=0, work_dir=tmp_path,
+    )  # fmt: skip
+    hidden_for = receive_visibility(settings)
+    assert hidden_for == 2
+    aws = FakeAws(batches=[[_delivery("a")]])
+    beat_writing = threading.Event()
+    first_beat_at: list[float] = []
+    put_node, set_visibility = aws.put_node, aws.set_visibility
+
+    def slow_put_node(node: NodeRecord) -> bool:
+        if threading.current_thread().name == "heartbeat":
+            beat_writing.set()
+            time.sleep(1.2)
+        return put_node(node)
+
+    def timed_set_visibility(delivery: Delivery, seconds: int) -> None:
+        if not first_beat_at:
+            first_beat_at.append(time.monotonic())
+        set_visibility(delivery, seconds)
+
+    def receive_during_a_beat() -> None:
+        assert beat_writing.wait(5)  # the message arrives just after a beat began
+
+    aws.put_node, aws.set_visibility = slow_put_node, timed_set_visibility  # type: ignore[method-assign]
+    aws.on_receive = receive_during_a_beat
+    agent, started = _agent(settings, aws)
+
+    # When a run is claimed just after a heartbeat began
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    _eventually(lambda: len(started) == 1)
+    claimed_at = time.monotonic()
+    _eventually(lambda: bool(first_beat_at))
+
+    # Then its message is made to stay hidden (to the lease) before the 2 s it was received hidden for run out
+    assert first_beat_at[0] - claimed_at < hidden_for
+    agent.request_stop()
+    started[0].release.set()
+    thread.join(10)
+
+
+def _epoch(moment: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(moment).timestamp()

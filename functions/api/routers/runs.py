@@ -12,13 +12,15 @@ from functions.api.auth import require, require_environment
 from functions.api.dependencies import node_store, services
 from functions.api.observability import count
 from functions.api.openapi import declare, errors
-from functions.logic import run_logs, runs
+from functions.logic import run_batches, run_logs, runs
 from functions.logic.errors import BadRequest
 from functions.logic.run_search import RunSearch, search_runs
 from runly.contracts import (
     IDEMPOTENCY_KEY,
     JOB_NAME,
     SCHEDULE_ID,
+    EnqueueBatchRequest,
+    EnqueueBatchResponse,
     EnqueueRunRequest,
     LogPage,
     RequeueRunRequest,
@@ -43,7 +45,8 @@ RunId = Annotated[str, Path(pattern=RUN_ID, description="the run's id")]
     status_code=201,
     description="The config is validated against the job's JSON schema before anything is queued. Without a "
     "version, the newest version the environment's pin allows is run. With an Idempotency-Key, a repeated request "
-    "(same key, same body, same API key, within 24 h) returns the run the first one created, with 200.",
+    "(same key, same body, same API key, within 24 h) returns the run the first one created, with 200. The answer's "
+    "`queued_reason` is null: GET /runs/{run_id} says why a run still waits.",
     responses={
         **declare(201, "The new run", 404, 409, 413, 503),
         200: {"description": "The run an earlier request with this Idempotency-Key created"},
@@ -65,16 +68,38 @@ def enqueue(
     caller = require(router.current_event, Scope.WRITE, environment=body.environment)
     deps = services()
     run, created = runs.enqueue(
-        body,
-        store=deps.store,
-        queue=deps.queue,
-        nodes=node_store(),
-        owner=caller.key_id,
-        idempotency_key=idempotency_key,
+        body, store=deps.store, queue=deps.queue, owner=caller.key_id, idempotency_key=idempotency_key
     )
     if created:
         count("RunsEnqueued")
     return run, 201 if created else 200
+
+
+@router.post(
+    "/batch",
+    summary="Enqueue up to 100 runs in one request",
+    status_code=201,
+    description="Each item is the body of POST /runs, with that request's Idempotency-Key as an optional "
+    "`idempotency_key` field (same semantics: per API key, 24 h, shared with POST /runs). Every item is checked "
+    "before any run is recorded: the first bad one rejects the batch, its field named `runs[<index>]....`, and "
+    "nothing is enqueued. The answer lists the runs in the order of the request: 201 if any was created, 200 if "
+    "every one came from an earlier request's key. `queued_reason` is null, as from POST /runs.",
+    responses={
+        **declare(201, "The runs, in request order", 404, 409, 413, 503),
+        200: {"description": "Every run came from an earlier request with the same idempotency_key"},
+    },
+    tags=["runs"],
+)
+def enqueue_batch(body: EnqueueBatchRequest) -> tuple[EnqueueBatchResponse, int]:
+    caller = require(router.current_event, Scope.WRITE)
+    for environment in sorted({item.environment for item in body.runs}):
+        require_environment(caller, environment)
+    deps = services()
+    answers = run_batches.enqueue_many(body.runs, store=deps.store, queue=deps.queue, owner=caller.key_id)
+    created = sum(1 for _, new in answers if new)
+    if created:
+        count("RunsEnqueued", created)
+    return EnqueueBatchResponse(runs=[run for run, _ in answers]), 201 if created else 200
 
 
 @router.get(
@@ -128,9 +153,7 @@ def search(
 )
 def get_run(run_id: RunId) -> RunView:
     caller = require(router.current_event, Scope.READ)
-    return runs.get(
-        run_id, store=services().store, nodes=node_store(), authorize=partial(require_environment, caller)
-    )
+    return runs.get(run_id, store=services().store, nodes=node_store(), authorize=partial(require_environment, caller))
 
 
 @router.post(

@@ -19,6 +19,31 @@ class Echo(Job[EchoConfig]):
         return {"message": self.config.message, "pid": os.getpid(), "attempt": self.context.attempt}
 
 
+# Module state: a run that sees another run's entries here would not be isolated from it.
+_RUNS_IN_THIS_PROCESS: list[str] = []
+
+
+class ProbeConfig(BaseModel):
+    tag: str = "probe"
+
+
+class Probe(Job[ProbeConfig]):
+    """Reports what a run can see of its process: for the isolation tests of warm job hosts."""
+
+    def run(self) -> dict[str, object]:
+        _RUNS_IN_THIS_PROCESS.append(self.context.run_id)
+        print(f"probe {self.config.tag} in process {os.getpid()}")
+        return {
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "pgid": os.getpgid(0),
+            "sid": os.getsid(0),
+            "cwd": os.getcwd(),
+            "runs_in_this_process": list(_RUNS_IN_THIS_PROCESS),
+            "aws_variables": sorted(key for key in os.environ if key.startswith("AWS_")),
+        }
+
+
 class FailConfig(BaseModel):
     message: str = "this job always fails"
 

@@ -1,0 +1,302 @@
+"""Warm job hosts: one process per package version that forks each run (runly.host_server).
+
+A new interpreter per run pays for Python's start and the SDK's and the job's imports on every
+run (~200 ms and most of a short run's CPU); a child forked from a host that has done it once
+starts in a few milliseconds. The agent keeps what it has with a new interpreter: the run is a
+process of its own, in its own process group, with the same environment, pipes and log file.
+
+- A host belongs to one bundle SHA-256 (the package cache's key): a new version is a new host,
+  so a host never serves code other than what it imported.
+- It holds its environment in the package cache (a shared lock), so the cache never evicts it
+  under a live host; hosts are bounded (``max_warm_hosts``, least recently used stopped first)
+  and stop after ``warm_host_idle_seconds`` without a run.
+- Any failure to start or reach a host makes that run fall back to a new interpreter, and the
+  package is not tried warm again for a while: a host is an optimisation, never a new way to fail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+READY = b"ready\n"
+START_TIMEOUT_SECONDS = 60.0  # imports of a large package on a busy node
+REQUEST_TIMEOUT_SECONDS = 10.0
+RETRY_AFTER_FAILURE_SECONDS = 300.0
+# The host died before reporting the child's exit: the child was watched to its end, but its status is lost.
+EXIT_STATUS_UNKNOWN = 1000
+
+
+class WarmHostError(Exception):
+    """The host could not start, or could not start this run: use a new interpreter."""
+
+
+class HostedProcess:
+    """A run's child of a warm host, with the part of ``subprocess.Popen``'s interface the agent uses.
+
+    The agent is not the child's parent, so it cannot wait() for it: the host reports the exit
+    status on the run's connection. Should the host die first, a pidfd (taken as soon as the pid is
+    known, so a reused pid cannot fool it) tells when the child ends.
+    """
+
+    def __init__(self, pid: int, conn: socket.socket) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._conn = conn
+        self._done = threading.Event()
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # already reaped (its exit is on the connection) or no pidfd support
+            self._pidfd = None
+        threading.Thread(target=self._watch, name=f"hosted-{pid}", daemon=True).start()
+
+    def _watch(self) -> None:
+        code: int | None = None
+        try:
+            with self._conn:
+                self._conn.settimeout(None)
+                while code is None:
+                    data = self._conn.recv(4096)
+                    if not data:
+                        break
+                    code = json.loads(data).get("exit")
+        except (OSError, ValueError):
+            pass
+        if code is None:
+            log.warning("the warm host of process %d went away; watching the process itself", self.pid)
+            self._wait_pidfd()
+            code = EXIT_STATUS_UNKNOWN
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.returncode = code
+        self._done.set()
+
+    def _wait_pidfd(self) -> None:
+        if self._pidfd is not None:
+            select.select([self._pidfd], [], [])
+            return
+        while True:  # no pidfd: probe the pid (it could be reused after a long time; this is a fallback)
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return
+            time.sleep(0.1)
+
+    def poll(self) -> int | None:
+        return self.returncode if self._done.is_set() else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(f"warm host child {self.pid}", timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+
+@dataclass
+class WarmHost:
+    sha256: str
+    socket_path: Path
+    process: subprocess.Popen[bytes]
+    hold: IO[bytes] | None
+    last_used: float = field(default_factory=time.monotonic)
+    active: int = 0
+
+    @classmethod
+    def start(
+        cls, sha256: str, python: Path, *, directory: Path, env: Mapping[str, str], hold: IO[bytes] | None
+    ) -> WarmHost:
+        directory.mkdir(parents=True, exist_ok=True)
+        # A Unix socket path must fit in ~107 bytes: keep it short, under the agent's own directory.
+        socket_path = directory / f"{sha256[:16]}.sock"
+        socket_path.unlink(missing_ok=True)
+        with open(directory / f"{sha256[:16]}.log", "ab") as host_log:
+            process = subprocess.Popen(
+                [str(python), "-I", "-u", "-m", "runly.host", "serve", str(socket_path)],
+                cwd=directory,
+                env=dict(env),
+                stdin=subprocess.PIPE,  # its end of life: the host exits when this closes
+                stdout=subprocess.PIPE,
+                stderr=host_log,
+                start_new_session=True,  # the agent's terminal's Ctrl-C is the agent's to handle
+            )
+        host = cls(sha256=sha256, socket_path=socket_path, process=process, hold=hold)
+        try:
+            host._wait_ready()
+        except BaseException:
+            host.stop()
+            raise
+        return host
+
+    def _wait_ready(self) -> None:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT_SECONDS)
+        line = self.process.stdout.readline() if ready else b""
+        if line != READY:
+            self.process.poll()
+            raise WarmHostError(
+                f"warm host for {self.sha256[:12]} did not start (exit {self.process.returncode}); "
+                f"see {self.socket_path.with_suffix('.log')}"
+            )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def spawn(self, *, cwd: Path, env: Mapping[str, str], log_fd: int, channel_fd: int, ack_fd: int) -> HostedProcess:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            conn.settimeout(REQUEST_TIMEOUT_SECONDS)
+            conn.connect(str(self.socket_path))
+            request = json.dumps({"cwd": str(cwd), "env": dict(env)}).encode()
+            socket.send_fds(conn, [request], [log_fd, channel_fd, ack_fd])
+            reply = json.loads(conn.recv(4096) or b"{}")
+        except (OSError, ValueError) as exc:
+            conn.close()
+            raise WarmHostError(f"warm host for {self.sha256[:12]} did not answer: {exc}") from exc
+        if "pid" not in reply:
+            conn.close()
+            raise WarmHostError(f"warm host for {self.sha256[:12]} refused the run: {reply.get('error', reply)}")
+        self.last_used = time.monotonic()
+        return HostedProcess(int(reply["pid"]), conn)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close its stdin (it exits at once when idle), SIGKILL it if it lingers. Its running children,
+        if any, run on: each is its own process group, and its agent watches it."""
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+        except OSError:
+            pass
+        finally:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            if self.hold is not None:
+                self.hold.close()  # the cache may evict the environment again
+                self.hold = None
+            self.socket_path.unlink(missing_ok=True)
+
+
+class WarmHosts:
+    """The node's warm hosts, at most ``max_hosts``, keyed by bundle SHA-256."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        env: Mapping[str, str],
+        max_hosts: int,
+        idle_seconds: float,
+        hold: Callable[[str], IO[bytes]] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.env = dict(env)
+        self.max_hosts = max_hosts
+        self.idle_seconds = idle_seconds
+        self._hold = hold  # PackageCache.hold: keeps a host's environment from eviction
+        self._hosts: dict[str, WarmHost] = {}
+        self._failed_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._starting: dict[str, threading.Lock] = {}
+
+    def acquire(self, sha256: str, python: Path) -> WarmHost | None:
+        """The live host for this package (started if need be), counted as in use; None: use a new interpreter."""
+        with self._lock:
+            if self._failed_until.get(sha256, 0.0) > time.monotonic():
+                return None
+            starting = self._starting.setdefault(sha256, threading.Lock())
+        with starting:  # one start per package, however many runs of it arrive together
+            with self._lock:
+                host = self._hosts.get(sha256)
+                if host is not None and host.alive():
+                    host.active += 1
+                    host.last_used = time.monotonic()
+                    return host
+                stale = self._hosts.pop(sha256, None)
+            if stale is not None:
+                code = stale.process.poll()
+                log.warning("warm host for %s had exited (code %s); starting another", sha256[:12], code)
+                stale.stop()
+            return self._start(sha256, python)
+
+    def _start(self, sha256: str, python: Path) -> WarmHost | None:
+        began = time.monotonic()
+        hold = self._hold(sha256) if self._hold is not None else None
+        try:
+            host = WarmHost.start(sha256, python, directory=self.directory, env=self.env, hold=hold)
+        except (OSError, WarmHostError) as exc:
+            if hold is not None:
+                hold.close()
+            log.warning("no warm host for %s (%s); its runs use a new interpreter for now", sha256[:12], exc)
+            with self._lock:
+                self._failed_until[sha256] = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
+            return None
+        log.info("warm host for %s started in %.2f s (pid %d)", sha256[:12], time.monotonic() - began, host.process.pid)
+        host.active = 1
+        with self._lock:
+            self._hosts[sha256] = host
+            surplus = self._surplus()
+        for old in surplus:
+            log.info("stopping the warm host for %s (more than %d hosts)", old.sha256[:12], self.max_hosts)
+            old.stop()
+        return host
+
+    def _surplus(self) -> list[WarmHost]:
+        """Least recently used hosts beyond the bound, idle ones only (called with the lock held)."""
+        idle = sorted((h for h in self._hosts.values() if h.active == 0), key=lambda h: h.last_used)
+        excess = len(self._hosts) - self.max_hosts
+        chosen = idle[: max(0, excess)]
+        for host in chosen:
+            del self._hosts[host.sha256]
+        return chosen
+
+    def release(self, host: WarmHost) -> None:
+        with self._lock:
+            host.active -= 1
+            host.last_used = time.monotonic()
+
+    def broken(self, host: WarmHost) -> None:
+        """A host that failed a request: stop it; the next run of its package starts a new one."""
+        with self._lock:
+            if self._hosts.get(host.sha256) is host:
+                del self._hosts[host.sha256]
+        host.stop()
+
+    def stop_idle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [h for h in self._hosts.values() if h.active == 0 and now - h.last_used > self.idle_seconds]
+            for host in idle:
+                del self._hosts[host.sha256]
+        for host in idle:
+            log.info("stopping the warm host for %s (idle %.0f s)", host.sha256[:12], now - host.last_used)
+            host.stop()
+
+    def stop_all(self) -> None:
+        with self._lock:
+            hosts = list(self._hosts.values())
+            self._hosts.clear()
+        for host in hosts:
+            host.stop()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._hosts)

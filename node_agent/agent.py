@@ -125,6 +125,7 @@ class Agent:
             heartbeat.join(timeout=self.settings.heartbeat_seconds + 5)
             self.state = AgentState.STOPPED
             self.deregister()
+            self.aws.flush_deletes()
             if self.hosts is not None:
                 self.hosts.stop_all()
 

@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -100,6 +102,77 @@ class _RunChanged(Exception):
         self.record = record
 
 
+DELETE_BATCH_SIZE = 10  # SQS's largest batch
+DELETE_BATCH_DELAY = 0.5  # seconds a terminal run's message may wait for others to share its request
+DELETE_ATTEMPTS = 5
+
+
+def _run_of(delivery: Delivery) -> str:
+    return delivery.message.run_id if delivery.message is not None else "?"
+
+
+class DeleteBatcher:
+    """Deletes messages in batches of up to 10, from a thread of its own: a batch goes when it is full
+    or DELETE_BATCH_DELAY after its first message, whichever comes first. Failed deletions are retried
+    with the next batch, up to DELETE_ATTEMPTS times each; then the message is left to come back (see
+    AgentAws.delete_soon)."""
+
+    def __init__(self, delete_batch: Callable[[list[Delivery]], list[Delivery]]) -> None:
+        self._delete_batch = delete_batch
+        self._pending: list[tuple[Delivery, int]] = []
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="deletes", daemon=True)
+        self._thread.start()
+
+    def add(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._pending.append((delivery, 0))
+            self._lock.notify()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._lock.wait()
+                if not self._pending:
+                    return  # closed, nothing left
+                deadline = time.monotonic() + DELETE_BATCH_DELAY
+                while len(self._pending) < DELETE_BATCH_SIZE and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
+                batch, self._pending = self._pending[:DELETE_BATCH_SIZE], self._pending[DELETE_BATCH_SIZE:]
+            self._send(batch)
+
+    def _send(self, batch: list[tuple[Delivery, int]]) -> None:
+        deliveries = [delivery for delivery, _ in batch]
+        try:
+            failed_ids = {id(d) for d in self._delete_batch(deliveries)}
+        except Exception as exc:  # noqa: BLE001 - the whole call failed (network, throttling): all are tried again
+            log.warning("deleting %d message(s) failed (%s); trying again", len(batch), exc)
+            failed_ids = {id(d) for d in deliveries}
+            time.sleep(min(5.0, 0.2 * 2 ** max(tries for _, tries in batch)))
+        again = []
+        for delivery, tries in batch:
+            if id(delivery) not in failed_ids:
+                continue
+            if tries + 1 < DELETE_ATTEMPTS:
+                again.append((delivery, tries + 1))
+            else:
+                log.error("giving up deleting the message of run %s; it comes back to a claim", _run_of(delivery))
+        if again:
+            with self._lock:
+                self._pending[:0] = again
+
+
 _FENCE = "#attempt = :attempt AND #owner = :node AND #state IN (:running, :cancelling)"
 _FENCE_NAMES = {"#attempt": "attempt", "#owner": "lease_owner", "#state": "state"}
 
@@ -121,6 +194,8 @@ class AgentAws:
         # Built on first use (an idle node downloads nothing and ships no log): it is the largest client.
         self._s3_client: Any = None
         self._s3_lock = threading.Lock()
+        self._deletes: DeleteBatcher | None = None  # started on the first delete_soon
+        self._deletes_lock = threading.Lock()
         self._table = session.resource("dynamodb", config=BOTO_CONFIG).Table(table_name)
         # The resource's client takes plain Python values (it serializes them itself).
         self._dynamodb = self._table.meta.client
@@ -155,6 +230,40 @@ class AgentAws:
 
     def delete(self, delivery: Delivery) -> None:
         self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=delivery.receipt_handle)
+
+    def delete_soon(self, delivery: Delivery) -> None:
+        """Delete the message of a run that is terminal, batched with others ending within
+        DELETE_BATCH_DELAY seconds (SQS bills a batch of up to 10 as one request). A message that
+        is never deleted (this node dies first) only comes back to a claim that finds its run
+        terminal and deletes it then."""
+        with self._deletes_lock:
+            if self._deletes is None:
+                self._deletes = DeleteBatcher(self._delete_batch)
+            deletes = self._deletes
+        deletes.add(delivery)
+
+    def flush_deletes(self) -> None:
+        """Delete every pending message now (the agent calls this as it stops)."""
+        with self._deletes_lock:
+            deletes, self._deletes = self._deletes, None
+        if deletes is not None:
+            deletes.close()
+
+    def _delete_batch(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """DeleteMessageBatch; returns the deliveries whose deletion failed and is worth another try."""
+        response = self._sqs.delete_message_batch(
+            QueueUrl=self.queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": d.receipt_handle} for i, d in enumerate(deliveries)],
+        )
+        retry_again = []
+        for failure in response.get("Failed", []):
+            delivery = deliveries[int(failure["Id"])]
+            if failure.get("SenderFault"):
+                # A stale receipt handle (the message was received again elsewhere): that receiver deletes it.
+                log.warning("message of run %s not deleted: %s", _run_of(delivery), failure.get("Code"))
+            else:
+                retry_again.append(delivery)
+        return retry_again
 
     def set_visibility(self, delivery: Delivery, seconds: int) -> None:
         self._sqs.change_message_visibility(

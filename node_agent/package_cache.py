@@ -85,6 +85,7 @@ class PackageCache:
         self._guard = threading.Lock()
         self._thread_locks: dict[str, threading.Lock] = {}
         self._python_version: tuple[int, ...] | None = None
+        self._manifests: dict[str, PackageManifest] = {}  # by hash, of environments this process has used
         self._clean_abandoned()
 
     # ------------------------------------------------------------ public
@@ -98,6 +99,9 @@ class PackageCache:
         if not _SHA256.match(sha256):
             raise PackageError(f"{sha256!r} is not a lower-case hex SHA-256")
         started = time.monotonic()
+        cached = self._cached(sha256, started)
+        if cached is not None:
+            return cached
         with self._exclusive(sha256, blocking=True):
             hold = self._hold(sha256)
             try:
@@ -107,16 +111,18 @@ class PackageCache:
                     os.utime(env_dir)  # most recently used
                     timings = {"total": time.monotonic() - started}
                     log.info("package %s: cached environment %s", sha256[:12], env_dir)
+                    manifest = PackageManifest.model_validate(info["manifest"])
+                    self._manifests[sha256] = manifest
                     return InstalledPackage(
-                        sha256, venv_python(env_dir), env_dir, PackageManifest.model_validate(info["manifest"]),
-                        timings, cached=True, _hold=hold,
-                    )  # fmt: skip
+                        sha256, venv_python(env_dir), env_dir, manifest, timings, cached=True, _hold=hold
+                    )
                 if env_dir.exists():  # complete-looking but unreadable: never trust it
                     self._discard(env_dir)
                 manifest, timings = self._install(sha256, fetch)
             except BaseException:
                 hold.close()
                 raise
+        self._manifests[sha256] = manifest
         self._evict(keep=sha256)
         timings["total"] = time.monotonic() - started
         log.info(
@@ -125,6 +131,26 @@ class PackageCache:
             ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in timings.items() if phase != "total"),
         )  # fmt: skip
         return InstalledPackage(sha256, venv_python(env_dir), env_dir, manifest, timings, cached=False, _hold=hold)
+
+    def _cached(self, sha256: str, started: float) -> InstalledPackage | None:
+        """The fast path of a run of a package this agent has seen: hold it (an eviction in progress
+        finishes first; none starts while held), check it is still there, and reuse the manifest read
+        before (an environment never changes under its hash). None: take the full path."""
+        manifest = self._manifests.get(sha256)
+        if manifest is None:
+            return None
+        env_dir = self.envs / sha256
+        hold = self._hold(sha256)
+        try:
+            os.utime(env_dir)  # most recently used; raises if it was evicted meanwhile
+            if not (env_dir / ENV_INFO_FILE).is_file():
+                raise FileNotFoundError(env_dir / ENV_INFO_FILE)
+        except OSError:
+            hold.close()
+            self._manifests.pop(sha256, None)
+            return None
+        timings = {"total": time.monotonic() - started}
+        return InstalledPackage(sha256, venv_python(env_dir), env_dir, manifest, timings, cached=True, _hold=hold)
 
     def installed(self) -> list[str]:
         """Content hashes with a complete environment, least recently used first."""

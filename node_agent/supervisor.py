@@ -255,7 +255,7 @@ class RunSupervisor:
             error = {"reason": reason.value, **error}
         self._end(state, reason, error, **kwargs)
         # Deleted only now that the run is terminal: a node that dies before this loses nothing.
-        retry(lambda: self.aws.delete(self.delivery), what="deleting the message")
+        self.aws.delete_soon(self.delivery)
         log.info("run %s %s", self.record.run_id, state)
 
 

@@ -23,6 +23,7 @@ import select
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,8 +37,29 @@ READY = b"ready\n"
 START_TIMEOUT_SECONDS = 60.0  # imports of a large package on a busy node
 REQUEST_TIMEOUT_SECONDS = 10.0
 RETRY_AFTER_FAILURE_SECONDS = 300.0
+MAX_SOCKET_DIR_BYTES = 80  # + "/" + 16 hex + ".sock" stays well inside sun_path
 # The host died before reporting the child's exit: the child was watched to its end, but its status is lost.
 EXIT_STATUS_UNKNOWN = 1000
+
+
+def socket_directory(directory: Path) -> Path:
+    """Where the hosts' sockets go: ``directory`` itself, private to the agent's user (whoever can
+    connect can have runs forked), or a private directory under /tmp when ``directory`` is too long for
+    a Unix socket's path (108 bytes on Linux)."""
+    if len(os.fsencode(directory)) <= MAX_SOCKET_DIR_BYTES:
+        directory.chmod(0o700)
+        return directory
+    link = directory / "sockets"  # names the short directory, for whoever looks for the sockets
+    try:
+        short = Path(os.readlink(link))
+        if short.is_dir() and short.stat().st_uid == os.getuid():
+            return short
+    except OSError:
+        pass
+    short = Path(tempfile.mkdtemp(prefix="runly-hosts-"))  # mode 0700
+    link.unlink(missing_ok=True)
+    link.symlink_to(short)
+    return short
 
 
 class WarmHostError(Exception):
@@ -112,6 +134,7 @@ class HostedProcess:
 class WarmHost:
     sha256: str
     socket_path: Path
+    log_path: Path
     process: subprocess.Popen[bytes]
     hold: IO[bytes] | None
     last_used: float = field(default_factory=time.monotonic)
@@ -122,10 +145,10 @@ class WarmHost:
         cls, sha256: str, python: Path, *, directory: Path, env: Mapping[str, str], hold: IO[bytes] | None
     ) -> WarmHost:
         directory.mkdir(parents=True, exist_ok=True)
-        # A Unix socket path must fit in ~107 bytes: keep it short, under the agent's own directory.
-        socket_path = directory / f"{sha256[:16]}.sock"
+        socket_path = socket_directory(directory) / f"{sha256[:16]}.sock"
         socket_path.unlink(missing_ok=True)
-        with open(directory / f"{sha256[:16]}.log", "ab") as host_log:
+        log_path = directory / f"{sha256[:16]}.log"
+        with open(log_path, "ab") as host_log:
             process = subprocess.Popen(
                 [str(python), "-I", "-u", "-m", "runly.host", "serve", str(socket_path)],
                 cwd=directory,
@@ -135,7 +158,7 @@ class WarmHost:
                 stderr=host_log,
                 start_new_session=True,  # the agent's terminal's Ctrl-C is the agent's to handle
             )
-        host = cls(sha256=sha256, socket_path=socket_path, process=process, hold=hold)
+        host = cls(sha256=sha256, socket_path=socket_path, log_path=log_path, process=process, hold=hold)
         try:
             host._wait_ready()
         except BaseException:
@@ -150,8 +173,7 @@ class WarmHost:
         if line != READY:
             self.process.poll()
             raise WarmHostError(
-                f"warm host for {self.sha256[:12]} did not start (exit {self.process.returncode}); "
-                f"see {self.socket_path.with_suffix('.log')}"
+                f"warm host for {self.sha256[:12]} did not start (exit {self.process.returncode}); see {self.log_path}"
             )
 
     def alive(self) -> bool:

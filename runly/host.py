@@ -9,6 +9,7 @@ RUNLY_CHANNEL_FD), never over stdout, which belongs to the job's own output.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -218,7 +219,10 @@ def main(argv: list[str]) -> int:
     if command == "describe":
         # Optional NAME=module:Class arguments: describe those (a project that is not installed).
         declared = dict(arg.split("=", 1) for arg in argv[2:]) if len(argv) > 2 else None
-        print(json.dumps([spec.model_dump(mode="json") for spec in describe_jobs(declared)]))
+        # stdout carries the JSON alone: what the job modules print while they import goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            specs = describe_jobs(declared)
+        print(json.dumps([spec.model_dump(mode="json") for spec in specs]))
         return EXIT_OK
     if command == "run":
         return run_main()

@@ -64,7 +64,8 @@ class HostServer:
         os.set_blocking(self._wakeup_read, False)
         os.set_blocking(self._wakeup_write, False)
 
-    def serve(self) -> int:
+    def serve(self, status_fd: int) -> int:
+        """Say READY on ``status_fd`` (then close it) and serve until the agent goes."""
         signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, _ignore)  # a handler, so the wakeup fd hears of exits
         self.selector.register(self.listener, selectors.EVENT_READ, "accept")
@@ -73,7 +74,8 @@ class HostServer:
         # Objects made so far are never freed: keeping the collector off them keeps their pages
         # shared with every child instead of copied when a collection touches them.
         gc.freeze()
-        os.write(sys.stdout.fileno(), READY)
+        os.write(status_fd, READY)
+        os.close(status_fd)
         while True:
             for key, _ in self.selector.select():
                 if key.data == "accept":
@@ -200,5 +202,10 @@ def _ignore(signum: int, frame: Any) -> None:
 
 
 def serve(socket_path: str) -> int:
+    # stdout is the agent's pipe, read for READY alone: whatever the jobs print at import goes to the host's log.
+    status = os.dup(sys.stdout.fileno())
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     preload()
-    return HostServer(socket_path).serve()
+    server = HostServer(socket_path)
+    return server.serve(status)

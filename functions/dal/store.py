@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +76,8 @@ TRANSACTION_SIZE = 100
 # Calls per batch write, the first included, before what DynamoDB left unprocessed is given up on.
 BATCH_WRITE_ATTEMPTS = 5
 BATCH_RETRY_BASE_SECONDS = 0.05
+# Version items a Store keeps in memory (least recently used dropped first): see ``Store.get_package``.
+PACKAGE_CACHE_SIZE = 256
 
 
 def _error_code(exc: ClientError) -> str:
@@ -88,6 +92,16 @@ def _cancelled_by_condition(exc: ClientError) -> list[bool]:
     """For a cancelled transaction: which of its items failed their condition, in request order."""
     reasons = exc.response.get("CancellationReasons") or []
     return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
+
+
+@dataclass(frozen=True)
+class PinAndPackage:
+    """What ``Store.get_pin_and_package`` read: the pin (None: unpinned), the version asked for (None: not asked
+    for, or no such item) and the package's index entry (None: not asked for, or no such package)."""
+
+    pin: PinRecord | None
+    version: PackageRecord | None = None
+    index: PackageIndexRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,11 @@ class Store:
         self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
         # The resource's client takes plain Python values, as the Table does (transactions, batch reads).
         self._client = self._table.meta.client
+        # Version items read, by (name, version): a version item is written once, conditionally on being new
+        # (``put_new_package``), and never changed nor deleted, so a copy read once stays true for the process.
+        # Only items found are kept (a version may be registered after a miss). Pins and the index never are.
+        self._packages: OrderedDict[tuple[str, str], PackageRecord] = OrderedDict()
+        self._packages_lock = threading.Lock()  # the local stack's gateway serves requests on threads
 
     # ------------------------------------------------------------ runs
     def put_new_run(self, record: RunRecord) -> None:
@@ -465,9 +484,55 @@ class Store:
             raise
 
     def get_package(self, name: str, version: str) -> PackageRecord | None:
-        """One version, with its jobs' schemas; ``version`` as registered (PEP 440 normal form)."""
+        """One version, with its jobs' schemas; ``version`` as registered (PEP 440 normal form). From memory if
+        this Store read it before (version items never change), else read and kept."""
+        cached = self._cached_package(name, version)
+        if cached is not None:
+            return cached
         item = self._table.get_item(Key=package_key(name, version), ConsistentRead=True).get("Item")
-        return PackageRecord.from_item(item) if item else None
+        return self._keep_package(PackageRecord.from_item(item)) if item else None
+
+    def get_pin_and_package(
+        self, environment: str, name: str, *, version: str | None = None, index: bool = False
+    ) -> PinAndPackage:
+        """The environment's pin of a package, with one of its versions (``version``, as registered) and/or its
+        index entry (``index``), in one strongly consistent round trip: a BatchGetItem, or a GetItem of the pin
+        alone when the version is in memory (``get_package``) and the index is not asked for."""
+        wanted = {"pin": pin_key(environment, name)}
+        record = self._cached_package(name, version) if version is not None else None
+        if version is not None and record is None:
+            wanted["version"] = package_key(name, version)
+        if index:
+            wanted["index"] = package_index_key(name)
+        if len(wanted) == 1:
+            item = self._table.get_item(Key=wanted["pin"], ConsistentRead=True).get("Item")
+            return PinAndPackage(pin=PinRecord.from_item(item) if item else None, version=record)
+        found = {(item[PARTITION_KEY], item[SORT_KEY]): item for item in self._batch_get(list(wanted.values()))}
+        items = {what: found.get((key[PARTITION_KEY], key[SORT_KEY])) for what, key in wanted.items()}
+        pin, version_item, index_item = items["pin"], items.get("version"), items.get("index")
+        if version_item:
+            record = self._keep_package(PackageRecord.from_item(version_item))
+        return PinAndPackage(
+            pin=PinRecord.from_item(pin) if pin else None,
+            version=record,
+            index=PackageIndexRecord.from_item(index_item) if index_item else None,
+        )
+
+    def _cached_package(self, name: str, version: str) -> PackageRecord | None:
+        with self._packages_lock:
+            record = self._packages.get((name, version))
+            if record is None:
+                return None
+            self._packages.move_to_end((name, version))
+        return record.model_copy()  # a copy: what a caller does to it stays out of the cache
+
+    def _keep_package(self, record: PackageRecord) -> PackageRecord:
+        with self._packages_lock:
+            self._packages[(record.name, record.version)] = record.model_copy()
+            self._packages.move_to_end((record.name, record.version))
+            while len(self._packages) > PACKAGE_CACHE_SIZE:
+                self._packages.popitem(last=False)
+        return record
 
     def get_package_index(self, name: str) -> PackageIndexRecord | None:
         """A package's index entry: its versions, without reading any version item (nor its schemas)."""

@@ -15,7 +15,7 @@ from functions.dal.feed import Feed
 from functions.dal.store import AlreadyExists, Store
 from runly.bundle import PackageError, sha256_file, verify_bundle
 from runly.contracts import PackageSummary, PackageVersionView, RegisterPackageRequest, UploadRequest, UploadTicket
-from runly.records import PackageRecord, PinRecord, iso, utcnow
+from runly.records import PackageIndexRecord, PackageRecord, PinRecord, iso, utcnow
 from runly.resources import MAX_PACKAGE_BYTES, PACKAGES_PREFIX, UPLOAD_URL_EXPIRY_SECONDS
 
 from .errors import Conflict, NotFound, Unprocessable
@@ -106,6 +106,11 @@ def _named_version(name: str, wanted: Version, *, store: Store) -> PackageRecord
     record = store.get_package(name, str(wanted))
     if record is not None:
         return record
+    return _spelt_otherwise(name, wanted, store=store)
+
+
+def _spelt_otherwise(name: str, wanted: Version, *, store: Store) -> PackageRecord:
+    """The version ``wanted`` when no item has its normal form as key: one spelt otherwise, from the index."""
     index = store.get_package_index(name)
     if index is None:
         raise NotFound(f"no package named {name!r} in the feed", field="package")
@@ -116,23 +121,19 @@ def _named_version(name: str, wanted: Version, *, store: Store) -> PackageRecord
     return record
 
 
-def resolve_version(name: str, version: str | None, *, store: Store, pin: PinRecord | None = None) -> PackageRecord:
-    """The version a run gets: the one named (if the environment's pin allows it), else the newest allowed.
+def _allowed_named(name: str, version: str, record: PackageRecord, *, pin: PinRecord | None) -> PackageRecord:
+    if pin is not None and not allowed_by(pin, Version(record.version), explicit=True):
+        raise Conflict(
+            f"version {version} of {name!r} is outside the pin {pin.specifier!r} of environment "
+            f"{pin.environment!r}; omit the version or change the pin",
+            field="version",
+        )
+    return record
 
-    Reads one version item, never every version's (whose job schemas make them the feed's large items): the one
-    named, or the one chosen from the package's index entry (its versions, nothing else). Registration writes both
-    in one transaction, so a version the index names exists.
-    """
-    if version is not None:
-        record = _named_version(name, Version(version), store=store)
-        if pin is not None and not allowed_by(pin, Version(record.version), explicit=True):
-            raise Conflict(
-                f"version {version} of {name!r} is outside the pin {pin.specifier!r} of environment "
-                f"{pin.environment!r}; omit the version or change the pin",
-                field="version",
-            )
-        return record
-    index = store.get_package_index(name)
+
+def _newest_allowed(
+    name: str, index: PackageIndexRecord | None, *, store: Store, pin: PinRecord | None
+) -> PackageRecord:
     if index is None or not index.versions:
         raise NotFound(f"no package named {name!r} in the feed", field="package")
     registered = {Version(v): v for v in index.versions}
@@ -150,6 +151,35 @@ def resolve_version(name: str, version: str | None, *, store: Store, pin: PinRec
     if newest_allowed is None:  # only if the index and the version items disagree, which registration rules out
         raise NotFound(f"package {name!r} has no version {chosen}", field="version")
     return newest_allowed
+
+
+def resolve_version(name: str, version: str | None, *, store: Store, pin: PinRecord | None = None) -> PackageRecord:
+    """The version a run gets: the one named (if the environment's pin allows it), else the newest allowed.
+
+    Reads one version item, never every version's (whose job schemas make them the feed's large items): the one
+    named, or the one chosen from the package's index entry (its versions, nothing else). Registration writes both
+    in one transaction, so a version the index names exists.
+    """
+    if version is not None:
+        record = _named_version(name, Version(version), store=store)
+        return _allowed_named(name, version, record, pin=pin)
+    return _newest_allowed(name, store.get_package_index(name), store=store, pin=pin)
+
+
+def resolve_in_environment(environment: str, name: str, version: str | None, *, store: Store) -> PackageRecord:
+    """``resolve_version`` under the environment's pin, the pin read in the same round trip (one BatchGetItem) as
+    what resolution reads first: the version named (none when the Store has it in memory), else the index entry.
+
+    So a run that names a version costs one read (three when it is spelt otherwise: 1.0 for 1.0.0), one that
+    names none two (the chosen version's item, unless in memory). The pin is read on every call, never kept.
+    """
+    if version is not None:
+        wanted = Version(version)
+        read = store.get_pin_and_package(environment, name, version=str(wanted))
+        record = read.version or _spelt_otherwise(name, wanted, store=store)
+        return _allowed_named(name, version, record, pin=read.pin)
+    read = store.get_pin_and_package(environment, name, index=True)
+    return _newest_allowed(name, read.index, store=store, pin=read.pin)
 
 
 # ---------------------------------------------------------------- the feed, read

@@ -44,7 +44,7 @@ from runly.records import (
 )
 
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
-from .packages import resolve_version
+from .packages import resolve_in_environment
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY)
@@ -164,11 +164,12 @@ def resolve_job(
 
 
 def resolve_package(request: EnqueueRunRequest, *, store: Store, queue: RunQueue) -> PackageRecord:
-    """The package version a run of ``request`` gets: its environment's pin read, then one version item."""
+    """The package version a run of ``request`` gets under its environment's pin: the pin and the version named
+    read in one round trip (the pin alone once the version is in memory); with no version named, the pin and the
+    package's index entry, then the chosen version's item (unless in memory)."""
     if not queue.has_environment(request.environment):
         raise NotFound(f"unknown environment {request.environment!r}", field="environment")
-    pin = store.get_pin(request.environment, request.package)
-    return resolve_version(request.package, request.version, store=store, pin=pin)
+    return resolve_in_environment(request.environment, request.package, request.version, store=store)
 
 
 def new_run(

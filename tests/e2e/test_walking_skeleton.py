@@ -20,12 +20,20 @@ from runly.local.stack import EmbeddedStack
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _queue_is_empty(stack: EmbeddedStack) -> bool:
-    attributes = stack.client("sqs").get_queue_attributes(
-        QueueUrl=stack.queue_urls["default"],
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return attributes == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
+def _queue_is_empty(stack: EmbeddedStack, *, within: float = 5.0) -> bool:
+    """The queue holds no message, visible or in flight, within ``within`` seconds (the agent deletes the
+    messages of terminal runs in batches, at most half a second after the run ended)."""
+    deadline = time.monotonic() + within
+    while True:
+        attributes = stack.client("sqs").get_queue_attributes(
+            QueueUrl=stack.queue_urls["default"],
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if attributes == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
 
 
 def shipped_log(stack: EmbeddedStack, run_id: str, attempt: int) -> str:

@@ -97,6 +97,9 @@ def test_each_run_is_a_fresh_child_of_the_host_in_a_process_group_of_its_own(
         assert output["aws_variables"] == []
     assert "probe one in process" in first_log and "probe two" not in first_log
     assert "probe two in process" in second_log
+    # What the jobs print at import goes to the host's log, once: not to a run's, nor into its READY pipe.
+    assert "e2ejobs imported" not in first_log + second_log
+    assert host.log_path.read_text().count("e2ejobs imported") == 1
 
 
 def test_failures_crashes_and_kills_are_reported_as_with_a_new_interpreter(
@@ -180,6 +183,23 @@ def test_hosts_are_bounded_stop_when_idle_and_exit_with_their_agent(
         assert not second.socket_path.exists()
     finally:
         pool.stop_all()
+
+
+def test_a_work_directory_too_long_for_a_socket_path_still_gets_warm_hosts(
+    installed: InstalledPackage, tmp_path: Path
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    pool = WarmHosts(deep / "hosts", env=job_environment(), max_hosts=1, idle_seconds=600)
+    try:
+        _, outcome, _ = _run(installed, pool, tmp_path, "probe")
+        host = pool.acquire(installed.sha256, installed.python)
+        assert host is not None
+        pool.release(host)
+    finally:
+        pool.stop_all()
+    assert outcome.result is not None and outcome.result.output["ppid"] == host.process.pid
+    assert len(os.fsencode(host.socket_path)) < 100 and (host.socket_path.parent.stat().st_mode & 0o777) == 0o700
+    assert (deep / "hosts" / "sockets").resolve() == host.socket_path.parent
 
 
 def test_a_warm_host_keeps_its_environment_from_eviction(bundle: Path, tmp_path: Path) -> None:

@@ -94,6 +94,9 @@ class FakeAws:
     def delete_node(self, node_id: str) -> None:
         pass
 
+    def flush_deletes(self) -> None:
+        self.flushed = True
+
     def put_log_chunk(self, key: str, data: bytes) -> None:
         pass
 

@@ -231,3 +231,24 @@ def test_two_agents_needing_the_same_package_install_it_once(hello_bundle: Path,
     assert feed.calls == 1
     assert sorted(r.cached for r in results) == [False, True, True, True]
     assert len({r.python for r in results}) == 1
+
+
+def test_an_environment_another_agent_evicted_is_installed_again_not_trusted_from_memory(
+    hello_bundle: Path, tmp_path: Path
+) -> None:
+    # Given an environment this agent used (so its manifest is remembered)
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    sha = sha256_file(hello_bundle)
+    feed = Feed(hello_bundle)
+    cache.ensure(sha, feed).release()
+    assert cache.ensure(sha, feed).cached  # the fast path: remembered and still there
+
+    # When another agent on the machine evicts it
+    other = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    assert other._try_remove(sha)
+
+    # Then the next run installs it again instead of using a vanished environment
+    again = cache.ensure(sha, feed)
+    again.release()
+    assert not again.cached and feed.calls == 2
+    assert again.python.exists()

@@ -19,6 +19,9 @@ class Echo(Job[EchoConfig]):
         return {"message": self.config.message, "pid": os.getpid(), "attempt": self.context.attempt}
 
 
+# Printed at import: a warm host imports this once, before any run (its own log, not a run's).
+print("e2ejobs imported", flush=True)
+
 # Module state: a run that sees another run's entries here would not be isolated from it.
 _RUNS_IN_THIS_PROCESS: list[str] = []
 

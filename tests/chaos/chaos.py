@@ -155,6 +155,18 @@ class Chaos:
             if not held:
                 self._watch.remove((killed_at, held))
 
+    def refresh_running(self) -> None:
+        running = {view.id: view for view in self.client.iter_runs(state=RunState.RUNNING.value)}
+        for run_id, known in self.views.items():
+            if known.state is RunState.RUNNING and run_id not in running:
+                # Ended (or handed back) since: not a victim any more; the next full refresh says how.
+                self.views[run_id] = known.model_copy(update={"state": RunState.QUEUED})
+        self.views.update((run_id, view) for run_id, view in running.items() if run_id in self._planned_ids)
+
+    @property
+    def _planned_ids(self) -> set[str]:
+        return {plan.run_id for plan in self.planned}
+
     def running(self) -> list[RunView]:
         return [v for v in self.views.values() if v.state is RunState.RUNNING and v.attempts]
 
@@ -184,6 +196,13 @@ class Chaos:
         if jobs:
             os.kill(self.rng.choice(jobs), signal.SIGKILL)
             self.report.faults["job SIGKILL"] += 1
+
+    def kill_warm_host(self) -> None:
+        """The process runs are forked from: its running children must run on, the next run gets a new one."""
+        hosts = _job_processes(self.stack.run_dir, hosts=True)
+        if hosts:
+            os.kill(self.rng.choice(hosts), signal.SIGKILL)
+            self.report.faults["warm host SIGKILL"] += 1
 
     def freeze_agent(self) -> None:
         busy = {v.attempts[-1].node_id for v in self.running()}
@@ -217,13 +236,23 @@ class Chaos:
 
     # ------------------------------------------------------------ the story
     def play(self, *, faults: int, timeout: float) -> Report:
-        actions = [self.kill_agent, self.kill_job, self.kill_agent, self.freeze_agent, self.cancel, self.kill_job]
+        actions = [
+            self.kill_agent, self.kill_job, self.kill_agent, self.freeze_agent, self.cancel, self.kill_job,
+            self.kill_warm_host,
+        ]  # fmt: skip
         deadline = time.monotonic() + timeout
         injected = 0
+        rounds = 0
         while time.monotonic() < deadline:
-            self.refresh()
-            if self.all_terminal():
-                break
+            # A full refresh reads every run (slow with many); in between, one listing of the running ones
+            # is enough to pick a victim, so faults keep coming while runs are short.
+            if rounds % 5 == 0:
+                self.refresh()
+                if self.all_terminal():
+                    break
+            else:
+                self.refresh_running()
+            rounds += 1
             if injected < faults and self.running():
                 before = sum(self.report.faults.values())
                 self.rng.choice(actions)()
@@ -302,8 +331,9 @@ def _resume(child: Child) -> None:
         pass
 
 
-def _job_processes(stack_dir: Path) -> list[int]:
-    """Job processes (``runly.host run``) started by this stack's agents."""
+def _job_processes(stack_dir: Path, *, hosts: bool = False) -> list[int]:
+    """Job processes started by this stack's agents: ``runly.host run`` or a warm host's children (their
+    command line is the host's, their directory the run's), or with ``hosts`` the warm hosts themselves."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -313,7 +343,10 @@ def _job_processes(stack_dir: Path) -> list[int]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if b"runly.host" in cmdline and b"run" in cmdline and cwd.startswith(str(stack_dir)):
+        if b"runly.host" not in cmdline or not cwd.startswith(str(stack_dir)):
+            continue
+        is_host = b"serve" in cmdline and "/runs/" not in cwd
+        if is_host == hosts:
             found.append(int(proc.name))
     return found
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench                 # the whole run: bench/results.json, REPORT.md, latency.png
     .venv/bin/python -m bench --quick         # every figure with few repetitions (developing the bench)
+    .venv/bin/python -m bench --quick --only dispatch,checkpoints   # some sections (report in .state/<time>/)
 
 The Celery side and the chart run in bench/.venv-celery (``make bench`` builds it); without it they are
 skipped and the report says so.
@@ -57,6 +58,7 @@ def run_celery(
     command = [
         str(CELERY_PYTHON), "-m", "bench.peer_celery", "--endpoint", endpoint, "--scratch", str(scratch),
         "--dispatch", str(sizes.dispatch_runs), "--throughput", str(sizes.throughput_runs),
+        "--throughput-more-workers", str(sizes.throughput_runs_two_nodes),
         "--workers", "1,2", "--reps", str(reps), "--moto-pid", str(moto_pid),
     ]  # fmt: skip
     if tuned_only:
@@ -79,14 +81,26 @@ def draw_chart(results_path: Path, chart_path: Path) -> bool:
     return result.returncode == 0
 
 
+SECTIONS = (
+    "dispatch", "dispatch_fresh", "batch", "cold_start", "checkpoints", "idle", "recovery", "celery", "throughput",
+    "throughput_fresh",
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="few repetitions: for developing the bench, not quoting")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where results.json, REPORT.md, latency.png go")
+    parser.add_argument("--out", type=Path, help="where results.json, REPORT.md, latency.png go (default: bench/; "
+                        "with --only, the run's scratch directory)")  # fmt: skip
     parser.add_argument("--state", type=Path, default=BENCH_DIR / ".state", help="scratch space (logs, counts)")
     parser.add_argument("--budget-minutes", type=float, default=15.0)
     parser.add_argument("--no-celery", action="store_true")
+    parser.add_argument(
+        "--only",
+        metavar="SECTION[,SECTION...]",
+        help=f"run these sections only (of {', '.join(SECTIONS)}); the report then shows what they measured",
+    )
     parser.add_argument(
         "--render",
         type=Path,
@@ -96,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s", stream=sys.stderr)
     if args.render:
-        publish(json.loads(args.render.read_text()), args.out)
+        publish(json.loads(args.render.read_text()), args.out or BENCH_DIR)
         return 0
+    selected = set(SECTIONS)
+    if args.only:
+        selected = {name.strip() for name in args.only.split(",") if name.strip()}
+        if unknown := selected - set(SECTIONS):
+            parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
+    if args.no_celery:
+        selected.discard("celery")
 
     sizes = Sizes.quick() if args.quick else Sizes()
     budget = Budget(args.budget_minutes * 60)
@@ -108,17 +129,21 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(old, ignore_errors=True)
     state = (args.state / time.strftime("%Y%m%d-%H%M%S")).resolve()
     state.mkdir(parents=True)
+    out = args.out or (state if args.only else BENCH_DIR)
     results: dict[str, Any] = {
         "meta": {
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": machine.describe(),
             "load_average_at_start": machine.load_average(),
             "quick": args.quick,
+            "only": sorted(selected) if args.only else None,
             "sizes": sizes.__dict__,
             "state_dir": str(state),
             "commands": [
                 "make bench",
-                f"{sys.executable} -m bench" + (" --quick" if args.quick else ""),
+                f"{sys.executable} -m bench"
+                + (" --quick" if args.quick else "")
+                + (f" --only {args.only}" if args.only else ""),
                 f"{CELERY_PYTHON} -m bench.peer_celery --endpoint <moto> ...",
             ],
         },
@@ -131,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     step_seconds: dict[str, float] = {}
     results["meta"]["step_seconds"] = step_seconds
 
-    def step(name: str, measure: Callable[[], Any], *, figure: bool = True) -> Any:
-        """One benchmark (its result kept as figures[name] if ``figure``); a failure is recorded in the
-        results and the others still run."""
+    def step(name: str, measure: Callable[[], Any], *, figure: str | None = None, timed: str | None = None) -> Any:
+        """One benchmark (its result kept as figures[figure] if given); a failure is recorded in the results
+        and the others still run. Its time adds to step_seconds[timed or figure or name]."""
         began = time.monotonic()
         try:
             value = measure()
@@ -142,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             errors[name] = f"{type(exc).__name__}: {exc}"
             return None
         finally:
-            step_seconds[name] = step_seconds.get(name, 0.0) + time.monotonic() - began
+            key = timed or name
+            step_seconds[key] = step_seconds.get(key, 0.0) + time.monotonic() - began
         if figure and value is not None:
-            figures[name] = value
+            figures[figure] = value
         return value
 
     bench = OurBench(state, sizes)
@@ -155,52 +181,73 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["setup_seconds"] = bench.pack_and_push()
         idle_started()
         step_seconds["setup (stack, pack, push)"] = time.monotonic() - began
-        log.info("1. dispatch latency: %d sequential runs", sizes.dispatch_runs)
-        if step("dispatch", bench.dispatch):
-            log.info("dispatch p50 %.3f s, p95 %.3f s", figures["dispatch"]["median"], figures["dispatch"]["p95"])
-            step("dispatch_profile", bench.dispatch_profile)
-            step("imports", bench.import_profile)
-            step("warm_host_probe", bench.warm_host_probe)
+        # First, while the table is small: moto's DynamoDB transaction (a checkpoint's write) copies the whole table.
+        if "checkpoints" in selected:
+            log.info("3. checkpoint overhead")
+            step("checkpoints", bench.checkpoints, figure="checkpoints")
+        if "dispatch" in selected:
+            log.info("1. dispatch latency, warm job hosts: %d sequential runs", sizes.dispatch_runs)
+            if step("dispatch, warm job hosts", bench.dispatch, figure="dispatch"):
+                log.info("dispatch p50 %.3f s, p95 %.3f s", figures["dispatch"]["median"], figures["dispatch"]["p95"])
+                step("dispatch profile", bench.dispatch_profile, figure="dispatch_profile", timed="profiles")
+        if "dispatch_fresh" in selected:
+            log.info("1b. dispatch latency, a new interpreter per run: %d sequential runs", sizes.dispatch_fresh_runs)
+            measured = step("dispatch, new interpreter per run", functools.partial(bench.dispatch, fresh=True),
+                            figure="dispatch_fresh")  # fmt: skip
+            if measured:
+                log.info("dispatch (fresh) p50 %.3f s, p95 %.3f s", measured["median"], measured["p95"])
+                step("dispatch profile (fresh)", functools.partial(bench.dispatch_profile, fresh=True),
+                     figure="dispatch_profile_fresh", timed="profiles")  # fmt: skip
+                step("imports", bench.import_profile, figure="imports", timed="profiles")
+        if "batch" in selected:
+            log.info("4b. the batch path: %d runs, POST /runs/batch", sizes.batch_runs)
+            step("batch path", bench.batch_path, figure="batch")
+        if "cold_start" in selected:
             log.info("5. package cold start")
-            step("cold_start", bench.cold_start)
-        log.info("3. checkpoint overhead")
-        step("checkpoints", bench.checkpoints)
+            step("cold start", bench.cold_start, figure="cold_start")
         log.info("6. idle node (sampled since the start, on an agent of its own)")
-        step("idle: waiting for the end of its window", bench.finish_idle, figure=False)
-        log.info("7. recovery")
-        step("recovery", bench.recovery)
-        if not args.no_celery:
+        step("idle: the rest of its window", functools.partial(bench.finish_idle, wait="idle" in selected))
+        if "recovery" in selected:
+            log.info("7. recovery")
+            step("recovery", bench.recovery, figure="recovery")
+        moto = bench.moto_pid()
+        if "celery" in selected:
             log.info("8. Celery on SQS (same moto server)")
-            moto = next(c for c in bench.stack.children if c.name == "moto").process.pid
             results["celery"] = step(
                 "Celery: dispatch and throughput",
                 functools.partial(run_celery, bench.stack.endpoint, moto, state / "celery", sizes, reps=1),
-                figure=False,
             )
-        log.info("2. throughput")
-        throughput: dict[str, list[dict[str, Any]]] = {str(nodes): [] for nodes in THROUGHPUT_NODES}
-        per_rep = 0.0
-        for rep in range(1, min(THROUGHPUT_REPS, sizes.throughput_reps) + 1):
-            if rep > 1 and not budget.allows(per_rep):
-                log.info("throughput: no time for repetition %d within the budget", rep)
-                break
-            began = time.monotonic()
-            for nodes in THROUGHPUT_NODES:
-                name = f"throughput, {nodes} node(s)"
-                measured = step(name, functools.partial(bench.throughput, nodes, rep), figure=False)
-                if measured:
-                    throughput[str(nodes)].append(measured)
-                    log.info("throughput, %d node(s): %.2f runs/s", nodes, measured["runs_per_second"] or 0)
-            per_rep = time.monotonic() - began
-        figures["throughput"] = throughput
-        if results.get("celery") and budget.allows(120):
+        if "throughput" in selected:
+            log.info("2. throughput, warm job hosts")
+            throughput: dict[str, list[dict[str, Any]]] = {str(nodes): [] for nodes in THROUGHPUT_NODES}
+            figures["throughput"] = throughput
+            per_rep = 0.0
+            # The fresh-interpreter measurement below must still fit: extra repetitions only before it.
+            reserve = 60.0 + (sizes.fresh_throughput_runs / 3.0 if "throughput_fresh" in selected else 0.0)
+            for rep in range(1, THROUGHPUT_REPS + 1):
+                if rep > sizes.throughput_reps and (args.quick or not budget.allows(per_rep, reserve=reserve)):
+                    break
+                began = time.monotonic()
+                for nodes in THROUGHPUT_NODES:
+                    measured = step(f"throughput, {nodes} node(s)", functools.partial(bench.throughput, nodes, rep))
+                    if measured:
+                        throughput[str(nodes)].append(measured)
+                        log.info("throughput, %d node(s): %.2f runs/s", nodes, measured["runs_per_second"] or 0)
+                per_rep = time.monotonic() - began
+        if "throughput_fresh" in selected:
+            log.info("2b. throughput, a new interpreter per run: %d runs", sizes.fresh_throughput_runs)
+            measured = step("throughput, 1 node, new interpreter per run",
+                            functools.partial(bench.throughput, 1, 1, fresh=True))  # fmt: skip
+            if measured:
+                figures["throughput_fresh"] = {"1": [measured]}
+                log.info("throughput (fresh), 1 node: %.2f runs/s", measured["runs_per_second"] or 0)
+        if results.get("celery") and budget.allows(150):
             log.info("8b. Celery with polling_interval 0 (a tuned setting, for reference)")
             tuned = step(
                 "Celery: throughput with polling_interval 0",
                 functools.partial(
                     run_celery, bench.stack.endpoint, moto, state / "celery-tuned", sizes, reps=1, tuned_only=True
                 ),
-                figure=False,
             )
             if tuned and tuned.get("tuned_throughput"):
                 results["celery"]["tuned_throughput"] = tuned["tuned_throughput"]
@@ -210,30 +257,31 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["seconds"] = budget.elapsed
     results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     log.info("4. AWS requests per run; 6. idle node requests")
-    step("idle", bench.idle)
-    if "dispatch" in figures:
-        step("requests", bench.requests_per_run)
+    step("idle", bench.idle, figure="idle", timed="counting")
+    if "single" in bench.windows:
+        step("requests", functools.partial(bench.requests_per_run, "single"), figure="requests", timed="counting")
+    if "batch" in bench.windows:
+        step("requests (batch path)", functools.partial(bench.requests_per_run, "batch"), figure="requests_batch",
+             timed="counting")  # fmt: skip
 
-    publish(results, args.out)
+    publish(results, out)
     return 0
 
 
 def publish(results: dict[str, Any], out: Path) -> None:
-    """The derived figures (bill, warm-host projection, each figure vs its target), then results.json,
-    the chart and REPORT.md in ``out``."""
+    """The derived figures (the bill of each path, each figure vs its target), then results.json, the chart
+    and REPORT.md in ``out``."""
     figures = results["figures"]
-    if "requests" in figures and "dispatch" in figures:
-        figures["cost"] = derive.bill(
-            figures["requests"],
-            gateway_log_bytes_per_request=figures["dispatch"].get("gateway_log_bytes_per_request", 0.0),
-            prices=pricing.load_prices(),
-        )
-    figures["warm_host_projection_samples"] = derive.warm_host_projection_samples(
-        figures.get("dispatch") or {}, figures.get("warm_host_probe") or {}
-    )
-    figures["warm_host_projection"] = derive.warm_host_projection(
-        figures.get("dispatch") or {}, figures.get("dispatch_profile") or {}, figures.get("warm_host_probe") or {}
-    )
+    run_events = derive.run_events_default()
+    for requests, cost in (("requests", "cost"), ("requests_batch", "cost_batch")):
+        if requests in figures:
+            counted = figures[requests]
+            figures[cost] = derive.bill(
+                counted,
+                gateway_log_bytes_per_request=counted.get("gateway_log_bytes_per_http_request", 0.0),
+                prices=pricing.load_prices(),
+                run_events=run_events,
+            )
     results["summary"] = derive.figures(results)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"

@@ -30,10 +30,9 @@ def main(results_path: Path, chart_path: Path) -> None:
     celery = results.get("celery") or {}
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1.1, 1]})
 
-    cdf(left, (figures.get("dispatch") or {}).get("samples", []), "runly: enqueue -> job's first line")
+    cdf(left, (figures.get("dispatch") or {}).get("samples", []), "runly, warm job hosts: enqueue -> first line")
+    cdf(left, (figures.get("dispatch_fresh") or {}).get("samples", []), "runly, new interpreter per run")
     cdf(left, (celery.get("dispatch") or {}).get("samples", []), "Celery/SQS: apply_async -> task's first line")
-    cdf(left, figures.get("warm_host_projection_samples") or [], "runly with warm job hosts (projected)")
-    cdf(left, (figures.get("warm_host_probe") or {}).get("samples", []), "warm job host probe: fork -> first line")
     left.set_xscale("log")
     left.set_xlabel("latency (ms, log scale)")
     left.set_ylabel("fraction of runs")
@@ -41,20 +40,30 @@ def main(results_path: Path, chart_path: Path) -> None:
     left.grid(True, which="both", alpha=0.3)
     left.legend(loc="lower right", fontsize=8)
 
-    profile = figures.get("dispatch_profile") or {}
-    names = [name for name in profile if not name.startswith("after")]
-    medians = [(profile[name].get("median") or 0) * 1000 for name in names]
-    p95s = [(profile[name].get("p95") or 0) * 1000 for name in names]
-    positions = range(len(names))
-    right.barh(list(positions), medians, color="tab:blue", label="median")
-    right.scatter(p95s, list(positions), color="tab:red", marker="|", s=200, label="p95")
-    right.set_yticks(list(positions))
-    right.set_yticklabels([name.replace(": ", ":\n", 1) for name in names], fontsize=7)
+    # Both modes' phases on one axis: the warm mode's names, then the fresh mode's own (interpreter, imports).
+    profiles = [("warm job hosts", figures.get("dispatch_profile") or {}, "tab:blue"),
+                ("new interpreter per run", figures.get("dispatch_profile_fresh") or {}, "tab:orange")]  # fmt: skip
+    names: list[str] = []
+    for _, profile, _ in profiles:
+        names += [name for name in profile if not name.startswith("after") and name not in names]
+    height = 0.4
+    for offset, (label, profile, color) in enumerate(profiles):
+        if not profile:
+            continue
+        positions = [index + offset * height for index, name in enumerate(names) if name in profile]
+        present = [name for name in names if name in profile]
+        right.barh(positions, [(profile[n].get("median") or 0) * 1000 for n in present], height=height,
+                   color=color, label=f"{label}: median")  # fmt: skip
+        right.scatter([(profile[n].get("p95") or 0) * 1000 for n in present], positions, color=color, marker="|",
+                      s=150, label=f"{label}: p95")  # fmt: skip
+    right.set_yticks([index + height / 2 for index in range(len(names))])
+    right.set_yticklabels([name.replace(": ", ":\n", 1) for name in names], fontsize=6)
     right.invert_yaxis()
-    right.set_xlabel("ms")
+    right.set_xscale("symlog", linthresh=10)
+    right.set_xlabel("ms (linear to 10, then log)")
     right.set_title("Where runly's dispatch time goes (per phase)")
     right.grid(True, axis="x", alpha=0.3)
-    right.legend(fontsize=8)
+    right.legend(fontsize=7)
 
     meta = results.get("meta", {})
     machine = meta.get("machine", {})

@@ -145,6 +145,17 @@ def describe_call(service: str, operation: str, params: Mapping[str, Any]) -> di
                     }
                 )
         detail["items"] = items
+    if operation == "BatchWriteItem":
+        writes = []
+        for requests in (params.get("RequestItems") or {}).values():
+            for request in requests:
+                put = (request.get("PutRequest") or {}).get("Item")
+                key = put if put is not None else (request.get("DeleteRequest") or {}).get("Key")
+                writes.append({"kind": key_kind(key), "size": item_size(put) if put is not None else None})
+        detail["writes"] = writes
+        kinds = {write["kind"] for write in writes}
+        if len(kinds) == 1:
+            detail["kind"] = kinds.pop()
     if operation == "BatchGetItem":
         detail["gets"] = [
             {"kind": key_kind(key), "consistent": bool(spec.get("ConsistentRead", False))}
@@ -309,7 +320,7 @@ def typical_sizes(calls: Iterable[Call]) -> dict[str, int]:
         kind = call.kind
         if kind and isinstance(size, int) and call.operation in ("GetItem", "PutItem", "UpdateItem", "DeleteItem"):
             sizes[kind] = max(sizes.get(kind, 0), size)
-        for item in call.detail.get("items") or []:
+        for item in [*(call.detail.get("items") or []), *(call.detail.get("writes") or [])]:
             if item.get("kind") and isinstance(item.get("size"), int):
                 sizes[item["kind"]] = max(sizes.get(item["kind"], 0), item["size"])
     return sizes
@@ -344,6 +355,10 @@ def capacity_units(call: Call, typical: Mapping[str, int]) -> Units:
         return Units(read=total)
     if operation in ("PutItem", "UpdateItem", "DeleteItem"):
         return Units(write=_write_units(size_of(call.kind, detail.get("size"))))
+    if operation == "BatchWriteItem":  # each item of the batch is billed as its own write
+        return Units(
+            write=sum(_write_units(size_of(item.get("kind"), item.get("size"))) for item in detail.get("writes") or [])
+        )
     if operation == "TransactWriteItems":
         return Units(
             write=sum(

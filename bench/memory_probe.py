@@ -22,9 +22,8 @@ def rss_mb() -> float:
 def main() -> None:
     steps: dict[str, float] = {"interpreter": rss_mb()}
     import pydantic  # noqa: F401
-    import pydantic_settings  # noqa: F401
 
-    steps["+ pydantic, pydantic-settings"] = rss_mb()
+    steps["+ pydantic"] = rss_mb()
     import boto3
 
     steps["+ boto3 (botocore)"] = rss_mb()
@@ -32,14 +31,14 @@ def main() -> None:
     import node_agent.aws
     import node_agent.package_cache  # noqa: F401
 
-    steps["+ node_agent modules"] = rss_mb()
+    steps["+ node_agent modules (and what they import)"] = rss_mb()
     session = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1")
     session.client("sqs")
     steps["+ SQS client"] = rss_mb()
-    session.client("s3")
-    steps["+ S3 client"] = rss_mb()
     session.resource("dynamodb").Table("t")
     steps["+ DynamoDB resource"] = rss_mb()
+    session.client("s3")
+    steps["+ S3 client (made on the first download or log upload: not in an idle agent that never ran)"] = rss_mb()
     print(json.dumps(steps))
 
 

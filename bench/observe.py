@@ -17,7 +17,9 @@ _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) (\w+) (\S+) (
 _CLAIMED = re.compile(r"^run (\S+): claimed as attempt (\d+)")
 _READY = re.compile(r"^run (\S+): package (\S+) (\S+) ready in ([\d.]+) s \((.*)\)")
 _INSTALLED = re.compile(r"^package (\w+) \((\S+) (\S+)\) installed in ([\d.]+)s: (.*)$")
-_SPAWNED = re.compile(r"^run (\S+) attempt (\d+): job process (\d+) started")
+# With warm job hosts the agent adds a suffix: "... job process 26086 started (warm host)".
+_SPAWNED = re.compile(r"^run (\S+) attempt (\d+): job process (\d+) started(.*)$")
+_HOST_STARTED = re.compile(r"^warm host for (\w+) started in ([\d.]+) s \(pid (\d+)\)")
 _TERMINAL = re.compile(r"^run (\S+) (Succeeded|Failed|Cancelled|TimedOut)$")
 _PHASE = re.compile(r"(\w+) ([\d.]+)s")
 
@@ -35,7 +37,7 @@ def phases(text: str) -> dict[str, float]:
 @dataclass
 class AgentEvent:
     t: float
-    kind: str  # claimed | installed | ready | spawned | terminal
+    kind: str  # claimed | installed | ready | host_started | spawned | terminal
     run_id: str | None
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -60,7 +62,13 @@ def parse_agent_line(line: str) -> AgentEvent | None:
                                    "phases": phases(found.group(5))}
         )  # fmt: skip
     if found := _SPAWNED.match(message):
-        return AgentEvent(t, "spawned", found.group(1), {"attempt": int(found.group(2)), "pid": int(found.group(3))})
+        data: dict[str, Any] = {"attempt": int(found.group(2)), "pid": int(found.group(3))}
+        if "warm" in found.group(4):
+            data["warm"] = True
+        return AgentEvent(t, "spawned", found.group(1), data)
+    if found := _HOST_STARTED.match(message):
+        return AgentEvent(t, "host_started", None, {"sha256": found.group(1), "seconds": float(found.group(2)),
+                                                    "pid": int(found.group(3))})  # fmt: skip
     if found := _TERMINAL.match(message):
         return AgentEvent(t, "terminal", found.group(1), {"state": found.group(2)})
     return None
@@ -214,12 +222,85 @@ def parent(pid: int) -> int | None:
         return None
 
 
-class ProcSampler:
-    """Samples a process's RSS every ``interval`` seconds on a thread, and its CPU time at start and stop."""
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first, then theirs)."""
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        below = [child for p in frontier for child in children(p)]
+        found += below
+        frontier = below
+    return found
 
-    def __init__(self, pid: int, interval: float = 1.0) -> None:
+
+def ancestor_in(pid: int, candidates: set[int]) -> int | None:
+    """The nearest ancestor of ``pid`` (or ``pid`` itself) that is one of ``candidates``: which agent a job
+    process belongs to, whether the agent started it or a warm job host forked it."""
+    current: int | None = pid
+    while current and current > 1:
+        if current in candidates:
+            return current
+        current = parent(current)
+    return None
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+    except OSError:
+        return []
+
+
+def warm_hosts(agent_pid: int) -> list[int]:
+    """An agent's warm job hosts: its processes running ``python ... -m runly.host serve``."""
+    return [pid for pid in descendants(agent_pid) if {"runly.host", "serve"} <= set(command_line(pid))]
+
+
+def own_and_children_cpu(pid: int) -> tuple[float, float]:
+    """(its own CPU seconds, its waited-for children's) of a live process."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    ticks = clock_ticks()
+    return (int(fields[11]) + int(fields[12])) / ticks, (int(fields[13]) + int(fields[14])) / ticks
+
+
+def node_cpu_seconds(agent_pid: int) -> dict[str, float]:
+    """Where a node's CPU went so far: the agent itself; its warm job hosts (start, imports, forking); and
+    the job processes, whether the agent waited for them (a new interpreter per run) or a warm host did
+    (forked runs). Read while the agent runs: a host the agent stopped and waited for counts as a job
+    process here, a negligible error."""
+    agent_own, agent_children = own_and_children_cpu(agent_pid)
+    hosts_own = hosts_children = 0.0
+    for host in warm_hosts(agent_pid):
+        try:
+            own, reaped = own_and_children_cpu(host)
+        except OSError:
+            continue
+        hosts_own += own
+        hosts_children += reaped
+    return {"agent": agent_own, "warm hosts": hosts_own, "job processes": agent_children + hosts_children}
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """RSS, and PSS (shared pages split among the processes sharing them), in MB."""
+    values = {"rss": rss_bytes(pid) / 1024**2}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                values["pss"] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return values
+
+
+class ProcSampler:
+    """Samples a process's RSS every ``interval`` seconds on a thread, and its CPU time at start and stop;
+    it stops by itself after ``duration`` seconds, if given."""
+
+    def __init__(self, pid: int, interval: float = 1.0, duration: float | None = None) -> None:
         self.pid = pid
         self.interval = interval
+        self.duration = duration
         self.rss: list[int] = []
         self.started = self.stopped = 0.0
         self.cpu_start = self.cpu_stop = 0.0
@@ -238,12 +319,23 @@ class ProcSampler:
                 self.rss.append(rss_bytes(self.pid))
             except OSError:
                 return
+            if self.duration is not None and time.time() - self.started >= self.duration:
+                self._finish()
+                return
+
+    def _finish(self) -> None:
+        if not self.stopped:
+            self.stopped = time.time()
+            self.cpu_stop = cpu_seconds(self.pid)
+
+    def wait(self) -> None:
+        """Until it has stopped by itself (after ``duration``)."""
+        self._thread.join()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.stopped = time.time()
-        self.cpu_stop = cpu_seconds(self.pid)
+        self._finish()
 
     @property
     def seconds(self) -> float:

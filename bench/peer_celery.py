@@ -175,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moto-pid", type=int, help="the moto server's process, to count its CPU time")
     parser.add_argument("--dispatch", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--throughput", type=int, default=1000)
+    parser.add_argument("--throughput", type=int, default=1000, help="tasks per throughput measurement")
+    parser.add_argument(
+        "--throughput-more-workers", type=int, help="tasks per measurement with more than one worker (default: same)"
+    )
     parser.add_argument("--workers", default="1,2", help="worker counts for throughput, comma-separated")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each throughput measurement")
     parser.add_argument(
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     throughput: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.reps):
         for workers in worker_counts:
-            measured = peer.throughput(workers, args.throughput)
+            tasks = args.throughput if workers == 1 else (args.throughput_more_workers or args.throughput)
+            measured = peer.throughput(workers, tasks)
             throughput.setdefault(str(workers), []).append(measured)
             print(f"celery throughput, {workers} worker(s): {measured['runs_per_second']} tasks/s", file=sys.stderr)
     result["throughput"] = throughput

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,3 +52,25 @@ def rate(count: int, seconds: float | None) -> float | None:
     if seconds is None or seconds <= 0:
         return None
     return count / seconds
+
+
+def ratio_of_medians(
+    numerators: Sequence[float], denominators: Sequence[float], *, confidence: float = 0.9, resamples: int = 2000
+) -> dict[str, Any]:
+    """median(numerators) / median(denominators), with a bootstrap interval: both samples are resampled with
+    replacement ``resamples`` times (a fixed seed: the same samples give the same interval) and the central
+    ``confidence`` share of the resampled ratios is kept. Ratio and interval are None without samples."""
+    if not numerators or not denominators or median(denominators) == 0:
+        return {"ratio": None, "interval": [None, None]}
+    generator = random.Random(1)
+    ratios = []
+    for _ in range(resamples):
+        top = median(generator.choices(numerators, k=len(numerators)))
+        bottom = median(generator.choices(denominators, k=len(denominators)))
+        if bottom:
+            ratios.append(top / bottom)
+    tail = (1 - confidence) / 2 * 100
+    return {
+        "ratio": median(numerators) / median(denominators),
+        "interval": [percentile(ratios, tail), percentile(ratios, 100 - tail)],
+    }

@@ -172,6 +172,20 @@ def test_transactions_cost_twice() -> None:
     assert counting.capacity_units(call("SendMessage", "sqs"), {}) == Units()
 
 
+def test_a_batch_write_is_billed_item_by_item() -> None:
+    params = {
+        "RequestItems": {
+            "table": [
+                {"PutRequest": {"Item": {"pk": "RUN#1", "sk": "RUN", "config": "x" * 1500}}},
+                {"PutRequest": {"Item": {"pk": "RUN#2", "sk": "RUN"}}},
+            ]
+        }
+    }
+    detail = counting.describe_call("dynamodb", "BatchWriteItem", params)
+    assert detail["kind"] == "RUN/RUN" and [write["size"] for write in detail["writes"]] == [1518, 12]
+    assert counting.capacity_units(call("BatchWriteItem", **detail), {}) == Units(write=3.0)
+
+
 def test_typical_sizes_keep_the_largest_of_each_kind() -> None:
     calls = [
         call("GetItem", kind="RUN/RUN", size=700),

@@ -8,7 +8,7 @@ import pytest
 
 from bench.observe import parse_agent_line, phases
 from bench.ours import read_ledger, top_imports, window_rates
-from bench.stats import median, percentile, rate, ratio, summarize
+from bench.stats import median, percentile, rate, ratio, ratio_of_medians, summarize
 
 
 def test_percentiles_interpolate_between_closest_ranks_like_numpy() -> None:
@@ -78,6 +78,19 @@ def test_agent_log_lines_are_read_into_events() -> None:
         "2026-11-27 23:03:47,004 INFO node_agent.job_process run run_1 attempt 1: job process 26086 started"
     )
     assert spawned is not None and spawned.data == {"attempt": 1, "pid": 26086}
+    forked = parse_agent_line(
+        "2026-11-27 23:03:47,004 INFO node_agent.job_process run run_1 attempt 1: job process 26087 started (warm host)"
+    )
+    assert forked is not None and forked.data == {"attempt": 1, "pid": 26087, "warm": True}
+    fresh = parse_agent_line(
+        "2026-11-27 23:03:47,004 INFO node_agent.job_process run run_1 attempt 1: job process 26088 started "
+        "(new interpreter)"
+    )
+    assert fresh is not None and fresh.data == {"attempt": 1, "pid": 26088}
+    host = parse_agent_line(
+        "2026-11-27 23:03:47,004 INFO node_agent.warm_hosts warm host for 0123456789ab started in 0.31 s (pid 99)"
+    )
+    assert host is not None and host.kind == "host_started" and host.data["seconds"] == 0.31
     ended = parse_agent_line("2026-11-27 23:03:47,931 INFO node_agent.supervisor run run_1 Succeeded")
     assert ended is not None and ended.kind == "terminal" and ended.data == {"state": "Succeeded"}
     assert parse_agent_line("2026-11-27 23:03:47,931 INFO node_agent.agent node n1 joined environment default") is None
@@ -114,3 +127,14 @@ def test_ledger_separates_attempts(tmp_path) -> None:  # type: ignore[no-untyped
     entry = read_ledger(ledger, "r1")
     assert entry.starts == {1: (0, 100.0), 2: (1, 130.0)}
     assert entry.items == {1: [0, 1], 2: [1]}
+
+
+def test_ratio_of_medians_with_a_bootstrap_interval_around_it() -> None:
+    slower = [90.0, 91.0, 89.0, 90.5, 89.5] * 3
+    faster = [100.0, 101.0, 99.0, 100.5, 99.5] * 3
+    result = ratio_of_medians(slower, faster)
+    assert result["ratio"] == pytest.approx(0.9)
+    low, high = result["interval"]
+    assert low <= 0.9 <= high and high - low < 0.05
+    assert ratio_of_medians(slower, faster) == result  # a fixed seed: the same samples, the same interval
+    assert ratio_of_medians([], faster) == {"ratio": None, "interval": [None, None]}

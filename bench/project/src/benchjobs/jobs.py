@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from runly import Job
 from runly.items import ItemConfig, ItemJob
 from runly.job import Disposition, JobChannel, JobContext
+
+if TYPE_CHECKING:
+    from runly.wire import Progress
 
 IMPORTED_AT = time.time()  # the job process has started and imported runly.host and this module
 
@@ -41,6 +45,30 @@ class Stamp(Job[StampConfig]):
             note(self.config.stamps, f"{self.context.run_id} {started:.6f} {IMPORTED_AT:.6f} {os.getpid()}")
 
 
+class TimedChannel:
+    """The agent's channel, with each checkpoint timed where the SDK's reporter thread makes it: when it started,
+    its round trip (the agent writes it to DynamoDB, then acknowledges; items go on meanwhile) and the CPU time
+    that thread spent on it (the message out, the acknowledgement in)."""
+
+    def __init__(self, inner: JobChannel) -> None:
+        self._inner = inner
+        self.checkpoints: list[tuple[float, float, float]] = []  # (started, round trip s, reporter CPU s)
+
+    @property
+    def can_checkpoint(self) -> bool:
+        return self._inner.can_checkpoint
+
+    def progress(self, progress: Progress) -> None:
+        self._inner.progress(progress)
+
+    def checkpoint(self, *, watermark: int | None = None, last_item_id: str | None = None, state: Any = None) -> None:
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            self._inner.checkpoint(watermark=watermark, last_item_id=last_item_id, state=state)
+        finally:
+            self.checkpoints.append((started, time.perf_counter() - started, time.thread_time() - cpu))
+
+
 class NoopItemsConfig(ItemConfig):
     items: int = Field(default=100_000, ge=1)
     checkpoint_every: float = Field(
@@ -55,28 +83,41 @@ class NoopItems(ItemJob[NoopItemsConfig, int]):
         super().__init__(config, context)
         self._last = self.config.items - 1
         self._started = self._finished = 0.0
+        # CPU time of the whole process (items and the reporter thread that sends checkpoints): steadier than
+        # wall time on a machine other work shares.
+        self._cpu_started = self._cpu_finished = 0.0
+        self._timed: TimedChannel | None = None
 
     def bind(self, channel: JobChannel, *, checkpoint_interval: float | None = None) -> None:
         # The host binds the job to its agent's channel: with this run's interval instead of the class's.
         every = self.config.checkpoint_every if checkpoint_interval is None else checkpoint_interval
-        super().bind(channel, checkpoint_interval=every)
+        self._timed = TimedChannel(channel)
+        super().bind(self._timed, checkpoint_interval=every)
 
     def items(self) -> range:
+        self._cpu_started = time.process_time()
         self._started = time.perf_counter()
         return range(self.config.items)
 
     def process(self, item: int) -> None:
         if item == self._last:
             self._finished = time.perf_counter()
+            self._cpu_finished = time.process_time()
 
     def finalize(self, disposition: Disposition) -> dict[str, object]:
         seconds = self._finished - self._started
         reporter = self._reporter
+        timed = self._timed.checkpoints if self._timed is not None else []
         return {
             **self.summary(),
             "seconds": seconds,
             "items_per_second": self.counts.done / seconds if seconds > 0 else None,
             "checkpoints": getattr(reporter, "checkpoints_taken", None),
+            # Started while the items ran (the timed part); the one the SDK takes when they end is not.
+            "checkpoints_inside": sum(1 for started, _, _ in timed if self._started <= started <= self._finished),
+            "checkpoint_round_trips": [round_trip for _, round_trip, _ in timed],
+            "checkpoint_cpu_seconds": [cpu for _, _, cpu in timed],
+            "cpu_seconds": self._cpu_finished - self._cpu_started,
         }
 
 

@@ -114,6 +114,8 @@ class Agent:
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
         ship_leftovers(self.runs_dir, self.aws.put_log_chunk)
+        # Registered as idle: it polls next, and a record written as 'starting' would need another write at once.
+        self.state = AgentState.IDLE
         self.register()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()

@@ -334,10 +334,11 @@ def test_an_idle_node_writes_its_record_rarely_and_stays_online_between_writes(s
         agent.heartbeat()
         online_throughout &= aws.nodes[-1].expires_at > clock.now
 
-    # Then it wrote its record when it joined, when its state changed (starting -> idle), then every 10 min
-    assert [node.state for node in aws.nodes[:2]] == ["starting", "idle"]
+    # Then it wrote its record when it joined (as idle: nothing happens between joining and the first poll),
+    # then every 10 min, and nothing else
+    assert {node.state for node in aws.nodes} == {"idle"}
     written_at = [round(_epoch(node.last_seen) - start) for node in aws.nodes]
-    assert written_at == [0, 5, 605, 1205]
+    assert written_at == [0, 600, 1200, 1800]
     # And the API saw it online all along, though the record went unwritten for ten minutes at a time
     assert online_throughout
     agent.request_stop()
@@ -442,10 +443,11 @@ def test_messages_are_hidden_for_two_heartbeats_and_the_claim_lease_ends_before_
 
 
 def test_a_slow_heartbeat_does_not_delay_the_first_beat_of_a_run_claimed_during_it(tmp_path: Path) -> None:
-    # Given heartbeats every second whose node write takes 1.2 s (throttled), and a message received hidden for 2 s
+    # Given heartbeats every second whose node write (due on every beat, even idle) takes 1.2 s (throttled),
+    # and a message received hidden for 2 s
     settings = AgentSettings(
         queue_url="q", table_name="t", feed_bucket="b", node_id="node-1", lease_seconds=4, heartbeat_seconds=1,
-        poll_wait_seconds=0, work_dir=tmp_path,
+        poll_wait_seconds=0, work_dir=tmp_path, idle_refresh_seconds=1,
     )  # fmt: skip
     hidden_for = receive_visibility(settings)
     assert hidden_for == 2

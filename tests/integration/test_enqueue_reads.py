@@ -16,34 +16,13 @@ from functions.api.dependencies import services
 from functions.dal import store as store_module
 from functions.dal.store import Store
 from runly.records import PackageRecord
-from tests.support.run_api import NAMES, Api, error_field, moto_stack, reset_stack
+from tests.support.run_api import GREET, Api, api_fixtures, error_field
 
-GREET = {"package": "greeter", "job": "greet", "config": {"name": "Ada"}}
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 Call = tuple[str, frozenset[str]]  # operation, what it read ("pin staging", "version 1.0.0", "index"; empty: a write)
 
 
-def _is_package(item: dict[str, Any]) -> bool:
-    return str(item["pk"]).startswith("PKG#") or item["pk"] == "PACKAGES"
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[dict[str, str]]:
-    with moto_stack(NAMES) as queue_urls:
-        yield queue_urls
-
-
-@pytest.fixture
-def aws(stack: dict[str, str]) -> Iterator[dict[str, str]]:
-    yield stack
-    reset_stack(NAMES, stack, keep=_is_package)
-
-
-@pytest.fixture
-def api(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    client = Api(NAMES, aws, monkeypatch)  # a new Store per test: its memory of version items starts empty
-    yield client
-    client.close()
+stack, aws, api = api_fixtures()  # a new Store per test: its memory of version items starts empty
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +9,7 @@ import pytest
 
 from runly import resources
 from runly.contracts import Scope
-from tests.support.run_api import NAMES, Api, error_field, moto_stack, reset_stack
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[dict[str, str]]:
-    with moto_stack(NAMES) as queue_urls:
-        yield queue_urls
+from tests.support.run_api import NAMES, Api, api_fixtures, error_field
 
 
 @pytest.fixture
@@ -24,18 +17,7 @@ def names() -> resources.ResourceNames:
     return NAMES
 
 
-@pytest.fixture
-def aws(stack: dict[str, str]) -> Iterator[dict[str, str]]:
-    """The module's moto stack (created once), emptied after each test."""
-    yield stack
-    reset_stack(NAMES, stack, keep=lambda item: False)
-
-
-@pytest.fixture
-def api(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    client = Api(NAMES, aws, monkeypatch)
-    yield client
-    client.close()
+stack, aws, api = api_fixtures(keep=lambda item: False)
 
 
 def enqueue(api: Api, **fields: Any) -> Any:

@@ -5,7 +5,7 @@ back, and the client's enqueue_many over HTTP."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,38 +23,14 @@ from runly.client import ApiError, RunlyClient
 from runly.contracts import EnqueueRunRequest, JobSpec, RunMessage, Scope
 from runly.local.gateway import Gateway
 from runly.records import IdempotencyRecord, PackageRecord, iso, utcnow
-from tests.support.run_api import NAMES, Api, error_field, moto_stack, reset_stack
+from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter
 
-GREET = {"package": "greeter", "job": "greet", "config": {"name": "Ada"}}
-
-
-def _is_package(item: dict[str, Any]) -> bool:
-    return str(item["pk"]).startswith("PKG#") or item["pk"] == "PACKAGES"
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[dict[str, str]]:
-    with moto_stack(NAMES) as queue_urls:
-        yield queue_urls
-
-
-@pytest.fixture
-def aws(stack: dict[str, str]) -> Iterator[dict[str, str]]:
-    yield stack
-    reset_stack(NAMES, stack, keep=_is_package)
-
-
-@pytest.fixture
-def api(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    client = Api(NAMES, aws, monkeypatch)
-    yield client
-    client.close()
+stack, aws, api = api_fixtures()
 
 
 @pytest.fixture
 def greeter(api: Api, tmp_path: Path) -> dict[str, Any]:
-    registered = api("GET", "/packages/greeter/versions/1.0.0")
-    return registered.body if registered.status == 200 else api.register(tmp_path)  # type: ignore[no-any-return]
+    return registered_greeter(api, tmp_path)
 
 
 def messages(queue_url: str) -> list[str]:

@@ -7,7 +7,6 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,20 +25,9 @@ from runly.client import ApiError, RunlyClient
 from runly.contracts import Checkpoint, EnqueueRunRequest, FailureReason, RunMessage, RunState, Scope
 from runly.local.gateway import Gateway
 from runly.records import IdempotencyRecord, NodeRecord, RunRecord, iso, utcnow
-from tests.support.run_api import NAMES, Api, error_field, moto_stack, reset_stack, serialized_dynamodb
+from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter, serialized_dynamodb
 
 LEASE = 30
-GREET = {"package": "greeter", "job": "greet", "config": {"name": "Ada"}}
-
-
-def _is_package(item: dict[str, Any]) -> bool:
-    return str(item["pk"]).startswith("PKG#") or item["pk"] == "PACKAGES"
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[dict[str, str]]:
-    with moto_stack(NAMES) as queue_urls:
-        yield queue_urls
 
 
 @pytest.fixture
@@ -47,24 +35,12 @@ def names() -> resources.ResourceNames:
     return NAMES
 
 
-@pytest.fixture
-def aws(stack: dict[str, str]) -> Iterator[dict[str, str]]:
-    """The module's moto stack (created once), emptied after each test but for the registered packages."""
-    yield stack
-    reset_stack(NAMES, stack, keep=_is_package)
-
-
-@pytest.fixture
-def api(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    client = Api(NAMES, aws, monkeypatch)
-    yield client
-    client.close()
+stack, aws, api = api_fixtures()
 
 
 @pytest.fixture
 def greeter(api: Api, tmp_path: Path) -> dict[str, Any]:
-    registered = api("GET", "/packages/greeter/versions/1.0.0")
-    return registered.body if registered.status == 200 else api.register(tmp_path)  # type: ignore[no-any-return]
+    return registered_greeter(api, tmp_path)
 
 
 @pytest.fixture

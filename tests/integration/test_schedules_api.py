@@ -6,7 +6,6 @@ scheduler holds, as EventBridge Scheduler builds them (runly.local.scheduler.ren
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -21,7 +20,7 @@ from runly.contracts import RunMessage, Scope
 from runly.local.aws import schedule_settings
 from runly.local.scheduler import Definition, render_event
 from tests.support.api import FakeContext
-from tests.support.run_api import NAMES, Api, error_field, moto_stack, reset_stack
+from tests.support.run_api import NAMES, Api, api_fixtures, error_field, registered_greeter
 
 NIGHTLY = {
     "name": "nightly greeting",
@@ -35,37 +34,18 @@ GROUP = NAMES.scheduler_group
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def _is_package(item: dict[str, Any]) -> bool:
-    return str(item["pk"]).startswith("PKG#") or item["pk"] == "PACKAGES"
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[dict[str, str]]:
-    with moto_stack(NAMES) as queue_urls:
-        yield queue_urls
-
-
-@pytest.fixture
-def aws(stack: dict[str, str]) -> Iterator[dict[str, str]]:
-    """The module's moto stack, emptied after each test but for the registered packages."""
-    yield stack
+def _delete_schedules() -> None:
     scheduler = boto3.client("scheduler")
     for schedule in scheduler.list_schedules(GroupName=GROUP)["Schedules"]:
         scheduler.delete_schedule(GroupName=GROUP, Name=schedule["Name"])
-    reset_stack(NAMES, stack, keep=_is_package)
 
 
-@pytest.fixture
-def api(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    client = Api(NAMES, aws, monkeypatch)
-    yield client
-    client.close()
+stack, aws, api = api_fixtures(cleanup=_delete_schedules)
 
 
 @pytest.fixture
 def greeter(api: Api, tmp_path: Path) -> dict[str, Any]:
-    registered = api("GET", "/packages/greeter/versions/1.0.0")
-    return registered.body if registered.status == 200 else api.register(tmp_path)  # type: ignore[no-any-return]
+    return registered_greeter(api, tmp_path)
 
 
 def eventbridge(schedule_id: str) -> dict[str, Any]:

@@ -29,6 +29,48 @@ NAMES = resources.ResourceNames(
 )
 
 
+GREET = {"package": "greeter", "job": "greet", "config": {"name": "Ada"}}
+
+
+def is_package(item: dict[str, Any]) -> bool:
+    """A registered package's item (kept between tests: registering is slow)."""
+    return str(item["pk"]).startswith("PKG#") or item["pk"] == "PACKAGES"
+
+
+def api_fixtures(
+    *, keep: Callable[[dict[str, Any]], bool] = is_package, cleanup: Callable[[], None] | None = None
+) -> tuple[Any, Any, Any]:
+    """The fixtures of an API test module, as ``stack, aws, api = api_fixtures()``: the module's moto stack
+    (created once), emptied after each test but for the items ``keep`` accepts (``cleanup`` first, for what
+    the table does not hold), and an Api caller on it, with a fresh set of the functions' services per test."""
+
+    @pytest.fixture(scope="module")
+    def stack() -> Iterator[dict[str, str]]:
+        with moto_stack(NAMES) as queue_urls:
+            yield queue_urls
+
+    @pytest.fixture
+    def aws(stack: dict[str, str]) -> Iterator[dict[str, str]]:
+        yield stack
+        if cleanup is not None:
+            cleanup()
+        reset_stack(NAMES, stack, keep=keep)
+
+    @pytest.fixture
+    def api(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+        client = Api(NAMES, aws, monkeypatch)
+        yield client
+        client.close()
+
+    return stack, aws, api
+
+
+def registered_greeter(api: Api, tmp_path: Path) -> dict[str, Any]:
+    """greeter 1.0.0, registered once per module (the table keeps package items between tests)."""
+    registered = api("GET", "/packages/greeter/versions/1.0.0")
+    return registered.body if registered.status == 200 else api.register(tmp_path)  # type: ignore[no-any-return]
+
+
 @contextmanager
 def moto_stack(names: resources.ResourceNames = NAMES) -> Iterator[dict[str, str]]:
     """In-process moto with the deployment's resources, for a whole test module: created once, emptied by

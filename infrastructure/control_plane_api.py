@@ -23,20 +23,17 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infrastructure.lambda_function import LOG_RETENTION, RunlyFunction
 from runly.records import key_key
 from runly.resources import (
     API_FUNCTION_HANDLER,
     AUTHORIZATION_HEADER,
     AUTHORIZER_FUNCTION_HANDLER,
     AUTHORIZER_RESULT_TTL_SECONDS,
-    FUNCTIONS_MEMORY_MB,
-    FUNCTIONS_TIMEOUT_SECONDS,
     OPEN_ROUTES,
     PARTITION_KEY,
 )
 
-RUNTIME = lambda_.Runtime.PYTHON_3_11
-LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 # The routes: the function's resolver does the routing, API Gateway only forwards (and authorizes).
 ROUTE_PATHS = ("/", "/{proxy+}")
 # API Gateway waits at most this long for an authorizer; the authorizer does one GetItem.
@@ -91,32 +88,13 @@ class ControlPlaneApi(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
 
-        # The function's own role; the stack grants it exactly the data access it needs.
-        self.role = iam.Role(
-            self,
-            "FunctionRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"{api_name}: the control-plane API function",
-        )
-        function_logs = logs.LogGroup(self, "FunctionLogs", retention=LOG_RETENTION)
-        # Instead of AWSLambdaBasicExecutionRole (logs on every log group): write to this one only.
-        function_logs.grant_write(self.role)
-
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            runtime=RUNTIME,
-            architecture=lambda_.Architecture.X86_64,  # the platform the dependencies are bundled for
-            handler=API_FUNCTION_HANDLER,
-            code=code,
-            memory_size=FUNCTIONS_MEMORY_MB,
-            timeout=cdk.Duration.seconds(FUNCTIONS_TIMEOUT_SECONDS),
-            role=self.role,
-            log_group=function_logs,
-            environment=dict(environment),
-            description="runly control-plane API",
-            tracing=lambda_.Tracing.ACTIVE,  # Powertools Tracer: X-Ray segments per request
-        )
+        # Each function has its own role; the stack grants the API exactly the data access it needs, the
+        # authorizer the right to read API key items and nothing else (see allow_authorizer_to_read_keys).
+        api = RunlyFunction(
+            self, "Api", handler=API_FUNCTION_HANDLER, code=code, environment=environment,
+            description=f"{api_name}: the control-plane API function", tracing=True,
+        )  # fmt: skip
+        self.role, self.function = api.role, api.function
         cdk.Validations.of(self.role).acknowledge(
             cdk.Acknowledgment(
                 id="AwsSolutions-IAM5[Resource::*]",
@@ -124,38 +102,12 @@ class ControlPlaneApi(Construct):
                 "permissions, so they can only be granted on '*' (tests/infrastructure check it is only those).",
             )
         )
-
-        # The authorizer: its own function and role, which may read API key items and nothing else (see
-        # allow_authorizer_to_read_keys; the stack wires it to the table).
-        self.authorizer_role = iam.Role(
-            self,
-            "AuthorizerRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"{api_name}: the API key authorizer",
-        )
-        authorizer_logs = logs.LogGroup(self, "AuthorizerLogs", retention=LOG_RETENTION)
-        authorizer_logs.grant_write(self.authorizer_role)
-        self.authorizer_function = lambda_.Function(
-            self,
-            "AuthorizerFunction",
-            runtime=RUNTIME,
-            architecture=lambda_.Architecture.X86_64,
-            handler=AUTHORIZER_FUNCTION_HANDLER,
-            code=code,
-            memory_size=AUTHORIZER_MEMORY_MB,
-            timeout=cdk.Duration.seconds(AUTHORIZER_TIMEOUT_SECONDS),
-            role=self.authorizer_role,
-            log_group=authorizer_logs,
-            environment=dict(authorizer_environment),
-            description="runly API key authorizer",
-        )
-        cdk.Validations.of(self.authorizer_function).acknowledge(
-            cdk.Acknowledgment(
-                id="AwsSolutions-L1",
-                reason="Python 3.11 is the project's runtime (requires-python, dependency wheels bundled for cp311); "
-                "moving to a newer runtime is a deliberate, tested upgrade.",
-            )
-        )
+        authorizer = RunlyFunction(
+            self, "Authorizer", handler=AUTHORIZER_FUNCTION_HANDLER, code=code, environment=authorizer_environment,
+            description=f"{api_name}: the API key authorizer", timeout_seconds=AUTHORIZER_TIMEOUT_SECONDS,
+            memory_mb=AUTHORIZER_MEMORY_MB,
+        )  # fmt: skip
+        self.authorizer_role, self.authorizer_function = authorizer.role, authorizer.function
         self.authorizer = authorizers.HttpLambdaAuthorizer(
             "ApiKeys",
             self.authorizer_function,
@@ -164,13 +116,6 @@ class ControlPlaneApi(Construct):
             identity_source=[f"$request.header.{AUTHORIZATION_HEADER}"],
             # 0: no caching, so revoking a key takes effect on the very next request.
             results_cache_ttl=cdk.Duration.seconds(AUTHORIZER_RESULT_TTL_SECONDS),
-        )
-        cdk.Validations.of(self.function).acknowledge(
-            cdk.Acknowledgment(
-                id="AwsSolutions-L1",
-                reason="Python 3.11 is the project's runtime (requires-python, dependency wheels bundled for cp311); "
-                "moving to a newer runtime is a deliberate, tested upgrade.",
-            )
         )
 
         # The authorizer is the API's default: a route added later (by any construct) is protected unless it

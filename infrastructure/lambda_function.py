@@ -15,8 +15,10 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infrastructure.control_plane_api import LOG_RETENTION, RUNTIME
 from runly.resources import FUNCTIONS_MEMORY_MB, FUNCTIONS_TIMEOUT_SECONDS
+
+RUNTIME = lambda_.Runtime.PYTHON_3_11
+LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 
 RUNTIME_REASON = (
     "Python 3.11 is the project's runtime (requires-python, dependency wheels bundled for cp311); "
@@ -36,6 +38,7 @@ class RunlyFunction(Construct):
         environment: Mapping[str, str],
         timeout_seconds: int = FUNCTIONS_TIMEOUT_SECONDS,
         memory_mb: int = FUNCTIONS_MEMORY_MB,
+        tracing: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         self.role = iam.Role(
@@ -56,6 +59,8 @@ class RunlyFunction(Construct):
             log_group=self.log_group,
             environment=dict(environment),
             description=description,
+            # Powertools Tracer: X-Ray segments per request (the role then needs xray:Put* on '*').
+            tracing=lambda_.Tracing.ACTIVE if tracing else None,
         )
         cdk.Validations.of(self.function).acknowledge(cdk.Acknowledgment(id="AwsSolutions-L1", reason=RUNTIME_REASON))
 

@@ -28,9 +28,11 @@ from pydantic import ValidationError
 
 from runly.contracts import AttemptView, Checkpoint, FailureReason, Progress, RunMessage, RunState
 from runly.records import (
+    LEASE_REMOVE,
     LEASED,
     NodeRecord,
     RunRecord,
+    abandoned_run_update,
     checkpoint_key,
     iso,
     lease_sort_key,
@@ -409,29 +411,15 @@ class AgentAws:
 
     def _close_abandoned(self, record: RunRecord, state: RunState, reason: FailureReason, message: str) -> None:
         """End a run whose lease expired, conditional on nobody having moved it since it was read."""
-        index = len(record.attempts) - 1
-        now = iso(utcnow())
-        sets = ["#state = :state", "finished_at = :now", "error_json = :error"]
-        values: dict[str, Any] = {
-            ":state": state.value,
-            ":now": now,
-            ":error": json.dumps({"reason": reason.value, "message": message}),
-            ":prev_attempt": record.attempt,
-            ":prev_state": record.state.value,
-        }
-        if index >= 0 and record.attempts[index].ended_at is None:
-            sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
-            values[":node_lost"] = FailureReason.NODE_LOST.value
+        update, names, values = abandoned_run_update(record, state, reason, message)
+        names["#attempt"] = "attempt"
+        values.update({":prev_attempt": record.attempt, ":prev_state": record.state.value})
         try:
             self._table.update_item(
                 Key=run_key(record.run_id),
-                UpdateExpression="SET "
-                + ", ".join(sets)
-                + f" REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}",
+                UpdateExpression=update,
                 ConditionExpression="#attempt = :prev_attempt AND #state = :prev_state",
-                ExpressionAttributeNames={"#state": "state", "#attempt": "attempt", "#attempts": "attempts"}
-                if index >= 0 and record.attempts[index].ended_at is None
-                else {"#state": "state", "#attempt": "attempt"},
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
         except ClientError as exc:
@@ -514,11 +502,7 @@ class AgentAws:
             if error is not None:
                 sets.append("error_json = :error_json")
                 values[":error_json"] = json.dumps(error)
-        update = (
-            "SET "
-            + ", ".join(sets)
-            + f" REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}"
-        )
+        update = "SET " + ", ".join(sets) + " " + LEASE_REMOVE
         names = {"#attempts": "attempts", **({"#error": "error"} if error is not None else {})}
         self._fenced_update(record, node_id, update, values, names)
 

@@ -14,37 +14,20 @@ descriptors, session and log file, and the agent watches and signals it alike.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
-
-from pydantic import TypeAdapter, ValidationError
 
 from node_agent.warm_hosts import HostedProcess, WarmHost, WarmHostError
-from runly.contracts import (
-    AckMessage,
-    ChannelMessage,
-    CheckpointMessage,
-    ErrorMessage,
-    Progress,
-    ProgressMessage,
-    ResultMessage,
-    RunSpec,
-)
+from runly.agent_channel import AgentChannel, CheckpointHandler
+from runly.wire import ErrorMessage, Progress, ResultMessage, RunSpec
 
 log = logging.getLogger(__name__)
-_messages: TypeAdapter[ChannelMessage] = TypeAdapter(ChannelMessage)
-
-# Called on the channel's reader thread; returns None when the checkpoint is durable, else why not.
-CheckpointHandler = Callable[[CheckpointMessage], str | None]
 
 
 def job_environment() -> dict[str, str]:
@@ -69,12 +52,8 @@ class JobProcess:
     on_checkpoint: CheckpointHandler = field(default=lambda message: "no checkpoint handler")
     warm_host: WarmHost | None = None  # fork the run from this host; None (or a failing host): a new interpreter
     on_warm_host_failure: Callable[[WarmHost], None] | None = None
-    latest_progress: Progress | None = None  # only the newest is kept: the heartbeat writes it
     _process: subprocess.Popen[bytes] | HostedProcess | None = None
-    _reader: threading.Thread | None = None
-    _acks: IO[str] | None = None
-    _result: ResultMessage | None = None
-    _error: ErrorMessage | None = None
+    _channel: AgentChannel | None = None
     _killed: bool = False
 
     def start(self) -> None:
@@ -85,12 +64,10 @@ class JobProcess:
         ack_read, ack_write = os.pipe()
         env = job_environment()
         env["RUNLY_RUN_SPEC"] = str(spec_path)
-        how = "new interpreter"
         try:
             with open(self.log_path, "ab") as log_file:
                 if self.warm_host is not None:
                     self._process = self._spawn_warm(self.warm_host, env, log_file.fileno(), channel_write, ack_read)
-                    how = "warm host"
                 if self._process is None:
                     env.update({"RUNLY_CHANNEL_FD": str(channel_write), "RUNLY_ACK_FD": str(ack_read)})
                     self._process = subprocess.Popen(
@@ -107,11 +84,14 @@ class JobProcess:
         finally:
             os.close(channel_write)
             os.close(ack_read)
-        self._acks = os.fdopen(ack_write, "w", encoding="utf-8")
-        self._reader = threading.Thread(
-            target=self._read_channel, args=(channel_read,), daemon=True, name=f"channel-{self.spec.run_id}"
+        self._channel = AgentChannel(
+            channel_read,
+            ack_write,
+            self.on_checkpoint,
+            on_unreadable=self._unreadable,
+            name=f"channel-{self.spec.run_id}",
         )
-        self._reader.start()
+        how = "warm host" if isinstance(self._process, HostedProcess) else "new interpreter"
         log.info("run %s attempt %d: job process %d started (%s)", self.spec.run_id, self.spec.attempt, self.pid, how)
 
     def _spawn_warm(
@@ -125,36 +105,13 @@ class JobProcess:
                 self.on_warm_host_failure(host)
             return None
 
-    def _read_channel(self, read_fd: int) -> None:
-        with os.fdopen(read_fd, "r", encoding="utf-8") as stream:
-            for line in stream:
-                try:
-                    message = _messages.validate_python(json.loads(line))
-                except (ValueError, ValidationError):
-                    log.warning("run %s: unreadable message from the job process", self.spec.run_id)
-                    continue
-                if isinstance(message, ProgressMessage):
-                    self.latest_progress = message.progress
-                elif isinstance(message, CheckpointMessage):
-                    self._acknowledge(message)
-                elif isinstance(message, ResultMessage):
-                    self._result = message
-                elif isinstance(message, ErrorMessage):
-                    self._error = message
+    def _unreadable(self, line: str) -> None:
+        log.warning("run %s: unreadable message from the job process", self.spec.run_id)
 
-    def _acknowledge(self, message: CheckpointMessage) -> None:
-        try:
-            refused = self.on_checkpoint(message)
-        except Exception as exc:  # the job must get an answer, or it would wait forever
-            log.exception("run %s: checkpoint failed", self.spec.run_id)
-            refused = f"checkpoint failed: {exc}"
-        ack = AckMessage(seq=message.seq, ok=refused is None, error=refused)
-        try:
-            assert self._acks is not None
-            self._acks.write(ack.model_dump_json() + "\n")
-            self._acks.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            pass  # the job is gone; nothing to answer
+    @property
+    def latest_progress(self) -> Progress | None:
+        """The job's newest progress (only the newest is kept: the heartbeat writes it)."""
+        return self._channel.latest_progress if self._channel is not None else None
 
     @property
     def pid(self) -> int:
@@ -195,14 +152,9 @@ class JobProcess:
         self.signal(signal.SIGKILL)
 
     def outcome(self) -> Outcome:
-        assert self._process is not None and self._reader is not None
+        assert self._process is not None and self._channel is not None
         code = self._process.wait()
-        self._reader.join(timeout=5)
+        self._channel.close()
         # Children the job left behind die with it: the group is the job's.
         self.signal(signal.SIGKILL)
-        if self._acks is not None:
-            try:
-                self._acks.close()
-            except OSError:
-                pass
-        return Outcome(exit_code=code, result=self._result, error=self._error, killed=self._killed)
+        return Outcome(exit_code=code, result=self._channel.result, error=self._channel.error, killed=self._killed)

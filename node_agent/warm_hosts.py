@@ -114,10 +114,8 @@ class HostedProcess:
         while True:  # no pidfd: probe the pid (it could be reused after a long time; this is a fallback)
             try:
                 os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return
-            except PermissionError:
-                return
+            except (ProcessLookupError, PermissionError):
+                return  # gone (PermissionError: the pid now names another user's process, so ours ended)
             time.sleep(0.1)
 
     def poll(self) -> int | None:

@@ -514,11 +514,15 @@ class ItemJob(Job[ConfigT], Generic[ConfigT, ItemT]):
                 break
             result = runner.record(index, item, None, None, attempts, time.perf_counter() - started, value)
             break
+        self._item_ended(result)
+
+    def _item_ended(self, result: ItemResult | None) -> None:
+        """After an item's last attempt: an inline reporter (no reporter thread) ticks, then the runner is told."""
         reporter = self._reporter
         if reporter is not None and reporter.inline:
             reporter.tick()
         if result is not None:
-            runner.notify(result)
+            self._runner.notify(result)
 
     async def _process_async(self, index: int, item: ItemT) -> None:
         runner = self._runner
@@ -544,11 +548,7 @@ class ItemJob(Job[ConfigT], Generic[ConfigT, ItemT]):
                 break
             result = runner.record(index, item, None, None, attempts, time.perf_counter() - started, value)
             break
-        reporter = self._reporter
-        if reporter is not None and reporter.inline:
-            reporter.tick()
-        if result is not None:
-            runner.notify(result)
+        self._item_ended(result)
 
     # ------------------------------------------------------------ driving the items
     def _drive_sequential(self, source: Iterator[tuple[int, ItemT]]) -> None:

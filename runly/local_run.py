@@ -21,23 +21,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import TypeAdapter, ValidationError
-
+from runly.agent_channel import AgentChannel
 from runly.contracts import (
-    AckMessage,
-    ChannelMessage,
     Checkpoint,
     CheckpointMessage,
     ErrorMessage,
     JobSpec,
     Progress,
-    ProgressMessage,
     ResultMessage,
     RunSpec,
 )
 from runly.host import ENTRY_POINT_GROUP
-
-_messages: TypeAdapter[ChannelMessage] = TypeAdapter(ChannelMessage)
 
 
 class ProjectError(Exception):
@@ -117,14 +111,11 @@ class LocalRun:
     python: str = sys.executable
     on_output: Callable[[str], None] = lambda line: None
     on_checkpoint: Callable[[Checkpoint], str | None] = lambda checkpoint: None
-    latest_progress: Progress | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
-    result: ResultMessage | None = None
-    error: ErrorMessage | None = None
     exit_code: int | None = None
     _process: subprocess.Popen[bytes] | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
-    _acks: IO[str] | None = None
+    _channel: AgentChannel | None = None
     _spec_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self) -> LocalRun:
@@ -154,36 +145,20 @@ class LocalRun:
         finally:
             os.close(channel_write)
             os.close(ack_read)
-        self._acks = os.fdopen(ack_write, "w", encoding="utf-8")
+        self._channel = AgentChannel(
+            channel_read, ack_write, self._checkpoint, on_unreadable=self._unreadable, name="runly-local-channel"
+        )
         assert self._process.stdout is not None
-        for target, args in ((self._read_channel, (channel_read,)), (self._read_output, (self._process.stdout,))):
-            thread = threading.Thread(target=target, args=args, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        output = threading.Thread(target=self._read_output, args=(self._process.stdout,), daemon=True)
+        output.start()
+        self._threads.append(output)
         return self
 
     def _read_output(self, stream: IO[bytes]) -> None:
         for raw in stream:
             self.on_output(raw.decode("utf-8", errors="replace").rstrip("\n"))
 
-    def _read_channel(self, read_fd: int) -> None:
-        with os.fdopen(read_fd, "r", encoding="utf-8") as stream:
-            for line in stream:
-                try:
-                    message = _messages.validate_python(json.loads(line))
-                except (ValueError, ValidationError):
-                    self.on_output(f"[runly] unreadable message from the job process: {line[:200]!r}")
-                    continue
-                if isinstance(message, ProgressMessage):
-                    self.latest_progress = message.progress
-                elif isinstance(message, CheckpointMessage):
-                    self._acknowledge(message)
-                elif isinstance(message, ResultMessage):
-                    self.result = message
-                elif isinstance(message, ErrorMessage):
-                    self.error = message
-
-    def _acknowledge(self, message: CheckpointMessage) -> None:
+    def _checkpoint(self, message: CheckpointMessage) -> str | None:
         checkpoint = Checkpoint(
             watermark=message.watermark,
             last_item_id=message.last_item_id,
@@ -191,18 +166,25 @@ class LocalRun:
             attempt=self.spec.attempt,
             written_at=datetime.now(UTC),
         )
-        try:
-            refused = self.on_checkpoint(checkpoint)
-        except Exception as exc:  # noqa: BLE001 - the job must get an answer, or it would wait forever
-            refused = f"checkpoint failed: {exc}"
+        refused = self.on_checkpoint(checkpoint)
         if refused is None:
             self.checkpoints.append(checkpoint)
-        try:
-            assert self._acks is not None
-            self._acks.write(AckMessage(seq=message.seq, ok=refused is None, error=refused).model_dump_json() + "\n")
-            self._acks.flush()
-        except (OSError, ValueError):
-            pass  # the job is gone
+        return refused
+
+    def _unreadable(self, line: str) -> None:
+        self.on_output(f"[runly] unreadable message from the job process: {line[:200]!r}")
+
+    @property
+    def latest_progress(self) -> Progress | None:
+        return self._channel.latest_progress if self._channel is not None else None
+
+    @property
+    def result(self) -> ResultMessage | None:
+        return self._channel.result if self._channel is not None else None
+
+    @property
+    def error(self) -> ErrorMessage | None:
+        return self._channel.error if self._channel is not None else None
 
     @property
     def pid(self) -> int:
@@ -231,11 +213,8 @@ class LocalRun:
         self.exit_code = self._process.wait(timeout)
         for thread in self._threads:
             thread.join(timeout=5)
-        if self._acks is not None:
-            try:
-                self._acks.close()
-            except OSError:
-                pass
+        if self._channel is not None:
+            self._channel.close()
         if self._spec_dir is not None:
             self._spec_dir.cleanup()
         return self.exit_code

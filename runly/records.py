@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from runly.contracts import (
     AttemptView,
+    FailureReason,
     JobSpec,
     KeyView,
     PackageVersionView,
@@ -161,6 +162,31 @@ class PackageRecord(BaseModel):
             jobs=self.jobs,
             created_at=datetime.fromisoformat(self.created_at),
         )
+
+
+# Ending a lease: the attributes that name its owner and put the run in the lease index go.
+LEASE_REMOVE = f"REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}"
+
+
+def abandoned_run_update(
+    record: RunRecord, state: RunState, reason: FailureReason, message: str
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """UpdateExpression, names and values that move a run whose node was lost to ``state`` (Queued for another
+    attempt, or terminal with ``reason`` and ``message`` as its error): its open attempt ends as node_lost and
+    its lease goes. The caller adds its condition (and that condition's names and values)."""
+    now = iso(utcnow())
+    sets = ["#state = :new_state"]
+    names = {"#state": "state"}
+    values: dict[str, Any] = {":new_state": state.value}
+    index = len(record.attempts) - 1
+    if index >= 0 and record.attempts[index].ended_at is None:
+        sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
+        names["#attempts"] = "attempts"
+        values.update({":now": now, ":node_lost": FailureReason.NODE_LOST.value})
+    if state.terminal:
+        sets += ["finished_at = :now", "error_json = :error"]
+        values.update({":now": now, ":error": json.dumps({"reason": reason.value, "message": message})})
+    return "SET " + ", ".join(sets) + " " + LEASE_REMOVE, names, values
 
 
 def node_key(node_id: str) -> dict[str, str]:

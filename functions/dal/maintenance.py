@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +10,7 @@ from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from runly.contracts import FailureReason, RunMessage, RunState
-from runly.records import LEASED, RunRecord, iso, lease_sort_key, run_key, utcnow
+from runly.records import LEASED, RunRecord, abandoned_run_update, lease_sort_key, run_key
 from runly.resources import RUNS_BY_LEASE
 
 
@@ -49,34 +48,18 @@ class MaintenanceStore:
     def end_abandoned(self, record: RunRecord, state: RunState, reason: FailureReason, message: str) -> None:
         """Close the abandoned attempt (node lost) and move the run to ``state``: Queued for another
         attempt, or a terminal state."""
-        now = iso(utcnow())
-        sets = ["#state = :new_state"]
-        values: dict[str, Any] = {
-            ":new_state": state.value,
-            ":attempt": record.attempt,
-            ":state": record.state.value,
-            ":lease_until": record.lease_until_ms,
-        }
-        names = {"#state": "state", "#attempt": "attempt"}
-        index = len(record.attempts) - 1
-        if index >= 0 and record.attempts[index].ended_at is None:
-            sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
-            values[":node_lost"] = FailureReason.NODE_LOST.value
-            names["#attempts"] = "attempts"
-            values[":now"] = now
-        if state.terminal:
-            sets += ["finished_at = :now", "error_json = :error"]
-            values[":now"] = now
-            values[":error"] = json.dumps({"reason": reason.value, "message": message})
-        remove = f" REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}"
-        condition = self.unchanged
+        update, names, values = abandoned_run_update(record, state, reason, message)
+        names["#attempt"] = "attempt"
+        values.update({":attempt": record.attempt, ":state": record.state.value})
         if record.lease_until_ms is None:
             condition = "#attempt = :attempt AND #state = :state AND attribute_not_exists(lease_until_ms)"
-            del values[":lease_until"]
+        else:
+            condition = self.unchanged
+            values[":lease_until"] = record.lease_until_ms
         try:
             self._table.update_item(
                 Key=run_key(record.run_id),
-                UpdateExpression="SET " + ", ".join(sets) + remove,
+                UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,

@@ -3,6 +3,7 @@ environment, forking real runs that talk to the agent's side (JobProcess) over r
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -141,7 +142,7 @@ def test_a_run_outlives_its_host_and_the_next_run_gets_a_new_one(
 
 
 def test_a_host_that_cannot_start_means_a_new_interpreter_for_a_while(
-    installed: InstalledPackage, hosts: WarmHosts, tmp_path: Path
+    installed: InstalledPackage, hosts: WarmHosts, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     broken_python = tmp_path / "python"
     broken_python.write_text("#!/bin/sh\necho 'no runly here' >&2\nexit 3\n")
@@ -155,9 +156,12 @@ def test_a_host_that_cannot_start_means_a_new_interpreter_for_a_while(
     assert host is not None
     host.process.kill()
     host.process.wait()
-    _, outcome, _ = _run(installed, hosts, tmp_path, "probe", host=host)
+    caplog.set_level(logging.INFO, logger="node_agent.job_process")
+    process, outcome, _ = _run(installed, hosts, tmp_path, "probe", host=host)
     assert outcome.exit_code == 0 and outcome.result is not None
     assert outcome.result.output["ppid"] == os.getpid(), "a new interpreter, the agent's own child"
+    # And its log line says so (the bench and an operator tell the modes apart by it)
+    assert f"job process {process.pid} started (new interpreter)" in caplog.text
     assert len(hosts) == 0, "the broken host was dropped"
 
 

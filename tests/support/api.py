@@ -50,19 +50,25 @@ def clear_function_caches() -> None:
         cached.cache_clear()
 
 
+def point_functions_at(patch: pytest.MonkeyPatch, names: resources.ResourceNames, queue_urls: dict[str, str]) -> None:
+    """The functions' settings (as the stack sets them) pointed at these resources; their caches cleared, so
+    the next call builds its services from them."""
+    patch.setenv("RUNLY_TABLE_NAME", names.table)
+    patch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
+    patch.setenv("RUNLY_QUEUE_URLS", json.dumps(queue_urls))
+    for name, value in schedule_settings(names).items():
+        patch.setenv(name, value)
+    patch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    patch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
+    clear_function_caches()
+
+
 @pytest.fixture
 def function_env(
     aws: dict[str, str], names: resources.ResourceNames, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
     """The functions' settings pointed at the in-process moto resources; yields environment -> queue URL."""
-    monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
-    monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
-    monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(aws))
-    for name, value in schedule_settings(names).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
-    monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
-    clear_function_caches()
+    point_functions_at(monkeypatch, names, aws)
     yield aws
     clear_function_caches()
 
@@ -71,38 +77,12 @@ def function_env(
 def module_function_env() -> Iterator[dict[str, str]]:
     """function_env for a whole module (one moto, one set of resources): for tests that only read or whose
     writes do not matter to each other. Yields environment -> queue URL."""
-    import os
+    from tests.support.run_api import NAMES, moto_stack  # it builds on this module
 
-    import boto3
-    from moto import mock_aws
-
-    from runly.local.aws import create_resources
-
-    names = resources.ResourceNames(
-        stage="test",
-        account=resources.LOCAL_ACCOUNT,
-        region=resources.LOCAL_REGION,
-        environments=("default", "staging"),
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        for key in list(os.environ):
-            if key.startswith("AWS_"):
-                patch.delenv(key)
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", resources.LOCAL_REGION)
-        with mock_aws():
-            queue_urls = create_resources(names, boto3.session.Session())
-            patch.setenv("RUNLY_TABLE_NAME", names.table)
-            patch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
-            patch.setenv("RUNLY_QUEUE_URLS", json.dumps(queue_urls))
-            for name, value in schedule_settings(names).items():
-                patch.setenv(name, value)
-            patch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
-            patch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
-            clear_function_caches()
-            yield queue_urls
-            clear_function_caches()
+    with moto_stack(NAMES) as queue_urls, pytest.MonkeyPatch.context() as patch:
+        point_functions_at(patch, NAMES, queue_urls)
+        yield queue_urls
+        clear_function_caches()
 
 
 @dataclass

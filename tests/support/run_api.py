@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import urllib.parse
@@ -19,8 +18,8 @@ from moto.dynamodb.models import DynamoDBBackend
 from runly import resources
 from runly.bundle import sha256_file
 from runly.contracts import Scope
-from runly.local.aws import create_resources, schedule_settings
-from tests.support.api import Answer, api_event, clear_function_caches, invoke
+from runly.local.aws import create_resources
+from tests.support.api import Answer, api_event, clear_function_caches, invoke, point_functions_at
 from tests.support.auth import as_caller
 from tests.support.bundles import make_bundle
 
@@ -142,14 +141,7 @@ class Api:
     Gateway passes it on once the authorizer allowed a key of ``scope`` (and ``environment``, for node keys)."""
 
     def __init__(self, names: resources.ResourceNames, queue_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch):
-        monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
-        monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
-        monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(queue_urls))
-        for name, value in schedule_settings(names).items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
-        monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
-        clear_function_caches()
+        point_functions_at(monkeypatch, names, queue_urls)
         self.names = names
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ class FakeAws:
     asked: list[int] = field(default_factory=list)
     visibility: dict[str, int] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    flushed: bool = False  # the batched deletes were flushed (the agent does it as it stops)
     refusals: dict[str, ClaimRefused] = field(default_factory=dict)
     lease_state: RunState | Exception = RunState.RUNNING
     drain_requested: bool = False
@@ -343,6 +344,7 @@ def test_an_idle_node_writes_its_record_rarely_and_stays_online_between_writes(s
     assert online_throughout
     agent.request_stop()
     thread.join(5)
+    assert aws.flushed, "messages waiting to be deleted in a batch are deleted before the agent exits"
 
 
 def test_a_node_running_anything_writes_its_record_every_heartbeat(settings: AgentSettings) -> None:

@@ -104,7 +104,7 @@ def bounded_error(error: dict[str, Any]) -> dict[str, Any]:
     bounded: dict[str, Any] = {}
     for key, value in error.items():
         if key in limits and isinstance(value, str):
-            bounded[key] = sizes.truncate_json_string(value, limits[key], keep_end=key == "traceback")
+            bounded[key] = sizes.truncate_json_string(value, limits[key], both_ends=key == "traceback")
         elif key == "reason" and isinstance(value, str):
             bounded[key] = value
     return bounded

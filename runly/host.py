@@ -156,12 +156,12 @@ def _line(message: BaseModel) -> str:
 
 
 def error_message(type_name: str, message: str, traceback_text: str) -> ErrorMessage:
-    """A failure as reported to the agent, each part cut to its limit (the traceback keeps its end: the
-    exception itself is there)."""
+    """A failure as reported to the agent, each part cut to its limit (the traceback keeps its start and its end:
+    where it was raised, and the exception)."""
     return ErrorMessage(
         type=sizes.truncate_json_string(type_name, MAX_ERROR_TYPE_BYTES),
         message=sizes.truncate_json_string(message, MAX_ERROR_MESSAGE_BYTES),
-        traceback=sizes.truncate_json_string(traceback_text, MAX_ERROR_DETAIL_BYTES, keep_end=True),
+        traceback=sizes.truncate_json_string(traceback_text, MAX_ERROR_DETAIL_BYTES, both_ends=True),
     )
 
 

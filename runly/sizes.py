@@ -133,28 +133,31 @@ def check_progress_message(message: str | None) -> None:
               " (the progress message)")  # fmt: skip
 
 
-def truncate_utf8(text: str, limit: int, *, keep_end: bool = False) -> str:
+def truncate_utf8(text: str, limit: int, *, both_ends: bool = False) -> str:
     """``text`` cut to at most ``limit`` UTF-8 bytes (whole characters; a lone surrogate becomes "?"), marked
-    as truncated when it was cut; ``keep_end`` keeps its end instead of its start."""
+    as truncated where it was cut: at its end, or with ``both_ends`` in its middle (its start and end kept)."""
     data = text.encode("utf-8", "replace")
     if len(data) <= limit:
         return data.decode("utf-8")
     room = max(0, limit - len(_TRUNCATED))
-    if keep_end:
-        return _TRUNCATED + data[len(data) - room :].decode("utf-8", "ignore")
+    if both_ends:
+        head, tail = data[: room - room // 2], data[len(data) - room // 2 :]
+        return head.decode("utf-8", "ignore") + _TRUNCATED + tail.decode("utf-8", "ignore")
     return data[:room].decode("utf-8", "ignore") + _TRUNCATED
 
 
-def truncate_json_string(text: str, limit: int, *, keep_end: bool = False) -> str:
+def truncate_json_string(text: str, limit: int, *, both_ends: bool = False) -> str:
     """``text`` cut so that it takes at most ``limit`` bytes as a stored JSON string (quotes and escapes count)."""
-    text = truncate_utf8(text, limit, keep_end=keep_end)  # JSON takes at least a byte per byte: an upper bound
+    text = truncate_utf8(text, limit, both_ends=both_ends)  # JSON takes a byte per byte at least: an upper bound
     if utf8_size(json.dumps(text, ensure_ascii=False)) <= limit:
         return text
 
     def cut(length: int) -> str:
-        return _TRUNCATED + text[len(text) - length :] if keep_end else text[:length] + _TRUNCATED
+        if both_ends:
+            return text[: length - length // 2] + _TRUNCATED + text[len(text) - length // 2 :]
+        return text[:length] + _TRUNCATED
 
-    low, high = 0, len(text)  # the longest part that fits with the mark: escapes take up to 6 bytes a character
+    low, high = 0, len(text)  # the longest cut that fits, with the mark: an escape takes up to 6 bytes
     while low < high:
         middle = (low + high + 1) // 2
         if utf8_size(json.dumps(cut(middle), ensure_ascii=False)) <= limit:

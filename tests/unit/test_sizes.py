@@ -370,6 +370,7 @@ def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_ite
     assert len(record.error_json.encode()) <= resources.MAX_ERROR_BYTES  # type: ignore[union-attr]
     item = record.to_item()
     size = sum(len(name.encode()) + _dynamodb_size(value) for name, value in item.items())
+    print(f"worst-case run item: {size} bytes of {resources.DYNAMODB_MAX_ITEM_BYTES}")
     assert size <= 0.75 * resources.DYNAMODB_MAX_ITEM_BYTES, size
     # And every limit fits in one channel line, so a value within its limit always reaches the agent
     assert resources.MAX_CHANNEL_MESSAGE_BYTES > max(

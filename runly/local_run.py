@@ -33,6 +33,7 @@ from runly.contracts import (
     RunSpec,
 )
 from runly.host import ENTRY_POINT_GROUP
+from runly.resources import LOG_CHUNK_BYTES
 
 
 class ProjectError(Exception):
@@ -156,7 +157,8 @@ class LocalRun:
         return self
 
     def _read_output(self, stream: IO[bytes]) -> None:
-        for raw in stream:
+        # A line at most LOG_CHUNK_BYTES at a time: a job printing one huge line costs the CLI no more than that.
+        for raw in iter(lambda: stream.readline(LOG_CHUNK_BYTES), b""):
             self.on_output(raw.decode("utf-8", errors="replace").rstrip("\n"))
 
     def _checkpoint(self, message: CheckpointMessage) -> str | None:

@@ -391,3 +391,26 @@ def test_truncation_keeps_whole_characters_and_drops_lone_surrogates() -> None:
     assert len(json.dumps(cut, ensure_ascii=False).encode()) <= 50 and cut.endswith("[truncated]")
     assert sizes.truncate_utf8("a\ud800b", 10) == "a?b"
     assert sizes.truncate_json_string("ok", 10) == "ok"
+
+
+def test_a_job_log_of_one_long_line_is_shipped_a_chunk_at_a_time(tmp_path: Path) -> None:
+    from node_agent.logs import LogSpool
+
+    # Given a job that printed one 40 MB line to its log (stdout goes to the spool file, not through the agent)
+    spool = LogSpool.create(tmp_path / "run", "r1", 1)
+    with open(spool.log_path, "wb") as log:
+        megabyte = b"x" * (1024 * KB)
+        for _ in range(40):
+            log.write(megabyte)
+        log.write(b"\n")
+    uploads: list[tuple[str, int]] = []
+    tracemalloc.start()
+    try:
+        shipped = spool.ship(lambda key, data: uploads.append((key, len(data))))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Then it goes in chunks of LOG_CHUNK_BYTES, and the agent held about one of them, not the line
+    assert shipped == 40 * 1024 * KB + 1
+    assert max(size for _, size in uploads) == resources.LOG_CHUNK_BYTES and len(uploads) == 41
+    assert peak < 3 * resources.LOG_CHUNK_BYTES, peak

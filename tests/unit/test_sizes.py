@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -414,3 +415,30 @@ def test_a_job_log_of_one_long_line_is_shipped_a_chunk_at_a_time(tmp_path: Path)
     assert shipped == 40 * 1024 * KB + 1
     assert max(size for _, size in uploads) == resources.LOG_CHUNK_BYTES and len(uploads) == 41
     assert peak < 3 * resources.LOG_CHUNK_BYTES, peak
+
+
+def test_bounded_lines_cut_only_lines_over_the_limit_wherever_the_reads_split_them() -> None:
+    from runly.agent_channel import READ_BYTES, bounded_lines
+
+    limit = 100_000
+    at_limit = b"a" * limit
+    over = b"b" * (limit + 1)
+    # Lines that straddle reads, one exactly at the limit, one just over, an unterminated last one
+    data = b"first\n" + at_limit + b"\n" + over + b"\nsecond\n" + b"c" * (READ_BYTES - 3) + b"\nlast"
+    read_fd, write_fd = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(write_fd, "wb") as pipe:
+            for start in range(0, len(data), 7_777):  # odd-sized writes: lines split anywhere
+                pipe.write(data[start : start + 7_777])
+                pipe.flush()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    lines = list(bounded_lines(read_fd, limit))
+    writer.join()
+    os.close(read_fd)
+    assert [(line if not cut else line[:3], cut) for line, cut in lines] == [
+        (b"first", False), (at_limit, False), (b"bbb", True), (b"second", False),
+        (b"c" * (READ_BYTES - 3), False), (b"last", False),
+    ]  # fmt: skip

@@ -340,9 +340,28 @@ def _dynamodb_size(value: Any) -> int:
     raise TypeError(type(value))
 
 
-def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_item_limit() -> None:
+def _config_json_at_the_limit() -> str:
+    """The config_json the API writes for the largest config it accepts, of two-byte characters (which an
+    ASCII-escaping encoder would store as six)."""
+    from functions.logic.runs import check_config_size, new_run
+    from runly.contracts import MAX_CONFIG_BYTES, EnqueueRunRequest, JobSpec
+    from runly.records import PackageRecord
+
+    config = {"c": "é" * ((MAX_CONFIG_BYTES - 8) // 2)}
+    check_config_size(config)  # accepted by the API
+    job = JobSpec(name="j", entry_point="m:J", config_schema={})
+    package = PackageRecord(name="p", version="1", sha256="0" * 64, size=1, key="k", jobs_json="[]", created_at="")
+    request = EnqueueRunRequest(package="p", job="j", config=config)
+    return new_run(request, package, job, now=utcnow()).config_json
+
+
+def test_the_api_stores_a_config_as_it_measured_it() -> None:
     from runly.contracts import MAX_CONFIG_BYTES
 
+    assert MAX_CONFIG_BYTES - 16 <= len(_config_json_at_the_limit().encode()) <= MAX_CONFIG_BYTES
+
+
+def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_item_limit() -> None:
     now = utcnow()
     long_error = "€" * (resources.MAX_ATTEMPT_ERROR_BYTES * 2)
     error = bounded_error(
@@ -354,7 +373,7 @@ def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_ite
     )  # fmt: skip
     record = RunRecord(
         run_id="r" * 26, state=RunState.FAILED, package="p" * 100, version="1" * 64, job="j" * 128,
-        entry_point="e" * 256, environment="e" * 31, config_json="c" * MAX_CONFIG_BYTES, timeout_seconds=604800,
+        entry_point="e" * 256, environment="e" * 31, config_json=_config_json_at_the_limit(), timeout_seconds=604800,
         max_attempts=10, bundle_key="k" * 300, bundle_sha256="0" * 64, created_at=iso(now), started_at=iso(now),
         finished_at=iso(now), attempt=resources.MAX_RECORDED_ATTEMPTS, requeued_from="r" * 26,
         retry_at=iso(now), schedule_id="s" * 64,

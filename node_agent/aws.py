@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -26,12 +25,14 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from runly import sizes
 from runly.contracts import AttemptView, Checkpoint, FailureReason, Progress, RunMessage, RunState
 from runly.records import (
     LEASE_REMOVE,
     LEASED,
     NodeRecord,
     RunRecord,
+    abandoned_outcome,
     abandoned_run_update,
     checkpoint_key,
     iso,
@@ -40,7 +41,14 @@ from runly.records import (
     run_key,
     utcnow,
 )
-from runly.resources import RUNS_BY_LEASE
+from runly.resources import (
+    MAX_ATTEMPT_ERROR_BYTES,
+    MAX_ERROR_DETAIL_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_ERROR_TYPE_BYTES,
+    MAX_RECORDED_ATTEMPTS,
+    RUNS_BY_LEASE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,31 @@ class Delivery:
     receipt_handle: str
     message: RunMessage | None  # None: a body that is not a run message (poison)
     receive_count: int
+
+
+def bounded_error(error: dict[str, Any]) -> dict[str, Any]:
+    """A run's error as stored: each part cut to its limit (runly.resources), so that no job's failure can make
+    the run item too large, or hold what a reader of it cannot decode (a lone surrogate)."""
+    limits = {"message": MAX_ERROR_MESSAGE_BYTES, "traceback": MAX_ERROR_DETAIL_BYTES, "type": MAX_ERROR_TYPE_BYTES}
+    bounded: dict[str, Any] = {}
+    for key, value in error.items():
+        if key in limits and isinstance(value, str):
+            bounded[key] = sizes.truncate_json_string(value, limits[key], both_ends=key == "traceback")
+        elif key == "reason" and isinstance(value, str):
+            bounded[key] = value
+    return bounded
+
+
+def _progress_json(record: RunRecord, progress: Progress | None) -> str | None:
+    """The progress as stored, or None (not written) when there is none or it cannot be: a write never fails on
+    it. The channel already refuses progress over its limit, so this only guards other callers."""
+    if progress is None:
+        return None
+    try:
+        return sizes.progress_json(progress)
+    except (sizes.ValueTooLarge, sizes.NotJson) as exc:
+        log.error("run %s: progress not written: %s", record.run_id, exc)
+        return None
 
 
 def _conditional_failed(exc: ClientError) -> bool:
@@ -291,7 +324,8 @@ class AgentAws:
             ":running": RunState.RUNNING.value,
             ":cancelling": RunState.CANCELLING.value,
         }
-        item = {**checkpoint_key(record.run_id), "checkpoint_json": checkpoint.model_dump_json()}
+        # Measured before any write (raises runly.sizes.CheckpointTooLarge or NotJson): never refused by DynamoDB.
+        item = {**checkpoint_key(record.run_id), "checkpoint_json": sizes.checkpoint_json(checkpoint)}
         try:
             self._dynamodb.transact_write_items(
                 TransactItems=[
@@ -340,10 +374,19 @@ class AgentAws:
                 run_id, f"leased by {record.lease_owner}", retry_in=(record.lease_until_ms - now_ms) // 1000 + 1
             )
 
-        if record.state is RunState.CANCELLING:
-            # Cancel was asked and its node is gone: the cancel wins, nothing runs again.
-            self._close_abandoned(record, RunState.CANCELLED, FailureReason.CANCELLED, "cancelled; its node was lost")
-            raise ClaimRefused(run_id, "cancelled while its node was lost", terminal=True)
+        if leased:
+            # Its node was lost: as the reaper would (runly.records.abandoned_outcome), a cancel wins and a run
+            # out of attempts fails; only a run with attempts left is taken over, as its next attempt.
+            state, reason, message = abandoned_outcome(record)
+            if state.terminal:
+                self._close_abandoned(record, state, reason, message)
+                raise ClaimRefused(run_id, f"{state}: {message}", terminal=True)
+        elif record.attempt >= MAX_RECORDED_ATTEMPTS:
+            # Re-queued by node shutdowns (which do not count against max_attempts) this often: the run item holds
+            # no more attempts.
+            message = f"{record.attempt} attempts without an outcome"
+            self._close_abandoned(record, RunState.FAILED, FailureReason.DEAD_LETTER, message)
+            raise ClaimRefused(run_id, message, terminal=True)
         try:
             return self._take_lease(run_id, node_id, until, previous=record)
         except _RunChanged as changed:
@@ -456,9 +499,10 @@ class AgentAws:
         run's state, so a requested cancel (Cancelling) is seen on the next heartbeat."""
         update = f"SET lease_until_ms = :until, {RUNS_BY_LEASE.sort_key} = :until_key"
         values: dict[str, Any] = {":until": until_ms, ":until_key": lease_sort_key(until_ms)}
-        if progress is not None:
+        progress_json = _progress_json(record, progress)
+        if progress_json is not None:
             update += ", progress_json = :progress"
-            values[":progress"] = progress.model_dump_json()
+            values[":progress"] = progress_json
         attributes = self._fenced_update(record, node_id, update, values, {})
         return RunState(attributes["state"])
 
@@ -483,25 +527,31 @@ class AgentAws:
             f"#attempts[{index}].outcome = :new_state",
         ]
         values: dict[str, Any] = {":new_state": state.value, ":now": now}
+        if state.terminal:
+            # First, before anything is written: an output over its limit (or not JSON) raises here, and the caller
+            # ends the run for that instead (runly.sizes.OutputTooLarge, NotJson).
+            values[":output"] = sizes.output_json(output)
+        if error is not None:
+            error = bounded_error(error)
         if reason is not None:
             sets.append(f"#attempts[{index}].reason = :reason")
             values[":reason"] = reason.value
         if error is not None:
             sets.append(f"#attempts[{index}].#error = :error_message")
-            values[":error_message"] = error["message"]
+            values[":error_message"] = sizes.truncate_utf8(error["message"], MAX_ATTEMPT_ERROR_BYTES)
         if retry_at is not None:
             # Shown as the run's queued reason: "waiting for retry ... until T".
             sets.append("retry_at = :retry_at")
             values[":retry_at"] = iso(retry_at)
-        if progress is not None:
+        progress_json = _progress_json(record, progress)
+        if progress_json is not None:
             sets.append("progress_json = :progress")
-            values[":progress"] = progress.model_dump_json()
+            values[":progress"] = progress_json
         if state.terminal:
             sets += ["finished_at = :now", "output_json = :output"]
-            values[":output"] = json.dumps(output)
             if error is not None:
                 sets.append("error_json = :error_json")
-                values[":error_json"] = json.dumps(error)
+                values[":error_json"] = sizes.stored_json(error)
         update = "SET " + ", ".join(sets) + " " + LEASE_REMOVE
         names = {"#attempts": "attempts", **({"#error": "error"} if error is not None else {})}
         self._fenced_update(record, node_id, update, values, names)

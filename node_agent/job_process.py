@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_agent.warm_hosts import HostedProcess, WarmHost, WarmHostError
-from runly.agent_channel import AgentChannel, CheckpointHandler
+from runly.agent_channel import AgentChannel, CheckpointHandler, Violation
 from runly.wire import ErrorMessage, Progress, ResultMessage, RunSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Outcome:
     result: ResultMessage | None = None
     error: ErrorMessage | None = None
     killed: bool = False
+    violation: Violation | None = None  # the job sent what cannot be stored: its run fails with this reason
 
 
 @dataclass
@@ -114,6 +115,11 @@ class JobProcess:
         return self._channel.latest_progress if self._channel is not None else None
 
     @property
+    def violation(self) -> Violation | None:
+        """Set once the job sent a message over its limit (or not JSON): the supervisor stops it."""
+        return self._channel.violation if self._channel is not None else None
+
+    @property
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid
@@ -157,4 +163,7 @@ class JobProcess:
         self._channel.close()
         # Children the job left behind die with it: the group is the job's.
         self.signal(signal.SIGKILL)
-        return Outcome(exit_code=code, result=self._channel.result, error=self._channel.error, killed=self._killed)
+        channel = self._channel
+        return Outcome(
+            exit_code=code, result=channel.result, error=channel.error, killed=self._killed, violation=channel.violation
+        )

@@ -15,11 +15,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from runly.resources import LOGS_PREFIX
+from runly.resources import LOG_CHUNK_BYTES, LOGS_PREFIX
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = LOG_CHUNK_BYTES  # one read and one upload: the agent holds at most this much of a job's log
 LOG_FILE = "output.log"
 STATE_FILE = "ship.json"
 

@@ -26,13 +26,14 @@ from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHosts
 from runly.bundle import PackageError
 from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, Progress, RunSpec, RunState
 from runly.records import RunRecord, utcnow
+from runly.sizes import LIMIT_ERRORS, NotJson, ValueTooLarge
 
 log = logging.getLogger(__name__)
 
 # Reasons worth another attempt; a package error or a timeout would fail the same way again.
 RETRIABLE = frozenset({FailureReason.USER_ERROR, FailureReason.PROCESS_CRASH, FailureReason.NODE_LOST})
-NOT_RETRIED_ERRORS = frozenset({"FailureThresholdExceeded", "ResumeMismatch"})
-MAX_CHECKPOINT_BYTES = 300 * 1024  # a DynamoDB item holds 400 KB; leave room for the keys
+# A broken failure threshold, a changed item order or an output JSON cannot carry would fail the same way again.
+NOT_RETRIED_ERRORS = frozenset({"FailureThresholdExceeded", "ResumeMismatch", NotJson.__name__})
 
 
 def retry_delay(attempt: int, *, base: int, cap: int) -> int:
@@ -168,11 +169,9 @@ class RunSupervisor:
             attempt=self.record.attempt,
             written_at=utcnow(),
         )
-        size = len(checkpoint.model_dump_json())
-        if size > MAX_CHECKPOINT_BYTES:
-            return f"checkpoint is {size} bytes; the limit is {MAX_CHECKPOINT_BYTES}"
         try:
-            # Synchronous and retried through throttling: a checkpoint is never silently dropped.
+            # Synchronous and retried through throttling: a checkpoint is never silently dropped. One over its
+            # limit raises runly.sizes.CheckpointTooLarge before any write: the channel fails the run for it.
             retry(lambda: self.aws.write_checkpoint(self.record, self.node_id, checkpoint), what="checkpoint")
         except LeaseLost:
             self.lease_lost.set()
@@ -185,8 +184,8 @@ class RunSupervisor:
         deadline = self.started + self.record.timeout_seconds
         # Woken by the exit itself, so a short run's outcome is recorded at once; checks every 50 ms meanwhile.
         while self.process.wait(0.05) is None:
-            if self.lease_lost.is_set():
-                self.process.kill()  # another attempt owns the run: stop at once
+            if self.lease_lost.is_set() or self.process.violation is not None:
+                self.process.kill()  # another attempt owns the run, or the job sent what cannot be stored: stop now
             elif self.cancel_requested.is_set() or self.cold.is_set():
                 self.process.stop(self.settings.kill_grace_seconds)
             elif time.monotonic() > deadline:
@@ -208,14 +207,27 @@ class RunSupervisor:
                 retry_at=utcnow(),
             )  # fmt: skip
             self.aws.set_visibility(self.delivery, 0)
+        elif outcome.violation is not None:
+            # The job sent a value over its limit (or one JSON cannot carry), bypassing the SDK's own checks: the
+            # same code would send it again, so not retried.
+            violation = outcome.violation
+            self._finish(RunState.FAILED, violation.reason, {"message": violation.message}, progress=progress)
         elif outcome.result is not None and outcome.exit_code in (0, EXIT_STATUS_UNKNOWN):
             # The job sent its result as its last act; a warm host that died since only lost the exit status.
-            self._finish(RunState.SUCCEEDED, None, None, output=outcome.result.output, progress=progress)
+            try:
+                self._finish(RunState.SUCCEEDED, None, None, output=outcome.result.output, progress=progress)
+            except ValueTooLarge as exc:  # measured before anything was written (the channel measures it first)
+                self._finish(RunState.FAILED, FailureReason(exc.reason), {"message": str(exc)}, progress=progress)
+            except NotJson as exc:
+                self._finish(RunState.FAILED, FailureReason.USER_ERROR, {"message": str(exc)}, progress=progress)
         elif outcome.error is not None:
             error = {"message": outcome.error.message, "type": outcome.error.type, "traceback": outcome.error.traceback}
-            # A broken failure threshold or a changed item order would fail the same way on every attempt.
-            retriable = outcome.error.type not in NOT_RETRIED_ERRORS
-            self._fail(FailureReason.USER_ERROR, error, progress=progress, retriable=retriable)
+            limit = LIMIT_ERRORS.get(outcome.error.type)
+            if limit is not None:  # the SDK refused a value over its limit, in the job: that is the run's reason
+                self._finish(RunState.FAILED, FailureReason(limit), error, progress=progress)
+            else:
+                retriable = outcome.error.type not in NOT_RETRIED_ERRORS
+                self._fail(FailureReason.USER_ERROR, error, progress=progress, retriable=retriable)
         else:
             self._fail(FailureReason.PROCESS_CRASH, {"message": describe_exit(outcome.exit_code)}, progress=progress)
 

@@ -96,6 +96,11 @@ class FailureReason(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     DEAD_LETTER = "dead_letter"  # its message was received too often without an outcome (poison)
+    # A value the job produced is over its byte limit (runly.resources, checked by runly.sizes): not retried.
+    OUTPUT_TOO_LARGE = "output_too_large"
+    CHECKPOINT_TOO_LARGE = "checkpoint_too_large"
+    PROGRESS_TOO_LARGE = "progress_too_large"
+    MESSAGE_TOO_LARGE = "message_too_large"  # a line on the job's channel over MAX_CHANNEL_MESSAGE_BYTES
 
 
 # ---------------------------------------------------------------- packages

@@ -25,7 +25,15 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 
+from runly import sizes
 from runly.job import CheckpointRefused, Job, JobCancelled, JobContext
+from runly.resources import (
+    MAX_CHANNEL_MESSAGE_BYTES,
+    MAX_CHECKPOINT_BYTES,
+    MAX_ERROR_DETAIL_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_ERROR_TYPE_BYTES,
+)
 from runly.wire import (
     AckMessage,
     CheckpointMessage,
@@ -101,12 +109,15 @@ class Channel:
         return self._acks is not None
 
     def send(self, message: BaseModel) -> None:
-        line = message.model_dump_json() + "\n"
+        self._write(_line(message))
+
+    def _write(self, line: str) -> None:
         with self._lock:
             self._stream.write(line)
             self._stream.flush()
 
     def progress(self, progress: Progress) -> None:
+        sizes.progress_json(progress)  # what the agent stores, measured as it will
         self.send(ProgressMessage(progress=progress))
 
     def checkpoint(self, *, watermark: int | None = None, last_item_id: str | None = None, state: Any = None) -> None:
@@ -116,8 +127,11 @@ class Channel:
             self._seq += 1
             seq = self._seq
             message = CheckpointMessage(seq=seq, watermark=watermark, last_item_id=last_item_id, state=state)
+            line = message.model_dump_json()
+            # The agent stores these fields with two of its own (attempt, written_at), about as long as kind and seq.
+            sizes.check(line, MAX_CHECKPOINT_BYTES, sizes.CheckpointTooLarge)
             try:
-                self._stream.write(message.model_dump_json() + "\n")
+                self._stream.write(line + "\n")
                 self._stream.flush()
                 while True:
                     line = self._acks.readline()
@@ -129,7 +143,26 @@ class Channel:
             except (OSError, ValueError) as exc:  # a broken pipe or a garbled ack: not durable
                 raise CheckpointRefused(f"the channel to the agent failed: {exc}") from exc
         if not ack.ok:
+            if ack.reason == sizes.CheckpointTooLarge.reason:  # the agent measured it over the limit
+                raise sizes.CheckpointTooLarge(ack.error or "checkpoint too large")
             raise CheckpointRefused(ack.error or "checkpoint refused")
+
+
+def _line(message: BaseModel) -> str:
+    """One message as a channel line; the agent reads no line longer than MAX_CHANNEL_MESSAGE_BYTES."""
+    line = message.model_dump_json()
+    sizes.check(line, MAX_CHANNEL_MESSAGE_BYTES, sizes.MessageTooLarge)
+    return line + "\n"
+
+
+def error_message(type_name: str, message: str, traceback_text: str) -> ErrorMessage:
+    """A failure as reported to the agent, each part cut to its limit (the traceback keeps its start and its end:
+    where it was raised, and the exception)."""
+    return ErrorMessage(
+        type=sizes.truncate_json_string(type_name, MAX_ERROR_TYPE_BYTES),
+        message=sizes.truncate_json_string(message, MAX_ERROR_MESSAGE_BYTES),
+        traceback=sizes.truncate_json_string(traceback_text, MAX_ERROR_DETAIL_BYTES, both_ends=True),
+    )
 
 
 def configure_logging() -> None:
@@ -187,17 +220,14 @@ def run_job(spec: RunSpec, channel: Channel, *, handle_signals: bool = False) ->
             install_cancel_handler(job)
         job.bind(channel)
         output = job.execute()
-        json.dumps(output)  # the output must be JSON: fail here, in the job, not in the agent
     except CheckpointRefused:
         lease_lost = True
     except JobCancelled as exc:
-        _send_quietly(channel, ErrorMessage(type="JobCancelled", message=str(exc) or "cancelled", traceback=""))
+        _send_quietly(channel, error_message("JobCancelled", str(exc) or "cancelled", ""))
         print(f"job cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
     except BaseException as exc:  # noqa: BLE001 - every failure of user code is reported, then the process ends
-        _send_quietly(
-            channel, ErrorMessage(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc())
-        )
+        _send_quietly(channel, error_message(type(exc).__name__, str(exc), traceback.format_exc()))
         traceback.print_exc()
         return EXIT_JOB_FAILED
     if lease_lost:

@@ -50,7 +50,9 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
+from runly import sizes
 from runly.job import CheckpointRefused, ConfigT, Disposition, Job, JobCancelled, JobContext, join_state
+from runly.resources import MAX_CATEGORIES, MAX_ITEM_ID_BYTES, OTHER_CATEGORY
 from runly.wire import Progress
 
 ItemT = TypeVar("ItemT")
@@ -176,6 +178,8 @@ class _Runner:
         with self.lock:
             if self.crashed:
                 return None
+            if category is not None:
+                category = self._bounded(category)
             if category is None:
                 self.succeeded += 1
             else:
@@ -207,6 +211,15 @@ class _Runner:
             with self.lock:
                 self.recent_errors.append(result)
         return result
+
+    def _bounded(self, category: str) -> str:
+        """The category as counted: its name cut to MAX_CATEGORY_BYTES; past MAX_CATEGORIES distinct ones, the
+        overflow category (the progress and the checkpoint carry every category: each has a byte limit)."""
+        category = sizes.category_name(category)
+        known = self.failed_by_category
+        if category in known or len(known) < MAX_CATEGORIES - 1 or category == OTHER_CATEGORY:
+            return category
+        return OTHER_CATEGORY
 
     def notify(self, result: ItemResult | None) -> None:
         if result is not None:
@@ -328,6 +341,10 @@ class ItemJob(Job[ConfigT], Generic[ConfigT, ItemT]):
             ident = item.get("id")
         return str(item if ident is None else ident)
 
+    def _stored_item_id(self, item: ItemT) -> str:
+        # As the checkpoint holds it: an id of any length is compared by its first MAX_ITEM_ID_BYTES.
+        return sizes.truncate_utf8(self.item_id(item), MAX_ITEM_ID_BYTES)
+
     def count_items(self, items: Iterable[ItemT]) -> int | None:
         """The number of items, for progress and ratios: ``len(items)`` when it has one, else None."""
         return len(items) if isinstance(items, Sized) else None
@@ -432,7 +449,7 @@ class ItemJob(Job[ConfigT], Generic[ConfigT, ItemT]):
                     "the items changed since the run started"
                 )
             expected = self.resumed_from.last_item_id if self.resumed_from else None
-            actual = self.item_id(last)  # type: ignore[arg-type]
+            actual = self._stored_item_id(last)  # type: ignore[arg-type]
             if expected is not None and actual != expected:
                 raise ResumeMismatch(
                     f"item #{runner.start} (the last one done before the checkpoint) was {expected!r} "
@@ -657,7 +674,7 @@ class ItemJob(Job[ConfigT], Generic[ConfigT, ItemT]):
             job_state = self._job_state
         return {
             "watermark": watermark,
-            "last_item_id": self.item_id(last_item) if has_last else None,
+            "last_item_id": self._stored_item_id(last_item) if has_last else None,
             "state": join_state(job_state, counts),
         }
 

@@ -12,7 +12,6 @@ job-defined checkpoints (``self.checkpoint(state)``, returned to a resumed attem
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_orig
 
 from pydantic import BaseModel, ValidationError
 
+from runly import sizes
 from runly.wire import Checkpoint, Progress
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -190,6 +190,10 @@ class Reporter:
                 self._progress_broken = True
                 log.warning("progress could not be sent: %s", exc)
                 return
+            except sizes.ProgressTooLarge as exc:  # the run goes on without progress rather than failing for it
+                self._progress_broken = True
+                log.error("progress is no longer reported: %s", exc)
+                return
             self._last_progress = progress
 
     def checkpoint(self) -> bool:
@@ -213,6 +217,9 @@ class Reporter:
                 self.channel.checkpoint(**message)
             except CheckpointRefused as exc:
                 self.job._lose_lease(str(exc))
+                return False
+            except sizes.ValueTooLarge as exc:  # on the reporter's thread too: the job learns it from execute
+                self.job._exceed_limit(exc)
                 return False
             self._last_checkpoint = key
             self.checkpoints_taken += 1
@@ -259,6 +266,7 @@ class Job(Generic[ConfigT]):
         self.log = logging.getLogger(type(self).__module__)
         self.cancellation = CancellationToken()
         self.lease_lost = False
+        self.limit_exceeded: sizes.ValueTooLarge | None = None  # a value went over its limit: the run fails
         self._channel: JobChannel = NullChannel()
         self._reporter: Reporter | None = None
         resumed = self.context.checkpoint
@@ -306,15 +314,18 @@ class Job(Generic[ConfigT]):
         return self._resumed_state
 
     def checkpoint(self, state: Any = None, *, wait: bool = True) -> bool:
-        """Record ``state`` (JSON, small: under ~300 KB) as this run's checkpoint.
+        """Record ``state`` (JSON, at most ``runly.resources.MAX_CHECKPOINT_STATE_BYTES`` as compact UTF-8 JSON)
+        as this run's checkpoint.
 
         ``wait=True`` (the default) writes it now and returns once the agent has made it durable;
         ``wait=False`` only keeps it, to go out with the next periodic checkpoint (use that when
         calling it often, e.g. from ``process``). Returns False when there is no agent to write
         to (a job run directly). Raises :class:`CheckpointRefused` when this attempt lost its
-        lease: stop at once, another attempt owns the run.
+        lease: stop at once, another attempt owns the run. Raises :class:`runly.sizes.CheckpointTooLarge` for a
+        state over the limit (uncaught, it ends the run as ``checkpoint_too_large``) and
+        :class:`runly.sizes.NotJson` for one that is not JSON (NaN, Infinity, a lone surrogate).
         """
-        json.dumps(state)  # fail here, in the caller, on a state that is not JSON
+        sizes.checkpoint_state_json(state)  # fail here, in the caller, on a state that cannot be stored
         with self._state_lock:
             self._job_state = state
             self._state_version += 1
@@ -324,10 +335,17 @@ class Job(Generic[ConfigT]):
         written = reporter.checkpoint()
         if self.lease_lost:
             raise CheckpointRefused("lease lost: another attempt owns this run")
+        if self.limit_exceeded is not None:
+            raise self.limit_exceeded
         return written
 
     def report_progress(self, done: int | None = None, total: int | None = None, message: str | None = None) -> None:
-        """For a one-action job: how far it is (sent to the agent at most every ``progress_interval``)."""
+        """For a one-action job: how far it is (sent to the agent at most every ``progress_interval``).
+
+        ``message`` is at most ``runly.resources.MAX_PROGRESS_MESSAGE_BYTES`` (UTF-8, as JSON): a longer one
+        raises :class:`runly.sizes.ProgressTooLarge` here.
+        """
+        sizes.check_progress_message(message)
         self._progress = Progress(total=total, succeeded=done or 0, message=message)
 
     # ------------------------------------------------------------ what the host and runly.testing use
@@ -349,10 +367,18 @@ class Job(Generic[ConfigT]):
         reporter = self._reporter_or_inline().start()
         try:
             output = self.run()
+        except BaseException as exc:
+            if self.limit_exceeded is not None and not self.lease_lost:
+                raise self.limit_exceeded from exc  # the cause of the cancel the job honoured
+            raise
         finally:
             reporter.stop(flush_progress=not self.lease_lost)
         if self.lease_lost:
             raise CheckpointRefused("lease lost: another attempt owns this run")
+        if self.limit_exceeded is not None:
+            raise self.limit_exceeded
+        # Checked here, in the job, where the author sees it (runly.testing too): NaN would be stored as null.
+        sizes.output_json(output)
         return output
 
     def _reporter_or_inline(self) -> Reporter:
@@ -361,6 +387,12 @@ class Job(Generic[ConfigT]):
                 self, self._channel, progress_interval=self.progress_interval, checkpoint_interval=0
             )
         return self._reporter
+
+    def _exceed_limit(self, exc: sizes.ValueTooLarge) -> None:
+        log.error("%s: the run stops", exc)
+        if self.limit_exceeded is None:
+            self.limit_exceeded = exc
+        self.cancellation.cancel(str(exc))
 
     def _lose_lease(self, reason: str) -> None:
         log.error("checkpoint refused (%s): this attempt stops; another attempt owns the run", reason)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from runly import sizes
 from runly.agent_channel import AgentChannel
 from runly.contracts import (
     Checkpoint,
@@ -32,6 +33,7 @@ from runly.contracts import (
     RunSpec,
 )
 from runly.host import ENTRY_POINT_GROUP
+from runly.resources import LOG_CHUNK_BYTES
 
 
 class ProjectError(Exception):
@@ -155,7 +157,8 @@ class LocalRun:
         return self
 
     def _read_output(self, stream: IO[bytes]) -> None:
-        for raw in stream:
+        # A line at most LOG_CHUNK_BYTES at a time: a job printing one huge line costs the CLI no more than that.
+        for raw in iter(lambda: stream.readline(LOG_CHUNK_BYTES), b""):
             self.on_output(raw.decode("utf-8", errors="replace").rstrip("\n"))
 
     def _checkpoint(self, message: CheckpointMessage) -> str | None:
@@ -166,6 +169,7 @@ class LocalRun:
             attempt=self.spec.attempt,
             written_at=datetime.now(UTC),
         )
+        sizes.checkpoint_json(checkpoint)  # as a node would: one over its limit fails the run (the channel says so)
         refused = self.on_checkpoint(checkpoint)
         if refused is None:
             self.checkpoints.append(checkpoint)
@@ -184,7 +188,10 @@ class LocalRun:
 
     @property
     def error(self) -> ErrorMessage | None:
-        return self._channel.error if self._channel is not None else None
+        channel = self._channel
+        if channel is not None and channel.violation is not None:
+            return ErrorMessage(type=channel.violation.reason.value, message=channel.violation.message, traceback="")
+        return channel.error if channel is not None else None
 
     @property
     def pid(self) -> int:
@@ -224,6 +231,8 @@ class LocalRun:
         """succeeded, failed, cancelled, lost or crashed (from the exit code and the last message)."""
         from runly.host import EXIT_CANCELLED, EXIT_LEASE_LOST, EXIT_OK
 
+        if self._channel is not None and self._channel.violation is not None:
+            return "failed"  # the job sent what a node would refuse to store (see violation)
         if self.exit_code == EXIT_OK and self.result is not None:
             return "succeeded"
         if self.exit_code == EXIT_CANCELLED:

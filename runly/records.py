@@ -168,6 +168,18 @@ class PackageRecord(BaseModel):
 LEASE_REMOVE = f"REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}"
 
 
+def abandoned_outcome(record: RunRecord) -> tuple[RunState, FailureReason, str]:
+    """Where a run whose node was lost (its lease expired) goes: Cancelled if a cancel was asked, Failed as
+    node_lost when the lost attempt was its last (``max_attempts``), else Queued for another attempt. The reaper
+    and a node taking the lease over both decide by it, so a run never gets more attempts than it allows."""
+    if record.state is RunState.CANCELLING:
+        return RunState.CANCELLED, FailureReason.CANCELLED, "cancelled; its node was lost"
+    if record.attempt >= record.max_attempts:
+        message = f"its node was lost during attempt {record.attempt} of {record.max_attempts}"
+        return RunState.FAILED, FailureReason.NODE_LOST, message
+    return RunState.QUEUED, FailureReason.NODE_LOST, "lease expired"
+
+
 def abandoned_run_update(
     record: RunRecord, state: RunState, reason: FailureReason, message: str
 ) -> tuple[str, dict[str, str], dict[str, Any]]:

@@ -100,12 +100,14 @@ class CheckpointMessage(BaseModel):
 
 
 class AckMessage(BaseModel):
-    """The agent's answer to a checkpoint: ``ok`` false means the lease is lost and the job must stop."""
+    """The agent's answer to a checkpoint: ``ok`` false means the lease is lost and the job must stop, or, with a
+    ``reason`` (``checkpoint_too_large``), that the checkpoint is over its limit and the run fails for it."""
 
     kind: Literal["ack"] = "ack"
     seq: int
     ok: bool
     error: str | None = None
+    reason: str | None = None
 
 
 class ResultMessage(BaseModel):

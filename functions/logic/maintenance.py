@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from functions.dal.maintenance import MaintenanceStore, RunMoved
 from runly.contracts import FailureReason, RunMessage, RunState
+from runly.records import abandoned_outcome
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,15 @@ def reap(store: MaintenanceStore, *, now_ms: int, grace_seconds: int) -> ReapRep
     """Re-queue or end every run whose lease expired more than ``grace_seconds`` ago."""
     report = ReapReport()
     for record in store.expired_leases(now_ms - grace_seconds * 1000):
+        # The same decision as a node's takeover of an expired lease (node_agent.aws claim): one function decides.
+        state, reason, message = abandoned_outcome(record)
         try:
-            if record.state is RunState.CANCELLING:
-                store.end_abandoned(record, RunState.CANCELLED, FailureReason.CANCELLED, "cancelled; its node was lost")
+            store.end_abandoned(record, state, reason, message)
+            if state is RunState.CANCELLED:
                 report.cancelled.append(record.run_id)
-            elif record.attempt >= record.max_attempts:
-                message = f"its node was lost during attempt {record.attempt} of {record.max_attempts}"
-                store.end_abandoned(record, RunState.FAILED, FailureReason.NODE_LOST, message)
+            elif state.terminal:
                 report.failed.append(record.run_id)
             else:
-                store.end_abandoned(record, RunState.QUEUED, FailureReason.NODE_LOST, "lease expired")
                 # A second message is harmless: a claim is conditional, and a terminal run's message is deleted.
                 store.dispatch(record)
                 report.requeued.append(record.run_id)

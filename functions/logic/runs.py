@@ -42,6 +42,7 @@ from runly.records import (
     iso,
     utcnow,
 )
+from runly.sizes import stored_json
 
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
 from .packages import resolve_in_environment
@@ -183,7 +184,7 @@ def new_run(
         job=job.name,
         entry_point=job.entry_point,
         environment=request.environment,
-        config_json=json.dumps(request.config),
+        config_json=stored_json(request.config),  # as check_config_size measured it: UTF-8, not \u escapes
         timeout_seconds=request.timeout_seconds,
         max_attempts=request.max_attempts,
         bundle_key=package.key,

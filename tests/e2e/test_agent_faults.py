@@ -158,3 +158,23 @@ def test_sigterm_drains_then_a_second_signal_hands_runs_back(faulty: tuple[Embed
     assert taken.attempts[1].node_id != node.name
     client.cancel_run(long_run.id)
     stack.start_agent()
+
+
+def test_a_run_allowed_one_attempt_whose_node_dies_fails_node_lost_and_never_runs_again(
+    faulty: tuple[EmbeddedStack, RunlyClient],
+) -> None:
+    stack, client = faulty
+    # Given a run allowed a single attempt, in progress on one node
+    run = _running_on(client, _enqueue(client, "sleep", {"seconds": 4}, max_attempts=1).id)
+    victim = _agent(stack, run.attempts[-1].node_id)
+
+    # When that node is killed outright, and the other node receives the message once the lease expired
+    victim.process.kill()
+    victim.process.wait()
+
+    # Then the run ends Failed as node_lost with its one attempt: no node runs attempt 2
+    final = client.wait(run.id, timeout=LEASE + POLL + 30)
+    assert final.state is RunState.FAILED
+    assert final.error is not None and final.error.reason is FailureReason.NODE_LOST
+    assert [(a.number, a.node_id, a.reason) for a in final.attempts] == [(1, victim.name, FailureReason.NODE_LOST)]
+    stack.start_agent()  # keep two nodes for the next tests

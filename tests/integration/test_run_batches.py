@@ -218,7 +218,7 @@ def test_runs_whose_message_the_queue_refused_are_taken_back_with_their_keys(
     # Then the caller is told which item was not enqueued; that run and its key are gone, the others stand
     assert reply.status == 503 and "runs[1]" in reply.body["message"]
     recorded = {item["config_json"] for item in run_items()}
-    assert recorded == {'{"name": "n0"}', '{"name": "n2"}'}
+    assert recorded == {'{"name":"n0"}', '{"name":"n2"}'}
     assert len(messages(aws["default"])) == 2
     store = services().store
     assert store.get_idempotency("test-key", "q1") is None

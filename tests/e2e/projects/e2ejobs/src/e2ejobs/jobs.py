@@ -124,3 +124,46 @@ class _NotingChannel:
     def checkpoint(self, **message: Any) -> None:
         self._channel.checkpoint(**message)  # returns once durable; raises if refused
         self._job._note(f"{self._job.context.run_id} ckpt {self._job.context.attempt} {message.get('watermark') or 0}")
+
+
+class OversizeConfig(BaseModel):
+    what: str = Field(description="output, checkpoint, progress or nan; line: one long result line")
+    kib: int = Field(default=1024, ge=0, description="how large, in KiB")
+    raw: bool = Field(default=False, description="write straight to the channel pipe, bypassing the SDK's checks")
+
+
+class Oversize(Job[OversizeConfig]):
+    """Produces a value over its limit, through the SDK or (raw) as a job that ignores the SDK would."""
+
+    def run(self) -> Any:
+        what, kib = self.config.what, self.config.kib
+        if what == "nan":
+            return {"mean": float("nan")}
+        if self.config.raw:
+            self._write_raw(what, kib)
+            time.sleep(60)  # the agent stops the job
+            return None
+        blob = "x" * (kib * 1024)
+        if what == "output":
+            return {"blob": blob}
+        if what == "checkpoint":
+            self.checkpoint({"blob": blob})
+        elif what == "progress":
+            self.report_progress(1, 2, message=blob)
+        return {"unexpectedly": "accepted"}
+
+    def _write_raw(self, what: str, kib: int) -> None:
+        stream = self._channel._stream  # type: ignore[attr-defined]
+        head = {
+            "output": '{"kind":"result","output":"',
+            "line": '{"kind":"result","output":"',
+            "checkpoint": '{"kind":"checkpoint","seq":1,"state":"',
+            "progress": '{"kind":"progress","progress":{"message":"',
+        }[what]
+        stream.write(head)
+        kilobyte = "x" * 1024
+        for _ in range(kib // 1024):
+            stream.write(kilobyte * 1024)  # a megabyte at a time: the job's own memory stays small
+        stream.write(kilobyte * (kib % 1024))
+        stream.write('"}}\n' if what == "progress" else '"}\n')
+        stream.flush()

@@ -65,6 +65,8 @@ def hold_message(
     if now + seconds <= delivery.received_at + limit_seconds:
         aws.set_visibility(delivery, seconds)
         return
+    if seconds <= 0:
+        return  # handed back past its limit: it is visible already (it was never hidden beyond it)
     aws.send_replacement(delivery, delay_seconds=min(seconds, SQS_MAX_DELAY_SECONDS))
     try:
         aws.delete(delivery)

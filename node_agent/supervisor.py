@@ -208,7 +208,7 @@ class RunSupervisor:
                 RunState.QUEUED, FailureReason.NODE_LOST, {"message": "node shut down"}, progress=progress,
                 retry_at=utcnow(),
             )  # fmt: skip
-            self.aws.set_visibility(self.delivery, 0)
+            hold_message(self.aws, self.delivery, 0, limit_seconds=self.settings.max_in_flight_seconds)
         elif outcome.result is not None and outcome.exit_code in (0, EXIT_STATUS_UNKNOWN):
             # The job sent its result as its last act; a warm host that died since only lost the exit status.
             self._finish(RunState.SUCCEEDED, None, None, output=outcome.result.output, progress=progress)

@@ -34,7 +34,9 @@ def apply_in_flight_cap(max_seconds: int) -> None:
         for message in backend.get_queue(queue_name)._messages:
             if message.had_receipt_handle(receipt_handle):
                 since = getattr(message, "runly_received_ms", message.sent_timestamp)
-                if unix_time_millis() + int(visibility_timeout) * 1000 - since > max_seconds * 1000:
+                # 0 ends the message's time in flight: never refused, as SQS never refuses it.
+                ending = int(visibility_timeout) == 0
+                if not ending and unix_time_millis() + int(visibility_timeout) * 1000 - since > max_seconds * 1000:
                     raise InvalidParameterValue(
                         f"Value {visibility_timeout} for parameter VisibilityTimeout is invalid. Reason: Total "
                         f"VisibilityTimeout for the message is beyond the limit [{max_seconds} seconds]"

@@ -93,9 +93,10 @@ def _log_lines(stack: EmbeddedStack, pattern: str) -> list[str]:
 def _messages_in_queue(stack: EmbeddedStack) -> int:
     attributes = stack.client("sqs").get_queue_attributes(
         QueueUrl=stack.queue_urls["default"],
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                        "ApproximateNumberOfMessagesDelayed"],
+    )["Attributes"]  # fmt: skip
+    return sum(int(count) for count in attributes.values())
 
 
 def _node(stack: EmbeddedStack, node_id: str) -> Child:

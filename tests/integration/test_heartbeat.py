@@ -15,6 +15,7 @@ import pytest
 
 from node_agent.agent import Agent, Clock
 from node_agent.aws import AgentAws, Delivery
+from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
 from runly import resources
 from runly.contracts import RunMessage, RunState
@@ -142,9 +143,10 @@ def _leases(names: resources.ResourceNames, run_ids: list[str]) -> dict[str, int
 def _messages_in_queue(queue_url: str) -> int:
     attributes = boto3.client("sqs").get_queue_attributes(
         QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                        "ApproximateNumberOfMessagesDelayed"],
+    )["Attributes"]  # fmt: skip
+    return sum(int(count) for count in attributes.values())
 
 
 def test_a_beat_of_25_runs_makes_3_visibility_requests(
@@ -242,3 +244,23 @@ def test_a_message_replaced_before_its_limit_reaches_the_holder_through_another_
     assert _messages_in_queue(queue) == 0
     final = table.get_item(Key=run_key(run_id))["Item"]
     assert final["state"] == "Succeeded" and len(final["attempts"]) == 1
+
+
+def test_a_retry_delay_past_the_limit_moves_the_run_to_a_fresh_delayed_message(
+    names: resources.ResourceNames, aws: dict[str, str]
+) -> None:
+    # Given a run's message received 10 s ago, kept at most 11 s in flight
+    queue = aws["default"]
+    _enqueue(names, queue, 1)
+    agent_aws = AgentAws(queue_url=queue, table_name=names.table, bucket=names.feed_bucket)
+    (received,) = agent_aws.receive(1, 0, 30)
+
+    # When its attempt fails and is to be retried in 2 s, which would keep it past that
+    hold_message(agent_aws, received, 2, limit_seconds=11, now=received.received_at + 10)
+
+    # Then the old message is gone and a fresh one for the run arrives after the delay, not before
+    assert _messages_in_queue(queue) == 1
+    assert agent_aws.receive(10, 0, 30) == []
+    time.sleep(2.2)
+    (fresh,) = agent_aws.receive(10, 1, 30)
+    assert fresh.message == received.message and fresh.message_id != received.message_id

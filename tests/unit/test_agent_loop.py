@@ -677,3 +677,8 @@ def test_a_retry_delay_that_would_cross_the_limit_gets_a_fresh_message_delayed_a
     # A delay longer than SQS's 15 minutes: delayed 15 minutes (the run's retry_at holds the rest, see the claim)
     hold_message(aws, received, 2000, limit_seconds=30, now=1000.0)  # type: ignore[arg-type]
     assert [(run, delay) for run, delay, _ in aws.replacements][-1] == ("r", 900)
+
+    # Handed back at once (a cold stop) past its limit: nothing to do, it is visible already
+    replaced = len(aws.replacements)
+    hold_message(aws, received, 0, limit_seconds=30, now=1040.0)  # type: ignore[arg-type]
+    assert len(aws.replacements) == replaced and aws.visibility == {"rh-r": 15}

@@ -26,12 +26,13 @@ from node_agent.backoff import delay as backoff_delay
 from node_agent.backoff import is_transient
 from node_agent.logs import ship_leftovers
 from node_agent.package_cache import PackageCache
+from node_agent.run_messages import MessageKeeper, hold_message
 from node_agent.settings import AgentSettings
 from node_agent.supervisor import RunSupervisor
 from node_agent.warm_hosts import WarmHosts
 from runly import __version__
 from runly.contracts import RunState
-from runly.records import NodeRecord, iso, utcnow
+from runly.records import NodeRecord, RunRecord, iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class Agent:
         self.aws = aws
         self.cache = cache
         self._new_supervisor = supervisor_factory
+        self.messages = MessageKeeper(
+            aws, lease_seconds=settings.lease_seconds, limit_seconds=settings.max_in_flight_seconds, now=self.clock.time
+        )
         self.hosts = hosts  # warm job hosts, one per package version; None: a new interpreter per run
         self.state = AgentState.STARTING
         self.started_at = iso(utcnow())
@@ -297,8 +301,13 @@ class Agent:
             log.info("not starting %s: %s", run_id, refused)
             if refused.terminal:
                 self.aws.delete(delivery)
-            else:
-                self.aws.set_visibility(delivery, refused.retry_in)
+                return
+            hold_message(
+                self.aws, delivery, refused.retry_in, limit_seconds=self.settings.max_in_flight_seconds,
+                now=self.clock.time(),
+            )  # fmt: skip
+            if refused.leased is not None:
+                self._hand_over(refused.leased, delivery)
             return
         except Exception:
             log.exception("claiming %s failed; it comes back after its visibility timeout", run_id)
@@ -319,12 +328,23 @@ class Agent:
             self._active[run_id] = (supervisor, thread)
         thread.start()
 
+    def _hand_over(self, leased: RunRecord, delivery: Delivery) -> None:
+        """A message of a run that a live attempt holds (a replacement sent before SQS's in-flight cap, or a
+        message delivered twice): offer it to that attempt, hidden for the rest of its lease meanwhile, so the
+        run keeps one message, received afresh (node_agent.run_messages)."""
+        try:
+            if self.aws.hand_over(leased, delivery):
+                log.info("run %s: handed message %s to %s", leased.run_id, delivery.message_id, leased.lease_owner)
+        except Exception:  # it comes back when hidden for the rest of the lease, and is offered again
+            log.exception("run %s: handing its message to %s failed", leased.run_id, leased.lease_owner)
+
     def _supervise(self, supervisor: RunSupervisor) -> None:
         try:
             supervisor.run()
         finally:
             with self._lock:
                 self._active.pop(supervisor.run_id, None)
+            self.messages.forget(supervisor.run_id)
             self._slot_freed.set()
 
     # ------------------------------------------------------------ heartbeat
@@ -341,18 +361,25 @@ class Agent:
                 self.hosts.stop_idle()
 
     def heartbeat(self) -> None:
-        """Extend every lease and message visibility, write the newest progress, learn about cancels,
-        lost leases and (when the node record is written: _node_write_due) drain requests."""
+        """Extend every message visibility (one request per 10 runs, replacing messages before SQS's in-flight
+        cap) and lease, write the newest progress, learn about cancels, lost leases, messages handed over and
+        (when the node record is written: _node_write_due) drain requests."""
         until = lease_until(now_ms(self.clock), self.settings.lease_seconds)
-        for supervisor, _ in self._snapshot():
-            if supervisor.finished.is_set():
-                continue
+        beating = [supervisor for supervisor, _ in self._snapshot() if not supervisor.finished.is_set()]
+        kept = self.messages.beat(beating)
+        for supervisor in beating:
+            if supervisor.run_id not in kept:
+                continue  # a failed beat for this run (logged): the next one tries again
             try:
-                self.aws.set_visibility(supervisor.delivery, self.settings.lease_seconds)
-                state = self.aws.extend_lease(
-                    supervisor.record, self.settings.node_id, until, supervisor.progress_to_send()
+                drop = self.messages.handoff_to_drop(supervisor.run_id)
+                renewal = self.aws.renew_lease(
+                    supervisor.record, self.settings.node_id, until, supervisor.progress_to_send(), drop_handoff=drop
                 )
-                if state is RunState.CANCELLING:
+                if drop:
+                    self.messages.handoff_dropped(supervisor.run_id)
+                if renewal.handoff is not None:
+                    self.messages.adopt(supervisor, renewal.handoff)
+                if renewal.state is RunState.CANCELLING:
                     supervisor.cancel_requested.set()
             except LeaseLost:
                 if not supervisor.finished.is_set():

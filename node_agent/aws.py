@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from runly.contracts import AttemptView, Checkpoint, FailureReason, Progress, Ru
 from runly.records import (
     LEASE_REMOVE,
     LEASED,
+    MESSAGE_HANDOFF,
     NodeRecord,
     RunRecord,
     abandoned_outcome,
@@ -48,6 +49,8 @@ from runly.resources import (
     MAX_ERROR_TYPE_BYTES,
     MAX_RECORDED_ATTEMPTS,
     RUNS_BY_LEASE,
+    SQS_MAX_DELAY_SECONDS,
+    SQS_MAX_IN_FLIGHT_SECONDS,
 )
 
 log = logging.getLogger(__name__)
@@ -80,10 +83,13 @@ def may_have_checkpoint(record: RunRecord) -> bool:
 class ClaimRefused(Exception):
     """The run cannot be started by this node now."""
 
-    def __init__(self, run_id: str, why: str, *, terminal: bool = False, retry_in: int = 0) -> None:
+    def __init__(
+        self, run_id: str, why: str, *, terminal: bool = False, retry_in: int = 0, leased: RunRecord | None = None
+    ) -> None:
         super().__init__(f"{run_id}: {why}")
         self.terminal = terminal
         self.retry_in = retry_in
+        self.leased = leased  # the run as a live lease holder has it: the message may be handed to that node
 
 
 class LeaseLost(Exception):
@@ -95,6 +101,19 @@ class Delivery:
     receipt_handle: str
     message: RunMessage | None  # None: a body that is not a run message (poison)
     receive_count: int
+    message_id: str = ""
+    # Wall-clock seconds, read before the receive call: SQS's 12-hour in-flight cap counts from the receipt.
+    received_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class LeaseRenewal:
+    """The answer to a heartbeat's lease extension."""
+
+    state: RunState  # Cancelling: a cancel was asked
+    # A newer message of this run that another node (or this one) received while this attempt held the lease,
+    # handed over through the run item (AgentAws.hand_over); the holder keeps it and deletes its older one.
+    handoff: Delivery | None = None
 
 
 def bounded_error(error: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +157,7 @@ class _RunChanged(Exception):
 
 
 DELETE_BATCH_SIZE = 10  # SQS's largest batch
+VISIBILITY_BATCH_SIZE = 10
 DELETE_BATCH_DELAY = 0.5  # seconds a terminal run's message may wait for others to share its request
 DELETE_ATTEMPTS = 5
 
@@ -244,6 +264,7 @@ class AgentAws:
 
     # ------------------------------------------------------------ queue
     def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
+        asked_at = time.time()  # no later than SQS's receipt: the in-flight cap is counted from here, early
         response = self._sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=max(1, min(max_messages, 10)),
@@ -260,7 +281,7 @@ class AgentAws:
             except ValidationError:
                 message = None
             count = int(raw.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-            deliveries.append(Delivery(raw["ReceiptHandle"], message, count))
+            deliveries.append(Delivery(raw["ReceiptHandle"], message, count, raw.get("MessageId", ""), asked_at))
         return deliveries
 
     def delete(self, delivery: Delivery) -> None:
@@ -304,8 +325,47 @@ class AgentAws:
         self._sqs.change_message_visibility(
             QueueUrl=self.queue_url,
             ReceiptHandle=delivery.receipt_handle,
-            VisibilityTimeout=max(0, min(seconds, 43200)),
+            VisibilityTimeout=max(0, min(seconds, SQS_MAX_IN_FLIGHT_SECONDS)),
         )
+
+    def set_visibilities(self, changes: Sequence[tuple[Delivery, int]]) -> list[str | None]:
+        """ChangeMessageVisibilityBatch, 10 changes a request; per change, None or why it failed.
+
+        Entries fail alone (a stale receipt, a message past SQS's cap), and so does a request (the network,
+        throttling past the client's retries): neither touches the changes of another entry or request.
+        """
+        results: list[str | None] = [None] * len(changes)
+        for start in range(0, len(changes), VISIBILITY_BATCH_SIZE):
+            chunk = range(start, min(start + VISIBILITY_BATCH_SIZE, len(changes)))
+            entries = [
+                {
+                    "Id": str(i),
+                    "ReceiptHandle": changes[i][0].receipt_handle,
+                    "VisibilityTimeout": max(0, min(changes[i][1], SQS_MAX_IN_FLIGHT_SECONDS)),
+                }
+                for i in chunk
+            ]
+            try:
+                response = self._sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+            except Exception as exc:  # noqa: BLE001 - reported per change: each run's beat decides what it means
+                for i in chunk:
+                    results[i] = f"{type(exc).__name__}: {exc}"
+                continue
+            for failure in response.get("Failed", []):
+                results[int(failure["Id"])] = f"{failure.get('Code')}: {failure.get('Message', '')}"
+        return results
+
+    def send_replacement(self, delivery: Delivery, delay_seconds: int = 0) -> str:
+        """Send a fresh message for the run of ``delivery`` (the same body), visible after ``delay_seconds``
+        (at most SQS's 15 minutes); returns its message id."""
+        if delivery.message is None:
+            raise ValueError("only a run's message is replaced")
+        response = self._sqs.send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=delivery.message.model_dump_json(),
+            DelaySeconds=max(0, min(delay_seconds, SQS_MAX_DELAY_SECONDS)),
+        )
+        return str(response["MessageId"])
 
     # ------------------------------------------------------------ runs: the lease protocol
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -371,8 +431,17 @@ class AgentAws:
         leased = record.state in (RunState.RUNNING, RunState.CANCELLING)
         if leased and record.lease_until_ms is not None and record.lease_until_ms > now_ms:
             raise ClaimRefused(
-                run_id, f"leased by {record.lease_owner}", retry_in=(record.lease_until_ms - now_ms) // 1000 + 1
+                run_id,
+                f"leased by {record.lease_owner}",
+                retry_in=(record.lease_until_ms - now_ms) // 1000 + 1,
+                leased=record,
             )
+        if record.state is RunState.QUEUED and record.retry_at is not None:
+            # A retry delay longer than one message could be hidden for (SQS's cap, or its 15-minute delay on a
+            # fresh message) is carried by the run: a message that comes back early is hidden again until then.
+            wait_ms = int(datetime.fromisoformat(record.retry_at).timestamp() * 1000) - now_ms
+            if wait_ms >= 1000:
+                raise ClaimRefused(run_id, f"waiting for its retry at {record.retry_at}", retry_in=wait_ms // 1000 + 1)
 
         if leased:
             # Its node was lost: as the reaper would (runly.records.abandoned_outcome), a cancel wins and a run
@@ -497,14 +566,76 @@ class AgentAws:
     ) -> RunState:
         """Extend the lease (and write the newest progress, if any, in the same write); returns the
         run's state, so a requested cancel (Cancelling) is seen on the next heartbeat."""
+        return self.renew_lease(record, node_id, until_ms, progress).state
+
+    def renew_lease(
+        self,
+        record: RunRecord,
+        node_id: str,
+        until_ms: int,
+        progress: Progress | None = None,
+        *,
+        drop_handoff: bool = False,
+    ) -> LeaseRenewal:
+        """extend_lease, also answering with a message of the run handed over to this attempt (hand_over);
+        ``drop_handoff`` clears the one the last renewal answered with, now that it is kept."""
         update = f"SET lease_until_ms = :until, {RUNS_BY_LEASE.sort_key} = :until_key"
         values: dict[str, Any] = {":until": until_ms, ":until_key": lease_sort_key(until_ms)}
         progress_json = _progress_json(record, progress)
         if progress_json is not None:
             update += ", progress_json = :progress"
             values[":progress"] = progress_json
+        if drop_handoff:
+            # Unconditional: a handoff written since the last answer goes too, unseen. Its message is hidden for
+            # the rest of the lease by the node that received it; it comes back and is handed over again.
+            update += f" REMOVE {MESSAGE_HANDOFF}"
         attributes = self._fenced_update(record, node_id, update, values, {})
-        return RunState(attributes["state"])
+        handoff = attributes.get(MESSAGE_HANDOFF)
+        delivery = None
+        if handoff is not None and int(handoff.get("attempt", -1)) == record.attempt:
+            delivery = Delivery(
+                receipt_handle=str(handoff["receipt_handle"]),
+                message=RunMessage(run_id=record.run_id, environment=record.environment),
+                receive_count=int(handoff.get("receive_count", 1)),
+                message_id=str(handoff.get("message_id", "")),
+                received_at=int(handoff["received_ms"]) / 1000,
+            )
+        return LeaseRenewal(RunState(attributes["state"]), delivery)
+
+    def hand_over(self, leased: RunRecord, delivery: Delivery) -> bool:
+        """Offer ``delivery``, a message of a run that a live attempt holds, to that attempt through the run
+        item; its node keeps it on its next heartbeat (renew_lease) and deletes the message it had, so the run
+        keeps one message, received afresh (this is how a replacement sent before SQS's in-flight cap reaches
+        the run's holder). False: the holder changed, or an offer for this attempt is already waiting."""
+        if leased.lease_owner is None:
+            return False
+        handoff = {
+            "attempt": leased.attempt,
+            "receipt_handle": delivery.receipt_handle,
+            "message_id": delivery.message_id,
+            "received_ms": int(delivery.received_at * 1000),
+            "receive_count": delivery.receive_count,
+        }
+        try:
+            self._table.update_item(
+                Key=run_key(leased.run_id),
+                UpdateExpression=f"SET {MESSAGE_HANDOFF} = :handoff",
+                ConditionExpression=f"{_FENCE} AND (attribute_not_exists({MESSAGE_HANDOFF})"
+                f" OR {MESSAGE_HANDOFF}.attempt <> :attempt)",
+                ExpressionAttributeNames=dict(_FENCE_NAMES),
+                ExpressionAttributeValues={
+                    ":attempt": leased.attempt,
+                    ":node": leased.lease_owner,
+                    ":running": RunState.RUNNING.value,
+                    ":cancelling": RunState.CANCELLING.value,
+                    ":handoff": handoff,
+                },
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
 
     def end_attempt(
         self,

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from runly.resources import MESSAGE_IN_FLIGHT_LIMIT_SECONDS, SQS_MAX_IN_FLIGHT_SECONDS
+
 ENV_PREFIX = "RUNLY_"
 
 
@@ -84,6 +86,13 @@ class AgentSettings(BaseModel):
     )
     retry_base_seconds: int = Field(default=5, ge=0, description="first retry delay; doubles per attempt")
     retry_max_seconds: int = Field(default=900, ge=0, le=43200)
+    max_in_flight_seconds: int = Field(
+        default=MESSAGE_IN_FLIGHT_LIMIT_SECONDS,
+        ge=4,
+        le=SQS_MAX_IN_FLIGHT_SECONDS,
+        description="how long a run's message is kept before it is replaced by a fresh one (SQS's in-flight cap"
+        " is 12 hours from a receipt; lowered only by tests)",
+    )
     work_dir: Path = Field(default=Path.home() / ".cache" / "runly" / "node")
     package_cache_dir: Path | None = Field(
         default=None, description="where package environments live; default work_dir/packages"
@@ -125,5 +134,16 @@ class AgentSettings(BaseModel):
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half"
                 f" of lease_seconds ({self.lease_seconds})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_inside_in_flight_limit(self) -> AgentSettings:
+        # A message is replaced once a full lease no longer fits before its limit: a limit under two leases
+        # would replace every message about as soon as it arrives.
+        if self.max_in_flight_seconds < 2 * self.lease_seconds:
+            raise ValueError(
+                f"max_in_flight_seconds ({self.max_in_flight_seconds}) must be at least twice"
+                f" lease_seconds ({self.lease_seconds})"
             )
         return self

@@ -21,6 +21,7 @@ from node_agent.backoff import retry
 from node_agent.job_process import JobProcess, Outcome
 from node_agent.logs import LogSpool
 from node_agent.package_cache import PackageCache, PackageDownloadError
+from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
 from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHosts
 from runly.bundle import PackageError
@@ -206,7 +207,7 @@ class RunSupervisor:
                 RunState.QUEUED, FailureReason.NODE_LOST, {"message": "node shut down"}, progress=progress,
                 retry_at=utcnow(),
             )  # fmt: skip
-            self.aws.set_visibility(self.delivery, 0)
+            hold_message(self.aws, self.delivery, 0, limit_seconds=self.settings.max_in_flight_seconds)
         elif outcome.violation is not None:
             # The job sent a value over its limit (or one JSON cannot carry), bypassing the SDK's own checks: the
             # same code would send it again, so not retried.
@@ -249,7 +250,9 @@ class RunSupervisor:
             )
             retry_at = utcnow() + timedelta(seconds=delay)
             self._end(RunState.QUEUED, reason, error, progress=progress, retry_at=retry_at)
-            retry(lambda: self.aws.set_visibility(self.delivery, delay), what="retry delay")
+            # Through hold_message: a delay that would keep the message past SQS's in-flight cap gets a fresh one.
+            limit = self.settings.max_in_flight_seconds
+            retry(lambda: hold_message(self.aws, self.delivery, delay, limit_seconds=limit), what="retry delay")
             log.info("run %s attempt %d failed (%s); retry in %d s", record.run_id, record.attempt, reason, delay)
         else:
             self._finish(RunState.FAILED, reason, error, progress=progress)

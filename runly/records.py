@@ -164,8 +164,13 @@ class PackageRecord(BaseModel):
         )
 
 
-# Ending a lease: the attributes that name its owner and put the run in the lease index go.
-LEASE_REMOVE = f"REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}"
+# Written by a node that received a message of a run another attempt holds: the holder keeps that message (agent).
+MESSAGE_HANDOFF = "message_handoff"
+# Ending a lease: the attributes that name its owner and put the run in the lease index go, and a message offered
+# to the attempt that held it.
+LEASE_REMOVE = (
+    f"REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}, {MESSAGE_HANDOFF}"
+)
 
 
 def abandoned_outcome(record: RunRecord) -> tuple[RunState, FailureReason, str]:

@@ -44,6 +44,14 @@ QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
 # Every receive counts, including retries delayed by visibility, so this is
 # well above the largest per-run max_attempts the API accepts.
 QUEUE_MAX_RECEIVE_COUNT = 30
+# SQS keeps a message in flight at most 12 hours in total from its receipt and refuses a visibility change past
+# that; a delay (DelaySeconds) is at most 15 minutes.
+SQS_MAX_IN_FLIGHT_SECONDS = 12 * 3600
+SQS_MAX_DELAY_SECONDS = 15 * 60
+# How long an agent keeps one received message before it replaces it with a fresh one (node_agent.run_messages):
+# the cap less a margin for the time between SQS's receipt and the agent's clock reading (taken before the
+# receive call, so already early) and for clock drift over 12 hours.
+MESSAGE_IN_FLIGHT_LIMIT_SECONDS = SQS_MAX_IN_FLIGHT_SECONDS - 10 * 60
 
 # S3 feed layout.
 PACKAGES_PREFIX = "packages/"

@@ -4,7 +4,8 @@ The same document is the inline policy of the EC2 fleet's instance role, the pol
 ``NodeRole`` of the environment (both built by the CDK stack) and the session policy the credentials function
 passes to STS AssumeRole, so the three cannot drift apart. It holds exactly what ``node_agent.aws`` calls:
 
-- the environment's run queue: receive, delete, change visibility (the heartbeat), read attributes;
+- the environment's run queue: receive, delete, change visibility (the heartbeat), read attributes, and send
+  (a run's message is replaced before SQS's 12-hour in-flight cap: node_agent.run_messages);
 - the feed: get packages (``packages/*``), put run logs (``logs/*``);
 - the table: get, put, update, delete and condition-check (the checkpoint transaction) items whose partition
   key is a run's or a node's (``dynamodb:LeadingKeys``), so a node can neither read API keys nor rewrite packages.
@@ -22,6 +23,7 @@ QUEUE_ACTIONS = (
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
+    "sqs:SendMessage",
 )
 ITEM_ACTIONS = (
     "dynamodb:GetItem",

@@ -66,6 +66,8 @@ class EmbeddedStack:
     environments: tuple[str, ...] = ("default",)
     stage: str = "local"
     agent_env: dict[str, str] = field(default_factory=dict)  # extra RUNLY_* settings for agents (tests: short leases)
+    # SQS's in-flight cap, counted from each receipt as SQS does (runly.local.moto_server); tests lower it.
+    sqs_max_in_flight_seconds: int = resources.SQS_MAX_IN_FLIGHT_SECONDS
     endpoint: str = ""
     api_url: str = ""
     admin_key: str = ""  # the secret of an admin key made at start (as `runly keys bootstrap` makes one)
@@ -149,8 +151,13 @@ class EmbeddedStack:
         port = free_port()
         self.endpoint = f"http://127.0.0.1:{port}"
         moto = self._spawn(
-            "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], self.aws_env()
-        )
+            "moto",
+            [
+                sys.executable, "-m", "runly.local.moto_server", "-H", "127.0.0.1", "-p", str(port),
+                "--sqs-max-in-flight-seconds", str(self.sqs_max_in_flight_seconds),
+            ],
+            self.aws_env(),
+        )  # fmt: skip
         _wait_until(lambda: _http_ok(f"{self.endpoint}/moto-api/"), what="moto server", child=moto)
         self.queue_urls = create_resources(self.names, self.session(), self.endpoint)
 

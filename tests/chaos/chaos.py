@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runly import resources
 from runly.client import ApiError, RunlyClient
 from runly.contracts import EnqueueRunRequest, RunState, RunView
 from runly.local.stack import Child, EmbeddedStack
@@ -351,8 +352,23 @@ def _job_processes(stack_dir: Path, *, hosts: bool = False) -> list[int]:
     return found
 
 
-def run_chaos(*, runs: int, items: int, faults: int, agents: int, seed: int, timeout: float, workdir: Path) -> Report:
-    stack = EmbeddedStack(state_dir=workdir / "state", agent_env=AGENT_SETTINGS)
+def run_chaos(
+    *,
+    runs: int,
+    items: int,
+    faults: int,
+    agents: int,
+    seed: int,
+    timeout: float,
+    workdir: Path,
+    sqs_in_flight_cap: int | None = None,
+) -> Report:
+    """``sqs_in_flight_cap``: SQS's 12-hour cap lowered to that many seconds (agents replace messages 3 s before
+    it), so that every run outlives several of its messages while the faults play."""
+    settings, cap = dict(AGENT_SETTINGS), resources.SQS_MAX_IN_FLIGHT_SECONDS
+    if sqs_in_flight_cap is not None:
+        settings["RUNLY_MAX_IN_FLIGHT_SECONDS"], cap = str(sqs_in_flight_cap - 3), sqs_in_flight_cap
+    stack = EmbeddedStack(state_dir=workdir / "state", agent_env=settings, sqs_max_in_flight_seconds=cap)
     stack.start(agents=agents)
     try:
         client = RunlyClient(stack.api_url, api_key=getattr(stack, "admin_key", None))
@@ -374,11 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--sqs-in-flight-cap", type=int, default=None, help="SQS's in-flight cap in seconds (default 12 h)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="runly-chaos-") as scratch:
         report = run_chaos(
             runs=args.runs, items=args.items, faults=args.faults, agents=args.agents, seed=args.seed,
-            timeout=args.timeout, workdir=Path(scratch),
+            timeout=args.timeout, workdir=Path(scratch), sqs_in_flight_cap=args.sqs_in_flight_cap,
         )  # fmt: skip
     print(report.table())
     print("OK" if report.ok else "FAILED: see the table")

@@ -36,6 +36,7 @@ NODE_QUEUE_ACTIONS = {
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
+    "sqs:SendMessage",
 }
 
 

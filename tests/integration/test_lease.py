@@ -6,15 +6,16 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import boto3
 import pytest
 
-from node_agent.aws import AgentAws, ClaimRefused, LeaseLost
+from node_agent.aws import AgentAws, ClaimRefused, Delivery, LeaseLost
 from runly import resources
-from runly.contracts import Checkpoint, FailureReason, RunState
-from runly.records import checkpoint_key, run_key, utcnow
+from runly.contracts import Checkpoint, FailureReason, RunMessage, RunState
+from runly.records import MESSAGE_HANDOFF, checkpoint_key, run_key, utcnow
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 30
@@ -249,3 +250,66 @@ def test_the_feed_client_is_built_only_when_first_used(aws: dict[str, str], name
     assert built.count("s3") == 1
     body = boto3.client("s3").get_object(Bucket=names.feed_bucket, Key="logs/run_1/0001/00000001.log")["Body"]
     assert body.read() == b"again\n"
+
+
+def _delivery(receipt: str, message_id: str) -> Delivery:
+    return Delivery(receipt, RunMessage(run_id="run_1", environment="default"), 1, message_id, time.time())
+
+
+def test_a_message_handed_over_reaches_the_attempt_holding_the_lease_and_only_it(
+    agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given node A holding the run, and node B, which received another message of the run, refused its claim
+    _queued_run(names)
+    held = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    with pytest.raises(ClaimRefused) as refused:
+        agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+    assert refused.value.leased is not None and refused.value.leased.lease_owner == "node-a"
+
+    # When B hands that message over, A's next renewal answers with it; an offer while one waits is refused
+    assert agent_aws.hand_over(refused.value.leased, _delivery("rh-new", "m-new"))
+    assert not agent_aws.hand_over(refused.value.leased, _delivery("rh-other", "m-other"))
+    renewal = agent_aws.renew_lease(held, "node-a", now_ms() + LEASE * 1000)
+    assert renewal.state is RunState.RUNNING
+    assert renewal.handoff is not None and (renewal.handoff.receipt_handle, renewal.handoff.message_id) == (
+        "rh-new",
+        "m-new",
+    )
+    # And once A dropped it, it is gone
+    assert agent_aws.renew_lease(held, "node-a", now_ms() + LEASE * 1000, drop_handoff=True).handoff is None
+
+    # When the lease passes to attempt 2 while an offer for attempt 1 waits, attempt 2 is not answered with it,
+    # and an offer made to the lost attempt is refused
+    assert agent_aws.hand_over(held, _delivery("rh-late", "m-late"))
+    second = agent_aws.claim("run_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
+    assert agent_aws.renew_lease(second, "node-b", now_ms() + 2 * LEASE * 1000).handoff is None
+    assert not agent_aws.hand_over(held, _delivery("rh-stale", "m-stale"))
+
+    # And the run's end removes any offer from its item
+    assert agent_aws.hand_over(second, _delivery("rh-end", "m-end"))
+    agent_aws.end_attempt(second, "node-b", state=RunState.SUCCEEDED, output=1)
+    item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key("run_1"))["Item"]
+    assert MESSAGE_HANDOFF not in item
+
+
+def test_a_retry_is_not_claimed_before_its_time_whichever_message_brings_it(
+    agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given attempt 1 failed and is to be retried in 40 minutes (longer than a message can be delayed)
+    _queued_run(names)
+    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    retry_at = utcnow() + timedelta(minutes=40)
+    agent_aws.end_attempt(
+        first, "node-a", state=RunState.QUEUED, reason=FailureReason.USER_ERROR, error={"message": "x"},
+        retry_at=retry_at,
+    )  # fmt: skip
+
+    # When a message of the run comes back after 15 minutes, the claim is refused until the retry's time
+    with pytest.raises(ClaimRefused) as refused:
+        agent_aws.claim("run_1", "node-b", LEASE, now_ms() + 15 * 60 * 1000)
+    assert not refused.value.terminal
+    assert 25 * 60 <= refused.value.retry_in <= 25 * 60 + 2
+
+    # And at that time, it is taken as attempt 2
+    at_retry = int(retry_at.timestamp() * 1000) + 1
+    assert agent_aws.claim("run_1", "node-b", LEASE, at_retry).attempt == 2

@@ -104,6 +104,7 @@ def test_the_node_policy_allows_its_queue_the_feed_prefixes_and_run_and_node_ite
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
+        "sqs:SendMessage",
     }
     assert (by_sid["ReadPackages"]["Action"], by_sid["ReadPackages"]["Resource"]) == (
         "s3:GetObject",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from node_agent.agent import Agent, Clock, receive_visibility
-from node_agent.aws import ClaimRefused, Delivery, LeaseLost, lease_until
+from node_agent.aws import ClaimRefused, Delivery, LeaseLost, LeaseRenewal, lease_until
+from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
 from node_agent.supervisor import retry_delay
 from runly.contracts import RunMessage, RunState
@@ -28,10 +30,14 @@ def _record(run_id: str) -> RunRecord:
     )  # fmt: skip
 
 
-def _delivery(run_id: str) -> Delivery:
+def _delivery(run_id: str, *, receipt: str | None = None, received_at: float = 0.0) -> Delivery:
+    """A message of ``run_id``; its id and receipt handle are ``rh-{run_id}`` unless told. FakeAws.receive stamps
+    when it was received, as AgentAws.receive does."""
+    handle = receipt or f"rh-{run_id}"
     return Delivery(
-        receipt_handle=f"rh-{run_id}", message=RunMessage(run_id=run_id, environment="default"), receive_count=1
-    )
+        receipt_handle=handle, message=RunMessage(run_id=run_id, environment="default"), receive_count=1,
+        message_id=f"id-{handle}", received_at=received_at,
+    )  # fmt: skip
 
 
 @dataclass
@@ -51,10 +57,20 @@ class FakeAws:
     nodes: list[NodeRecord] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)  # the order of claims and node writes
     on_receive: Callable[[], None] | None = None  # what happens during the long poll
+    clock: Clock = field(default_factory=Clock)
+    visibility_requests: list[list[tuple[str, int]]] = field(default_factory=list)  # one per batch call
+    visibility_failures: dict[str, str] = field(default_factory=dict)  # receipt -> the error its change gets
+    replacements: list[tuple[str, int, float]] = field(default_factory=list)  # run, delay, when (clock)
+    handoffs: dict[str, Delivery] = field(default_factory=dict)  # run -> a message handed over in its item
+    dropped_handoffs: list[str] = field(default_factory=list)
+    offered: list[tuple[str, str]] = field(default_factory=list)  # run, receipt handed over by this node
+    renewed: list[str] = field(default_factory=list)
+    deleted_soon: list[str] = field(default_factory=list)
 
     def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
         self.asked.append(max_messages)
         self.received_hidden_for.append(visibility_seconds)
+        asked_at = self.clock.time()
         if self.on_receive is not None and self.batches:
             self.on_receive()
         if not self.batches:
@@ -63,7 +79,7 @@ class FakeAws:
         batch = self.batches.pop(0)
         if isinstance(batch, Exception):
             raise batch
-        return batch
+        return [d if d.received_at else dataclasses.replace(d, received_at=asked_at) for d in batch]
 
     def claim(self, run_id: str, node_id: str, lease_seconds: int, now_ms: int) -> RunRecord:
         self.claims.append((run_id, lease_seconds, now_ms))
@@ -78,14 +94,42 @@ class FakeAws:
     def set_visibility(self, delivery: Delivery, seconds: int) -> None:
         self.visibility[delivery.receipt_handle] = seconds
 
+    def set_visibilities(self, changes: Sequence[tuple[Delivery, int]]) -> list[str | None]:
+        self.visibility_requests.append([(d.receipt_handle, seconds) for d, seconds in changes])
+        results: list[str | None] = []
+        for delivery, seconds in changes:
+            error = self.visibility_failures.get(delivery.receipt_handle)
+            if error is None:
+                self.visibility[delivery.receipt_handle] = seconds
+            results.append(error)
+        return results
+
+    def send_replacement(self, delivery: Delivery, delay_seconds: int = 0) -> str:
+        assert delivery.message is not None
+        self.replacements.append((delivery.message.run_id, delay_seconds, self.clock.time()))
+        return f"replacement-{len(self.replacements)}"
+
+    def hand_over(self, leased: RunRecord, delivery: Delivery) -> bool:
+        self.offered.append((leased.run_id, delivery.receipt_handle))
+        return True
+
     def delete(self, delivery: Delivery) -> None:
         self.deleted.append(delivery.receipt_handle)
 
-    def extend_lease(self, record: RunRecord, node_id: str, until_ms: int, progress: Any = None) -> RunState:
+    def delete_soon(self, delivery: Delivery) -> None:
+        self.deleted_soon.append(delivery.receipt_handle)
+
+    def renew_lease(
+        self, record: RunRecord, node_id: str, until_ms: int, progress: Any = None, *, drop_handoff: bool = False
+    ) -> LeaseRenewal:
         self.leases_until.append(until_ms)
         if isinstance(self.lease_state, Exception):
             raise self.lease_state
-        return self.lease_state
+        self.renewed.append(record.run_id)
+        if drop_handoff:
+            self.dropped_handoffs.append(record.run_id)
+            self.handoffs.pop(record.run_id, None)
+        return LeaseRenewal(self.lease_state, self.handoffs.get(record.run_id))
 
     def put_node(self, node: NodeRecord) -> bool:
         self.nodes.append(node)
@@ -157,6 +201,8 @@ def _agent(settings: AgentSettings, aws: FakeAws, clock: Clock | None = None) ->
         started.append(supervisor)
         return supervisor
 
+    if clock is not None:
+        aws.clock = clock
     agent = Agent(settings, aws, cache=None, supervisor_factory=factory, clock=clock)  # type: ignore[arg-type]
     return agent, started
 
@@ -216,6 +262,26 @@ def test_refused_claims_delete_terminal_runs_and_delay_leased_ones(settings: Age
     assert aws.deleted == ["rh-done"]
     assert aws.visibility == {"rh-leased": 7}
     assert started == []
+    assert aws.offered == []  # no live holder was named: nothing to hand over
+
+
+def test_a_message_of_a_run_leased_by_a_live_node_is_hidden_for_the_lease_and_handed_to_it(
+    settings: AgentSettings,
+) -> None:
+    # Given a message (a replacement, or one delivered twice) of a run that node-2 holds for 7 more seconds
+    aws = FakeAws(
+        batches=[[_delivery("leased", receipt="rh-fresh")]],
+        refusals={"leased": ClaimRefused("leased", "leased by node-2", retry_in=7, leased=_record("leased"))},
+    )
+    agent, started = _agent(settings, aws)
+    thread = _run_until_idle(agent, aws)
+    agent.request_stop()
+    thread.join(5)
+
+    # Then this node starts nothing, hides it for the rest of the lease, and offers it to the holder
+    assert started == []
+    assert aws.visibility == {"rh-fresh": 7}
+    assert aws.offered == [("leased", "rh-fresh")]
 
 
 def test_messages_received_while_draining_are_released_at_once(settings: AgentSettings) -> None:
@@ -456,7 +522,7 @@ def test_a_slow_heartbeat_does_not_delay_the_first_beat_of_a_run_claimed_during_
     aws = FakeAws(batches=[[_delivery("a")]])
     beat_writing = threading.Event()
     first_beat_at: list[float] = []
-    put_node, set_visibility = aws.put_node, aws.set_visibility
+    put_node, set_visibility = aws.put_node, aws.set_visibilities
 
     def slow_put_node(node: NodeRecord) -> bool:
         if threading.current_thread().name == "heartbeat":
@@ -464,15 +530,15 @@ def test_a_slow_heartbeat_does_not_delay_the_first_beat_of_a_run_claimed_during_
             time.sleep(1.2)
         return put_node(node)
 
-    def timed_set_visibility(delivery: Delivery, seconds: int) -> None:
-        if not first_beat_at:
+    def timed_set_visibility(changes: Sequence[tuple[Delivery, int]]) -> list[str | None]:
+        if not first_beat_at and changes:
             first_beat_at.append(time.monotonic())
-        set_visibility(delivery, seconds)
+        return set_visibility(changes)
 
     def receive_during_a_beat() -> None:
         assert beat_writing.wait(5)  # the message arrives just after a beat began
 
-    aws.put_node, aws.set_visibility = slow_put_node, timed_set_visibility  # type: ignore[method-assign]
+    aws.put_node, aws.set_visibilities = slow_put_node, timed_set_visibility  # type: ignore[method-assign]
     aws.on_receive = receive_during_a_beat
     agent, started = _agent(settings, aws)
 
@@ -494,3 +560,125 @@ def _epoch(moment: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(moment).timestamp()
+
+
+@dataclass
+class Running:
+    """An agent on a thread of its own with runs started (by FakeSupervisors that hold their slots)."""
+
+    agent: Agent
+    aws: FakeAws
+    started: list[FakeSupervisor]
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.agent.request_stop()
+        for supervisor in self.started:
+            supervisor.release.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+def _start_runs(settings: AgentSettings, clock: FakeClock, *run_ids: str) -> Running:
+    aws = FakeAws(batches=[[_delivery(run_id) for run_id in run_ids]])
+    agent, started = _agent(settings.model_copy(update={"capacity": max(2, len(run_ids))}), aws, clock)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    _eventually(lambda: len(started) == len(run_ids))
+    return Running(agent, aws, started, thread)
+
+
+def test_a_message_is_replaced_before_its_in_flight_limit_and_the_holder_keeps_the_replacement(
+    settings: AgentSettings,
+) -> None:
+    # Given messages kept at most 30 s in flight (SQS: 12 h), a 10 s lease and a beat every 5 s
+    limited = settings.model_copy(update={"max_in_flight_seconds": 30})
+    clock = FakeClock()
+    running = _start_runs(limited, clock, "a")
+    agent, aws, started = running.agent, running.aws, running.started
+    t0 = clock.now
+    beats: list[tuple[float, list[tuple[str, int]]]] = []
+
+    def beat() -> None:
+        clock.advance(5)
+        agent.heartbeat()
+        beats.append((clock.now - t0, aws.visibility_requests[-1]))
+
+    # When it beats for 30 s
+    for _ in range(6):
+        beat()
+
+    # Then the message is hidden for the lease while a whole lease fits before its limit, then only up to the
+    # limit, and never past it; a replacement is sent once, when a lease no longer fits (at 25 s)
+    assert beats == [
+        (5, [("rh-a", 10)]), (10, [("rh-a", 10)]), (15, [("rh-a", 10)]), (20, [("rh-a", 10)]),
+        (25, [("rh-a", 5)]), (30, []),
+    ]  # fmt: skip
+    assert [(run, delay, when - t0) for run, delay, when in aws.replacements] == [("a", 0, 25)]
+    # And the lease was renewed on every beat, past the old message's limit too (the replacement carries the run)
+    assert aws.renewed == ["a"] * 6
+
+    # When the node that received the replacement hands it over (received at 31 s)
+    aws.handoffs["a"] = _delivery("a", receipt="rh-a2", received_at=t0 + 31)
+    beat()  # 35 s: the renewal answers with it
+    assert started[0].delivery.receipt_handle == "rh-a2"
+    assert aws.deleted_soon == ["rh-a"]  # the old message goes: one message per run
+    assert aws.dropped_handoffs == []
+    beat()  # 40 s: the new receipt is beaten, and the handoff cleared from the run item
+    assert beats[-1] == (40, [("rh-a2", 10)])
+    assert aws.dropped_handoffs == ["a"]
+
+    # And the new message is replaced when a lease no longer fits before its own limit (31 + 30 - 10 = 51 s)
+    for _ in range(3):
+        beat()
+    assert [(when - t0) for _, _, when in aws.replacements] == [25, 55]
+    assert aws.renewed == ["a"] * 11 and aws.deleted_soon == ["rh-a"]
+    running.stop()
+
+
+def test_a_failed_visibility_entry_fails_the_beat_of_that_run_alone(settings: AgentSettings) -> None:
+    # Given three runs on a node, and a receipt SQS no longer accepts (its message was received elsewhere)
+    clock = FakeClock()
+    running = _start_runs(settings, clock, "a", "b", "c")
+    agent, aws, started = running.agent, running.aws, running.started
+    aws.visibility_failures["rh-b"] = "ReceiptHandleIsInvalid: the receipt handle has expired"
+
+    # When the node beats
+    clock.advance(5)
+    agent.heartbeat()
+
+    # Then one request changed all three visibilities; the other two leases were renewed, b's was not (as a
+    # failed beat: logged, retried next time, its job untouched)
+    assert aws.visibility_requests == [[("rh-a", 10), ("rh-b", 10), ("rh-c", 10)]]
+    assert aws.renewed == ["a", "c"]
+    assert not any(s.lease_lost.is_set() or s.cancel_requested.is_set() for s in started)
+
+    # And when the change succeeds again, b's lease is renewed on the next beat
+    del aws.visibility_failures["rh-b"]
+    clock.advance(5)
+    agent.heartbeat()
+    assert aws.renewed == ["a", "c", "a", "b", "c"]
+    running.stop()
+
+
+def test_a_retry_delay_that_would_cross_the_limit_gets_a_fresh_message_delayed_at_most_15_minutes() -> None:
+    aws = FakeAws()
+    received = _delivery("r", received_at=1000.0)
+
+    # Within the limit: the message is hidden for the delay
+    hold_message(aws, received, 15, limit_seconds=30, now=1010.0)  # type: ignore[arg-type]
+    assert aws.visibility == {"rh-r": 15} and aws.replacements == []
+
+    # Past it: a fresh message, delayed by the delay, and the old one deleted
+    hold_message(aws, received, 15, limit_seconds=30, now=1020.0)  # type: ignore[arg-type]
+    assert [(run, delay) for run, delay, _ in aws.replacements] == [("r", 15)]
+    assert aws.deleted == ["rh-r"]
+
+    # A delay longer than SQS's 15 minutes: delayed 15 minutes (the run's retry_at holds the rest, see the claim)
+    hold_message(aws, received, 2000, limit_seconds=30, now=1000.0)  # type: ignore[arg-type]
+    assert [(run, delay) for run, delay, _ in aws.replacements][-1] == ("r", 900)
+
+    # Handed back at once (a cold stop) past its limit: nothing to do, it is visible already
+    replaced = len(aws.replacements)
+    hold_message(aws, received, 0, limit_seconds=30, now=1040.0)  # type: ignore[arg-type]
+    assert len(aws.replacements) == replaced and aws.visibility == {"rh-r": 15}

@@ -66,6 +66,8 @@ def test_a_missing_settings_file_reads_as_empty(tmp_path: Path) -> None:
         ({"RUNLY_HEARTBEAT_SECONDS": "31"}, "heartbeat_seconds (31.0) must be at most half of lease_seconds (60)"),
         ({"RUNLY_NODE_KEY": "rly_secret"}, "node_key needs api_url"),
         ({"RUNLY_IDLE_REFRESH_SECONDS": "0"}, "idle_refresh_seconds\n  Input should be greater than 0"),
+        ({"RUNLY_MAX_IN_FLIGHT_SECONDS": "100"}, "max_in_flight_seconds (100) must be at least twice lease_seconds"),
+        ({"RUNLY_MAX_IN_FLIGHT_SECONDS": "43201"}, "max_in_flight_seconds\n  Input should be less than or equal to"),
     ],
 )
 def test_invalid_settings_say_which_and_why(given: dict[str, str], message: str) -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from runly.bundle import PackageError, check_python, extract_bundle, install_offline, venv_python, verify_bundle
+from runly.bundle import PackageError, check_python, extract_bundle, inspect_bundle, install_offline, venv_python
 from runly.contracts import SHA256_HEX, PackageManifest
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,6 @@ class PackageCache:
                 hold.close()
                 raise
         self._manifests[sha256] = manifest
-        self._evict(keep=sha256)
         timings["total"] = time.monotonic() - started
         log.info(
             "package %s (%s %s) installed in %.2fs: %s",
@@ -177,8 +176,10 @@ class PackageCache:
                 if not bundle.is_file():
                     raise PackageDownloadError(f"downloading package {sha256} produced no file")
             with _timed(timings, "verify"):
-                manifest = verify_bundle(bundle, sha256)
+                verified = inspect_bundle(bundle, sha256)
+                manifest = verified.manifest
                 check_python(manifest, self._interpreter_version())
+                self._make_room(sha256, verified.unpacked_bytes)
             with _timed(timings, "install"):
                 extract_bundle(bundle, work / "bundle")
                 bundle.unlink()
@@ -227,19 +228,28 @@ class PackageCache:
                 continue
         return sorted(entries)
 
-    def _evict(self, keep: str) -> None:
+    def _make_room(self, sha256: str, needed: int) -> None:
+        """Before an install: refuse a package that alone exceeds the budget, else evict the least recently
+        used environments (none in use) until the cache plus ``needed`` fits. What is in use stays, and the
+        install goes ahead over budget: those environments become evictable when their runs end."""
+        if needed > self.budget_bytes:
+            raise PackageError(
+                f"package {sha256} unpacks to {needed} bytes, more than this node's package cache budget of "
+                f"{self.budget_bytes} bytes (RUNLY_CACHE_BUDGET_BYTES)"
+            )
         entries = self._inventory()
         total = sum(size for _, _, size in entries)
-        for _, sha256, size in entries:
-            if total <= self.budget_bytes:
+        for _, other, size in entries:
+            if total + needed <= self.budget_bytes:
                 return
-            if sha256 != keep and self._try_remove(sha256):
-                log.info("package %s: evicted (%d bytes, least recently used)", sha256[:12], size)
+            if other != sha256 and self._try_remove(other):
+                log.info("package %s: evicted (%d bytes, least recently used)", other[:12], size)
                 total -= size
-        if total > self.budget_bytes:
+        if total + needed > self.budget_bytes:
             log.warning(
-                "package cache holds %d bytes, over its %d-byte budget: the rest is in use", total, self.budget_bytes
-            )
+                "package cache holds %d bytes and package %s needs %d, over the %d-byte budget: the rest is in use",
+                total, sha256[:12], needed, self.budget_bytes,
+            )  # fmt: skip
 
     def _try_remove(self, sha256: str) -> bool:
         """Remove an environment nobody is installing or using; False when it is busy."""

@@ -25,6 +25,7 @@ from node_agent.settings import AgentSettings
 from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHosts
 from runly.bundle import PackageError
 from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, Progress, RunSpec, RunState
+from runly.host import EXIT_JOB_NOT_LOADED, JOB_NOT_LOADED
 from runly.records import RunRecord, utcnow
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,10 @@ class RunSupervisor:
         elif outcome.result is not None and outcome.exit_code in (0, EXIT_STATUS_UNKNOWN):
             # The job sent its result as its last act; a warm host that died since only lost the exit status.
             self._finish(RunState.SUCCEEDED, None, None, output=outcome.result.output, progress=progress)
+        elif outcome.error is not None and _not_loaded(outcome):
+            # Importing the job's module raised or exited, or the entry point names nothing: every attempt would.
+            error = {"message": outcome.error.message, "type": outcome.error.type, "traceback": outcome.error.traceback}
+            self._finish(RunState.FAILED, FailureReason.PACKAGE_ERROR, error, progress=progress)
         elif outcome.error is not None:
             error = {"message": outcome.error.message, "type": outcome.error.type, "traceback": outcome.error.traceback}
             # A broken failure threshold or a changed item order would fail the same way on every attempt.
@@ -257,6 +262,15 @@ class RunSupervisor:
         # Deleted only now that the run is terminal: a node that dies before this loses nothing.
         self.aws.delete_soon(self.delivery)
         log.info("run %s %s", self.record.run_id, state)
+
+
+def _not_loaded(outcome: Outcome) -> bool:
+    """The job host could not load the job's class (runly.host.run_job): both its exit code and its message say so."""
+    return (
+        outcome.error is not None
+        and outcome.error.type == JOB_NOT_LOADED
+        and outcome.exit_code in (EXIT_JOB_NOT_LOADED, EXIT_STATUS_UNKNOWN)
+    )
 
 
 def describe_exit(code: int) -> str:

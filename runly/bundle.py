@@ -135,22 +135,24 @@ _END_ENTRIES = 4  # zipfile._ECD_ENTRIES_TOTAL
 _END_DIRECTORY_SIZE = 5  # zipfile._ECD_SIZE
 
 
-def _open_zip(bundle_path: Path) -> zipfile.ZipFile:
+def _open_zip(bundle_path: Path, shown: Path | None = None) -> zipfile.ZipFile:
+    """The bundle as a zip; messages name it ``shown`` (default: its path)."""
+    label = shown or bundle_path
     try:
         stream = open(bundle_path, "rb")
     except FileNotFoundError as exc:
-        raise PackageError(f"{bundle_path}: no such file") from exc
+        raise PackageError(f"{label}: no such file") from exc
     except OSError as exc:
-        raise PackageError(f"{bundle_path} cannot be read: {exc}") from exc
+        raise PackageError(f"{label} cannot be read: {exc.strerror or type(exc).__name__}") from exc
     try:
-        _check_directory(stream, MAX_BUNDLE_WHEELS + 1, str(bundle_path))
+        _check_directory(stream, MAX_BUNDLE_WHEELS + 1, str(label))
         return zipfile.ZipFile(stream)  # closing the archive closes the stream
     except PackageError:
         stream.close()
         raise
     except (*_ZIP_ERRORS, OSError) as exc:
         stream.close()
-        raise PackageError(f"{bundle_path} is not a readable zip archive: {exc}") from exc
+        raise PackageError(f"{label} is not a readable zip archive: {exc}") from exc
 
 
 def _manifest_from_zip(archive: zipfile.ZipFile, bundle_path: Path) -> PackageManifest:
@@ -296,7 +298,11 @@ class _Unpacked:
 
 
 def inspect_bundle(
-    bundle_path: Path | str, expected_sha256: str | None, max_bytes: int = MAX_PACKAGE_BYTES
+    bundle_path: Path | str,
+    expected_sha256: str | None,
+    max_bytes: int = MAX_PACKAGE_BYTES,
+    *,
+    shown: str | None = None,
 ) -> VerifiedBundle:
     """Check everything a node relies on before it extracts or installs a bundle.
 
@@ -304,34 +310,40 @@ def inspect_bundle(
     member paths, the manifest listing exactly the members, every member's SHA-256,
     a project wheel that matches the manifest's name and version, and every wheel
     within the unpacked limits (see :func:`_check_wheel`). Nothing is written.
+    Messages name the bundle ``shown`` when given (not a caller's scratch path).
     """
     path = Path(bundle_path)
+    label = Path(shown) if shown else path
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise PackageError(f"{path}: no such file") from None
+        raise PackageError(f"{label}: no such file") from None
     if size > max_bytes:
-        raise PackageError(f"{path} is {size} bytes, over the {max_bytes}-byte package limit")
+        raise PackageError(f"{label} is {size} bytes, over the {max_bytes}-byte package limit")
     if expected_sha256 is not None:
         actual = sha256_file(path)
         if actual != expected_sha256.lower():
-            raise PackageError(f"{path} has SHA-256 {actual}, expected {expected_sha256.lower()}")
+            raise PackageError(f"{label} has SHA-256 {actual}, expected {expected_sha256.lower()}")
     unpacked = _Unpacked()
-    with _open_zip(path) as archive:
-        manifest = _manifest_from_zip(archive, path)
-        _check_structure(archive, manifest, path, max_bytes)
+    with _open_zip(path, label) as archive:
+        manifest = _manifest_from_zip(archive, label)
+        _check_structure(archive, manifest, label, max_bytes)
         for name in sorted(manifest.files):
-            _check_digest(name, _read_member(archive, name, path), manifest, path)
+            _check_digest(name, _read_member(archive, name, label), manifest, label)
         for name in sorted(manifest.files):
-            _check_wheel(archive, name, path, unpacked)
+            _check_wheel(archive, name, label, unpacked)
     return VerifiedBundle(manifest=manifest, unpacked_bytes=unpacked.bytes, unpacked_files=unpacked.files)
 
 
 def verify_bundle(
-    bundle_path: Path | str, expected_sha256: str | None, max_bytes: int = MAX_PACKAGE_BYTES
+    bundle_path: Path | str,
+    expected_sha256: str | None,
+    max_bytes: int = MAX_PACKAGE_BYTES,
+    *,
+    shown: str | None = None,
 ) -> PackageManifest:
     """:func:`inspect_bundle`'s checks; the bundle's manifest."""
-    return inspect_bundle(bundle_path, expected_sha256, max_bytes).manifest
+    return inspect_bundle(bundle_path, expected_sha256, max_bytes, shown=shown).manifest
 
 
 def _check_wheel(archive: zipfile.ZipFile, name: str, bundle_path: Path, unpacked: _Unpacked) -> None:

@@ -421,32 +421,34 @@ def _check_wheel_data(stream: IO[bytes], infos: list[zipfile.ZipInfo], directory
 
 
 def _check_inflated(stream: IO[bytes], info: zipfile.ZipInfo, data_start: int, where: str) -> None:
-    """Inflate one file's data (bounded by the size it states, plus one byte), count it and check its CRC."""
+    """Inflate one file's data, a MiB at a time and never more than one byte past the size it states (a bomb
+    is refused at that byte, not inflated), count it and check its CRC."""
     stream.seek(data_start)
     left = info.compress_size
     inflater = zlib.decompressobj(-zlib.MAX_WBITS) if info.compress_type == zipfile.ZIP_DEFLATED else None
     produced = 0
     crc = 0
-    while left > 0 and not (inflater is not None and inflater.eof):
-        chunk = stream.read(min(_CHUNK, left))
-        if not chunk:
-            raise PackageError(f"{where}: {info.filename!r} is cut short")
-        left -= len(chunk)
-        while chunk:
-            if inflater is None:
-                out, chunk = chunk, b""
-            else:
-                # Never more than one byte past the stated size: a bomb is refused at that byte, not inflated.
-                out = inflater.decompress(chunk, info.file_size - produced + 1)
-                chunk = inflater.unconsumed_tail
-            produced += len(out)
-            if produced > info.file_size:
-                raise PackageError(
-                    f"{where}: {info.filename!r} inflates past the {info.file_size} bytes it states (a zip bomb?)"
-                )
-            crc = zlib.crc32(out, crc)
-            if inflater is not None and inflater.eof:
-                break
+    pending = b""  # compressed bytes read but not yet inflated
+    while True:
+        if not pending and left > 0:
+            pending = stream.read(min(_CHUNK, left))
+            if not pending:
+                raise PackageError(f"{where}: {info.filename!r} is cut short")
+            left -= len(pending)
+        if inflater is None:
+            out, pending = pending, b""
+        else:
+            # With no input left the inflater may still hold output (a copy it had no room for): ask on.
+            out = inflater.decompress(pending, min(_CHUNK, info.file_size - produced + 1))
+            pending = inflater.unconsumed_tail
+        produced += len(out)
+        if produced > info.file_size:
+            raise PackageError(
+                f"{where}: {info.filename!r} inflates past the {info.file_size} bytes it states (a zip bomb?)"
+            )
+        crc = zlib.crc32(out, crc)
+        if (inflater is not None and inflater.eof) or (not out and not pending and left == 0):
+            break
     if inflater is not None and not inflater.eof:
         raise PackageError(f"{where}: {info.filename!r}'s compressed data does not end where it states")
     if produced != info.file_size or crc != info.CRC:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 import sys
 import zipfile
@@ -379,3 +380,25 @@ def test_a_wheel_member_that_is_not_a_zip_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(PackageError, match=r"dep-2\.0-py3-none-any\.whl is not a readable zip"):
         verify_bundle(rezip(tmp_path / "notzip.runly", with_manifest(contents, manifest)), None)
+
+
+def test_a_wheel_with_large_honest_files_verifies_and_is_counted_exactly(tmp_path: Path) -> None:
+    # Given a wheel, deflated by zipfile as build tools do, with files larger than the verifier's read size
+    rng = random.Random(13)
+    words = [bytes(rng.choices(range(97, 123), k=rng.randint(2, 9))) for _ in range(500)]
+    text = b" ".join(rng.choices(words, k=900_000))[: 5 * 1024 * 1024]
+    noise = rng.randbytes(3 * 1024 * 1024)
+    wheel = tmp_path / "big-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big/text.txt", text)
+        archive.writestr("big/noise.bin", noise)
+        archive.writestr("big/empty.py", b"")
+    bundle = tmp_path / "big-1.0.runly"
+    write_bundle(
+        bundle, name="big", version="1.0", requires_python=None, project_wheel=wheel.name, jobs=[DEMO_JOB],
+        wheels=[wheel],
+    )  # fmt: skip
+
+    verified = inspect_bundle(bundle, sha256_file(bundle))
+
+    assert (verified.unpacked_files, verified.unpacked_bytes) == (3, len(text) + len(noise))

@@ -334,3 +334,23 @@ def test_a_wheel_that_inflates_to_gigabytes_is_refused_before_a_byte_is_extracte
     assert extracted == []
     assert cache.installed() == [] and _leftovers(cache) == []
 
+
+
+def test_installs_in_progress_count_against_the_budget(hello_bundle: Path, tmp_path: Path) -> None:
+    # Given a budget for two environments and a half, holding B, while another agent on the machine installs
+    # a package as large (its work directory notes what it will add)
+    a, b = (hello_variant(hello_bundle, tmp_path, tag) for tag in ("a", "b"))
+    one_env = _unpacked(a)
+    cache = PackageCache(tmp_path / "cache", budget_bytes=int(one_env * 2.5))
+    sha_b = _install(cache, b)
+    elsewhere = cache.tmp / f"{'e' * 64}.inprogress"
+    elsewhere.mkdir()
+    (elsewhere / package_cache.NEEDED_FILE).write_text(str(one_env))
+
+    # When A is installed
+    sha_a = _install(cache, a)
+
+    # Then B made room: B, A and the install in progress would not fit together
+    assert cache.installed() == [sha_a] and sha_b != sha_a
+    # And A's own note went with its work directory
+    assert sorted(p.name for p in cache.tmp.iterdir()) == [elsewhere.name]

@@ -1,14 +1,21 @@
-"""Packages that cannot run, on a real node: each run fails once with package_error and the node keeps serving.
+"""Packages on a real node: what cannot run fails once with package_error and the node keeps serving; what was
+registered is what runs.
 
 A job whose module raises or exits while it is imported, or whose entry point names nothing, fails the same way
 on every attempt: no retry. A bundle that inflates to gigabytes, pushed past the API straight into the feed and
-the table, is refused by the node before anything is extracted.
+the table, is refused by the node before anything is extracted. An upload URL issued before a version was
+registered cannot change the bytes that version's runs get.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,29 +39,35 @@ UNLOADABLE = {
 }
 
 
-@pytest.fixture(scope="module")
-def brokenjobs(client: RunlyClient, tmp_path_factory: pytest.TempPathFactory) -> PackageVersionView:
-    """brokenjobs packed (its one declared job loads), then its manifest given the jobs that cannot load, as a
-    package whose imports depend on what the node has would present them; pushed through the API."""
-    packed = pack_project(BROKEN_PROJECT, tmp_path_factory.mktemp("dist"))
+def _rebundled(packed: Path, dest: Path, jobs: list[JobSpec]) -> Path:
+    """The packed bundle's wheels under a manifest listing ``jobs`` instead."""
     manifest = read_manifest(packed)
-    wheels = tmp_path_factory.mktemp("broken-wheels")
+    wheels = dest / "wheels"
+    wheels.mkdir(parents=True)
     with zipfile.ZipFile(packed) as archive:
         for name in manifest.files:
             (wheels / Path(name).name).write_bytes(archive.read(name))
-    (ok,) = manifest.jobs
-    extra = [ok.model_copy(update={"name": name, "entry_point": target}) for name, target in UNLOADABLE.items()]
-    bundle = tmp_path_factory.mktemp("broken") / packed.name
+    bundle = dest / packed.name
     write_bundle(
         bundle,
         name=manifest.name,
         version=manifest.version,
         requires_python=manifest.requires_python,
         project_wheel=manifest.project_wheel,
-        jobs=[ok, *extra],
+        jobs=jobs,
         wheels=sorted(wheels.glob("*.whl")),
     )
-    return client.push(bundle)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def brokenjobs(client: RunlyClient, tmp_path_factory: pytest.TempPathFactory) -> PackageVersionView:
+    """brokenjobs packed (its one declared job loads), then its manifest given the jobs that cannot load, as a
+    package whose imports depend on what the node has would present them; pushed through the API."""
+    packed = pack_project(BROKEN_PROJECT, tmp_path_factory.mktemp("dist"))
+    (ok,) = read_manifest(packed).jobs
+    extra = [ok.model_copy(update={"name": name, "entry_point": target}) for name, target in UNLOADABLE.items()]
+    return client.push(_rebundled(packed, tmp_path_factory.mktemp("broken"), [ok, *extra]))
 
 
 @pytest.mark.parametrize("job", sorted(UNLOADABLE))
@@ -129,3 +142,54 @@ def test_a_bundle_that_inflates_to_gigabytes_pushed_past_the_api_is_refused_by_t
         timeout=120,
     )
     assert hello_run.state is RunState.SUCCEEDED, hello_run.error
+
+
+def _api(client: RunlyClient, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        client.base_url + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {client.api_key}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _upload(ticket: dict[str, Any], bundle: Path) -> int:
+    """The PUT a client makes with a ticket: to its URL, with exactly its headers."""
+    request = urllib.request.Request(ticket["url"], data=bundle.read_bytes(), method="PUT", headers=ticket["headers"])
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_an_upload_url_issued_before_registration_cannot_change_what_runs(client: RunlyClient, tmp_path: Path) -> None:
+    # Given brokenjobs 1.0.1 as two bundles, A and B (the same wheels, manifests that differ), and an upload URL
+    # for each, both issued before the version is registered
+    project = shutil.copytree(BROKEN_PROJECT, tmp_path / "project", ignore=shutil.ignore_patterns("*.egg-info"))
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "1.0.0"', 'version = "1.0.1"'))
+    packed = pack_project(project, tmp_path / "dist")
+    (ok,) = read_manifest(packed).jobs
+    bundle_a = _rebundled(packed, tmp_path / "a", [ok])
+    bundle_b = _rebundled(packed, tmp_path / "b", [ok, ok.model_copy(update={"name": "second"})])
+    stated = {
+        bundle: {"name": "brokenjobs", "version": "1.0.1", "sha256": sha256_file(bundle), "size": bundle.stat().st_size}
+        for bundle in (bundle_a, bundle_b)
+    }
+    ticket_a = _api(client, "/packages/uploads", stated[bundle_a])
+    ticket_b = _api(client, "/packages/uploads", stated[bundle_b])
+
+    # When A is uploaded and registered, then B is uploaded with its URL and with A's
+    assert _upload(ticket_a, bundle_a) == 200
+    registered = _api(client, "/packages", stated[bundle_a])
+    _upload(ticket_b, bundle_b)
+    assert _upload(ticket_a, bundle_b) == 412  # A's URL creates its object once
+
+    # Then the version is A, and a run of it on the node gets A's bytes (the node checks their SHA-256) and runs
+    assert registered["sha256"] == client.get_version("brokenjobs", "1.0.1").sha256 == sha256_file(bundle_a)
+    run = client.wait(
+        client.enqueue(EnqueueRunRequest(package="brokenjobs", version="1.0.1", job="ok")).id, timeout=120
+    )
+    assert run.state is RunState.SUCCEEDED, run.error
+    assert [job.name for job in client.get_version("brokenjobs", "1.0.1").jobs] == ["ok"]

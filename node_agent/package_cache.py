@@ -178,12 +178,14 @@ class PackageCache:
                 if not bundle.is_file():
                     raise PackageDownloadError(f"downloading package {sha256} produced no file")
             with _timed(timings, "verify"):
-                verified = inspect_bundle(bundle, sha256)
+                # Messages name the bundle by its hash: a run's error is read over the API, this node's paths are not.
+                shown = f"bundle {sha256}"
+                verified = inspect_bundle(bundle, sha256, shown=shown)
                 manifest = verified.manifest
                 check_python(manifest, self._interpreter_version())
                 self._make_room(sha256, verified.unpacked_bytes, work)
             with _timed(timings, "install"):
-                extract_bundle(bundle, work / "bundle")
+                extract_bundle(bundle, work / "bundle", shown=shown)
                 bundle.unlink()
                 staged = work / "env"
                 install_offline(

@@ -455,25 +455,29 @@ def _check_inflated(stream: IO[bytes], info: zipfile.ZipInfo, data_start: int, w
         raise PackageError(f"{where}: {info.filename!r} does not hold the {info.file_size} bytes and CRC it states")
 
 
-def extract_bundle(bundle_path: Path | str, dest: Path | str, max_bytes: int = MAX_PACKAGE_BYTES) -> PackageManifest:
+def extract_bundle(
+    bundle_path: Path | str, dest: Path | str, max_bytes: int = MAX_PACKAGE_BYTES, *, shown: str | None = None
+) -> PackageManifest:
     """Extract the bundle's wheels into ``dest/wheels`` (and its manifest), hashing each file as it is written.
 
     A file whose hash does not match is deleted and PackageError raised; ``dest``
-    should be a fresh directory that the caller removes on failure.
+    should be a fresh directory that the caller removes on failure. Messages name
+    the bundle ``shown`` when given.
     """
     path = Path(bundle_path)
+    label = Path(shown) if shown else path
     target = Path(dest)
-    with _open_zip(path) as archive:
-        manifest = _manifest_from_zip(archive, path)
-        _check_structure(archive, manifest, path, max_bytes)
+    with _open_zip(path, label) as archive:
+        manifest = _manifest_from_zip(archive, label)
+        _check_structure(archive, manifest, label, max_bytes)
         (target / WHEELS_DIR).mkdir(parents=True, exist_ok=True)
         for name in sorted(manifest.files):
             out_path = target / name  # name was checked: wheels/<file>.whl, nothing else
             try:
                 # "x": never follow or overwrite something already there.
                 with open(out_path, "xb") as out:
-                    digest = _read_member(archive, name, path, copy_to=out)
-                _check_digest(name, digest, manifest, path)
+                    digest = _read_member(archive, name, label, copy_to=out)
+                _check_digest(name, digest, manifest, label)
             except BaseException:
                 out_path.unlink(missing_ok=True)
                 raise

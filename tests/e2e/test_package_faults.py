@@ -130,6 +130,7 @@ def test_a_bundle_that_inflates_to_gigabytes_pushed_past_the_api_is_refused_by_t
     assert run.state is RunState.FAILED, run
     assert [attempt.reason for attempt in run.attempts] == [FailureReason.PACKAGE_ERROR]
     assert run.error is not None and "inflates from" in run.error.message and "2147483648 bytes" in run.error.message
+    assert str(stack.state_dir) not in run.error.message  # the bundle is named by its hash, not a node's path
     # And what the agent wrote meanwhile is the download and its bookkeeping, not gigabytes
     assert _write_bytes_of(agent.process.pid) - written_before < 64 * 1024 * 1024
     cache = stack.state_dir / "package-cache"
@@ -180,11 +181,10 @@ def test_an_upload_url_issued_before_registration_cannot_change_what_runs(client
     ticket_a = _api(client, "/packages/uploads", stated[bundle_a])
     ticket_b = _api(client, "/packages/uploads", stated[bundle_b])
 
-    # When A is uploaded and registered, then B is uploaded with its URL and with A's
+    # When A is uploaded and registered, then B is uploaded with its own URL
     assert _upload(ticket_a, bundle_a) == 200
     registered = _api(client, "/packages", stated[bundle_a])
     _upload(ticket_b, bundle_b)
-    assert _upload(ticket_a, bundle_b) == 412  # A's URL creates its object once
 
     # Then the version is A, and a run of it on the node gets A's bytes (the node checks their SHA-256) and runs
     assert registered["sha256"] == client.get_version("brokenjobs", "1.0.1").sha256 == sha256_file(bundle_a)
@@ -193,3 +193,6 @@ def test_an_upload_url_issued_before_registration_cannot_change_what_runs(client
     )
     assert run.state is RunState.SUCCEEDED, run.error
     assert [job.name for job in client.get_version("brokenjobs", "1.0.1").jobs] == ["ok"]
+
+    # And A's own URL cannot replace A either: it creates its object once
+    assert _upload(ticket_a, bundle_b) == 412

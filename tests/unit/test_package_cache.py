@@ -326,9 +326,12 @@ def test_a_wheel_that_inflates_to_gigabytes_is_refused_before_a_byte_is_extracte
     extracted: list[Path] = []
     monkeypatch.setattr(package_cache, "extract_bundle", lambda *args, **kwargs: extracted.append(args[0]))
 
-    # When a node needs it, the package is refused, naming what is wrong
-    with pytest.raises(PackageError, match=refusal):
+    # When a node needs it, the package is refused, naming what is wrong and the bundle by its hash (the
+    # message becomes the run's error, read over the API: no path of the node's)
+    with pytest.raises(PackageError, match=refusal) as refused:
         cache.ensure(sha256_file(bomb), Feed(bomb))
+    assert f"bundle {sha256_file(bomb)}: wheels/bomb-1.0.0" in str(refused.value)
+    assert str(tmp_path) not in str(refused.value)
 
     # Then nothing was extracted and nothing is left behind
     assert extracted == []

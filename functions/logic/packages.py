@@ -78,7 +78,7 @@ def register(request: RegisterPackageRequest, *, store: Store, feed: Feed) -> Pa
         if actual != request.sha256:
             raise Unprocessable(f"uploaded bundle has SHA-256 {actual}, not the one stated", field="sha256")
         try:
-            # The whole file's hash was checked just above: verification need not read it a third time.
+            # The whole file's hash was checked just above: verification need not hash it again.
             manifest = verify_bundle(path, None, shown=shown)
         except PackageError as exc:
             raise Unprocessable(f"invalid bundle: {exc}", field="bundle") from exc

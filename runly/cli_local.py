@@ -102,7 +102,7 @@ class Words(ItemJob[WordsConfig, str]):
         return {{**self.summary(), "disposition": disposition.value}}
 '''
 
-_TEST = """\
+_TEST = '''\
 from runly.testing import run_job
 
 from {package}.jobs import Words
@@ -127,7 +127,7 @@ def test_a_crashed_run_resumes_after_its_checkpoint():
     assert resumed.succeeded
     assert resumed.processed_ids == words[4:]  # nothing before the checkpoint ran again
     assert resumed.counts.succeeded == 10
-"""
+'''
 
 _README = """\
 # {name}

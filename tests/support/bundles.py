@@ -29,13 +29,13 @@ def make_bundle(directory: Path, name: str = "greeter", version: str = "1.0.0", 
         requires_python=">=3.11",
         project_wheel=project_wheel,
         jobs=[JobSpec(name="greet", entry_point=f"{name}.jobs:Greet", config_schema=GREETER_SCHEMA)],
-        files={path: hashlib.sha256(data).hexdigest() for path, data in files.items()},
+        files={member: hashlib.sha256(data).hexdigest() for member, data in files.items()},
     )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("manifest.json", manifest.model_dump_json())
-        for path, data in files.items():
-            archive.writestr(path, data + (b"!" if tamper else b""))
+        for member, data in files.items():
+            archive.writestr(member, data + (b"!" if tamper else b""))
     path = directory / f"{name}-{version}.runly"
     path.write_bytes(buffer.getvalue())
     return path

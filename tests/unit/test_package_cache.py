@@ -338,7 +338,6 @@ def test_a_wheel_that_inflates_to_gigabytes_is_refused_before_a_byte_is_extracte
     assert cache.installed() == [] and _leftovers(cache) == []
 
 
-
 def test_installs_in_progress_count_against_the_budget(hello_bundle: Path, tmp_path: Path) -> None:
     # Given a budget for two environments and a half, holding B, while another agent on the machine installs
     # a package as large (its work directory notes what it will add)

@@ -27,6 +27,7 @@ from runly.bundle import (
     write_bundle,
 )
 from runly.contracts import PackageManifest
+from runly.resources import MAX_BUNDLE_WHEELS
 from tests.support.zip_bombs import RawMember, bomb_bundle, stored, zeros
 from tests.unit._bundles import (
     DEMO_JOB,
@@ -402,3 +403,11 @@ def test_a_wheel_with_large_honest_files_verifies_and_is_counted_exactly(tmp_pat
     verified = inspect_bundle(bundle, sha256_file(bundle))
 
     assert (verified.unpacked_files, verified.unpacked_bytes) == (3, len(text) + len(noise))
+
+
+def test_a_bundle_listing_more_wheels_than_the_limit_is_refused_from_its_directory(tmp_path: Path) -> None:
+    contents = {f"wheels/w{i}-1.0-py3-none-any.whl": b"" for i in range(MAX_BUNDLE_WHEELS + 1)}
+    crowded = rezip(tmp_path / "crowded.runly", {MANIFEST_NAME: b"{}", **contents})
+
+    with pytest.raises(PackageError, match=rf"lists {MAX_BUNDLE_WHEELS + 2} members, over the limit of"):
+        verify_bundle(crowded, None)

@@ -22,7 +22,7 @@ from runly.bundle import MANIFEST_NAME, PackageError, extract_bundle, verify_bun
 from tests.unit._bundles import fake_bundle, members, rezip
 
 PROPERTY = settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

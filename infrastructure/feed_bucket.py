@@ -70,7 +70,8 @@ class FeedBucket(Construct):
         """
         iam.Grant.add_to_principal(
             grantee=grantee,
-            actions=["s3:GetObject", "s3:PutObject"],
+            # GetObjectVersion: registration downloads the very version it headed (functions/logic/packages.py).
+            actions=["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"],
             resource_arns=[self.bucket.arn_for_objects(f"{PACKAGES_PREFIX}*")],
         )
         iam.Grant.add_to_principal(grantee=grantee, actions=["s3:ListBucket"], resource_arns=[self.bucket.bucket_arn])

@@ -3,7 +3,8 @@
 Layout under ``root``::
 
     envs/<sha256>/         a complete venv (relocatable) + runly-env.json; present only once complete
-    tmp/<sha256>.<random>/ one install in progress: the download, the extracted wheels, the venv being built
+    tmp/<sha256>.<random>/ one install in progress: the download, the extracted wheels, the venv being built,
+                           and ``needed``: the bytes it will add (counted by installs beside it)
     locks/<sha256>.lock    held exclusively while one process installs (or evicts) that hash
     locks/<sha256>.use     held shared by every InstalledPackage in use; eviction needs it exclusively
 
@@ -34,12 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from runly.bundle import PackageError, check_python, extract_bundle, install_offline, venv_python, verify_bundle
+from runly.bundle import PackageError, check_python, extract_bundle, inspect_bundle, install_offline, venv_python
 from runly.contracts import SHA256_HEX, PackageManifest
 
 log = logging.getLogger(__name__)
 
 ENV_INFO_FILE = "runly-env.json"
+NEEDED_FILE = "needed"  # in an install's work directory: the bytes it will add, so that others count them
 _SHA256 = re.compile(SHA256_HEX)
 
 
@@ -123,7 +125,6 @@ class PackageCache:
                 hold.close()
                 raise
         self._manifests[sha256] = manifest
-        self._evict(keep=sha256)
         timings["total"] = time.monotonic() - started
         log.info(
             "package %s (%s %s) installed in %.2fs: %s",
@@ -177,10 +178,14 @@ class PackageCache:
                 if not bundle.is_file():
                     raise PackageDownloadError(f"downloading package {sha256} produced no file")
             with _timed(timings, "verify"):
-                manifest = verify_bundle(bundle, sha256)
+                # Messages name the bundle by its hash: a run's error is read over the API, this node's paths are not.
+                shown = f"bundle {sha256}"
+                verified = inspect_bundle(bundle, sha256, shown=shown)
+                manifest = verified.manifest
                 check_python(manifest, self._interpreter_version())
+                self._make_room(sha256, verified.unpacked_bytes, work)
             with _timed(timings, "install"):
-                extract_bundle(bundle, work / "bundle")
+                extract_bundle(bundle, work / "bundle", shown=shown)
                 bundle.unlink()
                 staged = work / "env"
                 install_offline(
@@ -227,19 +232,47 @@ class PackageCache:
                 continue
         return sorted(entries)
 
-    def _evict(self, keep: str) -> None:
-        entries = self._inventory()
-        total = sum(size for _, _, size in entries)
-        for _, sha256, size in entries:
-            if total <= self.budget_bytes:
-                return
-            if sha256 != keep and self._try_remove(sha256):
-                log.info("package %s: evicted (%d bytes, least recently used)", sha256[:12], size)
-                total -= size
-        if total > self.budget_bytes:
-            log.warning(
-                "package cache holds %d bytes, over its %d-byte budget: the rest is in use", total, self.budget_bytes
+    def _make_room(self, sha256: str, needed: int, work: Path) -> None:
+        """Before an install: refuse a package that alone exceeds the budget, else evict the least recently
+        used environments (none in use) until the cache, the installs in progress and ``needed`` fit. What
+        is in use stays, and the install goes ahead over budget: those become evictable when their runs end.
+
+        Each install notes what it needs in its work directory first (``tmp/<sha256>.*/needed``), so
+        installs in progress at once, in this agent or another on the machine, count one another.
+        """
+        if needed > self.budget_bytes:
+            raise PackageError(
+                f"package {sha256} unpacks to {needed} bytes, more than this node's package cache budget of "
+                f"{self.budget_bytes} bytes (RUNLY_CACHE_BUDGET_BYTES)"
             )
+        (work / NEEDED_FILE).write_text(str(needed), encoding="utf-8")
+        entries = self._inventory()
+        total = sum(size for _, _, size in entries) + self._reserved(besides=work)
+        for _, other, size in entries:
+            if total + needed <= self.budget_bytes:
+                return
+            if other != sha256 and self._try_remove(other):
+                log.info("package %s: evicted (%d bytes, least recently used)", other[:12], size)
+                total -= size
+        if total + needed > self.budget_bytes:
+            log.warning(
+                "package cache holds %d bytes (with installs in progress) and package %s needs %d, over the "
+                "%d-byte budget: the rest is in use",
+                total, sha256[:12], needed, self.budget_bytes,
+            )  # fmt: skip
+
+    def _reserved(self, *, besides: Path) -> int:
+        """What the other installs in progress noted they need (a crashed one's work directory is removed
+        when an agent starts, or when its hash is installed again)."""
+        total = 0
+        for note in self.tmp.glob(f"*/{NEEDED_FILE}"):
+            if note.parent == besides:
+                continue
+            try:
+                total += int(note.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # finished (its directory went) or half written: not worth failing an install over
+        return total
 
     def _try_remove(self, sha256: str) -> bool:
         """Remove an environment nobody is installing or using; False when it is busy."""

@@ -26,6 +26,7 @@ from node_agent.settings import AgentSettings
 from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHosts
 from runly.bundle import PackageError
 from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, Progress, RunSpec, RunState
+from runly.host import EXIT_JOB_NOT_LOADED, JOB_NOT_LOADED
 from runly.records import RunRecord, utcnow
 from runly.sizes import LIMIT_ERRORS, NotJson, ValueTooLarge
 
@@ -221,6 +222,10 @@ class RunSupervisor:
                 self._finish(RunState.FAILED, FailureReason(exc.reason), {"message": str(exc)}, progress=progress)
             except NotJson as exc:
                 self._finish(RunState.FAILED, FailureReason.USER_ERROR, {"message": str(exc)}, progress=progress)
+        elif outcome.error is not None and _not_loaded(outcome):
+            # Importing the job's module raised or exited, or the entry point names nothing: every attempt would.
+            error = {"message": outcome.error.message, "type": outcome.error.type, "traceback": outcome.error.traceback}
+            self._finish(RunState.FAILED, FailureReason.PACKAGE_ERROR, error, progress=progress)
         elif outcome.error is not None:
             error = {"message": outcome.error.message, "type": outcome.error.type, "traceback": outcome.error.traceback}
             limit = LIMIT_ERRORS.get(outcome.error.type)
@@ -272,6 +277,15 @@ class RunSupervisor:
         # Deleted only now that the run is terminal: a node that dies before this loses nothing.
         self.aws.delete_soon(self.delivery)
         log.info("run %s %s", self.record.run_id, state)
+
+
+def _not_loaded(outcome: Outcome) -> bool:
+    """The job host could not load the job's class (runly.host.run_job): both its exit code and its message say so."""
+    return (
+        outcome.error is not None
+        and outcome.error.type == JOB_NOT_LOADED
+        and outcome.exit_code in (EXIT_JOB_NOT_LOADED, EXIT_STATUS_UNKNOWN)
+    )
 
 
 def describe_exit(code: int) -> str:

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -34,7 +37,14 @@ from packaging.version import Version
 from pydantic import ValidationError
 
 from runly.contracts import JobSpec, PackageManifest
-from runly.resources import MAX_PACKAGE_BYTES
+from runly.resources import (
+    FILE_EXPANSION_FLOOR_BYTES,
+    MAX_BUNDLE_WHEELS,
+    MAX_FILE_EXPANSION,
+    MAX_PACKAGE_BYTES,
+    MAX_UNPACKED_BYTES,
+    MAX_UNPACKED_FILES,
+)
 
 MANIFEST_NAME = "manifest.json"
 WHEELS_DIR = "wheels"
@@ -46,6 +56,29 @@ MAX_EXPANSION = 4
 # Fixed member timestamp (the earliest a zip can hold), so packing twice gives the same bytes.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024 * 1024
+# A zip's central directory is read whole into memory by zipfile: bound it before zipfile reads it.
+_MAX_DIRECTORY_BYTES = 64 * 1024 * 1024
+# Wheels hold their files stored or deflated (PEP 427): the only methods whose output this module bounds itself.
+_WHEEL_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+# What reading a hostile zip can raise besides PackageError: each becomes a PackageError naming the member.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+)
+# A local file header (PKZIP APPNOTE 4.3.7): signature, versions, flags, method, time, date, CRC, sizes, lengths.
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_DATA_DESCRIPTOR_MAX = 24  # after a member whose sizes follow its data (flag bit 3): signature, CRC, 2 zip64 sizes
+_FLAG_ENCRYPTED = 0x1
+_FLAG_DATA_DESCRIPTOR = 0x8
+_FLAG_UTF8 = 0x800
 
 
 class PackageError(Exception):
@@ -82,13 +115,44 @@ def _sha256_stream(stream: IO[bytes], copy_to: IO[bytes] | None = None) -> tuple
 # ---------------------------------------------------------------- reading
 
 
-def _open_zip(bundle_path: Path) -> zipfile.ZipFile:
+def _check_directory(stream: IO[bytes], max_entries: int, what: str) -> None:
+    """Refuse a zip whose central directory lists more than ``max_entries`` members or is too large to hold,
+    from its end record alone: zipfile would build one object per entry (millions fit in a few MB) first."""
+    end_record = _END_RECORD(stream)
+    if end_record is None:
+        raise PackageError(f"{what} is not a readable zip archive (no end of central directory record)")
+    entries, directory_bytes = end_record[_END_ENTRIES], end_record[_END_DIRECTORY_SIZE]
+    if entries > max_entries:
+        raise PackageError(f"{what} lists {entries} members, over the limit of {max_entries}")
+    if directory_bytes > _MAX_DIRECTORY_BYTES:
+        raise PackageError(f"{what} has a {directory_bytes}-byte directory, over {_MAX_DIRECTORY_BYTES}")
+    stream.seek(0)
+
+
+# zipfile's own reader of the end record (zip64 included), so the count checked is the count zipfile will read.
+_END_RECORD = getattr(zipfile, "_EndRecData")  # noqa: B009 - private, absent from the type stubs
+_END_ENTRIES = 4  # zipfile._ECD_ENTRIES_TOTAL
+_END_DIRECTORY_SIZE = 5  # zipfile._ECD_SIZE
+
+
+def _open_zip(bundle_path: Path, shown: Path | None = None) -> zipfile.ZipFile:
+    """The bundle as a zip; messages name it ``shown`` (default: its path)."""
+    label = shown or bundle_path
     try:
-        return zipfile.ZipFile(bundle_path)
+        stream = open(bundle_path, "rb")
     except FileNotFoundError as exc:
-        raise PackageError(f"{bundle_path}: no such file") from exc
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise PackageError(f"{bundle_path} is not a readable zip archive: {exc}") from exc
+        raise PackageError(f"{label}: no such file") from exc
+    except OSError as exc:
+        raise PackageError(f"{label} cannot be read: {exc.strerror or type(exc).__name__}") from exc
+    try:
+        _check_directory(stream, MAX_BUNDLE_WHEELS + 1, str(label))
+        return zipfile.ZipFile(stream)  # closing the archive closes the stream
+    except PackageError:
+        stream.close()
+        raise
+    except (*_ZIP_ERRORS, OSError) as exc:
+        stream.close()
+        raise PackageError(f"{label} is not a readable zip archive: {exc}") from exc
 
 
 def _manifest_from_zip(archive: zipfile.ZipFile, bundle_path: Path) -> PackageManifest:
@@ -98,9 +162,10 @@ def _manifest_from_zip(archive: zipfile.ZipFile, bundle_path: Path) -> PackageMa
         raise PackageError(f"{bundle_path} has no {MANIFEST_NAME} at its root") from None
     if info.file_size > MAX_MANIFEST_BYTES:
         raise PackageError(f"{bundle_path}: {MANIFEST_NAME} is {info.file_size} bytes, over {MAX_MANIFEST_BYTES}")
+    _check_method(info, bundle_path)
     try:
         raw = archive.read(info)
-    except (zipfile.BadZipFile, zlib.error, OSError) as exc:
+    except _ZIP_ERRORS as exc:
         raise PackageError(f"{bundle_path}: {MANIFEST_NAME} is corrupt: {exc}") from exc
     try:
         data = json.loads(raw)
@@ -148,6 +213,15 @@ def _check_member_name(name: str, bundle_path: Path) -> None:
         )
 
 
+def _check_method(info: zipfile.ZipInfo, where: object) -> None:
+    """Stored or deflated and not encrypted: what runly pack writes, and what this module can bound."""
+    if info.flag_bits & _FLAG_ENCRYPTED:
+        raise PackageError(f"{where}: member {info.filename!r} is encrypted")
+    if info.compress_type not in _WHEEL_METHODS:
+        raise PackageError(f"{where}: member {info.filename!r} uses compression method {info.compress_type}, "
+                           "not stored or deflated")  # fmt: skip
+
+
 def _check_structure(archive: zipfile.ZipFile, manifest: PackageManifest, bundle_path: Path, max_bytes: int) -> None:
     """Everything about the bundle except the members' contents."""
     seen: set[str] = set()
@@ -159,6 +233,7 @@ def _check_structure(archive: zipfile.ZipFile, manifest: PackageManifest, bundle
         _check_member_name(info.filename, bundle_path)
         if info.is_dir() or _is_symlink(info):
             raise PackageError(f"{bundle_path}: member {info.filename!r} is not a regular file (directory or symlink)")
+        _check_method(info, bundle_path)
         expanded += info.file_size
     if expanded > max_bytes * MAX_EXPANSION:
         raise PackageError(f"{bundle_path}: members expand to {expanded} bytes, over {max_bytes * MAX_EXPANSION}")
@@ -192,7 +267,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, bundle_path: Path, copy_to
     try:
         with archive.open(name) as member:
             digest, _ = _sha256_stream(member, copy_to)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         # zipfile checks each member's CRC: a flipped byte usually surfaces here, before the hash.
         raise PackageError(f"{bundle_path}: member {name} is corrupt: {exc}") from exc
     return digest
@@ -205,53 +280,204 @@ def _check_digest(name: str, actual: str, manifest: PackageManifest, bundle_path
         )
 
 
-def verify_bundle(
-    bundle_path: Path | str, expected_sha256: str | None, max_bytes: int = MAX_PACKAGE_BYTES
-) -> PackageManifest:
-    """Check everything a node relies on before it installs a bundle; return its manifest.
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """What :func:`inspect_bundle` found: the manifest, and what the wheels unpack to (all files, all bytes)."""
+
+    manifest: PackageManifest
+    unpacked_bytes: int
+    unpacked_files: int
+
+
+@dataclass
+class _Unpacked:
+    """The running total of the wheels' files, against MAX_UNPACKED_BYTES and MAX_UNPACKED_FILES."""
+
+    bytes: int = 0
+    files: int = 0
+
+
+def inspect_bundle(
+    bundle_path: Path | str,
+    expected_sha256: str | None,
+    max_bytes: int = MAX_PACKAGE_BYTES,
+    *,
+    shown: str | None = None,
+) -> VerifiedBundle:
+    """Check everything a node relies on before it extracts or installs a bundle.
 
     Size limit, the whole file's SHA-256 (when ``expected_sha256`` is given), safe
     member paths, the manifest listing exactly the members, every member's SHA-256,
-    and a project wheel that matches the manifest's name and version.
+    a project wheel that matches the manifest's name and version, and every wheel
+    within the unpacked limits (see :func:`_check_wheel`). Nothing is written.
+    Messages name the bundle ``shown`` when given (not a caller's scratch path).
     """
     path = Path(bundle_path)
+    label = Path(shown) if shown else path
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise PackageError(f"{path}: no such file") from None
+        raise PackageError(f"{label}: no such file") from None
     if size > max_bytes:
-        raise PackageError(f"{path} is {size} bytes, over the {max_bytes}-byte package limit")
+        raise PackageError(f"{label} is {size} bytes, over the {max_bytes}-byte package limit")
     if expected_sha256 is not None:
         actual = sha256_file(path)
         if actual != expected_sha256.lower():
-            raise PackageError(f"{path} has SHA-256 {actual}, expected {expected_sha256.lower()}")
-    with _open_zip(path) as archive:
-        manifest = _manifest_from_zip(archive, path)
-        _check_structure(archive, manifest, path, max_bytes)
+            raise PackageError(f"{label} has SHA-256 {actual}, expected {expected_sha256.lower()}")
+    unpacked = _Unpacked()
+    with _open_zip(path, label) as archive:
+        manifest = _manifest_from_zip(archive, label)
+        _check_structure(archive, manifest, label, max_bytes)
         for name in sorted(manifest.files):
-            _check_digest(name, _read_member(archive, name, path), manifest, path)
-    return manifest
+            _check_digest(name, _read_member(archive, name, label), manifest, label)
+        for name in sorted(manifest.files):
+            _check_wheel(archive, name, label, unpacked)
+    return VerifiedBundle(manifest=manifest, unpacked_bytes=unpacked.bytes, unpacked_files=unpacked.files)
 
 
-def extract_bundle(bundle_path: Path | str, dest: Path | str, max_bytes: int = MAX_PACKAGE_BYTES) -> PackageManifest:
+def verify_bundle(
+    bundle_path: Path | str,
+    expected_sha256: str | None,
+    max_bytes: int = MAX_PACKAGE_BYTES,
+    *,
+    shown: str | None = None,
+) -> PackageManifest:
+    """:func:`inspect_bundle`'s checks; the bundle's manifest."""
+    return inspect_bundle(bundle_path, expected_sha256, max_bytes, shown=shown).manifest
+
+
+def _check_wheel(archive: zipfile.ZipFile, name: str, bundle_path: Path, unpacked: _Unpacked) -> None:
+    """Refuse a wheel that would unpack to more than the limits allow, from what its data really holds.
+
+    The sizes a wheel's directory states are claims: installers inflate each file until its deflate stream
+    ends. So every file is inflated here (into nothing: only counted), refused the moment it passes the size
+    it states, and its CRC checked; the files must tile the archive (no overlaps: one deflate stream counted
+    for many files; no gaps: files that a streaming installer would find and this directory does not list).
+    """
+    where = f"{bundle_path}: {name}"
+    try:
+        with archive.open(name) as member:
+            _check_directory(member, MAX_UNPACKED_FILES - unpacked.files, where)
+            with zipfile.ZipFile(member) as wheel:
+                infos = wheel.infolist()
+                _check_wheel_claims(infos, where, unpacked)
+                _check_wheel_data(member, infos, wheel.start_dir, where)
+    except PackageError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise PackageError(f"{where} is not a readable wheel: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_wheel_claims(infos: list[zipfile.ZipInfo], where: str, unpacked: _Unpacked) -> None:
+    """The limits against the sizes the wheel states, before a byte is inflated."""
+    unpacked.files += len(infos)
+    if unpacked.files > MAX_UNPACKED_FILES:
+        raise PackageError(f"{where}: the bundle's wheels hold over {MAX_UNPACKED_FILES} files, the limit")
+    for info in infos:
+        _check_method(info, where)
+        if info.file_size > FILE_EXPANSION_FLOOR_BYTES and info.file_size > MAX_FILE_EXPANSION * max(
+            info.compress_size, 1
+        ):
+            raise PackageError(
+                f"{where}: {info.filename!r} inflates from {info.compress_size} to {info.file_size} bytes, "
+                f"over {MAX_FILE_EXPANSION} times (a zip bomb?)"
+            )
+        unpacked.bytes += info.file_size
+    if unpacked.bytes > MAX_UNPACKED_BYTES:
+        raise PackageError(
+            f"{where}: the bundle's wheels unpack to over {unpacked.bytes} bytes, "
+            f"more than the {MAX_UNPACKED_BYTES}-byte limit"
+        )
+
+
+def _check_wheel_data(stream: IO[bytes], infos: list[zipfile.ZipInfo], directory_start: int, where: str) -> None:
+    expected_offset = 0
+    slack = 0  # a data descriptor may follow the previous file's data
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        gap = info.header_offset - expected_offset
+        if gap < 0:
+            raise PackageError(f"{where}: {info.filename!r} overlaps the file before it")
+        if gap > slack:
+            raise PackageError(f"{where}: {gap} bytes before {info.filename!r} belong to no listed file")
+        stream.seek(info.header_offset)
+        header = stream.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size:
+            raise PackageError(f"{where}: {info.filename!r} is cut short")
+        fields = _LOCAL_HEADER.unpack(header)
+        if fields[0] != _LOCAL_SIGNATURE:
+            raise PackageError(f"{where}: {info.filename!r} has no local header where the directory says")
+        flags, method, name_length, extra_length = fields[3], fields[4], fields[10], fields[11]
+        raw_name = stream.read(name_length)
+        local_name = raw_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437", errors="replace")
+        if local_name != info.orig_filename or method != info.compress_type or flags & _FLAG_ENCRYPTED:
+            raise PackageError(f"{where}: {info.filename!r}'s local header disagrees with the directory")
+        data_start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+        _check_inflated(stream, info, data_start, where)
+        expected_offset = data_start + info.compress_size
+        slack = _DATA_DESCRIPTOR_MAX if flags & _FLAG_DATA_DESCRIPTOR else 0
+    gap = directory_start - expected_offset
+    if gap < 0 or gap > slack:
+        raise PackageError(f"{where}: its files do not end where its directory starts")
+
+
+def _check_inflated(stream: IO[bytes], info: zipfile.ZipInfo, data_start: int, where: str) -> None:
+    """Inflate one file's data, a MiB at a time and never more than one byte past the size it states (a bomb
+    is refused at that byte, not inflated), count it and check its CRC."""
+    stream.seek(data_start)
+    left = info.compress_size
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS) if info.compress_type == zipfile.ZIP_DEFLATED else None
+    produced = 0
+    crc = 0
+    pending = b""  # compressed bytes read but not yet inflated
+    while True:
+        if not pending and left > 0:
+            pending = stream.read(min(_CHUNK, left))
+            if not pending:
+                raise PackageError(f"{where}: {info.filename!r} is cut short")
+            left -= len(pending)
+        if inflater is None:
+            out, pending = pending, b""
+        else:
+            # With no input left the inflater may still hold output (a copy it had no room for): ask on.
+            out = inflater.decompress(pending, min(_CHUNK, info.file_size - produced + 1))
+            pending = inflater.unconsumed_tail
+        produced += len(out)
+        if produced > info.file_size:
+            raise PackageError(
+                f"{where}: {info.filename!r} inflates past the {info.file_size} bytes it states (a zip bomb?)"
+            )
+        crc = zlib.crc32(out, crc)
+        if (inflater is not None and inflater.eof) or (not out and not pending and left == 0):
+            break
+    if inflater is not None and not inflater.eof:
+        raise PackageError(f"{where}: {info.filename!r}'s compressed data does not end where it states")
+    if produced != info.file_size or crc != info.CRC:
+        raise PackageError(f"{where}: {info.filename!r} does not hold the {info.file_size} bytes and CRC it states")
+
+
+def extract_bundle(
+    bundle_path: Path | str, dest: Path | str, max_bytes: int = MAX_PACKAGE_BYTES, *, shown: str | None = None
+) -> PackageManifest:
     """Extract the bundle's wheels into ``dest/wheels`` (and its manifest), hashing each file as it is written.
 
     A file whose hash does not match is deleted and PackageError raised; ``dest``
-    should be a fresh directory that the caller removes on failure.
+    should be a fresh directory that the caller removes on failure. Messages name
+    the bundle ``shown`` when given.
     """
     path = Path(bundle_path)
+    label = Path(shown) if shown else path
     target = Path(dest)
-    with _open_zip(path) as archive:
-        manifest = _manifest_from_zip(archive, path)
-        _check_structure(archive, manifest, path, max_bytes)
+    with _open_zip(path, label) as archive:
+        manifest = _manifest_from_zip(archive, label)
+        _check_structure(archive, manifest, label, max_bytes)
         (target / WHEELS_DIR).mkdir(parents=True, exist_ok=True)
         for name in sorted(manifest.files):
             out_path = target / name  # name was checked: wheels/<file>.whl, nothing else
             try:
                 # "x": never follow or overwrite something already there.
                 with open(out_path, "xb") as out:
-                    digest = _read_member(archive, name, path, copy_to=out)
-                _check_digest(name, digest, manifest, path)
+                    digest = _read_member(archive, name, label, copy_to=out)
+                _check_digest(name, digest, manifest, label)
             except BaseException:
                 out_path.unlink(missing_ok=True)
                 raise

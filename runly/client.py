@@ -8,6 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,14 @@ class RunlyClient:
         put = urllib.request.Request(ticket.url, data=bundle.read_bytes(), method=ticket.method)
         for name, value in ticket.headers.items():
             put.add_header(name, value)
-        with urllib.request.urlopen(put, timeout=max(self.timeout, 120)) as response:
-            response.read()
+        try:
+            with urllib.request.urlopen(put, timeout=max(self.timeout, 120)) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            # 412: an earlier push uploaded these very bytes (the key is their SHA-256 and the PUT creates only,
+            # so whatever is there is this bundle); registering is what is left to do.
+            if exc.code != HTTPStatus.PRECONDITION_FAILED:
+                raise
         registered = self._call(
             "POST",
             "/packages",

@@ -57,6 +57,10 @@ EXIT_JOB_FAILED = 1
 EXIT_HOST_ERROR = 3
 EXIT_CANCELLED = 4  # the job stopped on SIGTERM (cancel, drain): an ErrorMessage of type JobCancelled was sent
 EXIT_LEASE_LOST = 5  # a checkpoint was refused: another attempt owns the run; nothing else was sent
+# The job's class could not be loaded (its module raised or exited at import, or the entry point names nothing):
+# an ErrorMessage of type JOB_NOT_LOADED was sent. The package is at fault, so the agent does not retry it.
+EXIT_JOB_NOT_LOADED = 6
+JOB_NOT_LOADED = "JobNotLoaded"
 
 
 def load_job_class(entry_point: str) -> type[Job[Any]]:
@@ -209,11 +213,18 @@ def run_job(spec: RunSpec, channel: Channel, *, handle_signals: bool = False) ->
     """Run one job to its end and report it on the channel; return the process's exit code.
 
     Exit codes: 0 a ResultMessage was sent; 1 the job failed (ErrorMessage); 4 the job stopped
-    on cancellation (ErrorMessage of type JobCancelled); 5 a checkpoint was refused (lease lost).
+    on cancellation (ErrorMessage of type JobCancelled); 5 a checkpoint was refused (lease lost);
+    6 the job's class could not be loaded (ErrorMessage of type JobNotLoaded).
     """
-    lease_lost = False
     try:
         cls = load_job_class(spec.entry_point)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit at import too: the package cannot run this job
+        message = f"job {spec.job} ({spec.entry_point}) could not be loaded: {type(exc).__name__}: {exc}"
+        _send_quietly(channel, ErrorMessage(type=JOB_NOT_LOADED, message=message, traceback=traceback.format_exc()))
+        traceback.print_exc()
+        return EXIT_JOB_NOT_LOADED
+    lease_lost = False
+    try:
         context = JobContext(run_id=spec.run_id, attempt=spec.attempt, checkpoint=spec.checkpoint)
         job = cls(cls.parse_config(spec.config), context)
         if handle_signals:

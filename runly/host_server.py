@@ -47,7 +47,7 @@ def preload() -> list[str]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             load_job_class(ep.value)
-        except Exception as exc:  # noqa: BLE001 - reported by the run that uses it
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported by the run that uses it (as package_error)
             failed.append(ep.name)
             print(f"warm host: job {ep.name} ({ep.value}) did not import: {exc!r}", file=sys.stderr)
     return failed

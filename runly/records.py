@@ -137,6 +137,9 @@ class PackageRecord(BaseModel):
     requires_python: str | None = None
     jobs_json: str
     created_at: str
+    # The very S3 object registration verified (its key is unique to its bytes and created once).
+    etag: str | None = None
+    object_version: str | None = None
 
     def to_item(self) -> dict[str, Any]:
         item = self.model_dump(mode="json", exclude_none=True)

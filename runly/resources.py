@@ -58,6 +58,16 @@ PACKAGES_PREFIX = "packages/"
 LOGS_PREFIX = "logs/"
 MAX_PACKAGE_BYTES = 200 * 1024 * 1024
 UPLOAD_URL_EXPIRY_SECONDS = 900
+# What the wheels inside a bundle may unpack to, checked at registration and again on the node before anything
+# is extracted (runly.bundle): every file of every wheel counts, by the size its compressed data really inflates
+# to (a wheel that declares less than it holds is refused). An install takes about this much disk, plus the venv.
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+MAX_UNPACKED_FILES = 100_000  # files in all the wheels together (a large scientific stack has ~20,000)
+MAX_BUNDLE_WHEELS = 1_000  # wheels in one bundle
+# No file inside a wheel over 1 MiB may inflate more than this many times its compressed size: source and
+# binaries inflate 2-10x; a run of zeros inflates ~1000x under deflate.
+MAX_FILE_EXPANSION = 200
+FILE_EXPANSION_FLOOR_BYTES = 1024 * 1024
 
 # Lambda / API
 API_FUNCTION_HANDLER = "functions.api.app.lambda_handler"

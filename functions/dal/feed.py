@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from runly.resources import LOGS_PREFIX
@@ -30,20 +31,34 @@ def log_prefix(run_id: str, attempt: int) -> str:
     return f"{LOGS_PREFIX}{run_id}/{attempt:04d}/"
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """What S3 says of one object: its length, its ETag, and its version id (the feed bucket is versioned)."""
+
+    size: int
+    etag: str
+    version_id: str | None
+
+
 class Feed:
     def __init__(self, bucket: str, *, client: Any = None) -> None:
         self.bucket = bucket
-        self._s3 = client or boto3.client("s3")
+        # SigV4: the headers a presigned URL names are signed, so the uploader must send them as given (SigV2,
+        # botocore's default for presigning in us-east-1, signs no If-None-Match and new buckets refuse it).
+        self._s3 = client or boto3.client("s3", config=Config(signature_version="s3v4"))
 
     def presign_put(self, key: str, *, sha256_hex: str, size: int, expires_in: int) -> tuple[str, dict[str, str]]:
-        """A presigned PUT that binds the length and the SHA-256 the client stated.
+        """A presigned PUT that binds the length and the SHA-256 the client stated, and creates only.
 
         S3 itself rejects a body whose checksum differs; registration verifies again
         on its own, so a store that does not check (moto) cannot let a bad bundle in.
+        ``If-None-Match: *`` makes S3 refuse the PUT (412) once an object is at the key:
+        whoever holds the URL can create the object once, never replace it.
         """
         checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
         headers = {
             "Content-Type": "application/octet-stream",
+            "If-None-Match": "*",
             "x-amz-checksum-sha256": checksum,
             "x-amz-sdk-checksum-algorithm": "SHA256",
         }
@@ -56,21 +71,28 @@ class Feed:
                 "ContentLength": size,
                 "ChecksumSHA256": checksum,
                 "ChecksumAlgorithm": "SHA256",
+                "IfNoneMatch": headers["If-None-Match"],
             },
             ExpiresIn=expires_in,
         )
         return url, headers
 
-    def size_of(self, key: str) -> int | None:
+    def head(self, key: str) -> StoredObject | None:
+        """The object at ``key`` (its current version), or None when there is none."""
         try:
-            return int(self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+            answer = self._s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise
+        return StoredObject(
+            size=int(answer["ContentLength"]), etag=str(answer["ETag"]), version_id=answer.get("VersionId")
+        )
 
-    def download(self, key: str, destination: Path) -> None:
-        self._s3.download_file(self.bucket, key, str(destination))
+    def download(self, key: str, destination: Path, *, version_id: str | None = None) -> None:
+        """The object (that very version, when given) into ``destination``."""
+        extra = {"VersionId": version_id} if version_id else None
+        self._s3.download_file(self.bucket, key, str(destination), ExtraArgs=extra)
 
     # ------------------------------------------------------------ run logs
     def log_chunks(self, run_id: str, attempt: int, *, from_seq: int = 0) -> Iterator[LogChunk]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -13,16 +14,20 @@ from packaging.version import InvalidVersion, Version
 
 from functions.dal.feed import Feed
 from functions.dal.store import AlreadyExists, Store
-from runly.bundle import PackageError, sha256_file, verify_bundle
+from runly.bundle import BUNDLE_SUFFIX, PackageError, bundle_file_name, sha256_file, verify_bundle
 from runly.contracts import PackageSummary, PackageVersionView, RegisterPackageRequest, UploadRequest, UploadTicket
 from runly.records import PackageIndexRecord, PackageRecord, PinRecord, iso, utcnow
 from runly.resources import MAX_PACKAGE_BYTES, PACKAGES_PREFIX, UPLOAD_URL_EXPIRY_SECONDS
 
-from .errors import Conflict, NotFound, Unprocessable
+from .errors import Conflict, NotFound, Unavailable, Unprocessable
+
+log = logging.getLogger(__name__)
 
 
-def bundle_key(name: str, version: str) -> str:
-    return f"{PACKAGES_PREFIX}{name}/{version}/{name}-{version}.runly"
+def bundle_key(name: str, version: str, sha256: str) -> str:
+    """Where an upload of these bytes goes: one key per content, so no upload can replace the object another
+    registered (the key names its bytes; S3 checks the checksum of the PUT, and the PUT creates only)."""
+    return f"{PACKAGES_PREFIX}{name}/{version}/{sha256}{BUNDLE_SUFFIX}"
 
 
 def _ensure_new(store: Store, name: str, version: str) -> None:
@@ -34,7 +39,7 @@ def request_upload(request: UploadRequest, *, store: Store, feed: Feed) -> Uploa
     if request.size > MAX_PACKAGE_BYTES:
         raise Unprocessable(f"bundle is {request.size} bytes; the limit is {MAX_PACKAGE_BYTES}", field="size")
     _ensure_new(store, request.name, request.version)
-    key = bundle_key(request.name, request.version)
+    key = bundle_key(request.name, request.version, request.sha256)
     url, headers = feed.presign_put(
         key, sha256_hex=request.sha256, size=request.size, expires_in=UPLOAD_URL_EXPIRY_SECONDS
     )
@@ -44,22 +49,37 @@ def request_upload(request: UploadRequest, *, store: Store, feed: Feed) -> Uploa
 
 
 def register(request: RegisterPackageRequest, *, store: Store, feed: Feed) -> PackageVersionView:
-    """Verify the uploaded bundle ourselves (size, SHA-256, manifest, every file) before anyone can run it."""
+    """Verify the uploaded bundle ourselves (size, SHA-256, manifest, every file, what its wheels unpack to)
+    before anyone can run it, and bind the version to that very object (key, ETag, S3 version)."""
     _ensure_new(store, request.name, request.version)
-    key = bundle_key(request.name, request.version)
-    size = feed.size_of(key)
-    if size is None:
-        raise NotFound(f"no upload found for {request.name} {request.version}; request an upload first")
-    if size != request.size:
-        raise Unprocessable(f"uploaded bundle is {size} bytes, not the {request.size} stated", field="size")
+    key = bundle_key(request.name, request.version, request.sha256)
+    try:
+        stored = feed.head(key)
+    except Exception as exc:
+        log.warning("reading %s from the package feed failed", key, exc_info=True)
+        raise Unavailable("the package feed could not be read; nothing was registered, retry") from exc
+    if stored is None:
+        raise NotFound(
+            f"no upload found for {request.name} {request.version} with that sha256; request an upload first"
+        )
+    if stored.size != request.size:
+        raise Unprocessable(f"uploaded bundle is {stored.size} bytes, not the {request.size} stated", field="size")
+    shown = bundle_file_name(request.name, request.version)  # what messages call it: not this function's scratch path
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "bundle.runly"
-        feed.download(key, path)
+        path = Path(scratch) / shown
+        try:
+            feed.download(key, path, version_id=stored.version_id)
+        except Exception as exc:
+            log.warning("downloading %s from the package feed failed", key, exc_info=True)
+            raise Unavailable(
+                "the uploaded bundle could not be downloaded from the feed; nothing was registered, retry"
+            ) from exc
         actual = sha256_file(path)
         if actual != request.sha256:
             raise Unprocessable(f"uploaded bundle has SHA-256 {actual}, not the one stated", field="sha256")
         try:
-            manifest = verify_bundle(path, request.sha256)
+            # The whole file's hash was checked just above: verification need not hash it again.
+            manifest = verify_bundle(path, None, shown=shown)
         except PackageError as exc:
             raise Unprocessable(f"invalid bundle: {exc}", field="bundle") from exc
     if (manifest.name, Version(manifest.version)) != (request.name, Version(request.version)):
@@ -71,11 +91,13 @@ def register(request: RegisterPackageRequest, *, store: Store, feed: Feed) -> Pa
         name=request.name,
         version=request.version,
         sha256=request.sha256,
-        size=size,
+        size=stored.size,
         key=key,
         requires_python=manifest.requires_python,
         jobs_json=json.dumps([job.model_dump(mode="json") for job in manifest.jobs]),
         created_at=iso(utcnow()),
+        etag=stored.etag,
+        object_version=stored.version_id,
     )
     try:
         store.put_new_package(record)

@@ -167,7 +167,7 @@ def test_function_gets_and_puts_objects_under_packages_only(
     statements = _statements_for(role_statements, "s3")
     feed_id = _feed_bucket_id(template_json)
     object_statements = [s for s in statements if "s3:ListBucket" not in as_list(s["Action"])]
-    assert _actions(object_statements) == {"s3:GetObject", "s3:PutObject"}
+    assert _actions(object_statements) == {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"}
     assert _resources(object_statements) == {f"<{feed_id}.Arn>/{resources.PACKAGES_PREFIX}*"}
 
     # Listing (so a missing package is a 404, as functions/dal/feed.py expects) is on the feed bucket alone.

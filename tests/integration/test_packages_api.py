@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+import requests
+from botocore.exceptions import ClientError
 
+from functions.dal.feed import Feed
 from runly import resources
+from runly.bundle import sha256_file
 from runly.contracts import Scope
+from runly.records import RunRecord, package_key, run_key
+from tests.support.bundles import make_bundle
 from tests.support.run_api import NAMES, Api, api_fixtures, error_field
+from tests.support.zip_bombs import bomb_bundle, zeros
 
 
 @pytest.fixture
@@ -176,3 +187,100 @@ def test_a_package_with_only_pre_releases_runs_its_newest(api: Api, tmp_path: Pa
     api.register(tmp_path, "greeter", "0.1.0b2")
     assert enqueue(api).body["version"] == "0.1.0b2"
     assert api("GET", "/packages").body["items"][0]["latest_version"] == "0.1.0b2"
+
+
+# ---------------------------------------------------------------- uploads: immutable, bounded, never a 500
+
+
+def _ticket(api: Api, bundle: Path, name: str = "greeter", version: str = "1.0.0") -> dict[str, Any]:
+    stated = {"name": name, "version": version, "sha256": sha256_file(bundle), "size": bundle.stat().st_size}
+    ticket = api("POST", "/packages/uploads", stated)
+    assert ticket.status == 201, ticket.body
+    return {**ticket.body, "stated": stated}
+
+
+def _put(ticket: dict[str, Any], body: bytes) -> int:
+    """The client's PUT to the presigned URL, with the headers the ticket names (S3 refuses a request that
+    leaves out a header the URL signs; moto, which checks no signature, answers it here in-process)."""
+    return requests.put(ticket["url"], data=body, headers=ticket["headers"], timeout=30).status_code
+
+
+def _feed_object(api: Api, key: str) -> bytes:
+    return bytes(boto3.client("s3").get_object(Bucket=api.names.feed_bucket, Key=key)["Body"].read())
+
+
+def test_an_upload_url_issued_before_registration_cannot_change_what_nodes_download(api: Api, tmp_path: Path) -> None:
+    # Given two upload URLs for greeter 3.0.0, both issued before it is registered: one for bundle A, one for B
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    bundle_a = make_bundle(first, version="3.0.0")
+    bundle_b = make_bundle(second, version="3.0.0", tamper=True)  # other bytes, same name and version
+    ticket_a, ticket_b = _ticket(api, bundle_a, version="3.0.0"), _ticket(api, bundle_b, version="3.0.0")
+
+    # When A is uploaded and registered
+    assert _put(ticket_a, bundle_a.read_bytes()) == 200
+    registered = api("POST", "/packages", ticket_a["stated"])
+    assert registered.status == 201, registered.body
+
+    # And then B is uploaded with the other URL, and A's URL is used again to upload B
+    _put(ticket_b, bundle_b.read_bytes())
+    assert _put(ticket_a, bundle_b.read_bytes()) == 412  # the PUT creates only
+
+    # Then the version names, and a run of it downloads, exactly the bytes registered
+    version = api("GET", "/packages/greeter/versions/3.0.0").body
+    assert version["sha256"] == sha256_file(bundle_a)
+    assert hashlib.sha256(_feed_object(api, version["key"])).hexdigest() == sha256_file(bundle_a)
+    run = enqueue(api, version="3.0.0")
+    assert run.status == 201, run.body
+    item = boto3.resource("dynamodb").Table(api.names.table).get_item(Key=run_key(run.body["id"]))["Item"]
+    assert RunRecord.from_item(item).bundle_key == version["key"]
+    assert RunRecord.from_item(item).bundle_sha256 == sha256_file(bundle_a)
+    # And registration recorded which S3 object it verified
+    record = boto3.resource("dynamodb").Table(api.names.table).get_item(Key=package_key("greeter", "3.0.0"))["Item"]
+    head = boto3.client("s3").head_object(Bucket=api.names.feed_bucket, Key=version["key"])
+    assert (record["etag"], record["object_version"]) == (head["ETag"], head["VersionId"])
+
+
+def test_a_bundle_whose_wheel_inflates_to_gigabytes_is_refused_at_registration(api: Api, tmp_path: Path) -> None:
+    # Given a 2 MB bundle, correctly hashed and listed, whose wheel holds 2 GiB of zeros
+    bomb = bomb_bundle(tmp_path, "greeter", "1.0.0", [zeros("greeter/zeros.bin", 2048)])
+    ticket = _ticket(api, bomb)
+    assert _put(ticket, bomb.read_bytes()) == 200
+
+    # When it is registered, it is refused, naming the wheel, the sizes and the bundle by name (no scratch path)
+    refused = api("POST", "/packages", ticket["stated"])
+    assert (refused.status, error_field(refused)) == (422, "bundle"), refused.body
+    message = refused.body["message"]
+    assert "greeter-1.0.0.runly: wheels/greeter-1.0.0-py3-none-any.whl" in message
+    assert "to 2147483648 bytes" in message and "/tmp" not in message and tempfile.gettempdir() not in message
+    assert api("GET", "/packages/greeter/versions/1.0.0").status == 404
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "GetObject"),
+        OSError(28, "No space left on device", "/tmp/tmpabc123/bundle.runly"),
+    ],
+    ids=["throttled", "disk-full"],
+)
+def test_a_download_failure_during_registration_is_a_503_without_internal_paths(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    # Given an uploaded bundle, and a feed whose download fails
+    bundle = make_bundle(tmp_path, version="3.1.0")
+    ticket = _ticket(api, bundle, version="3.1.0")
+    assert _put(ticket, bundle.read_bytes()) in (200, 412)  # 412: the other case uploaded these bytes
+
+    def fail(self: Feed, key: str, destination: Path, **options: Any) -> None:
+        raise failure
+
+    monkeypatch.setattr(Feed, "download", fail)
+
+    # When it is registered: 503, nothing registered, no path of the function in the answer
+    answer = api("POST", "/packages", ticket["stated"])
+    assert answer.status == 503, answer.body
+    assert answer.body["code"] == "unavailable" and "retry" in answer.body["message"]
+    assert "/tmp" not in json.dumps(answer.body)
+    assert api("GET", "/packages/greeter/versions/3.1.0").status == 404

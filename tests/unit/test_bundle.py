@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import runly.bundle as bundle_module
 from runly.bundle import (
     MANIFEST_NAME,
     PackageError,
     check_python,
     extract_bundle,
+    inspect_bundle,
     install_offline,
     read_manifest,
     sha256_file,
@@ -23,6 +27,8 @@ from runly.bundle import (
     write_bundle,
 )
 from runly.contracts import PackageManifest
+from runly.resources import MAX_BUNDLE_WHEELS
+from tests.support.zip_bombs import RawMember, bomb_bundle, stored, zeros
 from tests.unit._bundles import (
     DEMO_JOB,
     fake_bundle,
@@ -292,3 +298,116 @@ def test_install_offline_fails_clearly_when_a_wheel_is_missing(hello_bundle: Pat
 
     with pytest.raises(PackageError, match=r"(?s)installing hello-1.0.0-py3-none-any.whl offline.*pydantic"):
         install_offline(tmp_path / "x" / "wheels", manifest.project_wheel, tmp_path / "env", python=sys.executable)
+
+
+# ---------------------------------------------------------------- what the wheels unpack to
+
+
+def test_a_sound_bundle_states_what_its_wheels_unpack_to(bundle: Path) -> None:
+    verified = inspect_bundle(bundle, sha256_file(bundle))
+
+    with zipfile.ZipFile(bundle) as archive:
+        wheels = [zipfile.ZipFile(archive.open(name)) for name in (PROJECT, DEP)]
+        infos = [info for wheel in wheels for info in wheel.infolist()]
+    assert verified.unpacked_files == len(infos) == 4
+    assert verified.unpacked_bytes == sum(info.file_size for info in infos)
+    assert verified.manifest == verify_bundle(bundle, None)
+
+
+@pytest.mark.parametrize(
+    ("payload", "options", "refusal"),
+    [
+        pytest.param(
+            [zeros("bomb/zeros.bin", 2048)], {}, r"inflates from \d+ to 2147483648 bytes, over 200", id="ratio"
+        ),
+        pytest.param([zeros(f"bomb/part{i}.bin", 1) for i in range(1100)], {}, r"unpack to over \d+ bytes", id="total"),
+        pytest.param(
+            [zeros("bomb/zeros.bin", 2048, stated_size=1024)], {}, r"inflates past the 1024 bytes it states", id="lying"
+        ),
+        pytest.param(
+            [zeros("bomb/a.bin", 1, stated_size=100)],
+            {},
+            r"inflates past the 100 bytes",
+            id="lying-small",
+        ),
+        pytest.param(
+            [zeros("bomb/one.bin", 1)],
+            {"aliases": {f"bomb/alias{i}.bin": "bomb/one.bin" for i in range(3)}},
+            r"overlaps the file before it",
+            id="overlapping",
+        ),
+        pytest.param(
+            [stored("bomb/hidden.py", b"import os\n")],
+            {"unlisted": frozenset({"bomb/hidden.py"})},
+            r"bytes before .* belong to no listed file",
+            id="hidden-file",
+        ),
+        pytest.param(
+            [RawMember("bomb/x.bin", b"BZh9", 0, 4, method=zipfile.ZIP_BZIP2)],
+            {},
+            r"compression method 12, not stored or deflated",
+            id="bzip2",
+        ),
+    ],
+)
+def test_a_wheel_that_unpacks_past_the_limits_is_refused(
+    tmp_path: Path, payload: list[RawMember], options: dict[str, Any], refusal: str
+) -> None:
+    # Given a bundle, correctly hashed and listed, whose wheel is a bomb of some kind
+    bomb = bomb_bundle(tmp_path, "bomb", "1.0.0", payload, **options)
+    assert bomb.stat().st_size < 3 * 1024 * 1024
+
+    # Then verification refuses it, naming the wheel and what is wrong
+    with pytest.raises(PackageError, match=rf"wheels/bomb-1\.0\.0-py3-none-any\.whl.*{refusal}"):
+        verify_bundle(bomb, sha256_file(bomb))
+
+
+def test_wheels_with_more_files_than_the_limit_are_refused_from_their_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plain zip lists at most 65,535 members, fewer than the limit: the limit is lowered to what one holds
+    monkeypatch.setattr(bundle_module, "MAX_UNPACKED_FILES", 1000)
+    bomb = bomb_bundle(tmp_path, "bomb", "1.0.0", [stored(f"bomb/f{i}.py", b"") for i in range(999)])
+
+    with pytest.raises(PackageError, match=r"lists 1001 members, over the limit of 1000"):
+        verify_bundle(bomb, None)
+
+
+def test_a_wheel_member_that_is_not_a_zip_is_refused(tmp_path: Path) -> None:
+    contents = members(fake_bundle(tmp_path))
+    contents[DEP] = b"not a zip at all"
+    manifest = manifest_of(contents)
+    manifest["files"][DEP] = hashlib.sha256(contents[DEP]).hexdigest()
+
+    with pytest.raises(PackageError, match=r"dep-2\.0-py3-none-any\.whl is not a readable zip"):
+        verify_bundle(rezip(tmp_path / "notzip.runly", with_manifest(contents, manifest)), None)
+
+
+def test_a_wheel_with_large_honest_files_verifies_and_is_counted_exactly(tmp_path: Path) -> None:
+    # Given a wheel, deflated by zipfile as build tools do, with files larger than the verifier's read size
+    rng = random.Random(13)
+    words = [bytes(rng.choices(range(97, 123), k=rng.randint(2, 9))) for _ in range(500)]
+    text = b" ".join(rng.choices(words, k=900_000))[: 5 * 1024 * 1024]
+    noise = rng.randbytes(3 * 1024 * 1024)
+    wheel = tmp_path / "big-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big/text.txt", text)
+        archive.writestr("big/noise.bin", noise)
+        archive.writestr("big/empty.py", b"")
+    bundle = tmp_path / "big-1.0.runly"
+    write_bundle(
+        bundle, name="big", version="1.0", requires_python=None, project_wheel=wheel.name, jobs=[DEMO_JOB],
+        wheels=[wheel],
+    )  # fmt: skip
+
+    verified = inspect_bundle(bundle, sha256_file(bundle))
+
+    assert (verified.unpacked_files, verified.unpacked_bytes) == (3, len(text) + len(noise))
+
+
+def test_a_bundle_listing_more_wheels_than_the_limit_is_refused_from_its_directory(tmp_path: Path) -> None:
+    contents = {f"wheels/w{i}-1.0-py3-none-any.whl": b"" for i in range(MAX_BUNDLE_WHEELS + 1)}
+    crowded = rezip(tmp_path / "crowded.runly", {MANIFEST_NAME: b"{}", **contents})
+
+    with pytest.raises(PackageError, match=rf"lists {MAX_BUNDLE_WHEELS + 2} members, over the limit of"):
+        verify_bundle(crowded, None)

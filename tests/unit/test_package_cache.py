@@ -5,14 +5,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import node_agent.package_cache as package_cache
 from node_agent.package_cache import InstalledPackage, PackageCache, PackageDownloadError
 from runly.bundle import PackageError, sha256_file
+from tests.support.zip_bombs import bomb_bundle, zeros
 from tests.unit._bundles import hello_variant, packed_hello
 
 
@@ -162,6 +165,13 @@ def test_a_malformed_hash_is_refused(tmp_path: Path) -> None:
         cache.ensure("../../etc", Feed(tmp_path / "none"))
 
 
+def _unpacked(bundle: Path) -> int:
+    """What the bundle's wheels unpack to, read here from the zips themselves."""
+    with zipfile.ZipFile(bundle) as archive:
+        wheels = [name for name in archive.namelist() if name.endswith(".whl")]
+        return sum(info.file_size for name in wheels for info in zipfile.ZipFile(archive.open(name)).infolist())
+
+
 def _install(cache: PackageCache, bundle: Path) -> str:
     sha = sha256_file(bundle)
     cache.ensure(sha, Feed(bundle)).release()
@@ -188,9 +198,9 @@ def test_least_recently_used_environments_are_evicted_past_the_budget(hello_bund
 
 
 def test_an_environment_in_use_is_never_evicted(hello_bundle: Path, tmp_path: Path) -> None:
-    # Given a budget too small for any environment, and A in use by a running job
+    # Given a budget too small for two environments, and A in use by a running job
     a, b, c = (hello_variant(hello_bundle, tmp_path, tag) for tag in ("a", "b", "c"))
-    cache = PackageCache(tmp_path / "cache", budget_bytes=1)
+    cache = PackageCache(tmp_path / "cache", budget_bytes=int(_unpacked(a) * 1.5))
     in_use = cache.ensure(sha256_file(a), Feed(a))
 
     # When B is installed, A stays (in use) and B stays (just installed)
@@ -252,3 +262,97 @@ def test_an_environment_another_agent_evicted_is_installed_again_not_trusted_fro
     again.release()
     assert not again.cached and feed.calls == 2
     assert again.python.exists()
+
+
+def test_room_is_made_before_an_install_not_after(
+    hello_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a budget for one environment and a half, holding A (not in use)
+    a, b = (hello_variant(hello_bundle, tmp_path, tag) for tag in ("a", "b"))
+    cache = PackageCache(tmp_path / "cache", budget_bytes=int(_unpacked(a) * 1.5))
+    sha_a = _install(cache, a)
+    seen_at_install: list[list[str]] = []
+    real_install = package_cache.install_offline
+
+    def install_offline(*args: Any, **kwargs: Any) -> Path:
+        seen_at_install.append(cache.installed())
+        return real_install(*args, **kwargs)
+
+    monkeypatch.setattr(package_cache, "install_offline", install_offline)
+
+    # When B is installed
+    sha_b = _install(cache, b)
+
+    # Then A was gone before B's install started: the cache never held both
+    assert seen_at_install == [[]]
+    assert cache.installed() == [sha_b] and sha_a != sha_b
+
+
+def test_a_package_larger_than_the_whole_budget_is_refused_before_it_is_extracted(
+    hello_bundle: Path, tmp_path: Path
+) -> None:
+    # Given a cache whose budget is smaller than what hello unpacks to, holding another environment
+    other = hello_variant(hello_bundle, tmp_path, "other")
+    needed = _unpacked(hello_bundle)
+    cache = PackageCache(tmp_path / "cache", budget_bytes=needed - 1)
+    kept = _install(PackageCache(tmp_path / "cache", budget_bytes=10**9), other)
+
+    # When hello is needed, it is refused with the sizes named, before anything is extracted or evicted
+    with pytest.raises(PackageError, match=rf"unpacks to {needed} bytes, more than .* budget of {needed - 1} bytes"):
+        cache.ensure(sha256_file(hello_bundle), Feed(hello_bundle))
+    assert cache.installed() == [kept]
+    assert _leftovers(cache) == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "refusal"),
+    [
+        pytest.param([zeros("bomb/zeros.bin", 2048)], r"inflates from \d+ to 2147483648 bytes", id="one-2GiB-file"),
+        pytest.param(
+            [zeros("bomb/zeros.bin", 2048, stated_size=1024)], r"inflates past the 1024 bytes it states", id="lying"
+        ),
+        pytest.param(
+            [zeros(f"bomb/part{i}.bin", 1) for i in range(1100)], r"unpack to over \d+ bytes", id="many-1MiB-files"
+        ),
+    ],
+)
+def test_a_wheel_that_inflates_to_gigabytes_is_refused_before_a_byte_is_extracted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payload: list[Any], refusal: str
+) -> None:
+    # Given a bundle of a few MB, correctly hashed, whose wheel inflates to over a GiB of zeros
+    bomb = bomb_bundle(tmp_path, "bomb", "1.0.0", payload)
+    assert bomb.stat().st_size < 3 * 1024 * 1024
+    cache = PackageCache(tmp_path / "cache", budget_bytes=100 * 1024**3)
+    extracted: list[Path] = []
+    monkeypatch.setattr(package_cache, "extract_bundle", lambda *args, **kwargs: extracted.append(args[0]))
+
+    # When a node needs it, the package is refused, naming what is wrong and the bundle by its hash (the
+    # message becomes the run's error, read over the API: no path of the node's)
+    with pytest.raises(PackageError, match=refusal) as refused:
+        cache.ensure(sha256_file(bomb), Feed(bomb))
+    assert f"bundle {sha256_file(bomb)}: wheels/bomb-1.0.0" in str(refused.value)
+    assert str(tmp_path) not in str(refused.value)
+
+    # Then nothing was extracted and nothing is left behind
+    assert extracted == []
+    assert cache.installed() == [] and _leftovers(cache) == []
+
+
+def test_installs_in_progress_count_against_the_budget(hello_bundle: Path, tmp_path: Path) -> None:
+    # Given a budget for two environments and a half, holding B, while another agent on the machine installs
+    # a package as large (its work directory notes what it will add)
+    a, b = (hello_variant(hello_bundle, tmp_path, tag) for tag in ("a", "b"))
+    one_env = _unpacked(a)
+    cache = PackageCache(tmp_path / "cache", budget_bytes=int(one_env * 2.5))
+    sha_b = _install(cache, b)
+    elsewhere = cache.tmp / f"{'e' * 64}.inprogress"
+    elsewhere.mkdir()
+    (elsewhere / package_cache.NEEDED_FILE).write_text(str(one_env))
+
+    # When A is installed
+    sha_a = _install(cache, a)
+
+    # Then B made room: B, A and the install in progress would not fit together
+    assert cache.installed() == [sha_a] and sha_b != sha_a
+    # And A's own note went with its work directory
+    assert sorted(p.name for p in cache.tmp.iterdir()) == [elsewhere.name]

@@ -20,9 +20,8 @@ from runly.client import RunlyClient
 from runly.contracts import EnqueueRunRequest, RunState
 from runly.local.stack import EmbeddedStack, print_tail
 from runly.pack import pack_project
-from tests.e2e.conftest import FAST_AGENT, REPO
+from tests.e2e.conftest import CHROMIUM, FAST_AGENT, REPO
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -39,7 +38,7 @@ PHONE = {"width": 390, "height": 844}
 WAIT_MS = 30_000  # the longest any step waits: runs take seconds on the embedded stack
 
 pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium; .ci/run installs it)"
+    not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium; make test installs it as root)"
 )
 
 

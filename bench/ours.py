@@ -485,16 +485,26 @@ class OurBench:
 
     # ------------------------------------------------------------ 9. the API client: keep-alive or not
     def client_connections(self) -> dict[str, Any]:
-        """``client_enqueues`` sequential enqueues (POST /runs, a generated Idempotency-Key each) through
-        RunlyClient, over its pooled keep-alive connection and with a new connection per request, in alternating
-        blocks so that a change in the machine's load falls on both alike. Latency is the enqueue call's, in the
-        bench; connections are counted by the client's own ports; CPU is this process's."""
+        """``client_enqueues`` sequential enqueues (POST /runs) through RunlyClient, over its pooled keep-alive
+        connection and with a new connection per request, in alternating blocks so that a change in the machine's
+        load falls on both alike. Latency is the enqueue call's, in the bench; connections are counted by the
+        client's own ports; CPU is this process's.
+
+        Without Idempotency-Keys: a keyed enqueue is a TransactWriteItems, and moto copies the whole table for
+        each transaction, so over thousands of enqueues its latency would grow run by run with the table, burying
+        what the connection costs (DynamoDB has no such cost)."""
         blocks = 10
         per_block = max(1, self.sizes.client_enqueues // blocks)
         modes = {"keep-alive": httpx.Limits(), "new connection per request": httpx.Limits(max_keepalive_connections=0)}
         transports = {mode: _CountingTransport(limits=limits) for mode, limits in modes.items()}
         clients = {
-            mode: RunlyClient(self.stack.api_url, api_key=self.stack.admin_key, timeout=120, transport=transport)
+            mode: RunlyClient(
+                self.stack.api_url,
+                api_key=self.stack.admin_key,
+                timeout=120,
+                transport=transport,
+                generate_idempotency_keys=False,
+            )
             for mode, transport in transports.items()
         }
         request = self._request("stamp", {"stamps": str(self.marks / "client.txt")}, environment=CLIENT_ENVIRONMENT)
@@ -516,7 +526,12 @@ class OurBench:
         finally:
             for client in clients.values():
                 client.close()
-        result: dict[str, Any] = {"enqueues_per_mode": blocks * per_block, "blocks": blocks, "modes": {}}
+        result: dict[str, Any] = {
+            "enqueues_per_mode": blocks * per_block,
+            "blocks": blocks,
+            "idempotency_keys": False,
+            "modes": {},
+        }
         for mode, values in latencies.items():
             result["modes"][mode] = {
                 "latency": summarize(values),

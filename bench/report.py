@@ -636,9 +636,11 @@ def _client_section(f: dict[str, Any]) -> list[str]:
     out = [
         "## 9. The API client: keep-alive vs a new connection per request",
         "",
-        f"{client['enqueues_per_mode']:,} sequential enqueues (POST /runs, each with a generated Idempotency-Key) "
-        "per mode through `runly.client.RunlyClient` on the embedded stack (the local gateway runs the authorizer "
-        "and the API function for each), in "
+        f"{client['enqueues_per_mode']:,} sequential enqueues (POST /runs) per mode through "
+        "`runly.client.RunlyClient` on the embedded stack (the local gateway runs the authorizer and the API "
+        "function for each), without Idempotency-Keys (`generate_idempotency_keys=False`: a keyed enqueue is a "
+        "TransactWriteItems, for which moto copies the whole table, so its latency would grow with every run "
+        "recorded), in "
         f"{client['blocks']} alternating blocks: over the client's pooled keep-alive connection, and with "
         "`httpx.Limits(max_keepalive_connections=0)`, a new TCP connection per request. Latency is the enqueue "
         "call's as the application sees it; connections are counted by the client's local addresses. The gateway "

@@ -291,8 +291,8 @@ def merge_into(target: Path, results: dict[str, Any], sections: set[str]) -> Non
     stamp = {
         "started": meta["started"],
         "commit": meta["machine"].get("commit"),
-        "command": meta["commands"][1],
-        "load_average": (meta.get("load_average_at_start") or [None])[0],
+        "command": meta["commands"][1].replace(sys.executable, os.path.relpath(sys.executable, REPO)),
+        "load_average": round((meta.get("load_average_at_start") or [0.0])[0], 1),
     }
     for name, value in results["figures"].items():
         if name in sections:

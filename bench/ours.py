@@ -162,17 +162,28 @@ class CallWindow:
 
 
 class _CountingTransport(httpx.HTTPTransport):
-    """httpx's transport, noting the local address of the connection each response came over."""
+    """httpx's transport, noting the connection (its network stream) each response came over."""
 
     def __init__(self, *, limits: httpx.Limits) -> None:
         super().__init__(limits=limits)
-        self.ports: set[Any] = set()
+        # The streams themselves, not their ids or ports: a closed connection's id or local port can come back.
+        self.streams: list[Any] = []
+        self._seen: set[int] = set()
+
+    @property
+    def connections(self) -> int:
+        return len(self.streams)
+
+    def clear(self) -> None:
+        self.streams.clear()
+        self._seen.clear()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)
         stream = response.extensions.get("network_stream")
-        if stream is not None:
-            self.ports.add(stream.get_extra_info("client_addr"))
+        if stream is not None and id(stream) not in self._seen:
+            self._seen.add(id(stream))
+            self.streams.append(stream)
         return response
 
 
@@ -514,7 +525,7 @@ class OurBench:
             for mode, client in clients.items():  # warm-up: the authorizer's and the function's caches, the pool
                 for _ in range(5):
                     client.enqueue(request)
-                transports[mode].ports.clear()
+                transports[mode].clear()
             for _ in range(blocks):
                 for mode, client in clients.items():
                     cpu_started = time.process_time()
@@ -537,7 +548,7 @@ class OurBench:
                 "latency": summarize(values),
                 "seconds": sum(values),
                 "enqueues_per_second": rate(len(values), sum(values)),
-                "connections": len(transports[mode].ports),
+                "connections": transports[mode].connections,
                 "client_cpu_ms_per_enqueue": cpu[mode] / len(values) * 1000,
             }
         result["ratio_of_medians"] = ratio_of_medians(latencies["new connection per request"], latencies["keep-alive"])

@@ -643,7 +643,9 @@ def _client_section(f: dict[str, Any]) -> list[str]:
         "recorded), in "
         f"{client['blocks']} alternating blocks: over the client's pooled keep-alive connection, and with "
         "`httpx.Limits(max_keepalive_connections=0)`, a new TCP connection per request. Latency is the enqueue "
-        "call's as the application sees it; connections are counted by the client's local addresses. The gateway "
+        "call's as the application sees it; connections are counted by the client (its network streams): the "
+        "keep-alive client opens one per block, as httpx closes a connection idle for 5 s (`keepalive_expiry`) "
+        "while the other mode's block runs. The gateway "
         "is plain HTTP on 127.0.0.1: against API Gateway a new connection also costs a TLS handshake and a "
         "round trip to the region, which this does not measure.",
         "",

@@ -56,13 +56,19 @@ import runly
 from runly.backoff import full_jitter
 from runly.bundle import read_manifest, sha256_file
 from runly.contracts import (
+    CreatedKey,
+    CreateKeyRequest,
     CreateScheduleRequest,
     EnqueueBatchItem,
     EnqueueBatchResponse,
     EnqueueRunRequest,
     ErrorBody,
+    KeyIdentity,
+    KeyList,
+    KeyView,
     LogPage,
     NodeList,
+    NodeView,
     PackageSummary,
     PackageSummaryList,
     PackageVersionList,
@@ -505,6 +511,31 @@ class _Operations:
     def list_nodes(self, environment: str | None = None) -> Operation[NodeList]:
         return (yield _Request("GET", "/nodes", _model(NodeList), params=_query(environment=environment)))
 
+    def drain_node(self, node_id: str) -> Operation[NodeView]:
+        """Ask a node to finish its runs and take no more (an admin key)."""
+        return (yield _Request("POST", f"/nodes/{_q(node_id)}/drain", _model(NodeView)))
+
+    # API keys
+    def create_key(self, request: CreateKeyRequest) -> Operation[CreatedKey]:
+        """A new API key (an admin key); its ``secret`` is in this answer only."""
+        return (
+            yield _Request("POST", "/keys", _model(CreatedKey), json=request.model_dump(mode="json", exclude_none=True))
+        )
+
+    def list_keys(self) -> Operation[list[KeyView]]:
+        return (yield _Request("GET", "/keys", _model(KeyList))).items  # type: ignore[no-any-return]
+
+    def revoke_key(self, key_id: str) -> Operation[None]:
+        yield _Request("DELETE", f"/keys/{_q(key_id)}", _nothing)
+
+    def me(self) -> Operation[KeyIdentity]:
+        """The calling key: its id, scope and environment."""
+        return (yield _Request("GET", "/me", _model(KeyIdentity)))
+
+    def openapi(self) -> Operation[dict[str, Any]]:
+        """The API's OpenAPI document."""
+        return (yield _Request("GET", "/openapi.json", lambda response: response.json()))
+
     # version pins
     def list_pins(self, environment: str) -> Operation[list[Pin]]:
         return (yield _Request("GET", f"/environments/{_q(environment)}/pins", _model(PinList))).items  # type: ignore[no-any-return]
@@ -677,6 +708,12 @@ class RunlyClient(_ClientBase):
     download_logs = _sync(_Operations.download_logs)
     follow_logs: Callable[..., Iterator[str]] = _sync_iter(_Operations.follow_logs)
     list_nodes = _sync(_Operations.list_nodes)
+    drain_node = _sync(_Operations.drain_node)
+    create_key = _sync(_Operations.create_key)
+    list_keys = _sync(_Operations.list_keys)
+    revoke_key = _sync(_Operations.revoke_key)
+    me = _sync(_Operations.me)
+    openapi = _sync(_Operations.openapi)
     list_pins = _sync(_Operations.list_pins)
     get_pin = _sync(_Operations.get_pin)
     set_pin = _sync(_Operations.set_pin)
@@ -792,6 +829,12 @@ class AsyncRunlyClient(_ClientBase):
     download_logs = _async(_Operations.download_logs)
     follow_logs: Callable[..., AsyncIterator[str]] = _async_iter(_Operations.follow_logs)
     list_nodes = _async(_Operations.list_nodes)
+    drain_node = _async(_Operations.drain_node)
+    create_key = _async(_Operations.create_key)
+    list_keys = _async(_Operations.list_keys)
+    revoke_key = _async(_Operations.revoke_key)
+    me = _async(_Operations.me)
+    openapi = _async(_Operations.openapi)
     list_pins = _async(_Operations.list_pins)
     get_pin = _async(_Operations.get_pin)
     set_pin = _async(_Operations.set_pin)

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from runly.client import AsyncRunlyClient, BadRequest, NotFound
-from runly.contracts import EnqueueRunRequest, PackageVersionView, RunState, RunView
+from runly.client import AsyncRunlyClient, BadRequest, Forbidden, NotFound
+from runly.contracts import CreateKeyRequest, EnqueueRunRequest, PackageVersionView, RunState, RunView, Scope
 from runly.local.stack import EmbeddedStack
 
 
@@ -67,3 +67,26 @@ def test_async_client_raises_the_apis_errors(stack: EmbeddedStack, hello: Packag
     with pytest.raises(BadRequest) as invalid:
         asyncio.run(main("invalid"))
     assert invalid.value.status == 422 and invalid.value.error.field == "config.times"
+
+
+def test_async_client_manages_keys_and_knows_its_own(stack: EmbeddedStack) -> None:
+    async def main() -> tuple[str, str, list[str], list[str], str]:
+        async with AsyncRunlyClient(stack.api_url, api_key=stack.admin_key) as admin:
+            me = await admin.me()
+            created = await admin.create_key(CreateKeyRequest(name="async reader", scope=Scope.READ))
+            async with AsyncRunlyClient(stack.api_url, api_key=created.secret) as reader:
+                their = await reader.me()
+                try:
+                    await reader.create_key(CreateKeyRequest(name="not allowed", scope=Scope.READ))
+                    refused = "allowed"
+                except Forbidden as exc:
+                    refused = exc.error.code
+            listed = [key.id for key in await admin.list_keys() if key.revoked_at is None]
+            await admin.revoke_key(created.id)
+            after = [key.id for key in await admin.list_keys() if key.revoked_at is None]
+            return me.scope, their.scope, listed, after, refused
+
+    me, theirs, listed, after, refused = asyncio.run(main())
+    assert (me, theirs) == (Scope.ADMIN, Scope.READ)
+    created = next(key for key in listed if key not in after)  # revoked: listed before, not after
+    assert created and refused != "allowed"

@@ -283,6 +283,9 @@ def item_job(
         model = _config_model(process)
         if model is NoConfig:
             raise TypeError(f"{_name(process)}: an item job's function takes (config, item): annotate config")
+        for plain in (items, item_id):
+            if plain is not None and (inspect.iscoroutinefunction(plain) or inspect.isasyncgenfunction(plain)):
+                raise TypeError(f"{_name(plain)} must be a plain function: the items are read in order, not awaited")
         if finalize is not None and inspect.iscoroutinefunction(finalize) and not inspect.iscoroutinefunction(process):
             raise TypeError(f"{_name(finalize)} is async but {_name(process)} is not: make both async, or neither")
         takes_job = {

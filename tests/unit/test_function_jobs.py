@@ -251,6 +251,12 @@ def test_mistakes_in_the_functions_are_reported_when_decorating() -> None:
     with pytest.raises(TypeError, match="is async but"):
         runly.item_job(items=words, finalize=async_finalize)(process)
 
+    async def awaited_items(config: WordsConfig) -> list[str]:
+        return []
+
+    with pytest.raises(TypeError, match="must be a plain function"):
+        runly.item_job(items=awaited_items)(process)
+
     def no_items() -> list[str]:
         return []
 

@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export UV_NO_CONFIG := 1
 
-.PHONY: install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps
+.PHONY: install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,18 @@ run: install
 up: install
 	$(BIN)/runly local up
 
-## The whole test suite (what CI runs).
-test: install lint
+## The whole test suite (what CI runs). Without Chromium the browser tests are skipped, and the end says so.
+test: install lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
+
+## Debian's Chromium for the dashboard's browser tests (tests/e2e/test_dashboard.py), where it can be installed
+## (root and apt-get); elsewhere nothing, and `make test` ends with the command that installs it.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the browser tests (tests/e2e/test_dashboard.py)"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    || echo "chromium could not be installed: the browser tests will be skipped"; \
+	fi
 
 test-fast: install
 	$(BIN)/pytest -q -m "not e2e" -p no:cacheprovider

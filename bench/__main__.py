@@ -83,7 +83,7 @@ def draw_chart(results_path: Path, chart_path: Path) -> bool:
 
 SECTIONS = (
     "dispatch", "dispatch_fresh", "batch", "cold_start", "checkpoints", "idle", "recovery", "celery", "throughput",
-    "throughput_fresh",
+    "throughput_fresh", "client",
 )  # fmt: skip
 
 
@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run these sections only (of {', '.join(SECTIONS)}); the report then shows what they measured",
     )
     parser.add_argument(
+        "--merge-into",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="with --only: also put what these sections measured into that results file (each figure stamped with "
+        "this run's time, commit and load) and write REPORT.md beside it again",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="RESULTS_JSON",
@@ -109,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the bench's own
     if args.render:
         publish(json.loads(args.render.read_text()), args.out or BENCH_DIR)
         return 0
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         bench.start()
         idle_started = in_background(bench.start_idle_sampling)
-        results["meta"]["setup_seconds"] = bench.pack_and_push()
+        results["meta"]["setup_seconds"] = bench.pack_and_push(cold="cold_start" in selected)
         idle_started()
         step_seconds["setup (stack, pack, push)"] = time.monotonic() - began
         # First, while the table is small: moto's DynamoDB transaction (a checkpoint's write) copies the whole table.
@@ -241,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             if measured:
                 figures["throughput_fresh"] = {"1": [measured]}
                 log.info("throughput (fresh), 1 node: %.2f runs/s", measured["runs_per_second"] or 0)
+        if "client" in selected:
+            log.info("9. the API client: %d sequential enqueues, keep-alive vs a new connection per request",
+                     sizes.client_enqueues)  # fmt: skip
+            step("client: keep-alive vs a new connection", bench.client_connections, figure="client")
         if results.get("celery") and budget.allows(150):
             log.info("8b. Celery with polling_interval 0 (a tuned setting, for reference)")
             tuned = step(
@@ -265,10 +277,30 @@ def main(argv: list[str] | None = None) -> int:
              timed="counting")  # fmt: skip
 
     publish(results, out)
+    if args.merge_into:
+        merge_into(args.merge_into, results, selected)
     return 0
 
 
-def publish(results: dict[str, Any], out: Path) -> None:
+def merge_into(target: Path, results: dict[str, Any], sections: set[str]) -> None:
+    """Put the figures of ``sections`` (the figure named after each) from ``results`` into the results file
+    ``target``, each stamped with the run that measured it, and render that file's report again (its chart stays
+    as it was). Figures every run takes (the idle window, say) are not merged: this run's would be partial."""
+    merged = json.loads(target.read_text())
+    meta = results["meta"]
+    stamp = {
+        "started": meta["started"],
+        "commit": meta["machine"].get("commit"),
+        "command": meta["commands"][1].replace(sys.executable, os.path.relpath(sys.executable, REPO)),
+        "load_average": round((meta.get("load_average_at_start") or [0.0])[0], 1),
+    }
+    for name, value in results["figures"].items():
+        if name in sections:
+            merged["figures"][name] = {**value, "measured": stamp} if isinstance(value, dict) else value
+    publish(merged, target.parent, chart=False)
+
+
+def publish(results: dict[str, Any], out: Path, *, chart: bool = True) -> None:
     """The derived figures (the bill of each path, each figure vs its target), then results.json, the chart
     and REPORT.md in ``out``."""
     figures = results["figures"]
@@ -286,11 +318,12 @@ def publish(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    chart = out / "latency.png"
-    results["meta"]["chart"] = chart.name if draw_chart(results_path, chart) else None
-    results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if chart:
+        chart_path = out / "latency.png"
+        results["meta"]["chart"] = chart_path.name if draw_chart(results_path, chart_path) else None
+        results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out / "REPORT.md").write_text(report.render(results))
-    log.info("wrote %s, %s and %s", results_path, out / "REPORT.md", chart)
+    log.info("wrote %s and %s", results_path, out / "REPORT.md")
     print(report.summary_table(results["summary"]))
 
 

@@ -273,4 +273,12 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"≤ lease + one poll = {lease} + {poll} = {bound} s" if recovery else "≤ lease + one poll",
         _holds(worst, lambda v: v <= bound), p95=seconds.get("p95"), runs=seconds.get("n"),
         items_repeated=(recovery.get("items_repeated") or {}).get("median"))  # fmt: skip
+
+    client = (f.get("client") or {}).get("modes") or {}
+    for mode in ("keep-alive", "new connection per request"):
+        latency = (client.get(mode) or {}).get("latency") or {}
+        if latency:
+            row(f"9. Enqueue through RunlyClient, {mode} (sequential, the client's latency)", latency.get("median"),
+                "s", "(no target; the two side by side)", None, p95=latency.get("p95"),
+                runs=latency.get("n"))  # fmt: skip
     return rows

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench import counting
 from bench.counting import Call
 from bench.observe import (
@@ -73,11 +75,14 @@ def throughput_environment(nodes: int, rep: int, *, fresh: bool = False) -> str:
     return f"tput-{'fresh-' if fresh else ''}{nodes}n-{rep}"
 
 
+CLIENT_ENVIRONMENT = "client"  # the client benchmark's runs: enqueued only, no agent serves it
+
 ENVIRONMENTS = (
     "default",
     "fresh",
     "idle",
     "recovery",
+    CLIENT_ENVIRONMENT,
     *(throughput_environment(n, r) for r in range(1, THROUGHPUT_REPS + 1) for n in THROUGHPUT_NODES),
     throughput_environment(1, 1, fresh=True),
 )
@@ -105,6 +110,7 @@ class Sizes:
     idle_seconds: float = 120.0
     recovery_reps: int = 3
     recovery_items: int = 120
+    client_enqueues: int = 1000  # sequential POST /runs per connection mode of the client
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -113,7 +119,7 @@ class Sizes:
             dispatch_runs=15, dispatch_fresh_runs=10, warmup_runs=2, batch_runs=20, throughput_runs=60,
             throughput_runs_two_nodes=60, fresh_throughput_runs=30,
             checkpoint_items=20_000, checkpoint_reps=2, checkpoint_long_items=500_000, checkpoint_long_reps=1,
-            cold_reps=1, idle_seconds=30.0, recovery_reps=1, recovery_items=80,
+            cold_reps=1, idle_seconds=30.0, recovery_reps=1, recovery_items=80, client_enqueues=100,
         )  # fmt: skip
 
 
@@ -153,6 +159,32 @@ class CallWindow:
     start: float
     end: float
     gateway_log_bytes: int  # what the gateway's log grew by in the window (the functions' own lines)
+
+
+class _CountingTransport(httpx.HTTPTransport):
+    """httpx's transport, noting the connection (its network stream) each response came over."""
+
+    def __init__(self, *, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits)
+        # The streams themselves, not their ids or ports: a closed connection's id or local port can come back.
+        self.streams: list[Any] = []
+        self._seen: set[int] = set()
+
+    @property
+    def connections(self) -> int:
+        return len(self.streams)
+
+    def clear(self) -> None:
+        self.streams.clear()
+        self._seen.clear()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        stream = response.extensions.get("network_stream")
+        if stream is not None and id(stream) not in self._seen:
+            self._seen.add(id(stream))
+            self.streams.append(stream)
+        return response
 
 
 def _read_json(path: Path) -> Any:
@@ -207,11 +239,13 @@ class OurBench:
     def env_python(self, version: str = WARM_VERSION) -> Path:
         return self.package_cache() / "envs" / sha256_file(self.bundles[version]) / "bin" / "python"
 
-    def pack_and_push(self) -> dict[str, float]:
-        """Pack the bench's job project as WARM_VERSION and one version per cold-start repetition; push all."""
+    def pack_and_push(self, *, cold: bool = True) -> dict[str, float]:
+        """Pack the bench's job project as WARM_VERSION and (``cold``) one version per cold-start repetition;
+        push all."""
         timings: dict[str, float] = {}
         dist = self.state_dir / "dist"
-        for version in (WARM_VERSION, *(cold_version(rep) for rep in range(self.sizes.cold_reps))):
+        cold_versions = [cold_version(rep) for rep in range(self.sizes.cold_reps)] if cold else []
+        for version in (WARM_VERSION, *cold_versions):
             project = PROJECT
             if version != WARM_VERSION:
                 project = self.state_dir / f"project-{version}"
@@ -459,6 +493,66 @@ class OurBench:
             "enqueue_seconds": summarize([e.answered - e.started for e in enqueues]),
             "seconds_to_all_terminal": max(terminal()) - started,
         }
+
+    # ------------------------------------------------------------ 9. the API client: keep-alive or not
+    def client_connections(self) -> dict[str, Any]:
+        """``client_enqueues`` sequential enqueues (POST /runs) through RunlyClient, over its pooled keep-alive
+        connection and with a new connection per request, in alternating blocks so that a change in the machine's
+        load falls on both alike. Latency is the enqueue call's, in the bench; connections are counted by the
+        client's own ports; CPU is this process's.
+
+        Without Idempotency-Keys: a keyed enqueue is a TransactWriteItems, and moto copies the whole table for
+        each transaction, so over thousands of enqueues its latency would grow run by run with the table, burying
+        what the connection costs (DynamoDB has no such cost)."""
+        blocks = 10
+        per_block = max(1, self.sizes.client_enqueues // blocks)
+        modes = {"keep-alive": httpx.Limits(), "new connection per request": httpx.Limits(max_keepalive_connections=0)}
+        transports = {mode: _CountingTransport(limits=limits) for mode, limits in modes.items()}
+        clients = {
+            mode: RunlyClient(
+                self.stack.api_url,
+                api_key=self.stack.admin_key,
+                timeout=120,
+                transport=transport,
+                generate_idempotency_keys=False,
+            )
+            for mode, transport in transports.items()
+        }
+        request = self._request("stamp", {"stamps": str(self.marks / "client.txt")}, environment=CLIENT_ENVIRONMENT)
+        latencies: dict[str, list[float]] = {mode: [] for mode in modes}
+        cpu: dict[str, float] = dict.fromkeys(modes, 0.0)
+        try:
+            for mode, client in clients.items():  # warm-up: the authorizer's and the function's caches, the pool
+                for _ in range(5):
+                    client.enqueue(request)
+                transports[mode].clear()
+            for _ in range(blocks):
+                for mode, client in clients.items():
+                    cpu_started = time.process_time()
+                    for _ in range(per_block):
+                        started = time.perf_counter()
+                        client.enqueue(request)
+                        latencies[mode].append(time.perf_counter() - started)
+                    cpu[mode] += time.process_time() - cpu_started
+        finally:
+            for client in clients.values():
+                client.close()
+        result: dict[str, Any] = {
+            "enqueues_per_mode": blocks * per_block,
+            "blocks": blocks,
+            "idempotency_keys": False,
+            "modes": {},
+        }
+        for mode, values in latencies.items():
+            result["modes"][mode] = {
+                "latency": summarize(values),
+                "seconds": sum(values),
+                "enqueues_per_second": rate(len(values), sum(values)),
+                "connections": transports[mode].connections,
+                "client_cpu_ms_per_enqueue": cpu[mode] / len(values) * 1000,
+            }
+        result["ratio_of_medians"] = ratio_of_medians(latencies["new connection per request"], latencies["keep-alive"])
+        return result
 
     def requests_per_run(self, path: str) -> dict[str, Any]:
         """Every AWS call the gateway (API function + authorizer) and the agent made for one path's runs

@@ -319,6 +319,7 @@ def _details(results: dict[str, Any]) -> list[str]:
     out += _cold_section(f)
     out += _idle_section(f)
     out += _recovery_section(f)
+    out += _client_section(f)
     return out
 
 
@@ -624,6 +625,56 @@ def _recovery_section(f: dict[str, Any]) -> list[str]:
         "",
     ]
     return out
+
+
+def _client_section(f: dict[str, Any]) -> list[str]:
+    client = f.get("client") or {}
+    modes = client.get("modes") or {}
+    if not modes:
+        return []
+    measured = client.get("measured") or {}
+    out = [
+        "## 9. The API client: keep-alive vs a new connection per request",
+        "",
+        f"{client['enqueues_per_mode']:,} sequential enqueues (POST /runs) per mode through "
+        "`runly.client.RunlyClient` on the embedded stack (the local gateway runs the authorizer and the API "
+        "function for each), without Idempotency-Keys (`generate_idempotency_keys=False`: a keyed enqueue is a "
+        "TransactWriteItems, for which moto copies the whole table, so its latency would grow with every run "
+        "recorded), in "
+        f"{client['blocks']} alternating blocks: over the client's pooled keep-alive connection, and with "
+        "`httpx.Limits(max_keepalive_connections=0)`, a new TCP connection per request. Latency is the enqueue "
+        "call's as the application sees it; connections are counted by the client (its network streams): the "
+        "keep-alive client opens one per block, as httpx closes a connection idle for 5 s (`keepalive_expiry`) "
+        "while the other mode's block runs. The gateway "
+        "is plain HTTP on 127.0.0.1: against API Gateway a new connection also costs a TLS handshake and a "
+        "round trip to the region, which this does not measure.",
+        "",
+        "| mode | median | p95 | mean | enqueues/s | connections | client CPU per enqueue |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for mode, m in modes.items():
+        latency = m["latency"]
+        out.append(
+            f"| {mode} | {fmt(latency['median'], 's')} | {fmt(latency['p95'], 's')} | {fmt(latency['mean'], 's')} | "
+            f"{m['enqueues_per_second']:.1f} | {m['connections']:,} | {m['client_cpu_ms_per_enqueue']:.2f} ms |"
+        )
+    share = client.get("ratio_of_medians") or {}
+    low, high = share.get("interval") or [None, None]
+    if share.get("ratio") is not None:
+        out += [
+            "",
+            f"New connection ÷ keep-alive, medians: {share['ratio']:.2f}x (90% bootstrap interval "
+            f"{low:.2f}-{high:.2f}).",
+        ]
+    if measured:
+        out += [
+            "",
+            f"Measured on its own (`{measured.get('command', 'python -m bench --only client')}`, "
+            f"{measured.get('started', '?')}, commit {measured.get('commit', '?')}, load average "
+            f"{measured.get('load_average', '?')}), after the rest of this report: its figures were added to "
+            "results.json and the report rendered again.",
+        ]
+    return [*out, ""]
 
 
 def _row(summary: list[dict[str, Any]], prefix: str) -> dict[str, Any]:

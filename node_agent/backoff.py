@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+from runly.backoff import full_jitter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,9 +39,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def delay(attempt: int, *, base: float, cap: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * 2**attempt))
+delay = full_jitter  # the agent's name for it
 
 
 def retry(

@@ -1,18 +1,21 @@
 """runly: out-of-process background jobs on AWS.
 
 The job SDK: :class:`Job` (one action) and :class:`ItemJob` (items processed one by one, in
-parallel if asked, with results by category, automatic checkpoints and resume). ``runly.testing``
+parallel if asked, with results by category, automatic checkpoints and resume), or the same as
+decorated functions (``@runly.job``, ``@runly.item_job``: ``runly.function_jobs``). ``runly.testing``
 runs a job in-process for its tests.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 # Not typing.TYPE_CHECKING: importing typing would be most of what `import runly` costs (type checkers
 # know this spelling too).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from runly.function_jobs import item_job, job
     from runly.items import (
         FailureThresholdExceeded,
         ItemConfig,
@@ -38,6 +41,8 @@ __all__ = [
     "JobCancelled",
     "JobContext",
     "ResumeMismatch",
+    "item_job",
+    "job",
 ]
 __version__ = "0.1.0"
 
@@ -58,7 +63,23 @@ _HOMES = {
     "JobCancelled": "runly.job",
     "JobContext": "runly.job",
     "ResumeMismatch": "runly.items",
+    "item_job": "runly.function_jobs",
+    "job": "runly.function_jobs",
 }
+
+
+class _Package(type(sys)):  # type: ignore[misc]  # types.ModuleType, without importing types
+    """``runly.job`` is the decorator, though ``runly/job.py`` is a module too (the Job classes, imported as
+    ``from runly.job import Job``): the import system sets a package's attribute to each submodule it loads, and
+    this keeps that one name for the decorator (``sys.modules["runly.job"]`` is the module, as always)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "job" and isinstance(value, type(sys)):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 # Hidden from type checkers, which see the imports above: they would take any runly.<name> for
 # valid if they saw a module __getattr__.

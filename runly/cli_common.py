@@ -7,9 +7,8 @@ import json
 import os
 import sys
 import traceback
-import urllib.error
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import click
 import typer
@@ -17,6 +16,9 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from runly.contracts import RunState
+
+if TYPE_CHECKING:
+    from runly.client import RunlyClient
 
 console = Console()
 err = Console(stderr=True)
@@ -103,14 +105,12 @@ def handle_errors(function: F) -> F:
 
 
 def describe_error(exc: BaseException) -> str:
-    from runly.client import ApiError
+    from runly.client import ApiConnectionError, ApiError
 
     if isinstance(exc, CliError | ApiError):
         return str(exc)
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} from {exc.url}: {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return f"cannot reach the API: {exc.reason}"
+    if isinstance(exc, ApiConnectionError):
+        return f"cannot reach the API: {exc}"
     if isinstance(exc, ValidationError):
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]) or "value"
@@ -137,8 +137,9 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def client(api: str | None, key: str | None):  # type: ignore[no-untyped-def]
-    """A client for the API named by the flag, the environment, or the profile, in that order."""
+def client(api: str | None, key: str | None) -> RunlyClient:
+    """The API's sync client (runly.client) for the URL named by the flag, the environment, or the profile, in
+    that order. Not closed: a command makes a few requests over its pooled connections, then the process ends."""
     from runly.client import RunlyClient
     from runly.profile import load_profile, profile_path
 

@@ -52,9 +52,9 @@ description = "runly jobs"
 requires-python = ">=3.11"
 dependencies = ["runly"]
 
-# Each job: name = "module:Class". `runly jobs .` lists them, `runly pack .` bundles them.
+# Each job: name = "module:{kind}". `runly jobs .` lists them, `runly pack .` bundles them.
 [project.entry-points."runly.jobs"]
-words = "{package}.jobs:Words"
+words = "{package}.jobs:{job}"
 
 [tool.pytest.ini_options]
 pythonpath = ["src"]
@@ -102,14 +102,56 @@ class Words(ItemJob[WordsConfig, str]):
         return {{**self.summary(), "disposition": disposition.value}}
 '''
 
-_TEST = '''\
+# The same job as decorated functions (`runly init --form function`).
+_FUNCTION_JOBS = '''\
+"""The jobs of {name}. Try: runly run-local . words --config '{{"words": ["a", "b", ""]}}'"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from pydantic import Field
+
+import runly
+from runly import Disposition, ItemConfig, ItemFailed
+
+
+class WordsConfig(ItemConfig):
+    # ItemConfig adds parallelism, max_failed_items, max_failed_ratio and item_retries (per run).
+    words: list[str] = Field(default=["alpha", "beta", "gamma", ""], description="the words to hash")
+    delay: float = Field(default=0.1, ge=0, description="seconds of pretend work per word")
+
+
+def word_list(config: WordsConfig) -> list[str]:
+    # A stable order: a resumed attempt skips the words an earlier attempt finished.
+    return config.words
+
+
+def report(config: WordsConfig, disposition: Disposition, job: runly.ItemJob[WordsConfig, str]) -> dict[str, object]:
+    # Always runs; what it returns is the run's output.
+    return {{**job.summary(), "disposition": disposition.value}}
+
+
+@runly.item_job(items=word_list, finalize=report, parallelism=2)  # parallelism: a run may set config.parallelism
+def words(config: WordsConfig, word: str, job: runly.ItemJob[WordsConfig, str]) -> str:
+    """Hashes each word, a few at a time; an empty word fails with the category Empty."""
+    if not word:
+        raise ItemFailed("an empty word", category="Empty")
+    time.sleep(config.delay)
+    digest = hashlib.sha256(word.encode()).hexdigest()
+    job.log.info("%s -> %s", word, digest[:12])
+    return digest
+'''
+
+_TEST = """\
 from runly.testing import run_job
 
-from {package}.jobs import Words
+from {package}.jobs import {job}
 
 
 def test_every_word_is_hashed_and_empty_words_fail():
-    run = run_job(Words, {{"words": ["a", "", "b"], "delay": 0}})
+    run = run_job({job}, {{"words": ["a", "", "b"], "delay": 0}})
 
     assert run.succeeded
     assert run.counts.succeeded == 2
@@ -118,21 +160,21 @@ def test_every_word_is_hashed_and_empty_words_fail():
 
 
 def test_a_crashed_run_resumes_after_its_checkpoint():
-    words = [f"word-{{n}}" for n in range(10)]
-    crashed = run_job(Words, {{"words": words, "delay": 0, "parallelism": 1}}, crash_after=4)
+    given = [f"word-{{n}}" for n in range(10)]
+    crashed = run_job({job}, {{"words": given, "delay": 0, "parallelism": 1}}, crash_after=4)
     assert crashed.outcome == "crashed"
 
     resumed = crashed.resume()
 
     assert resumed.succeeded
-    assert resumed.processed_ids == words[4:]  # nothing before the checkpoint ran again
+    assert resumed.processed_ids == given[4:]  # nothing before the checkpoint ran again
     assert resumed.counts.succeeded == 10
-'''
+"""
 
 _README = """\
 # {name}
 
-runly jobs. Each is a class in `src/{package}/jobs.py`, declared in `pyproject.toml`.
+runly jobs. Each is a {kind} in `src/{package}/jobs.py`, declared in `pyproject.toml`.
 
 ```sh
 pytest                                   # the jobs' tests (runly.testing)
@@ -147,7 +189,14 @@ runly enqueue {name} words --config '{{"words": ["x"]}}' --wait
 _GITIGNORE = "dist/\n__pycache__/\n*.egg-info/\n.runly-checkpoint.json\n"
 
 
-def scaffold(directory: Path, name: str | None) -> list[Path]:
+FORMS = ("class", "function")
+
+
+def scaffold(directory: Path, name: str | None, form: str = "class") -> list[Path]:
+    """A new job project in ``directory``: its sample job as a class (``Words(ItemJob)``) or as decorated
+    functions (``@runly.item_job def words``)."""
+    if form not in FORMS:
+        raise CliError(f"--form must be one of {', '.join(FORMS)}, not {form!r}", EXIT_USAGE)
     directory = directory.resolve()
     name = name or directory.name
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", name):
@@ -157,12 +206,15 @@ def scaffold(directory: Path, name: str | None) -> list[Path]:
         package = f"jobs_{package}"
     if directory.exists() and any(directory.iterdir()):
         raise CliError(f"{directory} is not empty: runly init makes a new project in an empty or new directory")
+    job, kind, jobs = ("Words", "Class", _JOBS) if form == "class" else ("words", "function", _FUNCTION_JOBS)
     files = {
-        "pyproject.toml": _PYPROJECT.format(name=name, package=package),
+        "pyproject.toml": _PYPROJECT.format(name=name, package=package, job=job, kind=kind),
         f"src/{package}/__init__.py": f'"""{name}: runly jobs."""\n',
-        f"src/{package}/jobs.py": _JOBS.format(name=name),
-        "tests/test_jobs.py": _TEST.format(package=package),
-        "README.md": _README.format(name=name, package=package),
+        f"src/{package}/jobs.py": jobs.format(name=name),
+        "tests/test_jobs.py": _TEST.format(package=package, job=job),
+        "README.md": _README.format(
+            name=name, package=package, kind="decorated function" if form == "function" else "class"
+        ),
         ".gitignore": _GITIGNORE,
     }
     written = []
@@ -178,9 +230,15 @@ def scaffold(directory: Path, name: str | None) -> list[Path]:
 def init(
     directory: Annotated[Path, typer.Argument(help="where to make the project (new or empty)")] = Path("."),
     name: Annotated[str | None, typer.Option(help="the package's name (default: the directory's name)")] = None,
+    form: Annotated[
+        str,
+        typer.Option(
+            help="the sample job as a class (Job/ItemJob subclass) or as decorated functions (@runly.item_job)"
+        ),
+    ] = "class",
 ) -> None:
     """Make a new job project: pyproject.toml with a job declared, a sample item job, its tests."""
-    written = scaffold(directory, name)
+    written = scaffold(directory, name, form)
     for path in written:
         console.print(f"  created {os.path.relpath(path)}", markup=False)
     where = os.path.relpath(directory.resolve())

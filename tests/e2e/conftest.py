@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from runly.pack import pack_project
 
 REPO = Path(__file__).resolve().parents[2]
 E2E_PROJECT = Path(__file__).parent / "projects" / "e2ejobs"
+# The browser tests (test_dashboard.py) drive Debian's Chromium; `make test` installs it where it can.
+# (RUNLY_TEST_CHROMIUM names another path: a test of what pytest says when it is missing.)
+CHROMIUM = Path(os.environ.get("RUNLY_TEST_CHROMIUM", "/usr/bin/chromium"))
 
 # Short leases and polls so that faults show within seconds.
 FAST_AGENT = {
@@ -30,6 +34,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Browser tests skipped for want of Chromium are said in plain words, with the command that brings it (a
+    bare "9 skipped" hides them: the reason shows only with -rs)."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if "test_dashboard.py" in report.nodeid]
+    if not skipped or CHROMIUM.exists():
+        return
+    command = "apt-get install -y chromium" if os.geteuid() == 0 else "sudo apt-get install -y chromium"
+    terminalreporter.write_sep("=", "browser tests did not run", yellow=True)
+    terminalreporter.write_line(
+        f"{len(skipped)} browser tests of the dashboard (tests/e2e/test_dashboard.py) did not run: Chromium is not "
+        f"installed at {CHROMIUM}. To run them, install Debian's chromium: {command}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +84,7 @@ def e2ejobs(client: RunlyClient, e2ejobs_bundle: Path) -> PackageVersionView:
 
 
 @pytest.fixture(scope="session")
-def push_example(
-    client: RunlyClient, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], PackageVersionView]:
+def push_example(client: RunlyClient, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], PackageVersionView]:
     """Packs and pushes examples/<name>, once per session."""
     pushed: dict[str, PackageVersionView] = {}
 

@@ -17,12 +17,11 @@ from typing import Any
 import pytest
 
 from runly.client import RunlyClient
-from runly.contracts import EnqueueRunRequest, RunState
+from runly.contracts import CreateKeyRequest, CreateScheduleRequest, EnqueueRunRequest, RunState, Scope
 from runly.local.stack import EmbeddedStack, print_tail
 from runly.pack import pack_project
-from tests.e2e.conftest import FAST_AGENT, REPO
+from tests.e2e.conftest import CHROMIUM, FAST_AGENT, REPO
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -39,7 +38,7 @@ PHONE = {"width": 390, "height": 844}
 WAIT_MS = 30_000  # the longest any step waits: runs take seconds on the embedded stack
 
 pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium; .ci/run installs it)"
+    not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium; make test installs it as root)"
 )
 
 
@@ -311,7 +310,7 @@ def test_a_read_key_sees_everything_but_cannot_act(
 ) -> None:
     from playwright.sync_api import expect
 
-    read_key = admin._call("POST", "/keys", {"name": "dashboard reader", "scope": "read"})["secret"]
+    read_key = admin.create_key(CreateKeyRequest(name="dashboard reader", scope=Scope.READ)).secret
     running = admin.enqueue(EnqueueRunRequest(package="e2ejobs", job="sleep", config={"seconds": 30}))
     page = open_page()
     sign_in(page, read_key)
@@ -393,21 +392,19 @@ def test_schedules_show_only_where_the_api_has_them(
 ) -> None:
     from playwright.sync_api import expect
 
-    documented = "/schedules" in admin._call("GET", "/openapi.json")["paths"]
+    documented = "/schedules" in admin.openapi()["paths"]
     page = open_page()
     sign_in(page, dashboard_stack.admin_key)
     link = page.get_by_role("navigation", name="Main").get_by_role("link", name="Schedules")
     if not documented:
         expect(link).to_have_count(0)
         return
-    schedule = admin._call(
-        "POST",
-        "/schedules",
-        {"name": "nightly hello", "package": "hello", "job": "hello", "expression": "cron(0 2 * * ? *)"},
+    schedule = admin.create_schedule(
+        CreateScheduleRequest(name="nightly hello", package="hello", job="hello", expression="cron(0 2 * * ? *)")
     )
     link.click()
     expect(page.get_by_role("heading", name="Schedules", level=1)).to_be_visible()
-    row = page.locator(f"tr[data-schedule-id='{schedule['id']}']")
+    row = page.locator(f"tr[data-schedule-id='{schedule.id}']")
     expect(row).to_contain_text("nightly hello")
     expect(row).to_contain_text("cron(0 2 * * ? *)")
     expect(page.locator(".banner-error")).to_be_hidden()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 from typer.testing import CliRunner, Result
@@ -87,3 +88,41 @@ def test_the_cli_reports_a_refused_config_in_one_line(
     assert result.exit_code == 4
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("runly: error: HTTP 422") and "config.count" in line
+
+
+def test_tally_runs_function_jobs_through_the_agent(
+    client: RunlyClient, push_example: Callable[[str], PackageVersionView]
+) -> None:
+    # Given the function-form example in the feed: its jobs and schemas come from the decorated functions
+    package = push_example("tally")
+    assert sorted(job.name for job in package.jobs) == ["primes", "word-counts"]
+    assert "segment" in next(j for j in package.jobs if j.name == "primes").config_schema["properties"]
+
+    # When both run on the node
+    primes = client.enqueue(EnqueueRunRequest(package="tally", job="primes", config={"limit": 1_000_000}))
+    words = client.enqueue(EnqueueRunRequest(package="tally", job="word-counts", config={"sample_files": 100}))
+    primes, words = client.wait(primes.id, timeout=120), client.wait(words.id, timeout=120)
+
+    # Then each succeeds with its output
+    assert primes.state is RunState.SUCCEEDED, primes.error
+    assert primes.output == {"limit": 1_000_000, "primes": 78_498, "segments": 4}
+    assert words.state is RunState.SUCCEEDED, words.error
+    assert words.output["succeeded"] == 88
+    assert words.output["failed_by_category"] == {"Empty": 8, "UnicodeDecodeError": 4}
+
+
+def test_a_running_function_job_is_cancelled(
+    client: RunlyClient, push_example: Callable[[str], PackageVersionView]
+) -> None:
+    push_example("tally")
+    run = client.enqueue(EnqueueRunRequest(package="tally", job="primes", config={"limit": 10**10, "segment": 1000}))
+    deadline = time.monotonic() + 60
+    while (run := client.get_run(run.id)).checkpoint is None:  # running, and past its first checkpoint
+        assert time.monotonic() < deadline, run
+        time.sleep(0.2)
+
+    client.cancel_run(run.id)
+
+    run = client.wait(run.id, timeout=60)
+    assert run.state is RunState.CANCELLED, run
+    assert run.checkpoint is not None  # what it had done is durable: a requeue --resume starts there

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -251,6 +253,25 @@ def test_init_makes_a_project_whose_jobs_are_listed(tmp_path: Path) -> None:
     (spec,) = json.loads(listed.stdout)
     assert spec["name"] == "words" and "parallelism" in spec["config_schema"]["properties"]
     assert_one_line_error(invoke("init", str(project)), 4, "is not empty")
+
+
+@pytest.mark.parametrize(("form", "entry_point"), [("class", "my_jobs.jobs:Words"), ("function", "my_jobs.jobs:words")])
+def test_init_makes_a_project_in_either_form_whose_own_tests_pass(tmp_path: Path, form: str, entry_point: str) -> None:
+    # Given a project made with the sample job in one form
+    project = tmp_path / "my-jobs"
+    made = invoke("init", str(project), "--form", form)
+    assert made.exit_code == 0, made.output
+
+    # Then the job is declared and described, and the tests runly init wrote pass, as its author would run them
+    assert f'words = "{entry_point}"' in (project / "pyproject.toml").read_text()
+    (spec,) = json.loads(invoke("jobs", str(project), "--json").stdout)
+    assert (spec["name"], spec["entry_point"]) == ("words", entry_point)
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, capture_output=True, text=True
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "2 passed" in tests.stdout
+    assert_one_line_error(invoke("init", str(tmp_path / "other"), "--form", "lambda"), 2, "--form must be one of")
 
 
 def test_jobs_of_a_bundle_come_from_its_manifest(tmp_path: Path) -> None:

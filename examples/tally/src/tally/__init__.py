@@ -1,0 +1,1 @@
+"""runly example: jobs written as decorated functions."""

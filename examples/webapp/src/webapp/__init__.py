@@ -1,0 +1,1 @@
+"""runly example: an application that enqueues runs from its request handlers."""

@@ -601,6 +601,15 @@ class _ClientBase:
         self.retry = retry or RetryPolicy()
         self._operations = _Operations(timeout=self.timeout, generate_idempotency_keys=generate_idempotency_keys)
 
+    def _pool_options(self, limits: httpx.Limits | None) -> dict[str, Any]:
+        """What the sync and the async pool are built with, alike."""
+        return {
+            "timeout": self.timeout,
+            "limits": limits or httpx.Limits(),
+            "headers": {"User-Agent": USER_AGENT},
+            "follow_redirects": False,
+        }
+
     def _build(self, http: httpx.Client | httpx.AsyncClient, request: _Request[Any]) -> httpx.Request:
         headers = {"Accept": "application/json", **request.headers}
         if request.api and self.api_key:
@@ -653,10 +662,7 @@ class RunlyClient(_ClientBase):
         super().__init__(
             base_url, api_key=api_key, timeout=timeout, retry=retry, generate_idempotency_keys=generate_idempotency_keys
         )
-        self._http = httpx.Client(
-            timeout=self.timeout, limits=limits or httpx.Limits(), transport=transport,
-            headers={"User-Agent": USER_AGENT}, follow_redirects=False,
-        )  # fmt: skip
+        self._http = httpx.Client(transport=transport, **self._pool_options(limits))
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -770,10 +776,7 @@ class AsyncRunlyClient(_ClientBase):
         super().__init__(
             base_url, api_key=api_key, timeout=timeout, retry=retry, generate_idempotency_keys=generate_idempotency_keys
         )
-        self._http = httpx.AsyncClient(
-            timeout=self.timeout, limits=limits or httpx.Limits(), transport=transport,
-            headers={"User-Agent": USER_AGENT}, follow_redirects=False,
-        )  # fmt: skip
+        self._http = httpx.AsyncClient(transport=transport, **self._pool_options(limits))
 
     async def aclose(self) -> None:
         """Close the pooled connections."""

@@ -233,9 +233,16 @@ class AgentChannel:
             except OSError:
                 pass  # the job is gone (or the pipe closed): nothing to answer
 
+    def hang_up(self) -> None:
+        """Close the pipe to the job now: the job ends itself at once, as when its agent dies (runly.fencing)."""
+        self._close_acks()
+
     def close(self, timeout: float = 5.0) -> None:
         """After the job process ended: let the reader take what is left on the pipe, close the ack pipe."""
         self._reader.join(timeout=timeout)
+        self._close_acks()
+
+    def _close_acks(self) -> None:
         with self._acks_lock:
             if self._ack_fd >= 0:
                 try:

@@ -409,28 +409,39 @@ class RunProcess:
 
 
 def run_processes(stack_dir: Path) -> dict[int, RunProcess]:
-    """Every live process that belongs to a run of this stack, by the RUNLY_RUN_SPEC in its environment
-    (``<stack>/<node>/runs/<run>-<attempt>/spec.json``): job processes and what they started."""
+    """Every live process that belongs to a run of this stack: by the RUNLY_RUN_SPEC in its environment
+    (``<stack>/<node>/runs/<run>-<attempt>/spec.json``), which a job process and what it executes carry, or by its
+    working directory (that run directory): a warm host's child is forked, so /proc shows the host's environment."""
     found: dict[int, RunProcess] = {}
-    prefix = str(stack_dir).encode() + b"/"
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            environ = (proc / "environ").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        for entry in environ.split(b"\0"):
-            if entry.startswith(b"RUNLY_RUN_SPEC=" + prefix):
-                try:
-                    parts = Path(entry.split(b"=", 1)[1].decode(errors="replace")).relative_to(stack_dir).parts
-                except ValueError:
-                    break
-                if len(parts) == 4 and parts[1] == "runs" and _alive(int(proc.name)):
-                    run_id, _, attempt = parts[2].rpartition("-")
-                    found[int(proc.name)] = RunProcess(parts[0], run_id, int(attempt))
-                break
+        specs = [
+            entry.split(b"=", 1)[1].decode(errors="replace")
+            for entry in environ
+            if entry.startswith(b"RUNLY_RUN_SPEC=")
+        ]
+        owner = _run_of(stack_dir, Path(specs[0]).parent) if specs else None
+        owner = owner or _run_of(stack_dir, Path(cwd))
+        if owner is not None and _alive(int(proc.name)):
+            found[int(proc.name)] = owner
     return found
+
+
+def _run_of(stack_dir: Path, run_dir: Path) -> RunProcess | None:
+    try:
+        parts = run_dir.relative_to(stack_dir).parts
+    except ValueError:
+        return None
+    if len(parts) != 3 or parts[1] != "runs":
+        return None
+    run_id, _, attempt = parts[2].rpartition("-")
+    return RunProcess(parts[0], run_id, int(attempt)) if attempt.isdigit() else None
 
 
 def _alive(pid: int) -> bool:

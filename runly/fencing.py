@@ -38,7 +38,7 @@ EXIT_AGENT_GONE = 8  # the ack pipe from the agent ended or broke: nobody holds 
 
 # The watchdog ends the process this long before the kernel timer would, so that it is the one that usually does
 # (with its exit code and a log line) and the timer only catches an interpreter that cannot run it.
-WATCHDOG_LEAD_SECONDS = 0.2
+WATCHDOG_LEAD_SECONDS = 0.05
 MAX_AGENT_LINE_BYTES = 64 * 1024  # an ack or a lease is under 1 KiB
 
 _agent_messages: TypeAdapter[AgentMessage] = TypeAdapter(AgentMessage)

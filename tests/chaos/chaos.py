@@ -30,7 +30,7 @@ from pathlib import Path
 
 from runly import resources
 from runly.client import ApiError, RunlyClient
-from runly.contracts import EnqueueRunRequest, RunState, RunView
+from runly.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
 from runly.local.stack import Child, EmbeddedStack
 from runly.pack import pack_project
 
@@ -71,6 +71,7 @@ class Report:
     resumed_from_checkpoint: int = 0
     resume_violations: int = 0
     faults: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    self_fenced_attempts: int = 0  # attempts whose job stopped itself, no renewal having reached it (lease_expired)
     faults_on_running_jobs: int = 0  # faults whose victim had a job process running at that instant
     takeover_seconds: list[float] = field(default_factory=list)
     # Ledger lines an attempt wrote after a newer attempt of the same run started job code, and the longest overlap.
@@ -109,6 +110,7 @@ class Report:
             ("items before a watermark processed again", self.resume_violations),
             ("faults injected", ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"),
             ("  of which hit a running job process", self.faults_on_running_jobs),
+            ("attempts whose job stopped itself unrenewed (lease_expired)", self.self_fenced_attempts),
             (
                 "ledger lines after a newer attempt started (goal 0)",
                 f"{self.lines_after_newer_attempt} (longest overlap {self.overlap_seconds:.2f} s)",
@@ -333,6 +335,7 @@ class Chaos:
             if not view.state.terminal:
                 report.stuck += 1
                 continue
+            report.self_fenced_attempts += sum(1 for a in view.attempts if a.reason is FailureReason.LEASE_EXPIRED)
             ended = [a for a in view.attempts if a.outcome is not None and a.outcome.terminal]
             if len(ended) > 1:
                 report.completed_more_than_once += 1

@@ -335,6 +335,32 @@ def test_heartbeat_delivers_cancel_and_lost_lease(settings: AgentSettings, lease
     thread.join(5)
 
 
+def test_the_job_hears_a_renewal_only_once_it_was_written(settings: AgentSettings) -> None:
+    # Given a run claimed on a clock that moves only when the test says so
+    clock = FakeClock()
+    aws = FakeAws(batches=[[_delivery("a")]])
+    agent, started = _agent(settings, aws, clock)
+    thread = _run_until_idle(agent, aws)
+    (supervisor,) = started
+
+    # When a heartbeat renews the lease, and a later one fails (the write is refused)
+    clock.advance(3)
+    agent.heartbeat()
+    aws.lease_state = LeaseLost("gone")
+    agent.heartbeat()
+
+    # Then the job heard the claim's lease and the one renewal written, as an instant on the monotonic clock: the
+    # lease's end less the wall time it was computed at, from the same reading
+    assert len(supervisor.leases) == 2
+    renewed = supervisor.leases[1]
+    assert aws.leases_until[0] == int(clock.now * 1000) + settings.lease_seconds * 1000 - 1000
+    assert renewed.deadline_monotonic == pytest.approx(clock.monotonic() + settings.lease_seconds - 1)
+    assert renewed.margin_seconds == 1.0
+    agent.request_stop()
+    supervisor.release.set()
+    thread.join(5)
+
+
 def test_a_drain_requested_through_the_api_stops_taking_work(settings: AgentSettings) -> None:
     aws = FakeAws(drain_requested=True)
     agent, _ = _agent(settings, aws)

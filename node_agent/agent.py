@@ -67,6 +67,9 @@ class Clock:
         return time.monotonic()
 
 
+FIRST_RENEWAL_SLACK_SECONDS = 1  # see receive_visibility
+
+
 def now_ms(clock: Clock | None = None) -> int:
     return int((clock or Clock()).time() * 1000)
 
@@ -86,9 +89,10 @@ def receive_visibility(settings: AgentSettings) -> int:
     take a message (even the very run it held) and hide it for this long, so a shorter hide brings the run
     back sooner, at no extra request. The first heartbeat comes within one interval of a claim. Plus the two
     margins the claim's lease is cut by (LEASE_MARGIN_MS before the message reappears, FENCE_MARGIN_MS before
-    which the job stops itself): so the job, too, has two heartbeats from the receipt to hear its first renewal.
+    which the job stops itself) and a second for the claim's and the first beat's own requests: so the job,
+    too, has two heartbeats from its claim to hear its first renewal (runly.fencing).
     """
-    margins = math.ceil((LEASE_MARGIN_MS + FENCE_MARGIN_MS) / 1000)
+    margins = math.ceil((LEASE_MARGIN_MS + FENCE_MARGIN_MS) / 1000) + FIRST_RENEWAL_SLACK_SECONDS
     return min(settings.lease_seconds, max(2, math.ceil(2 * settings.heartbeat_seconds)) + margins)
 
 

@@ -171,10 +171,6 @@ class AgentLink:
             threading.Thread(target=self._watch, name="runly-lease-watchdog", daemon=True).start()
         self._reader.start()
 
-    @property
-    def lease(self) -> LeaseMessage | None:
-        return self._lease
-
     def readline(self) -> str:
         """The next acknowledgement line (blocks). The process ends before this could see the pipe's end."""
         return self._lines.get()

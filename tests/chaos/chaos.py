@@ -35,7 +35,9 @@ from runly.local.stack import Child, EmbeddedStack
 from runly.pack import pack_project
 
 PROJECT = Path(__file__).resolve().parents[1] / "e2e" / "projects" / "e2ejobs"
-LEASE_SECONDS = 4
+# Each lease renewal gives a job the lease less 2 s (the claim's margin before its message reappears and the fence
+# margin): at 5 s, it outlives 2 s of a late heartbeat on a loaded machine (at 4 s, 1 s: jobs stopped themselves).
+LEASE_SECONDS = 5
 ORPHAN_GOAL_SECONDS = 1.0
 POLL_SECONDS = 1
 AGENT_SETTINGS = {

@@ -527,17 +527,18 @@ def test_messages_are_hidden_for_two_heartbeats_and_the_claim_lease_ends_before_
 
     # Then the messages were received hidden for two heartbeats (the first heartbeat extends that to the lease)
     # plus the claim lease's two margins (it ends 1 s before the message reappears; the job stops 1 s before that)
-    assert receive_visibility(long_lease) == 12
-    assert aws.received_hidden_for[0] == 12
+    # and a second for the claim's and the first beat's requests
+    assert receive_visibility(long_lease) == 13
+    assert aws.received_hidden_for[0] == 13
     # And each claim's lease counts from when the batch arrived, so it ends a second before its message reappears
     assert [(run_id, seconds, since) for run_id, seconds, since in aws.claims] == [
-        ("a", 12, received_ms),
-        ("b", 12, received_ms),
+        ("a", 13, received_ms),
+        ("b", 13, received_ms),
     ]
-    assert lease_until(received_ms, 12) == received_ms + 12_000 - 1000
-    # And the job hears that lease on the node's monotonic clock, to stop two heartbeats after the receipt
+    assert lease_until(received_ms, 13) == received_ms + 13_000 - 1000
+    # And the job hears that lease on the node's monotonic clock, to stop two heartbeats (and a second) after it
     received_monotonic = received_ms / 1000  # the fake clock's two clocks are one
-    assert started[0].leases[0].stop_at == pytest.approx(received_monotonic + 10)
+    assert started[0].leases[0].stop_at == pytest.approx(received_monotonic + 11)
     agent.request_stop()
     for supervisor in started:
         supervisor.release.set()
@@ -552,7 +553,7 @@ def test_a_slow_heartbeat_does_not_delay_the_first_beat_of_a_run_claimed_during_
         poll_wait_seconds=0, work_dir=tmp_path, idle_refresh_seconds=1,
     )  # fmt: skip
     hidden_for = receive_visibility(settings)
-    assert hidden_for == 4  # two heartbeats, plus the margins of the claim's lease (1 s each)
+    assert hidden_for == 4  # two heartbeats, plus the margins of the claim's lease and a second, at most the lease
     aws = FakeAws(batches=[[_delivery("a")]])
     beat_writing = threading.Event()
     first_beat_at: list[float] = []

@@ -33,6 +33,8 @@ from node_agent.warm_hosts import WarmHosts
 from runly import __version__
 from runly.contracts import RunState
 from runly.records import NodeRecord, RunRecord, iso, utcnow
+from runly.resources import FENCE_MARGIN_MS, LEASE_MARGIN_MS
+from runly.wire import LeaseMessage
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,19 @@ class Clock:
         return time.monotonic()
 
 
+FIRST_RENEWAL_SLACK_SECONDS = 1  # see receive_visibility
+
+
 def now_ms(clock: Clock | None = None) -> int:
     return int((clock or Clock()).time() * 1000)
+
+
+def job_lease(until_ms: int, wall_ms: int, monotonic: float) -> LeaseMessage:
+    """A lease ending at ``until_ms`` (wall clock, as written to the run), as the job hears it: on this node's
+    monotonic clock, from a reading of both clocks taken together (``monotonic`` first, so it errs early)."""
+    return LeaseMessage(
+        deadline_monotonic=monotonic + (until_ms - wall_ms) / 1000, margin_seconds=FENCE_MARGIN_MS / 1000
+    )
 
 
 def receive_visibility(settings: AgentSettings) -> int:
@@ -74,9 +87,13 @@ def receive_visibility(settings: AgentSettings) -> int:
 
     Two heartbeats, not the whole lease: when a node dies, a long poll it left open at the queue can still
     take a message (even the very run it held) and hide it for this long, so a shorter hide brings the run
-    back sooner, at no extra request. The first heartbeat comes within one interval of a claim.
+    back sooner, at no extra request. The first heartbeat comes within one interval of a claim. Plus the two
+    margins the claim's lease is cut by (LEASE_MARGIN_MS before the message reappears, FENCE_MARGIN_MS before
+    which the job stops itself) and a second for the claim's and the first beat's own requests: so the job,
+    too, has two heartbeats from its claim to hear its first renewal (runly.fencing).
     """
-    return min(settings.lease_seconds, max(2, math.ceil(2 * settings.heartbeat_seconds)))
+    margins = math.ceil((LEASE_MARGIN_MS + FENCE_MARGIN_MS) / 1000) + FIRST_RENEWAL_SLACK_SECONDS
+    return min(settings.lease_seconds, max(2, math.ceil(2 * settings.heartbeat_seconds)) + margins)
 
 
 class Agent:
@@ -166,6 +183,7 @@ class Agent:
             failures = 0
             # The messages were handed out at the latest now: the claims' leases count from here, so each
             # ends before its message could reappear, however long the claims of the batch take.
+            received_monotonic = self.clock.monotonic()
             received_ms = now_ms(self.clock)
             if deliveries and self._node_write_older_than(self.settings.heartbeat_seconds):
                 # An idle node writes its record rarely, so it hears of a drain asked through the API only
@@ -175,7 +193,7 @@ class Agent:
                 if self._draining.is_set():
                     self.aws.set_visibility(delivery, 0)  # not started: another node takes it at once
                 else:
-                    self._start(delivery, visibility, received_ms)
+                    self._start(delivery, visibility, received_ms, received_monotonic)
 
     def _drain(self) -> None:
         self.state = AgentState.DRAINING
@@ -284,8 +302,9 @@ class Agent:
             log.exception("could not deregister node")
 
     # ------------------------------------------------------------ taking a run
-    def _start(self, delivery: Delivery, visibility: int, received_ms: int) -> None:
-        """Claim the run of a message received at ``received_ms``, hidden for ``visibility`` seconds, and start it."""
+    def _start(self, delivery: Delivery, visibility: int, received_ms: int, received_monotonic: float) -> None:
+        """Claim the run of a message received at ``received_ms`` (``received_monotonic``), hidden for ``visibility``
+        seconds, and start it."""
         if delivery.message is None:
             # Not a run message: it comes back until the redrive policy moves it to the DLQ.
             log.error("poison message (not a run message), receive count %d", delivery.receive_count)
@@ -322,6 +341,8 @@ class Agent:
             checkpoint=checkpoint,
             cold=self._cold,
             hosts=self.hosts,
+            # The lease the claim wrote, for the job to stop by unless it hears a renewal (runly.fencing).
+            lease=job_lease(record.lease_until_ms or received_ms, received_ms, received_monotonic),
         )
         thread = threading.Thread(target=self._supervise, args=(supervisor,), name=f"run-{run_id}", daemon=True)
         with self._lock:
@@ -364,7 +385,9 @@ class Agent:
         """Extend every message visibility (one request per 10 runs, replacing messages before SQS's in-flight
         cap) and lease, write the newest progress, learn about cancels, lost leases, messages handed over and
         (when the node record is written: _node_write_due) drain requests."""
-        until = lease_until(now_ms(self.clock), self.settings.lease_seconds)
+        monotonic = self.clock.monotonic()
+        wall_ms = now_ms(self.clock)
+        until = lease_until(wall_ms, self.settings.lease_seconds)
         beating = [supervisor for supervisor, _ in self._snapshot() if not supervisor.finished.is_set()]
         kept = self.messages.beat(beating)
         for supervisor in beating:
@@ -375,6 +398,8 @@ class Agent:
                 renewal = self.aws.renew_lease(
                     supervisor.record, self.settings.node_id, until, supervisor.progress_to_send(), drop_handoff=drop
                 )
+                # Durable: now the job may hear it, and stop later (runly.fencing).
+                supervisor.lease_renewed(job_lease(until, wall_ms, monotonic))
                 if drop:
                     self.messages.handoff_dropped(supervisor.run_id)
                 if renewal.handoff is not None:

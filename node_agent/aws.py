@@ -43,6 +43,8 @@ from runly.records import (
     utcnow,
 )
 from runly.resources import (
+    FENCE_MARGIN_MS,
+    LEASE_MARGIN_MS,
     MAX_ATTEMPT_ERROR_BYTES,
     MAX_ERROR_DETAIL_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
@@ -57,12 +59,6 @@ log = logging.getLogger(__name__)
 
 # Adaptive retries back off (with jitter) on throttling and 5xx before an error reaches the agent.
 BOTO_CONFIG = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=30)
-
-
-# The lease ends this much before the message becomes visible again (both are renewed on each heartbeat),
-# so when a node dies, the next node to receive the message finds the lease already expired and takes
-# the run at once, instead of being told to come back a second later.
-LEASE_MARGIN_MS = 1000
 
 
 def lease_until(now_ms: int, lease_seconds: int) -> int:
@@ -429,11 +425,13 @@ class AgentAws:
         if record.state.terminal:
             raise ClaimRefused(run_id, f"already {record.state}", terminal=True)
         leased = record.state in (RunState.RUNNING, RunState.CANCELLING)
-        if leased and record.lease_until_ms is not None and record.lease_until_ms > now_ms:
+        # Self-fencing: the old attempt's job stops FENCE_MARGIN_MS before its lease ends by its own node's clock;
+        # nothing of the run starts (nor ends it) before the lease ended FENCE_MARGIN_MS ago by this node's.
+        if leased and record.lease_until_ms is not None and record.lease_until_ms + FENCE_MARGIN_MS > now_ms:
             raise ClaimRefused(
                 run_id,
                 f"leased by {record.lease_owner}",
-                retry_in=(record.lease_until_ms - now_ms) // 1000 + 1,
+                retry_in=(record.lease_until_ms + FENCE_MARGIN_MS - now_ms) // 1000 + 1,
                 leased=record,
             )
         if record.state is RunState.QUEUED and record.retry_at is not None:
@@ -501,12 +499,21 @@ class AgentAws:
             index = len(previous.attempts) - 1
             sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
             values[":node_lost"] = FailureReason.NODE_LOST.value
+        condition = "#attempt = :prev_attempt AND #state = :prev_state"
+        if previous is not None and previous.state in (RunState.RUNNING, RunState.CANCELLING):
+            # A takeover: the lease must still be the one judged expired. A renewal written since (a slow but live
+            # holder) told its job a later deadline, and that job would run beside ours.
+            if previous.lease_until_ms is None:
+                condition += " AND attribute_not_exists(lease_until_ms)"
+            else:
+                condition += " AND lease_until_ms = :prev_until"
+                values[":prev_until"] = previous.lease_until_ms
         try:
             result = self._table.update_item(
                 Key=run_key(run_id),
                 UpdateExpression="SET " + ", ".join(sets),
                 # Nothing else may have moved the run since: the attempt number is the fencing token.
-                ConditionExpression="#attempt = :prev_attempt AND #state = :prev_state",
+                ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",

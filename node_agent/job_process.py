@@ -25,7 +25,7 @@ from pathlib import Path
 
 from node_agent.warm_hosts import HostedProcess, WarmHost, WarmHostError
 from runly.agent_channel import AgentChannel, CheckpointHandler, Violation
-from runly.wire import ErrorMessage, Progress, ResultMessage, RunSpec
+from runly.wire import ErrorMessage, LeaseMessage, Progress, ResultMessage, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,11 @@ class JobProcess:
 
     def _unreadable(self, line: str) -> None:
         log.warning("run %s: unreadable message from the job process", self.spec.run_id)
+
+    def send_lease(self, lease: LeaseMessage) -> None:
+        """A renewed lease, for the job's watchdog (sent once the job said it hears them: runly.fencing)."""
+        if self._channel is not None:
+            self._channel.send_lease(lease)
 
     @property
     def latest_progress(self) -> Progress | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from runly.resources import MESSAGE_IN_FLIGHT_LIMIT_SECONDS, SQS_MAX_IN_FLIGHT_SECONDS
+from runly.resources import FENCE_MARGIN_MS, LEASE_MARGIN_MS, MESSAGE_IN_FLIGHT_LIMIT_SECONDS, SQS_MAX_IN_FLIGHT_SECONDS
 
 ENV_PREFIX = "RUNLY_"
 
@@ -134,6 +134,13 @@ class AgentSettings(BaseModel):
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half"
                 f" of lease_seconds ({self.lease_seconds})"
+            )
+        # A job stops itself the two margins before its lease ends (runly.fencing): a renewal must reach it first.
+        margins = (LEASE_MARGIN_MS + FENCE_MARGIN_MS) / 1000
+        if self.lease_seconds - margins <= self.heartbeat_seconds:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds}) must exceed heartbeat_seconds ({self.heartbeat_seconds}) by more"
+                f" than {margins:g} s: a job stops itself that long before its lease ends, unless renewed"
             )
         return self
 

@@ -26,14 +26,17 @@ from node_agent.settings import AgentSettings
 from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHosts
 from runly.bundle import PackageError
 from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, Progress, RunSpec, RunState
-from runly.host import EXIT_JOB_NOT_LOADED, JOB_NOT_LOADED
+from runly.host import EXIT_AGENT_GONE, EXIT_JOB_NOT_LOADED, EXIT_LEASE_EXPIRED, JOB_NOT_LOADED
 from runly.records import RunRecord, utcnow
 from runly.sizes import LIMIT_ERRORS, NotJson, ValueTooLarge
+from runly.wire import LeaseMessage
 
 log = logging.getLogger(__name__)
 
 # Reasons worth another attempt; a package error or a timeout would fail the same way again.
-RETRIABLE = frozenset({FailureReason.USER_ERROR, FailureReason.PROCESS_CRASH, FailureReason.NODE_LOST})
+RETRIABLE = frozenset(
+    {FailureReason.USER_ERROR, FailureReason.PROCESS_CRASH, FailureReason.NODE_LOST, FailureReason.LEASE_EXPIRED}
+)
 # A broken failure threshold, a changed item order or an output JSON cannot carry would fail the same way again.
 NOT_RETRIED_ERRORS = frozenset({"FailureThresholdExceeded", "ResumeMismatch", NotJson.__name__})
 
@@ -54,6 +57,8 @@ class RunSupervisor:
     checkpoint: Checkpoint | None
     cold: threading.Event  # the agent's second stop signal
     hosts: WarmHosts | None = None  # None: every run in a new interpreter
+    # The newest lease durably written, as the job hears it (runly.fencing): from the claim, then each renewal.
+    lease: LeaseMessage | None = None
     started: float = field(default_factory=time.monotonic)
     process: JobProcess | None = None
     spool: LogSpool | None = None
@@ -61,6 +66,7 @@ class RunSupervisor:
     lease_lost: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
     _last_progress_sent: Progress | None = None
+    _lease_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def run_id(self) -> str:
@@ -78,6 +84,14 @@ class RunSupervisor:
             return None
         self._last_progress_sent = latest
         return latest
+
+    def lease_renewed(self, lease: LeaseMessage) -> None:
+        """A renewal was written durably: the job may now stop later (it stops by itself if none comes)."""
+        with self._lease_lock:
+            self.lease = lease
+            process = self.process
+        if process is not None:
+            process.send_lease(lease)
 
     # ------------------------------------------------------------ the run
     def run(self) -> None:
@@ -127,6 +141,7 @@ class RunSupervisor:
             entry_point=record.entry_point,
             config=json.loads(record.config_json),
             checkpoint=self.checkpoint,
+            lease=self.lease,  # as of now; renewals that come while the job starts are sent once it says hello
         )
         assert self.spool is not None
         with installed:  # held: the environment is not evicted while the job runs
@@ -139,6 +154,10 @@ class RunSupervisor:
                     on_warm_host_failure=hosts.broken if hosts is not None else None,
                 )  # fmt: skip
                 self.process.start()
+                with self._lease_lock:
+                    lease = self.lease
+                if lease is not None and lease != spec.lease:
+                    self.process.send_lease(lease)  # renewed between the spec and the process
                 timed_out = self._wait()
                 outcome = self.process.outcome()
             finally:
@@ -222,6 +241,14 @@ class RunSupervisor:
                 self._finish(RunState.FAILED, FailureReason(exc.reason), {"message": str(exc)}, progress=progress)
             except NotJson as exc:
                 self._finish(RunState.FAILED, FailureReason.USER_ERROR, {"message": str(exc)}, progress=progress)
+        elif outcome.exit_code == EXIT_LEASE_EXPIRED:
+            # The job heard no renewal in time and stopped itself (runly.fencing): a fenced write, so nothing is
+            # recorded when another attempt took the run over meanwhile.
+            message = "the job process stopped itself: its lease was not renewed in time"
+            self._fail(FailureReason.LEASE_EXPIRED, {"message": message}, progress=progress, retriable=True)
+        elif outcome.exit_code == EXIT_AGENT_GONE:
+            message = "the job process stopped itself: its pipe from the agent broke"
+            self._fail(FailureReason.NODE_LOST, {"message": message}, progress=progress, retriable=True)
         elif outcome.error is not None and _not_loaded(outcome):
             # Importing the job's module raised or exited, or the entry point names nothing: every attempt would.
             error = {"message": outcome.error.message, "type": outcome.error.type, "traceback": outcome.error.traceback}

@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import re
+import select
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +32,8 @@ from runly.wire import (
     ChannelMessage,
     CheckpointMessage,
     ErrorMessage,
+    HelloMessage,
+    LeaseMessage,
     Progress,
     ProgressMessage,
     ResultMessage,
@@ -43,6 +47,7 @@ _messages: TypeAdapter[ChannelMessage] = TypeAdapter(ChannelMessage)
 CheckpointHandler = Callable[[CheckpointMessage], str | None]
 
 READ_BYTES = 64 * 1024
+SEND_TIMEOUT_SECONDS = 1.0  # how long a message to the job waits for room in its pipe (a job that reads never waits)
 HEAD_BYTES = 256  # what is kept of a line over the limit: enough to tell its kind (and a checkpoint's seq)
 _KIND = re.compile(rb'^\s*\{\s*"kind"\s*:\s*"(\w{1,20})"')
 _SEQ = re.compile(rb'"seq"\s*:\s*(\d{1,18})\b')
@@ -113,7 +118,13 @@ class AgentChannel:
         self.violation: Violation | None = None  # the first; once set, nothing more the job sends counts
         self._on_checkpoint = on_checkpoint
         self._on_unreadable = on_unreadable
-        self._acks = os.fdopen(ack_fd, "w", encoding="utf-8")
+        # Non-blocking: a job that stops reading its pipe must not block the heartbeat thread that sends leases.
+        os.set_blocking(ack_fd, False)
+        self._ack_fd = ack_fd
+        self._acks_lock = threading.Lock()  # acks (the reader thread) and leases (the heartbeat's) share the pipe
+        self.hears_leases = False  # the job said hello: its SDK fences itself on the leases we send
+        self._lease: LeaseMessage | None = None
+        self._name = name
         self._reader = threading.Thread(target=self._read, args=(channel_fd,), daemon=True, name=name)
         self._reader.start()
 
@@ -160,6 +171,12 @@ class AgentChannel:
                 self.result = message
             elif isinstance(message, ErrorMessage):
                 self.error = message
+            elif isinstance(message, HelloMessage):
+                with self._acks_lock:
+                    self.hears_leases = True
+                    lease = self._lease
+                if lease is not None:
+                    self.send_lease(lease)  # a renewal may have come before the job could hear it
         except sizes.ValueTooLarge as exc:
             self._violate(FailureReason(exc.reason), str(exc))
         except sizes.NotJson as exc:
@@ -187,16 +204,49 @@ class AgentChannel:
 
     def _answer(self, seq: int, refused: str | None, reason: FailureReason | None = None) -> None:
         ack = AckMessage(seq=seq, ok=refused is None, error=refused, reason=reason.value if reason else None)
-        try:
-            self._acks.write(ack.model_dump_json() + "\n")
-            self._acks.flush()
-        except (OSError, ValueError):
-            pass  # the job is gone; nothing to answer
+        self._send(ack.model_dump_json())
+
+    def send_lease(self, lease: LeaseMessage) -> None:
+        """Tell the job its lease was renewed (only once durable). Kept, and sent only to a job that said hello: an
+        SDK older than the lease messages would take one for a garbled acknowledgement."""
+        with self._acks_lock:
+            if self._lease is None or lease.deadline_monotonic >= self._lease.deadline_monotonic:
+                self._lease = lease
+            latest, hears = self._lease, self.hears_leases
+        if hears:
+            self._send(latest.model_dump_json())
+
+    def _send(self, line: str) -> None:
+        data = (line + "\n").encode()
+        with self._acks_lock:
+            deadline = time.monotonic() + SEND_TIMEOUT_SECONDS
+            try:
+                while data:
+                    try:
+                        data = data[os.write(self._ack_fd, data) :]
+                    except BlockingIOError:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            log.warning("%s: the job does not read its pipe; a message to it is dropped", self._name)
+                            return
+                        select.select([], [self._ack_fd], [], left)
+            except OSError:
+                pass  # the job is gone (or the pipe closed): nothing to answer
+
+    def hang_up(self) -> None:
+        """Close the pipe to the job now: the job ends itself at once, as when its agent dies (runly.fencing)."""
+        self._close_acks()
 
     def close(self, timeout: float = 5.0) -> None:
         """After the job process ended: let the reader take what is left on the pipe, close the ack pipe."""
         self._reader.join(timeout=timeout)
-        try:
-            self._acks.close()
-        except OSError:
-            pass
+        self._close_acks()
+
+    def _close_acks(self) -> None:
+        with self._acks_lock:
+            if self._ack_fd >= 0:
+                try:
+                    os.close(self._ack_fd)
+                except OSError:
+                    pass
+                self._ack_fd = -1

@@ -92,6 +92,7 @@ class FailureReason(StrEnum):
     USER_ERROR = "user_error"  # the job raised
     PROCESS_CRASH = "process_crash"  # the job process died (signal, OOM, non-zero exit without a result)
     NODE_LOST = "node_lost"  # the lease expired with no owner
+    LEASE_EXPIRED = "lease_expired"  # the job stopped itself: no lease renewal reached it in time (runly.fencing)
     PACKAGE_ERROR = "package_error"  # download, verification or install failed: not retried
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"

@@ -21,11 +21,12 @@ import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from pydantic import BaseModel
 
 from runly import sizes
+from runly.fencing import EXIT_AGENT_GONE, EXIT_LEASE_EXPIRED, AgentLink
 from runly.job import CheckpointRefused, Job, JobCancelled, JobContext
 from runly.resources import (
     MAX_CHANNEL_MESSAGE_BYTES,
@@ -38,6 +39,7 @@ from runly.wire import (
     AckMessage,
     CheckpointMessage,
     ErrorMessage,
+    HelloMessage,
     JobSpec,
     Progress,
     ProgressMessage,
@@ -45,7 +47,16 @@ from runly.wire import (
     RunSpec,
 )
 
-__all__ = ["Channel", "CheckpointRefused", "describe_jobs", "load_job_class", "main", "run_job"]
+__all__ = [
+    "EXIT_AGENT_GONE",
+    "EXIT_LEASE_EXPIRED",
+    "Channel",
+    "CheckpointRefused",
+    "describe_jobs",
+    "load_job_class",
+    "main",
+    "run_job",
+]
 
 ENTRY_POINT_GROUP = "runly.jobs"
 SPEC_ENV = "RUNLY_RUN_SPEC"
@@ -61,6 +72,11 @@ EXIT_LEASE_LOST = 5  # a checkpoint was refused: another attempt owns the run; n
 # an ErrorMessage of type JOB_NOT_LOADED was sent. The package is at fault, so the agent does not retry it.
 EXIT_JOB_NOT_LOADED = 6
 JOB_NOT_LOADED = "JobNotLoaded"
+# 7 (EXIT_LEASE_EXPIRED) and 8 (EXIT_AGENT_GONE): the process fenced itself (runly.fencing); nothing was sent.
+
+
+class AckSource(Protocol):
+    def readline(self) -> str: ...
 
 
 def load_job_class(entry_point: str) -> type[Job[Any]]:
@@ -101,7 +117,7 @@ class Channel:
     agent's acknowledgement, because a checkpoint only counts once it is durable.
     """
 
-    def __init__(self, stream: IO[str], acks: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str], acks: AckSource | None = None) -> None:
         self._stream = stream
         self._acks = acks
         self._lock = threading.Lock()
@@ -214,7 +230,8 @@ def run_job(spec: RunSpec, channel: Channel, *, handle_signals: bool = False) ->
 
     Exit codes: 0 a ResultMessage was sent; 1 the job failed (ErrorMessage); 4 the job stopped
     on cancellation (ErrorMessage of type JobCancelled); 5 a checkpoint was refused (lease lost);
-    6 the job's class could not be loaded (ErrorMessage of type JobNotLoaded).
+    6 the job's class could not be loaded (ErrorMessage of type JobNotLoaded). The process may also end
+    itself, from another thread, with 7 (its lease ran out unrenewed) or 8 (its agent is gone): runly.fencing.
     """
     try:
         cls = load_job_class(spec.entry_point)
@@ -280,9 +297,21 @@ def run_main() -> int:
     interpreter (``run``) or in a child forked by a warm host (``serve``)."""
     configure_logging()
     spec = RunSpec.model_validate_json(Path(os.environ[SPEC_ENV]).read_text())
-    acks = os.fdopen(int(os.environ[ACK_ENV]), "r", encoding="utf-8") if ACK_ENV in os.environ else None
-    with os.fdopen(int(os.environ[CHANNEL_ENV]), "w", encoding="utf-8") as stream:
-        code = run_job(spec, Channel(stream, acks), handle_signals=True)
+    # From here on, the process ends itself when its agent goes or its lease runs out (runly.fencing).
+    link = AgentLink(os.fdopen(int(os.environ[ACK_ENV]), "rb"), spec.lease) if ACK_ENV in os.environ else None
+    stream = os.fdopen(int(os.environ[CHANNEL_ENV]), "w", encoding="utf-8")
+    try:
+        channel = Channel(stream, link)
+        if link is not None and spec.lease is not None:
+            channel.send(HelloMessage())  # before any job code: every renewal from now on reaches the watchdog
+        code = run_job(spec, channel, handle_signals=True)
+    finally:
+        # The agent may be gone, leaving a line a failed send kept in the buffer: closing must not raise over the
+        # exit code (it would turn "lease lost" into a crash).
+        try:
+            stream.close()
+        except OSError:
+            pass
     if code == EXIT_LEASE_LOST:
         # Stop at once: threads still processing items must not hold the process.
         sys.stdout.flush()

@@ -53,6 +53,16 @@ SQS_MAX_DELAY_SECONDS = 15 * 60
 # receive call, so already early) and for clock drift over 12 hours.
 MESSAGE_IN_FLIGHT_LIMIT_SECONDS = SQS_MAX_IN_FLIGHT_SECONDS - 10 * 60
 
+# The lease ends this much before the message becomes visible again (both are renewed on each heartbeat), so when a
+# node dies, the next node to receive the message finds the lease already expired and takes the run at once,
+# instead of being told to come back a second later.
+LEASE_MARGIN_MS = 1000
+# The clock skew between nodes the lease protocol allows for, used twice (docs/agent.md, "Self-fencing"): a job
+# process ends itself this long before its lease ends by its node's clock (runly.fencing), and a takeover claims an
+# expired lease only once it ended this long ago by the claimer's clock (node_agent.aws). With clocks at most this
+# far apart the old job is gone a full margin before the new one starts; up to twice this far apart, still before.
+FENCE_MARGIN_MS = 1000
+
 # S3 feed layout.
 PACKAGES_PREFIX = "packages/"
 LOGS_PREFIX = "logs/"

@@ -16,11 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "JOB_NAME",
     "AckMessage",
+    "AgentMessage",
     "ChannelMessage",
     "Checkpoint",
     "CheckpointMessage",
     "ErrorMessage",
+    "HelloMessage",
     "JobSpec",
+    "LeaseMessage",
     "Progress",
     "ProgressMessage",
     "ResultMessage",
@@ -65,11 +68,33 @@ class Checkpoint(BaseModel):
     written_at: datetime
 
 
+class LeaseMessage(BaseModel):
+    """agent -> job: how long this attempt holds its run (runly.fencing). Sent in the run spec as of the claim, then
+    on the ack pipe after every renewal the agent wrote durably (once the job sent a HelloMessage).
+
+    ``deadline_monotonic`` is the lease's end on this node's CLOCK_MONOTONIC (Python's ``time.monotonic()``), the
+    clock every process of the machine shares: an instant, not a duration, so a message read late (a frozen agent,
+    a slow start) names the same deadline, and no wall-clock step moves it. The job must be gone by
+    ``deadline_monotonic - margin_seconds`` (``stop_at``): the margin covers the clock skew between nodes that the
+    lease protocol allows (node_agent.aws.FENCE_MARGIN_MS); a takeover waits as long past the lease's end.
+    """
+
+    kind: Literal["lease"] = "lease"
+    deadline_monotonic: float
+    margin_seconds: float = Field(ge=0)
+
+    @property
+    def stop_at(self) -> float:
+        return self.deadline_monotonic - self.margin_seconds
+
+
 class RunSpec(BaseModel):
     """What the agent hands the job process (a JSON file named by RUNLY_RUN_SPEC).
 
     Job -> agent messages go, one JSON line each, to the fd in RUNLY_CHANNEL_FD;
-    the agent answers checkpoints with an AckMessage line on the fd in RUNLY_ACK_FD.
+    the agent answers checkpoints with an AckMessage line on the fd in RUNLY_ACK_FD, where it also sends
+    LeaseMessages once the job said HelloMessage (only a job that hears them may be sent them: a bundle embeds the
+    SDK it was packed with, which may be older than the agent).
     """
 
     run_id: str
@@ -80,6 +105,9 @@ class RunSpec(BaseModel):
     entry_point: str
     config: dict[str, Any]
     checkpoint: Checkpoint | None = Field(default=None, description="where a resumed attempt starts")
+    lease: LeaseMessage | None = Field(
+        default=None, description="the lease as of the claim; present when the agent sends renewals (runly.fencing)"
+    )
 
 
 class ProgressMessage(BaseModel):
@@ -110,6 +138,12 @@ class AckMessage(BaseModel):
     reason: str | None = None
 
 
+class HelloMessage(BaseModel):
+    """job -> agent, first on the channel of a job whose spec has a lease: send me every renewal (LeaseMessage)."""
+
+    kind: Literal["hello"] = "hello"
+
+
 class ResultMessage(BaseModel):
     kind: Literal["result"] = "result"
     output: Any = None
@@ -123,5 +157,9 @@ class ErrorMessage(BaseModel):
 
 
 ChannelMessage = Annotated[
-    ResultMessage | ErrorMessage | ProgressMessage | CheckpointMessage, Field(discriminator="kind")
+    ResultMessage | ErrorMessage | ProgressMessage | CheckpointMessage | HelloMessage, Field(discriminator="kind")
 ]
+"""job -> agent."""
+
+AgentMessage = Annotated[AckMessage | LeaseMessage, Field(discriminator="kind")]
+"""agent -> job, on the ack pipe."""

@@ -5,7 +5,12 @@ job processes are killed, an agent is frozen past its lease, and runs are cancel
     (a shorter form runs in `make test`: tests/chaos/test_chaos.py)
 
 It prints a table and exits non-zero unless no run was lost, none completed twice, none is stuck,
-and every resumed run restarted from its checkpoint (no item before its watermark processed again).
+every resumed run restarted from its checkpoint (no item before its watermark processed again), no attempt wrote
+a ledger line after a newer attempt of its run started job code, and no process of a run outlived it.
+
+The ledger is the side effect a user sees: every item appends ``RUN KIND ATTEMPT VALUE WALL_TIME`` to one file
+(O_APPEND, one write each). A run's processes are found by their environment: every job process (and whatever it
+starts, unless that clears its environment) carries RUNLY_RUN_SPEC, a path naming its node, run and attempt.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from pathlib import Path
 
 from runly import resources
 from runly.client import ApiError, RunlyClient
-from runly.contracts import EnqueueRunRequest, RunState, RunView
+from runly.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
 from runly.local.stack import Child, EmbeddedStack
 from runly.pack import pack_project
 
 PROJECT = Path(__file__).resolve().parents[1] / "e2e" / "projects" / "e2ejobs"
-LEASE_SECONDS = 4
+# Each lease renewal gives a job the lease less 2 s (the claim's margin before its message reappears and the fence
+# margin): at 5 s, it outlives 2 s of a late heartbeat on a loaded machine (at 4 s, 1 s: jobs stopped themselves).
+LEASE_SECONDS = 5
+ORPHAN_GOAL_SECONDS = 1.0
 POLL_SECONDS = 1
 AGENT_SETTINGS = {
     "RUNLY_LEASE_SECONDS": str(LEASE_SECONDS),
@@ -65,7 +73,14 @@ class Report:
     resumed_from_checkpoint: int = 0
     resume_violations: int = 0
     faults: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    self_fenced_attempts: int = 0  # attempts whose job stopped itself, no renewal having reached it (lease_expired)
+    faults_on_running_jobs: int = 0  # faults whose victim had a job process running at that instant
     takeover_seconds: list[float] = field(default_factory=list)
+    # Ledger lines an attempt wrote after a newer attempt of the same run started job code, and the longest overlap.
+    lines_after_newer_attempt: int = 0
+    overlap_seconds: float = 0.0
+    orphan_seconds: list[float] = field(default_factory=list)  # per killed agent: how long its jobs outlived it
+    processes_after_run_ended: set[int] = field(default_factory=set)  # pids seen alive with their run terminal
 
     @property
     def ok(self) -> bool:
@@ -75,6 +90,9 @@ class Report:
             and self.stuck == 0
             and self.resume_violations == 0
             and self.resumed_from_checkpoint == self.resumed_runs
+            and self.lines_after_newer_attempt == 0
+            and not self.processes_after_run_ended
+            and max(self.orphan_seconds, default=0.0) <= ORPHAN_GOAL_SECONDS
         )
 
     def table(self) -> str:
@@ -93,6 +111,19 @@ class Report:
             ("  of which from their checkpoint", self.resumed_from_checkpoint),
             ("items before a watermark processed again", self.resume_violations),
             ("faults injected", ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"),
+            ("  of which hit a running job process", self.faults_on_running_jobs),
+            ("attempts whose job stopped itself unrenewed (lease_expired)", self.self_fenced_attempts),
+            (
+                "ledger lines after a newer attempt started (goal 0)",
+                f"{self.lines_after_newer_attempt} (longest overlap {self.overlap_seconds:.2f} s)",
+            ),
+            (
+                f"orphan lifetime after its agent's SIGKILL (goal <= {ORPHAN_GOAL_SECONDS:g} s)",
+                f"max {max(self.orphan_seconds):.2f} s, n={len(self.orphan_seconds)}"
+                if self.orphan_seconds
+                else "no agent killed with a job",
+            ),
+            ("processes of a run alive after it ended (goal 0)", len(self.processes_after_run_ended)),
         ]
         if self.takeover_seconds:
             rows.append(
@@ -116,6 +147,8 @@ class Chaos:
         self.planned: list[Planned] = []
         self.views: dict[str, RunView] = {}
         self._watch: list[tuple[float, dict[str, int]]] = []  # (killed at, run_id -> attempts then)
+        self._watchers: list[threading.Thread] = []
+        self._terminal_before: set[str] = set()  # runs terminal as of the previous full refresh
 
     # ------------------------------------------------------------ runs
     def enqueue(self, runs: int, items: int) -> None:
@@ -135,6 +168,7 @@ class Chaos:
                 time.sleep(0.2)  # arrive in waves, as real traffic does
 
     def refresh(self) -> None:
+        self.scan_ended_runs()
         for plan in self.planned:
             known = self.views.get(plan.run_id)
             if known is not None and known.state.terminal:
@@ -155,6 +189,14 @@ class Chaos:
                     del held[run_id]
             if not held:
                 self._watch.remove((killed_at, held))
+
+    def scan_ended_runs(self) -> None:
+        """Processes of runs that were terminal already at the previous full refresh (so for a while): none may be."""
+        ended = self._terminal_before
+        for pid, owner in run_processes(self.stack.run_dir).items():
+            if owner.run_id in ended:
+                self.report.processes_after_run_ended.add(pid)
+        self._terminal_before = {run_id for run_id, view in self.views.items() if view.state.terminal}
 
     def refresh_running(self) -> None:
         running = {view.id: view for view in self.client.iter_runs(state=RunState.RUNNING.value)}
@@ -186,17 +228,33 @@ class Chaos:
         if not candidates:
             return
         victim = self.rng.choice(candidates)
+        jobs = [pid for pid, owner in run_processes(self.stack.run_dir).items() if owner.node == victim.name]
         victim.process.kill()
+        killed_at = time.monotonic()
         victim.process.wait()
         self._watch.append((time.time(), {v.id: len(v.attempts) for v in by_node[victim.name]}))
         self.report.faults["agent SIGKILL"] += 1
+        if jobs:
+            self.report.faults_on_running_jobs += 1
+            watcher = threading.Thread(target=self._time_orphans, args=(jobs, killed_at), daemon=True)
+            watcher.start()
+            self._watchers.append(watcher)
         self.stack.start_agent()
+
+    def _time_orphans(self, pids: list[int], since: float) -> None:
+        """How long the job processes of a killed agent lived on (sampled every 10 ms, up to a minute)."""
+        alive = set(pids)
+        while alive and time.monotonic() - since < 60:
+            alive = {pid for pid in alive if _alive(pid)}
+            time.sleep(0.01)
+        self.report.orphan_seconds.append(time.monotonic() - since)
 
     def kill_job(self) -> None:
         jobs = _job_processes(self.stack.run_dir)
         if jobs:
             os.kill(self.rng.choice(jobs), signal.SIGKILL)
             self.report.faults["job SIGKILL"] += 1
+            self.report.faults_on_running_jobs += 1
 
     def kill_warm_host(self) -> None:
         """The process runs are forked from: its running children must run on, the next run gets a new one."""
@@ -211,6 +269,8 @@ class Chaos:
         if not candidates:
             return
         victim = self.rng.choice(candidates)
+        if any(owner.node == victim.name for owner in run_processes(self.stack.run_dir).values()):
+            self.report.faults_on_running_jobs += 1
         os.kill(victim.process.pid, signal.SIGSTOP)
         # Past its lease: another node takes its runs; when it wakes it must be fenced off.
         timer = threading.Timer(LEASE_SECONDS + 2.5, lambda: _resume(victim))
@@ -260,6 +320,10 @@ class Chaos:
                 injected += sum(self.report.faults.values()) - before
             time.sleep(self.rng.uniform(0.2, 0.8))
         self.refresh()
+        time.sleep(1.0)  # past the last run's end: whatever of it is alive now outlived it
+        self.refresh()
+        for watcher in self._watchers:
+            watcher.join(timeout=65)
         self.tally()
         return self.report
 
@@ -273,6 +337,7 @@ class Chaos:
             if not view.state.terminal:
                 report.stuck += 1
                 continue
+            report.self_fenced_attempts += sum(1 for a in view.attempts if a.reason is FailureReason.LEASE_EXPIRED)
             ended = [a for a in view.attempts if a.outcome is not None and a.outcome.terminal]
             if len(ended) > 1:
                 report.completed_more_than_once += 1
@@ -291,15 +356,24 @@ class Chaos:
         acked: dict[str, list[tuple[int, int]]] = defaultdict(list)  # run -> (attempt, watermark), in order
         items: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))  # run -> attempt -> items
         lines = self.ledger.read_text().splitlines() if self.ledger.exists() else []
+        started_at: dict[str, dict[int, float]] = defaultdict(dict)  # run -> attempt -> when its job code started
+        written: list[tuple[str, int, float]] = []  # (run, attempt, wall time) of every line
         for line in lines:
-            run_id, kind, attempt, value = line.split()
+            run_id, kind, attempt, value, wall = line.split()
+            written.append((run_id, int(attempt), float(wall)))
             if kind == "start":
+                started_at[run_id][int(attempt)] = min(float(wall), started_at[run_id].get(int(attempt), float(wall)))
                 starts[run_id][int(attempt)] = int(value)
             elif kind == "ckpt":
                 acked[run_id].append((int(attempt), int(value)))
             else:
                 items[run_id][int(attempt)].append(int(value))
         report = self.report
+        for run_id, attempt, wall in written:
+            newer = [at for number, at in started_at[run_id].items() if number > attempt]
+            if newer and wall > min(newer):
+                report.lines_after_newer_attempt += 1
+                report.overlap_seconds = max(report.overlap_seconds, wall - min(newer))
         for by_attempt in items.values():
             seen: set[int] = set()
             for attempt in sorted(by_attempt):
@@ -330,6 +404,58 @@ def _resume(child: Child) -> None:
         os.kill(child.process.pid, signal.SIGCONT)
     except ProcessLookupError:
         pass
+
+
+@dataclass(frozen=True)
+class RunProcess:
+    node: str
+    run_id: str
+    attempt: int
+
+
+def run_processes(stack_dir: Path) -> dict[int, RunProcess]:
+    """Every live process that belongs to a run of this stack: by the RUNLY_RUN_SPEC in its environment
+    (``<stack>/<node>/runs/<run>-<attempt>/spec.json``), which a job process and what it executes carry, or by its
+    working directory (that run directory): a warm host's child is forked, so /proc shows the host's environment."""
+    found: dict[int, RunProcess] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        specs = [
+            entry.split(b"=", 1)[1].decode(errors="replace")
+            for entry in environ
+            if entry.startswith(b"RUNLY_RUN_SPEC=")
+        ]
+        owner = _run_of(stack_dir, Path(specs[0]).parent) if specs else None
+        owner = owner or _run_of(stack_dir, Path(cwd))
+        if owner is not None and _alive(int(proc.name)):
+            found[int(proc.name)] = owner
+    return found
+
+
+def _run_of(stack_dir: Path, run_dir: Path) -> RunProcess | None:
+    try:
+        parts = run_dir.relative_to(stack_dir).parts
+    except ValueError:
+        return None
+    if len(parts) != 3 or parts[1] != "runs":
+        return None
+    run_id, _, attempt = parts[2].rpartition("-")
+    return RunProcess(parts[0], run_id, int(attempt)) if attempt.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    """Running, stopped or sleeping, not a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _job_processes(stack_dir: Path, *, hosts: bool = False) -> list[int]:

@@ -42,6 +42,9 @@ class HeldRun:
     def progress_to_send(self) -> None:
         return None
 
+    def lease_renewed(self, lease: Any) -> None:
+        pass
+
     def run(self) -> None:
         self.release.wait(60)
         # Ends as a real supervisor does: the outcome, then the message it holds now.

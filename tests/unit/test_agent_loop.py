@@ -156,6 +156,7 @@ class FakeSupervisor:
         self.lease_lost = threading.Event()
         self.finished = threading.Event()
         self.release = threading.Event()
+        self.leases: list[Any] = [kwargs["lease"]]  # the claim's, then every renewal the job was to hear
 
     @property
     def run_id(self) -> str:
@@ -163,6 +164,9 @@ class FakeSupervisor:
 
     def progress_to_send(self) -> None:
         return None
+
+    def lease_renewed(self, lease: Any) -> None:
+        self.leases.append(lease)
 
     def run(self) -> None:
         self.release.wait(10)
@@ -326,6 +330,32 @@ def test_heartbeat_delivers_cancel_and_lost_lease(settings: AgentSettings, lease
     (supervisor,) = started
     assert getattr(supervisor, flag).is_set()
     assert aws.visibility["rh-a"] == settings.lease_seconds  # the message stays hidden as long as the lease
+    agent.request_stop()
+    supervisor.release.set()
+    thread.join(5)
+
+
+def test_the_job_hears_a_renewal_only_once_it_was_written(settings: AgentSettings) -> None:
+    # Given a run claimed on a clock that moves only when the test says so
+    clock = FakeClock()
+    aws = FakeAws(batches=[[_delivery("a")]])
+    agent, started = _agent(settings, aws, clock)
+    thread = _run_until_idle(agent, aws)
+    (supervisor,) = started
+
+    # When a heartbeat renews the lease, and a later one fails (the write is refused)
+    clock.advance(3)
+    agent.heartbeat()
+    aws.lease_state = LeaseLost("gone")
+    agent.heartbeat()
+
+    # Then the job heard the claim's lease and the one renewal written, as an instant on the monotonic clock: the
+    # lease's end less the wall time it was computed at, from the same reading
+    assert len(supervisor.leases) == 2
+    renewed = supervisor.leases[1]
+    assert aws.leases_until[0] == int(clock.now * 1000) + settings.lease_seconds * 1000 - 1000
+    assert renewed.deadline_monotonic == pytest.approx(clock.monotonic() + settings.lease_seconds - 1)
+    assert renewed.margin_seconds == 1.0
     agent.request_stop()
     supervisor.release.set()
     thread.join(5)
@@ -496,14 +526,19 @@ def test_messages_are_hidden_for_two_heartbeats_and_the_claim_lease_ends_before_
     _eventually(lambda: len(started) == 2)
 
     # Then the messages were received hidden for two heartbeats (the first heartbeat extends that to the lease)
-    assert receive_visibility(long_lease) == 10
-    assert aws.received_hidden_for[0] == 10
+    # plus the claim lease's two margins (it ends 1 s before the message reappears; the job stops 1 s before that)
+    # and a second for the claim's and the first beat's requests
+    assert receive_visibility(long_lease) == 13
+    assert aws.received_hidden_for[0] == 13
     # And each claim's lease counts from when the batch arrived, so it ends a second before its message reappears
     assert [(run_id, seconds, since) for run_id, seconds, since in aws.claims] == [
-        ("a", 10, received_ms),
-        ("b", 10, received_ms),
+        ("a", 13, received_ms),
+        ("b", 13, received_ms),
     ]
-    assert lease_until(received_ms, 10) == received_ms + 10_000 - 1000
+    assert lease_until(received_ms, 13) == received_ms + 13_000 - 1000
+    # And the job hears that lease on the node's monotonic clock, to stop two heartbeats (and a second) after it
+    received_monotonic = received_ms / 1000  # the fake clock's two clocks are one
+    assert started[0].leases[0].stop_at == pytest.approx(received_monotonic + 11)
     agent.request_stop()
     for supervisor in started:
         supervisor.release.set()
@@ -518,7 +553,7 @@ def test_a_slow_heartbeat_does_not_delay_the_first_beat_of_a_run_claimed_during_
         poll_wait_seconds=0, work_dir=tmp_path, idle_refresh_seconds=1,
     )  # fmt: skip
     hidden_for = receive_visibility(settings)
-    assert hidden_for == 2
+    assert hidden_for == 4  # two heartbeats, plus the margins of the claim's lease and a second, at most the lease
     aws = FakeAws(batches=[[_delivery("a")]])
     beat_writing = threading.Event()
     first_beat_at: list[float] = []
@@ -549,8 +584,8 @@ def test_a_slow_heartbeat_does_not_delay_the_first_beat_of_a_run_claimed_during_
     claimed_at = time.monotonic()
     _eventually(lambda: bool(first_beat_at))
 
-    # Then its message is made to stay hidden (to the lease) before the 2 s it was received hidden for run out
-    assert first_beat_at[0] - claimed_at < hidden_for
+    # Then its message is made to stay hidden (to the lease) within the two heartbeats its job may live unrenewed
+    assert first_beat_at[0] - claimed_at < hidden_for - 2
     agent.request_stop()
     started[0].release.set()
     thread.join(10)

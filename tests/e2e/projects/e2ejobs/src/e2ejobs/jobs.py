@@ -82,19 +82,25 @@ class LedgerConfig(ItemConfig):
     ledger: str = Field(description="an append-only file on this machine where each processed item is noted")
 
 
+def note(ledger: str, line: str) -> None:
+    """A side effect a user would see: one line, with the wall time it was written at, on an append-only file.
+    One write() per line on an O_APPEND file: lines from concurrent processes never interleave."""
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line} {time.time():.6f}\n".encode())
+    finally:
+        os.close(fd)
+
+
 class Ledger(ItemJob[LedgerConfig, int]):
-    """Items that note themselves in a ledger file, so a chaos run can count repeats and resumes."""
+    """Items that note themselves in a ledger file (``RUN KIND ATTEMPT VALUE WALL_TIME`` lines), so a chaos run can
+    count repeats, resumes and lines written by an attempt after a newer one started (``start``: job code began)."""
 
     parallelism = 2
     checkpoint_interval = 0.5
 
     def _note(self, line: str) -> None:
-        # One write() per line on an O_APPEND file: lines from concurrent processes never interleave.
-        fd = os.open(self.config.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+        note(self.config.ledger, line)
 
     def bind(self, channel: Any, *, checkpoint_interval: float | None = None) -> None:
         # Note every checkpoint the agent acknowledged: the ground truth a resumed attempt must start from.
@@ -110,6 +116,25 @@ class Ledger(ItemJob[LedgerConfig, int]):
     def process(self, item: int) -> None:
         time.sleep(self.config.item_seconds)
         self._note(f"{self.context.run_id} item {self.context.attempt} {item}")
+
+
+class TickerConfig(BaseModel):
+    ticks: int = Field(default=100, ge=1)
+    tick_seconds: float = Field(default=0.05, ge=0)
+    ledger: str = Field(description="an append-only file on this machine where each tick is noted")
+
+
+class Ticker(Job[TickerConfig]):
+    """A plain job that never checkpoints: each tick is a ledger line (as Ledger writes them), so a test sees
+    whether an attempt went on after it lost its run."""
+
+    def run(self) -> dict[str, int]:
+        run_id, attempt = self.context.run_id, self.context.attempt
+        note(self.config.ledger, f"{run_id} start {attempt} 0")
+        for tick in range(self.config.ticks):
+            time.sleep(self.config.tick_seconds)
+            note(self.config.ledger, f"{run_id} item {attempt} {tick}")
+        return {"ticks": self.config.ticks, "pid": os.getpid()}
 
 
 class _NotingChannel:

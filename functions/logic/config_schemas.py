@@ -159,8 +159,7 @@ class _Document:
             raise SchemaRefused(f"$schema must be {DIALECT!r} (JSON Schema 2020-12)", _pointer((*where, "$schema")))
         if "$id" in node and where:
             raise SchemaRefused(
-                "$id is allowed at the root only: an embedded $id changes what the references under it resolve "
-                "against",
+                "$id is allowed at the root only: an embedded $id changes what the references under it resolve against",
                 _pointer((*where, "$id")),
             )
         for keyword in ("$anchor", "$dynamicAnchor"):

@@ -277,9 +277,7 @@ def call_count_of_runs() -> int:
     return sum(1 for item in items if str(item["pk"]).startswith("RUN#"))
 
 
-def test_a_config_at_the_depth_limit_is_accepted_and_fits_what_a_job_process_reads(
-    api: Api, legacy: str
-) -> None:
+def test_a_config_at_the_depth_limit_is_accepted_and_fits_what_a_job_process_reads(api: Api, legacy: str) -> None:
     # The body is an object holding config (2 levels): 62 more make the 64 levels allowed
     from runly.wire import RunSpec
 
@@ -294,7 +292,8 @@ def test_a_config_at_the_depth_limit_is_accepted_and_fits_what_a_job_process_rea
 
 
 def test_big_but_valid_numbers_and_paired_surrogates_are_accepted(greeter: dict[str, Any]) -> None:
-    body = '{"package":"greeter","job":"greet","config":{"name":"\\ud83d\\ude00","times":%d}}' % (2**63 - 1)
+    times = 2**63 - 1
+    body = '{"package":"greeter","job":"greet","config":{"name":"\\ud83d\\ude00","times":' + f"{times}}}}}"
     created = raw("POST", "/runs", body)
     assert created.status == 201, created.body
     assert created.body["config"] == {"name": "\U0001f600", "times": 2**63 - 1}

@@ -195,6 +195,7 @@ def test_registration_refuses_what_it_cannot_validate_safely(schema: Any, locati
         {"$defs": {"a": {"$anchor": "here", "type": "string"}}, "properties": {"x": {"$ref": "#here"}}},
         {"properties": {"when": {"type": "string", "format": "date-time"}}},
         {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+        {"type": "array", "items": {"enum": ["a", "b", "c", "d", "e", "f"], "type": "string"}},  # list[Literal[...]]
     ],
 )
 def test_registration_accepts_ordinary_schemas(schema: Any) -> None:

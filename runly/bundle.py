@@ -36,6 +36,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 from pydantic import ValidationError
 
+from runly import strict_json
 from runly.contracts import JobSpec, PackageManifest
 from runly.resources import (
     FILE_EXPANSION_FLOOR_BYTES,
@@ -168,7 +169,7 @@ def _manifest_from_zip(archive: zipfile.ZipFile, bundle_path: Path) -> PackageMa
     except _ZIP_ERRORS as exc:
         raise PackageError(f"{bundle_path}: {MANIFEST_NAME} is corrupt: {exc}") from exc
     try:
-        data = json.loads(raw)
+        data = strict_json.loads(raw)  # NaN, lone surrogates, 5,000-digit numbers, 10,000 levels: refused
     except ValueError as exc:
         raise PackageError(f"{bundle_path}: {MANIFEST_NAME} is not valid JSON: {exc}") from exc
     try:

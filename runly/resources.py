@@ -114,6 +114,12 @@ def is_open_route(method: str, path: str, routes: Iterable[tuple[str, str]] = OP
     )
 
 
+# A package version's jobs are stored in its feed item (one DynamoDB item, at most 400 KB): each job's spec (name,
+# entry point, config schema, default config) as compact UTF-8 JSON is at most MAX_JOB_SPEC_BYTES, all of them
+# together at most MAX_JOBS_BYTES (the rest of the item takes a few hundred bytes). Registration refuses more (413).
+MAX_JOB_SPEC_BYTES = 64 * 1024
+MAX_JOBS_BYTES = 256 * 1024
+
 # Largest request body the API function accepts (413 above it); bundles go straight to S3, not through the API.
 MAX_API_BODY_BYTES = 256 * 1024
 FUNCTIONS_MEMORY_MB = 512

@@ -35,10 +35,21 @@ from functions.logic.errors import (
     Unavailable,
     Unprocessable,
 )
+from runly import strict_json
 from runly.contracts import ErrorBody
 from runly.resources import MAX_API_BODY_BYTES, is_open_route
 
-app = APIGatewayHttpResolver(enable_validation=True)
+
+def read_body(text: str) -> Any:
+    """Every request body, whatever the route: JSON within runly.strict_json's limits (docs/api.md), else a 400
+    naming the field (syntax errors stay JSONDecodeError: the 400 "not valid JSON" below)."""
+    try:
+        return strict_json.loads(text)
+    except strict_json.JsonRefused as exc:
+        raise BadRequest(f"{exc.field or 'the body'}: {exc.problem}", field=exc.field) from exc
+
+
+app = APIGatewayHttpResolver(enable_validation=True, json_body_deserializer=read_body)
 app.include_router(runs.router, prefix="/runs")
 app.include_router(packages.router, prefix="/packages")
 app.include_router(nodes.router, prefix="/nodes")

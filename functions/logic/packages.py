@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Iterable
@@ -15,11 +14,26 @@ from packaging.version import InvalidVersion, Version
 from functions.dal.feed import Feed
 from functions.dal.store import AlreadyExists, Store
 from runly.bundle import BUNDLE_SUFFIX, PackageError, bundle_file_name, sha256_file, verify_bundle
-from runly.contracts import PackageSummary, PackageVersionView, RegisterPackageRequest, UploadRequest, UploadTicket
+from runly.contracts import (
+    JobSpec,
+    PackageSummary,
+    PackageVersionView,
+    RegisterPackageRequest,
+    UploadRequest,
+    UploadTicket,
+)
 from runly.records import PackageIndexRecord, PackageRecord, PinRecord, iso, utcnow
-from runly.resources import MAX_PACKAGE_BYTES, PACKAGES_PREFIX, UPLOAD_URL_EXPIRY_SECONDS
+from runly.resources import (
+    MAX_JOB_SPEC_BYTES,
+    MAX_JOBS_BYTES,
+    MAX_PACKAGE_BYTES,
+    PACKAGES_PREFIX,
+    UPLOAD_URL_EXPIRY_SECONDS,
+)
+from runly.sizes import NotJson, stored_json, utf8_size
 
-from .errors import Conflict, NotFound, Unavailable, Unprocessable
+from .config_schemas import SchemaRefused, check_schema
+from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +101,7 @@ def register(request: RegisterPackageRequest, *, store: Store, feed: Feed) -> Pa
             f"bundle manifest is {manifest.name} {manifest.version}, not {request.name} {request.version}",
             field="name",
         )
+    jobs_json = _checked_jobs(manifest.jobs)
     record = PackageRecord(
         name=request.name,
         version=request.version,
@@ -94,7 +109,7 @@ def register(request: RegisterPackageRequest, *, store: Store, feed: Feed) -> Pa
         size=stored.size,
         key=key,
         requires_python=manifest.requires_python,
-        jobs_json=json.dumps([job.model_dump(mode="json") for job in manifest.jobs]),
+        jobs_json=jobs_json,
         created_at=iso(utcnow()),
         etag=stored.etag,
         object_version=stored.version_id,
@@ -104,6 +119,38 @@ def register(request: RegisterPackageRequest, *, store: Store, feed: Feed) -> Pa
     except AlreadyExists as exc:
         raise Conflict(f"package {request.name} {request.version} is already registered", field="version") from exc
     return record.view()
+
+
+def _checked_jobs(jobs: list[JobSpec]) -> str:
+    """The jobs as the version's item stores them, once each job's spec is within its size and its config schema
+    is one runly can validate configs against (functions.logic.config_schemas): 413 or 422 naming the job."""
+    specs = []
+    for index, job in enumerate(jobs):
+        field = f"bundle.jobs[{index}]"
+        try:
+            spec = stored_json(job.model_dump(mode="json"), f"the spec of job {job.name!r}")
+        except NotJson as exc:
+            raise Unprocessable(f"invalid bundle: {exc}", field=field) from exc
+        size = utf8_size(spec)
+        if size > MAX_JOB_SPEC_BYTES:
+            raise TooLarge(
+                f"the spec of job {job.name!r} (its config schema and default config) is {size} bytes as JSON; "
+                f"the limit is {MAX_JOB_SPEC_BYTES}",
+                field=field,
+            )
+        try:
+            check_schema(job.config_schema)
+        except SchemaRefused as exc:
+            raise Unprocessable(f"invalid bundle: {exc.describe(job.name)}", field=f"{field}.config_schema") from exc
+        specs.append(spec)
+    jobs_json = "[" + ",".join(specs) + "]"
+    if utf8_size(jobs_json) > MAX_JOBS_BYTES:
+        raise TooLarge(
+            f"the specs of the bundle's {len(specs)} jobs are {utf8_size(jobs_json)} bytes as JSON together; the "
+            f"limit is {MAX_JOBS_BYTES}",
+            field="bundle.jobs",
+        )
+    return jobs_json
 
 
 def newest(versions: Iterable[Version]) -> Version | None:

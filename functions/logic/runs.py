@@ -16,8 +16,6 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.store import IdempotencyKeyTaken, StateChanged, Store
@@ -44,6 +42,7 @@ from runly.records import (
 )
 from runly.sizes import stored_json
 
+from .config_schemas import ConfigInvalid, SchemaRefused, validate_config
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
 from .packages import resolve_in_environment
 
@@ -70,12 +69,22 @@ def new_run_id() -> str:
     return f"run_{utcnow().strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:12]}"
 
 
-def _validate_config(config: dict[str, Any], schema: dict[str, Any], job: str) -> None:
-    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        field = ".".join(["config", *(str(p) for p in first.absolute_path)])
-        raise Unprocessable(f"config does not match the schema of job {job!r}: {first.message}", field=field)
+def _validate_config(config: dict[str, Any], package: PackageRecord, job: JobSpec) -> None:
+    """The config against the job's schema, by the one validator registration checked the schema for (never a
+    fetch, bounded time). A version registered before those checks may hold a schema they refuse: 409."""
+    try:
+        validate_config(config, job.config_schema)
+    except SchemaRefused as exc:
+        raise Conflict(
+            f"package {package.name} {package.version} cannot take runs of job {job.name!r}: "
+            f"{exc.describe(job.name)}; register a new version with a usable schema",
+            field="job",
+        ) from exc
+    except ConfigInvalid as exc:
+        field = ".".join(["config", *(str(p) for p in exc.path)])
+        raise Unprocessable(
+            f"config does not match the schema of job {job.name!r}: {exc.message}", field=field
+        ) from exc
 
 
 def check_config_size(config: dict[str, Any]) -> None:
@@ -160,7 +169,7 @@ def resolve_job(
         raise NotFound(
             f"package {package.name} {package.version} has no job {request.job!r} (jobs: {names})", field="job"
         )
-    _validate_config(request.config, job.config_schema, job.name)
+    _validate_config(request.config, package, job)
     return package, job
 
 

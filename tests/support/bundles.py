@@ -19,8 +19,16 @@ GREETER_SCHEMA: dict[str, Any] = {
 }
 
 
-def make_bundle(directory: Path, name: str = "greeter", version: str = "1.0.0", *, tamper: bool = False) -> Path:
-    """A structurally valid bundle (manifest + hashed wheels) whose wheels are not meant to be installed."""
+def make_bundle(
+    directory: Path,
+    name: str = "greeter",
+    version: str = "1.0.0",
+    *,
+    tamper: bool = False,
+    jobs: list[JobSpec] | None = None,
+) -> Path:
+    """A structurally valid bundle (manifest + hashed wheels) whose wheels are not meant to be installed; its one
+    job is greet (GREETER_SCHEMA) unless ``jobs`` are given."""
     project_wheel = f"{name}-{version}-py3-none-any.whl"
     files = {f"wheels/{project_wheel}": _tiny_wheel(name, version)}
     manifest = PackageManifest(
@@ -28,7 +36,7 @@ def make_bundle(directory: Path, name: str = "greeter", version: str = "1.0.0", 
         version=version,
         requires_python=">=3.11",
         project_wheel=project_wheel,
-        jobs=[JobSpec(name="greet", entry_point=f"{name}.jobs:Greet", config_schema=GREETER_SCHEMA)],
+        jobs=jobs or [JobSpec(name="greet", entry_point=f"{name}.jobs:Greet", config_schema=GREETER_SCHEMA)],
         files={member: hashlib.sha256(data).hexdigest() for member, data in files.items()},
     )
     buffer = io.BytesIO()

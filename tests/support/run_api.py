@@ -17,7 +17,7 @@ from moto.dynamodb.models import DynamoDBBackend
 
 from runly import resources
 from runly.bundle import sha256_file
-from runly.contracts import Scope
+from runly.contracts import JobSpec, Scope
 from runly.local.aws import create_resources
 from tests.support.api import Answer, api_event, clear_function_caches, invoke, point_functions_at
 from tests.support.auth import as_caller
@@ -165,18 +165,26 @@ class Api:
         )
         return invoke(as_caller(event, scope, environment, key_id))
 
-    def register(self, directory: Path, name: str = "greeter", version: str = "1.0.0") -> dict[str, Any]:
+    def register(
+        self, directory: Path, name: str = "greeter", version: str = "1.0.0", *, jobs: list[JobSpec] | None = None
+    ) -> dict[str, Any]:
         """Upload (as the client's presigned PUT would) and register a hand-made bundle."""
+        registered = self.upload_and_register(directory, name, version, jobs=jobs)
+        assert registered.status == 201, registered.body
+        return dict(registered.body)
+
+    def upload_and_register(
+        self, directory: Path, name: str = "greeter", version: str = "1.0.0", *, jobs: list[JobSpec] | None = None
+    ) -> Answer:
+        """Upload a hand-made bundle and ask to register it: the registration's answer, whatever it is."""
         bundle_dir = directory / f"{name}-{version}"
         bundle_dir.mkdir(parents=True, exist_ok=True)
-        bundle = make_bundle(bundle_dir, name, version)
+        bundle = make_bundle(bundle_dir, name, version, jobs=jobs)
         stated = {"name": name, "version": version, "sha256": sha256_file(bundle), "size": bundle.stat().st_size}
         ticket = self("POST", "/packages/uploads", stated)
         assert ticket.status == 201, ticket.body
         boto3.client("s3").put_object(Bucket=self.names.feed_bucket, Key=ticket.body["key"], Body=bundle.read_bytes())
-        registered = self("POST", "/packages", stated)
-        assert registered.status == 201, registered.body
-        return dict(registered.body)
+        return self("POST", "/packages", stated)
 
 
 def error_field(answer: Answer) -> str | None:

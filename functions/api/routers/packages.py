@@ -47,7 +47,11 @@ def request_upload(body: UploadRequest) -> tuple[UploadTicket, int]:
     "",
     summary="Register an uploaded bundle (verified server-side)",
     status_code=201,
-    responses=declare(201, "The registered version", 404, 409, 422),
+    description="The bundle is downloaded and verified (sizes, SHA-256 of every file, what its wheels unpack to), "
+    "and every job's config_schema checked: JSON Schema 2020-12, references only within the schema (never fetched), "
+    "patterns a linear-time engine compiles, a bounded cost of validating a config (docs/api.md). 422 names the job "
+    "and the place in its schema; 413 a job spec over its byte limit; 503 when the feed cannot be read.",
+    responses=declare(201, "The registered version", 404, 409, 422, 503),
     tags=["packages"],
 )
 def register(body: RegisterPackageRequest) -> tuple[PackageVersionView, int]:

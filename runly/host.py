@@ -89,6 +89,8 @@ def describe_jobs(declared: dict[str, str] | None = None) -> list[JobSpec]:
                 entry_point=value,
                 config_schema=cls.config_schema(),
                 default_config=cls.default_config(),
+                memory_limit_mb=cls.memory_limit_mb,
+                max_processes=cls.max_processes,
             )
         )
     return specs
@@ -279,6 +281,7 @@ def run_main() -> int:
     """The run named by the environment (RUNLY_RUN_SPEC, RUNLY_CHANNEL_FD, RUNLY_ACK_FD): in a new
     interpreter (``run``) or in a child forked by a warm host (``serve``)."""
     configure_logging()
+    _not_dumpable()
     spec = RunSpec.model_validate_json(Path(os.environ[SPEC_ENV]).read_text())
     acks = os.fdopen(int(os.environ[ACK_ENV]), "r", encoding="utf-8") if ACK_ENV in os.environ else None
     with os.fdopen(int(os.environ[CHANNEL_ENV]), "w", encoding="utf-8") as stream:
@@ -289,6 +292,16 @@ def run_main() -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _not_dumpable() -> None:
+    """Other jobs of the node's job user may not ptrace this one or read its memory (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 MIB = 1024 * 1024
 SWEEP_ROUNDS = 50  # kill, look again: a tree that forks while it is being killed is chased this many times
 CGROUP_PARENT = "runly-runs"
@@ -97,6 +100,11 @@ def child_setup(limits: RunLimits | None, *, rlimits: bool, die_with_parent: boo
     nproc = limits.max_processes if limits is not None and rlimits else None
 
     def setup() -> None:
+        # An agent that is not root switches users with ambient capabilities (CAP_SETUID...), which a change
+        # between two other users keeps: drop them before exec, and let no setuid binary give any back.
+        if _LIBC is not None:
+            _LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
         if die_with_parent:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -134,3 +134,48 @@ def test_a_jobs_own_limits_lower_the_nodes_never_raise_them(
         )
         == expected
     )
+
+
+def _writable_cgroup2() -> Path | None:
+    own = process_tree.own_cgroup_v2()
+    if own is None:
+        return None
+    probe = own / "runly-test-probe"
+    try:
+        probe.mkdir()
+    except OSError:
+        return None
+    return probe
+
+
+def test_a_run_cgroup_holds_every_descendant_and_cgroup_kill_ends_them(tmp_path: Path) -> None:
+    # The cgroup v2 mechanism, on whatever cgroup2 hierarchy this machine lets us write (its memory and pids
+    # controllers are not needed to hold and kill a tree; the agent uses this path only where they are there).
+    cgroup = _writable_cgroup2()
+    if cgroup is None:
+        pytest.skip("no writable cgroup2 hierarchy here (not root, or no cgroup2 mount): the fallback is tested above")
+    try:
+        tree = process_tree.RunTree(
+            name="run-cg-0001", limits=RunLimits(1 << 30, 64), record=tmp_path / "run-cg-0001.json", cgroup=cgroup
+        )
+        job = subprocess.Popen([sys.executable, "-c", ESCAPING_JOB], stdout=subprocess.PIPE, text=True)
+        tree.adopt(job.pid)
+        assert job.stdout is not None
+        grandchild = int(job.stdout.readline())
+        # Born in the run's cgroup, though it left the session and its parent
+        assert str(grandchild) in (cgroup / "cgroup.procs").read_text().split()
+
+        killed = tree.end()
+
+        assert killed == 1  # the grandchild (its job process, the root, is not counted)
+        assert job.wait(timeout=5) == -9
+        deadline = time.monotonic() + 2
+        while not _gone(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _gone(grandchild)
+        assert not cgroup.exists()
+    finally:
+        if cgroup.exists():
+            (cgroup / "cgroup.kill").write_text("1")
+            time.sleep(0.2)
+            cgroup.rmdir()

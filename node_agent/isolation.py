@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,9 @@ class Isolation:
         try:
             job_user.open_the_way(jobs_dir, user)
             job_user.open_the_way(package_cache_dir, user)
+            # Package environments run the interpreter they were made from (the agent's, or its base).
+            for interpreter in {Path(sys.executable).resolve(), Path(getattr(sys, "_base_executable", sys.executable)).resolve()}:
+                job_user.open_the_way(interpreter.parent, user)
         except PermissionError as exc:
             user, warning = job_user.resolve("")[0], str(exc)
         if warning is not None:

@@ -54,7 +54,8 @@ class Isolation:
             job_user.open_the_way(jobs_dir, user)
             job_user.open_the_way(package_cache_dir, user)
             # Package environments run the interpreter they were made from (the agent's, or its base).
-            for interpreter in {Path(sys.executable).resolve(), Path(getattr(sys, "_base_executable", sys.executable)).resolve()}:
+            base = Path(getattr(sys, "_base_executable", sys.executable))
+            for interpreter in {Path(sys.executable).resolve(), base.resolve()}:
                 job_user.open_the_way(interpreter.parent, user)
         except PermissionError as exc:
             user, warning = job_user.resolve("")[0], str(exc)

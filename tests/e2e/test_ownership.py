@@ -240,3 +240,45 @@ def test_a_tampered_environment_is_refused_before_a_warm_host_starts_from_it(
     assert not marker.exists()
     assert not (site / "zz_planted.pth").exists()
     marker.parent.rmdir()
+
+
+# ---------------------------------------------------------------- the same with a new interpreter per run
+
+
+@pytest.fixture(scope="module")
+def cold_stack(
+    tmp_path_factory: pytest.TempPathFactory, e2ejobs_bundle: Path
+) -> Iterator[tuple[EmbeddedStack, RunlyClient]]:
+    stack = EmbeddedStack(
+        state_dir=tmp_path_factory.mktemp("ownership-cold"), agent_env={**FAST_AGENT, "RUNLY_WARM_HOSTS": "false"}
+    )
+    stack.start(agents=1)
+    client = RunlyClient(stack.api_url, api_key=stack.admin_key)
+    client.push(e2ejobs_bundle)
+    yield stack, client
+    stack.stop()
+
+
+def test_without_warm_hosts_the_tree_limits_and_user_hold_as_well(
+    cold_stack: tuple[EmbeddedStack, RunlyClient], pid_file: Path
+) -> None:
+    stack, client = cold_stack
+    # A setsid grandchild of a new interpreter ends with its run
+    spawned = client.wait(_enqueue(client, "spawn", {"pid_file": str(pid_file)}).id, timeout=90)
+    assert spawned.state is RunState.SUCCEEDED, spawned.error
+    _wait_gone(_noted_pids(pid_file), within=2)
+
+    # A hog ends memory_limit (RLIMIT_AS, set between fork and exec), and the node goes on
+    hog = client.wait(_enqueue(client, "hog", {"mb": 4096}).id, timeout=90)
+    assert hog.state is RunState.FAILED
+    assert hog.error is not None and hog.error.reason is FailureReason.MEMORY_LIMIT
+    assert all(child.process.poll() is None for child in stack.children)
+
+    # And the job process is the job user's, which cannot read the agent's environment
+    if os.geteuid() == 0:
+        snoop = {"agent_pid": _agent_pid(stack), "other_env": str(stack.state_dir / "package-cache" / "envs")}
+        run = client.wait(_enqueue(client, "snoop", snoop).id, timeout=60)
+        assert run.state is RunState.SUCCEEDED, run.error
+        assert run.output is not None and run.output["uid"] == str(pwd.getpwnam(JOB_USER).pw_uid)
+        assert run.output["environ"] == "refused: PermissionError"
+        assert run.output["plant"] == "refused: PermissionError"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class Isolation:
     jobs_dir: Path
     node_memory_bytes: int
     node_max_processes: int
+    keeper: subprocess.Popen[bytes] | None = None  # ends the recorded runs' processes once the agent is gone
 
     @classmethod
     def prepare(cls, settings: AgentSettings, package_cache_dir: Path) -> Isolation:
@@ -73,6 +75,7 @@ class Isolation:
             log.warning("killed %d process(es) left by a previous agent of %s", killed, work_dir)
         for leftover in jobs_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+        keeper = process_tree.start_keeper(records, mechanism.cgroups)
         return cls(
             user=user,
             mechanism=mechanism,
@@ -80,6 +83,7 @@ class Isolation:
             jobs_dir=jobs_dir,
             node_memory_bytes=settings.memory_limit_bytes,
             node_max_processes=settings.pids_limit,
+            keeper=keeper,
         )
 
     def limits(self, job: JobSpec | None) -> RunLimits:

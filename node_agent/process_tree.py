@@ -29,6 +29,8 @@ import logging
 import os
 import resource
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -488,3 +490,25 @@ def _reap_soon(pid: int) -> None:
             break
         time.sleep(0.005)
     _reap(pid)
+
+
+# ---------------------------------------------------------------- the keeper: the sweep, when the agent dies
+
+
+def start_keeper(record_dir: Path, cgroups: Path | None) -> subprocess.Popen[bytes]:
+    """A small process of the agent's user that waits for the agent to go (its stdin, a pipe from the agent,
+    closes: a SIGKILL, a crash, or a normal exit) and then ends every run process the agent recorded, at once:
+    without a cgroup, the orphans of a new-interpreter job whose agent died would otherwise run on under init
+    until the next agent start."""
+    command = [sys.executable, "-I", "-m", "node_agent.process_tree", str(record_dir), str(cgroups or "")]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
+
+
+def _keep(record_dir: Path, cgroups: Path | None) -> None:
+    while sys.stdin.buffer.read(4096):
+        pass
+    sweep_leftovers(record_dir, cgroups)
+
+
+if __name__ == "__main__":
+    _keep(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None)

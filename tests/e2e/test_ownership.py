@@ -69,8 +69,16 @@ def _noted_pids(path: Path, count: int = 1, timeout: float = 30) -> list[int]:
     raise AssertionError(f"the job's grandchild never noted its pid in {path}")
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _agent_pid(stack: EmbeddedStack) -> int:
-    return next(child.process.pid for child in stack.children if child.name.startswith("local-node"))
+    live = [child for child in stack.children if child.name.startswith("local-node") and child.process.poll() is None]
+    return live[-1].process.pid
 
 
 # ---------------------------------------------------------------- escapes, on the session's stack
@@ -273,6 +281,21 @@ def test_without_warm_hosts_the_tree_limits_and_user_hold_as_well(
     assert hog.state is RunState.FAILED
     assert hog.error is not None and hog.error.reason is FailureReason.MEMORY_LIMIT
     assert all(child.process.poll() is None for child in stack.children)
+
+    # A killed agent's new-interpreter job and its setsid grandchild end within about a second (its keeper)
+    pid_file.write_text("")
+    running = _enqueue(client, "spawn", {"pid_file": str(pid_file), "then_sleep": 120})
+    (grandchild,) = _noted_pids(pid_file)
+    agent = _agent(stack, _running_on(client, running.id).attempts[-1].node_id)
+    time.sleep(0.2)  # a few ticks of the run's watch: the grandchild is on record
+    processes = [pid for pid in descendants_of([agent.process.pid]) if "node_agent.process_tree" not in _cmdline(pid)]
+    assert grandchild in processes
+    agent.process.send_signal(signal.SIGKILL)
+    agent.process.wait()
+    took = _wait_gone(processes, within=1.5)
+    print(f"the last process of the killed agent's new-interpreter run ended {took:.2f} s after it")
+    stack.start_agent()
+    client.cancel_run(running.id)
 
     # And the job process is the job user's, which cannot read the agent's environment
     if os.geteuid() == 0:

@@ -112,6 +112,10 @@ class JobProcess:
                 process_tree.add_root(self._process.pid)
                 if self._tree is not None:
                     self._tree.adopt(self._process.pid)
+        except BaseException:
+            if self._tree is not None:  # nothing started, or what started is the run's: end it, drop its record
+                self._tree.end()
+            raise
         finally:
             os.close(channel_write)
             os.close(ack_read)
@@ -208,11 +212,11 @@ class JobProcess:
         # Children the job left behind die with it: its process group, and every process of its tree (also those
         # that left the group or the session).
         self.signal(signal.SIGKILL)
-        stragglers = self.end_tree()
         channel = self._channel
         memory_limit = (self._tree is not None and self._tree.oom_killed()) or (
             self.limits is not None and channel.error is not None and channel.error.type == "MemoryError"
         )
+        stragglers = self.end_tree()
         return Outcome(
             exit_code=code, result=channel.result, error=channel.error, killed=self._killed,
             violation=channel.violation, memory_limit=memory_limit, stragglers=stragglers,

@@ -331,10 +331,22 @@ class RunTree:
             except OSError as exc:
                 log.warning("could not move process %d into %s: %s", pid, self.cgroup, exc)
         self._save()
+        self.note()
 
     def note(self) -> None:
-        """Note every process now below the run's processes (called on each tick of the run's watch)."""
-        if self.cgroup is not None or not self.known:
+        """Note every process now below the run's processes (called on each tick of the run's watch). In a
+        cgroup, move in any that was forked before its parent was moved (a warm host's child starts at once)."""
+        if self.cgroup is not None:
+            if self.root is not None and start_time(self.root) == self.known.get(self.root):
+                try:
+                    inside = set((self.cgroup / "cgroup.procs").read_text().split())
+                    for pid in descendants_of([self.root]):
+                        if str(pid) not in inside:
+                            (self.cgroup / "cgroup.procs").write_text(str(pid))
+                except OSError:
+                    pass  # ended meanwhile
+            return
+        if not self.known:
             return
         live = [pid for pid, started in self.known.items() if start_time(pid) == started]
         for pid, started in descendants_of(live).items():

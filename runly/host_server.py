@@ -41,7 +41,6 @@ READY = b"ready\n"
 MAX_REQUEST_BYTES = 1 << 20
 REQUEST_FDS = 3  # log, channel (write end), acks (read end)
 LISTEN_FD_ENV = "RUNLY_HOST_LISTEN_FD"  # a listening socket bound by the agent (else the host binds SOCKET itself)
-PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -210,9 +209,9 @@ class HostServer:
             other.close()
         os.close(self._wakeup_read)
         os.close(self._wakeup_write)
-        # The run's own: it dies with this host, keeps its orphans below it, and takes its run's limits (the
-        # agent sets them from outside too, and owns the whole tree whichever way).
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The run's own: it keeps its orphans below it and takes its run's limits (the agent sets them from outside
+        # too, and owns the whole tree whichever way). It outlives a host that dies (its agent watches it), and
+        # dies with a host that stops or whose agent died (_kill_descendants).
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         limits = request.get("limits") or {}
         for which, key in ((resource.RLIMIT_AS, "memory_bytes"), (resource.RLIMIT_NPROC, "max_processes")):

@@ -86,6 +86,16 @@ class Isolation:
             keeper=keeper,
         )
 
+    def reach(self, python: Path) -> None:
+        """Make sure the job user can reach an environment's interpreter (and the jobs' directory) now: something
+        else may have taken the others' execute bit off a directory on the way since the agent started (pytest
+        does, on its base temporary directory, at every session's start)."""
+        for path in (python.parent, python.resolve().parent, self.jobs_dir):
+            try:
+                job_user.open_the_way(path, self.user)
+            except PermissionError as exc:
+                log.error("%s", exc)  # the job process then cannot start: its run fails and is retried
+
     def limits(self, job: JobSpec | None) -> RunLimits:
         return RunLimits.for_job(
             node_memory_bytes=self.node_memory_bytes,

@@ -137,6 +137,8 @@ class RunSupervisor:
         )
         assert self.spool is not None
         with installed:  # held: the environment is not evicted while the job runs
+            if self.isolation is not None:
+                self.isolation.reach(installed.python)
             hosts = self.hosts
             host = hosts.acquire(installed.sha256, installed.python) if hosts is not None else None
             try:
@@ -146,7 +148,11 @@ class RunSupervisor:
                     on_warm_host_failure=hosts.broken if hosts is not None else None, isolation=self.isolation,
                     limits=self._limits(installed.manifest.jobs),
                 )  # fmt: skip
-                self.process.start()
+                try:
+                    self.process.start()
+                except OSError as exc:  # the node's fault (permissions, resources), not the package's: retried
+                    self._fail(FailureReason.PROCESS_CRASH, {"message": f"the job process could not start: {exc}"})
+                    return
                 timed_out = self._wait()
                 outcome = self.process.outcome()
             finally:

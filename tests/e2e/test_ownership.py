@@ -158,7 +158,8 @@ def test_a_job_cannot_read_the_agents_environment_nor_write_another_packages_env
 ) -> None:
     # Given another package's environment in the node's cache (hello, run once)
     hello_run = client.enqueue(EnqueueRunRequest(package="hello", job="hello", config={"name": "Ada"}))
-    assert client.wait(hello_run.id, timeout=90).state is RunState.SUCCEEDED
+    hello_final = client.wait(hello_run.id, timeout=90)
+    assert hello_final.state is RunState.SUCCEEDED, (hello_final.error, hello_final.attempts)
     other_env = stack.state_dir / "package-cache" / "envs" / hello.sha256
     assert other_env.is_dir()
 

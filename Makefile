@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export UV_NO_CONFIG := 1
 
-.PHONY: install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser
+.PHONY: install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser job-user
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 ## The embedded stack, the example job packed, pushed and run: ends with a Succeeded run.
-run: install
+run: install job-user
 	$(BIN)/runly local demo
 
 ## The embedded stack, until Ctrl-C.
@@ -28,8 +28,27 @@ up: install
 	$(BIN)/runly local up
 
 ## The whole test suite (what CI runs). Without Chromium the browser tests are skipped, and the end says so.
-test: install lint browser
+test: install lint browser job-user
 	$(BIN)/pytest -q -p no:cacheprovider
+
+## The unprivileged user job processes run as (RUNLY_JOB_USER, default runly-job), where this runs as root, and a
+## way for it to the interpreter of package environments: each directory above it gets the others' execute bit
+## (pass through, not list; e.g. /root for a pyenv Python). Idempotent; not root: nothing, and the agent warns.
+JOB_USER ?= runly-job
+job-user: install
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "job-user: not root, so no $(JOB_USER) user: jobs run as $$(id -un) and the agent says what that exposes"; \
+	else \
+	  if ! id -u $(JOB_USER) >/dev/null 2>&1; then \
+	    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(JOB_USER) \
+	      && echo "job-user: created the system user $(JOB_USER)"; \
+	  fi; \
+	  dir=$$(dirname "$$(readlink -f $(BIN)/python)"); \
+	  while [ "$$dir" != / ]; do \
+	    if [ -z "$$(find "$$dir" -maxdepth 0 -perm -o=x)" ]; then chmod o+x "$$dir" && echo "job-user: $$dir is now traversable"; fi; \
+	    dir=$$(dirname "$$dir"); \
+	  done; \
+	fi
 
 ## Debian's Chromium for the dashboard's browser tests (tests/e2e/test_dashboard.py), where it can be installed
 ## (root and apt-get); elsewhere nothing, and `make test` ends with the command that installs it.

@@ -85,6 +85,28 @@ def _env_file(path: str, variables: dict[str, str]) -> list[str]:
     return [f"printf '%s\\n' {lines} > {path}", f"chmod 0600 {path}"]
 
 
+JOB_USER = "runly-job"
+# Rejects the job user's packets to the instance metadata service (IPv4 and the Nitro IPv6 endpoint); idempotent
+# (-C before -I), run before the agent starts on every boot.
+_IMDS_RULES = " && ".join(
+    f"{{ {tool} -C OUTPUT -d {address} -m owner --uid-owner {JOB_USER} -j REJECT 2>/dev/null"
+    f" || {tool} -I OUTPUT -d {address} -m owner --uid-owner {JOB_USER} -j REJECT; }}"
+    for tool, address in (("iptables", "169.254.169.254"), ("ip6tables", "fd00:ec2::254"))
+)
+JOB_FIREWALL_UNIT = f"""[Unit]
+Description=runly: job processes cannot reach the instance metadata service
+Before=runly-node.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c '{_IMDS_RULES}'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 class NodeGroup(Construct):
     """The nodes of one environment."""
 
@@ -351,6 +373,17 @@ class NodeGroup(Construct):
             # Amazon Linux 2023's python3 is 3.9; runly needs 3.11.
             "dnf install -y python3.11",
             f"id runly >/dev/null 2>&1 || useradd --system --home-dir {WORK_DIR} --shell /sbin/nologin runly",
+            # Jobs run as a user of their own (RUNLY_JOB_USER), which may not reach the instance metadata service
+            # (the role's credentials): a hop limit of 1 stops containers, not processes of the host.
+            f"id {JOB_USER} >/dev/null 2>&1 || useradd --system --user-group --no-create-home"
+            f" --home-dir /nonexistent --shell /sbin/nologin {JOB_USER}",
+            "dnf install -y iptables-nft",
+            *_heredoc("/etc/systemd/system/runly-job-firewall.service", JOB_FIREWALL_UNIT, mode="0644"),
+            *_heredoc(
+                "/etc/systemd/system/runly-node.service.d/firewall.conf",
+                "[Unit]\nRequires=runly-job-firewall.service\nAfter=runly-job-firewall.service\n",
+                mode="0644",
+            ),
             f"install -d -m 0750 -o runly -g runly {WORK_DIR}",
             "install -d -m 0755 /etc/runly /opt/runly /etc/systemd/system/runly-node.service.d",
             f"aws s3 cp --region {region} s3://{feed.bucket.bucket_name}/{AGENT_PREFIX}{fleet.agent_wheel} {wheel}",
@@ -372,7 +405,7 @@ class NodeGroup(Construct):
             *_heredoc("/usr/local/bin/runly-ec2-drain", DRAIN_SCRIPT.read_text(), mode="0755"),
             *_heredoc("/etc/systemd/system/runly-ec2-drain.service", DRAIN_UNIT.read_text(), mode="0644"),
             "systemctl daemon-reload",
-            "systemctl enable --now runly-node.service runly-ec2-drain.service",
+            "systemctl enable --now runly-job-firewall.service runly-node.service runly-ec2-drain.service",
         )
         return user_data
 

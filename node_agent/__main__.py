@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from node_agent.agent import Agent
 from node_agent.aws import AgentAws
 from node_agent.credentials import node_key_session
+from node_agent.isolation import Isolation
 from node_agent.job_process import job_environment
 from node_agent.package_cache import PackageCache
 from node_agent.settings import AgentSettings
@@ -61,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     aws = AgentAws(
         queue_url=settings.queue_url, table_name=settings.table_name, bucket=settings.feed_bucket, session=session
     )
-    cache = PackageCache(
-        settings.package_cache_dir or settings.work_dir / "packages", budget_bytes=settings.cache_budget_bytes
-    )
+    cache_dir = settings.package_cache_dir or settings.work_dir / "packages"
+    cache = PackageCache(cache_dir, budget_bytes=settings.cache_budget_bytes)
+    # Before any job: who jobs run as, how their processes are owned, and the end of what a previous agent left.
+    isolation = Isolation.prepare(settings, cache_dir)
     hosts = None
     if settings.warm_hosts:
         hosts = WarmHosts(
@@ -72,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             max_hosts=settings.max_warm_hosts,
             idle_seconds=settings.warm_host_idle_seconds,
             hold=cache.hold,
+            user=isolation.user,
+            limits=isolation.node_limits if isolation.mechanism.cgroups is None else None,
         )
-    agent = Agent(settings, aws, cache, hosts=hosts)
+    agent = Agent(settings, aws, cache, hosts=hosts, isolation=isolation)
     agent.install_signal_handlers()
     release_startup_memory()
     agent.run()

@@ -24,6 +24,7 @@ from types import FrameType
 from node_agent.aws import AgentAws, ClaimRefused, Delivery, LeaseLost, lease_until
 from node_agent.backoff import delay as backoff_delay
 from node_agent.backoff import is_transient
+from node_agent.isolation import Isolation
 from node_agent.logs import ship_leftovers
 from node_agent.package_cache import PackageCache
 from node_agent.run_messages import MessageKeeper, hold_message
@@ -105,8 +106,10 @@ class Agent:
         supervisor_factory: Callable[..., RunSupervisor] = RunSupervisor,
         clock: Clock | None = None,
         hosts: WarmHosts | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         self.clock = clock or Clock()
+        self.isolation = isolation  # job user, process trees, limits (node_agent.isolation); None: none
         self.settings = settings
         self.aws = aws
         self.cache = cache
@@ -343,6 +346,7 @@ class Agent:
             hosts=self.hosts,
             # The lease the claim wrote, for the job to stop by unless it hears a renewal (runly.fencing).
             lease=job_lease(record.lease_until_ms or received_ms, received_ms, received_monotonic),
+            **({"isolation": self.isolation} if self.isolation is not None else {}),
         )
         thread = threading.Thread(target=self._supervise, args=(supervisor,), name=f"run-{run_id}", daemon=True)
         with self._lock:

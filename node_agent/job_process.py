@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node_agent import process_tree
+from node_agent.isolation import Isolation
+from node_agent.process_tree import RunLimits, RunTree
 from node_agent.warm_hosts import HostedProcess, WarmHost, WarmHostError
 from runly.agent_channel import AgentChannel, CheckpointHandler, Violation
 from runly.wire import ErrorMessage, LeaseMessage, Progress, ResultMessage, RunSpec
@@ -42,6 +46,8 @@ class Outcome:
     error: ErrorMessage | None = None
     killed: bool = False
     violation: Violation | None = None  # the job sent what cannot be stored: its run fails with this reason
+    memory_limit: bool = False  # the run went over its memory limit (killed by the kernel or a MemoryError)
+    stragglers: int = 0  # processes of the run still there when its job process ended (killed then)
 
 
 @dataclass
@@ -53,20 +59,37 @@ class JobProcess:
     on_checkpoint: CheckpointHandler = field(default=lambda message: "no checkpoint handler")
     warm_host: WarmHost | None = None  # fork the run from this host; None (or a failing host): a new interpreter
     on_warm_host_failure: Callable[[WarmHost], None] | None = None
+    isolation: Isolation | None = None  # None: as the agent's user, no limits, the process group alone
+    limits: RunLimits | None = None  # None: the node's (isolation's)
     _process: subprocess.Popen[bytes] | HostedProcess | None = None
     _channel: AgentChannel | None = None
     _killed: bool = False
+    _tree: RunTree | None = None
 
     def start(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{self.spec.run_id}-{self.spec.attempt:04d}"
+        isolation = self.isolation
+        if isolation is not None:
+            # The job's working directory is its own, outside the agent's private directories.
+            self.work_dir = isolation.job_dir(name)
+            self.limits = self.limits or isolation.node_limits
+            self._tree = isolation.tree(name, self.limits)
+        else:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
         spec_path = self.work_dir / "spec.json"
         spec_path.write_text(self.spec.model_dump_json())
+        if isolation is not None:
+            isolation.user.give(spec_path)
         channel_read, channel_write = os.pipe()
         ack_read, ack_write = os.pipe()
         env = job_environment()
         env["RUNLY_RUN_SPEC"] = str(spec_path)
+        user = isolation.user if isolation is not None else None
+        if self._tree is not None and self._tree.uses_rlimits:
+            # Under RLIMIT_AS each thread's malloc arena reserves 64 MiB of address space: keep them few.
+            env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
-            with open(self.log_path, "ab") as log_file:
+            with open(self.log_path, "ab") as log_file, process_tree.spawning():
                 if self.warm_host is not None:
                     self._process = self._spawn_warm(self.warm_host, env, log_file.fileno(), channel_write, ack_read)
                 if self._process is None:
@@ -81,7 +104,18 @@ class JobProcess:
                         stderr=subprocess.STDOUT,
                         pass_fds=(channel_write, ack_read),
                         start_new_session=True,  # its own process group: signals reach the job's children too
+                        preexec_fn=self._child_setup(),
+                        user=user.popen_uid if user else None,
+                        group=user.popen_gid if user else None,
+                        extra_groups=user.popen_groups if user else None,
                     )
+                process_tree.add_root(self._process.pid)
+                if self._tree is not None:
+                    self._tree.adopt(self._process.pid)
+        except BaseException:
+            if self._tree is not None:  # nothing started, or what started is the run's: end it, drop its record
+                self._tree.end()
+            raise
         finally:
             os.close(channel_write)
             os.close(ack_read)
@@ -95,11 +129,23 @@ class JobProcess:
         how = "warm host" if isinstance(self._process, HostedProcess) else "new interpreter"
         log.info("run %s attempt %d: job process %d started (%s)", self.spec.run_id, self.spec.attempt, self.pid, how)
 
+    def _child_setup(self) -> Callable[[], None] | None:
+        """What the job process does before exec (process_tree.child_setup); None without isolation."""
+        if self.isolation is None or self._tree is None:
+            return None
+        return process_tree.child_setup(self.limits, rlimits=self._tree.uses_rlimits)
+
     def _spawn_warm(
         self, host: WarmHost, env: dict[str, str], log_fd: int, channel_fd: int, ack_fd: int
     ) -> HostedProcess | None:
         try:
-            return host.spawn(cwd=self.work_dir, env=env, log_fd=log_fd, channel_fd=channel_fd, ack_fd=ack_fd)
+            hosted = host.spawn(
+                cwd=self.work_dir, env=env, log_fd=log_fd, channel_fd=channel_fd, ack_fd=ack_fd, limits=self.limits
+            )
+            if self.limits is not None and self._tree is not None and self._tree.uses_rlimits:
+                # The host's child sets these itself before job code; the agent makes sure, from outside.
+                process_tree.apply_rlimits(hosted.pid, self.limits)
+            return hosted
         except WarmHostError as exc:
             log.warning("run %s: %s; starting a new interpreter instead", self.spec.run_id, exc)
             if self.on_warm_host_failure is not None:
@@ -139,6 +185,8 @@ class JobProcess:
         try:
             return self._process.wait(timeout)
         except subprocess.TimeoutExpired:
+            if self._tree is not None:
+                self._tree.note()  # the run's processes as they are now: the sweep at its end finds every one
             return None
 
     def signal(self, signum: int) -> None:
@@ -166,9 +214,31 @@ class JobProcess:
         assert self._process is not None and self._channel is not None
         code = self._process.wait()
         self._channel.close()
-        # Children the job left behind die with it: the group is the job's.
+        # Children the job left behind die with it: its process group, and every process of its tree (also those
+        # that left the group or the session).
         self.signal(signal.SIGKILL)
         channel = self._channel
-        return Outcome(
-            exit_code=code, result=channel.result, error=channel.error, killed=self._killed, violation=channel.violation
+        memory_limit = (self._tree is not None and self._tree.oom_killed()) or (
+            self.limits is not None and channel.error is not None and channel.error.type == "MemoryError"
         )
+        stragglers = self.end_tree()
+        return Outcome(
+            exit_code=code, result=channel.result, error=channel.error, killed=self._killed,
+            violation=channel.violation, memory_limit=memory_limit, stragglers=stragglers,
+        )  # fmt: skip
+
+    def end_tree(self) -> int:
+        """SIGKILL whatever of the run is left (see node_agent.process_tree); return how many processes that was."""
+        stragglers = 0
+        if self._tree is not None:
+            stragglers = self._tree.end()
+            if stragglers:
+                log.info("run %s: killed %d process(es) the job left behind", self.spec.run_id, stragglers)
+        if self._process is not None:
+            process_tree.remove_root(self._process.pid)
+        if self.isolation is not None:
+            if self.isolation.user.separate:
+                parents = [os.getpid()] + ([self.warm_host.process.pid] if self.warm_host is not None else [])
+                process_tree.sweep_strays(self.isolation.user.uid, parents)
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        return stragglers

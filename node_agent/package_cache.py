@@ -18,11 +18,13 @@ threads of one agent.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,11 @@ _SHA256 = re.compile(SHA256_HEX)
 
 class PackageDownloadError(PackageError):
     """The bundle could not be downloaded (the feed, not the package, may be at fault)."""
+
+
+class TamperedEnvironment(PackageError):
+    """An installed environment differs from what was installed (a file added, changed or removed, or one that
+    someone other than the agent's user may write): it is discarded, never run."""
 
 
 @dataclass
@@ -84,6 +91,10 @@ class PackageCache:
         self.locks = self.root / "locks"
         for directory in (self.envs, self.tmp, self.locks):
             directory.mkdir(parents=True, exist_ok=True)
+        # Jobs (another user) pass through to their environment's interpreter; nothing here is theirs to write.
+        for directory, mode in ((self.root, 0o755), (self.envs, 0o755), (self.tmp, 0o700), (self.locks, 0o700)):
+            if directory.stat().st_uid == os.getuid():
+                directory.chmod(mode)
         self._guard = threading.Lock()
         self._thread_locks: dict[str, threading.Lock] = {}
         self._python_version: tuple[int, ...] | None = None
@@ -92,23 +103,40 @@ class PackageCache:
 
     # ------------------------------------------------------------ public
 
-    def ensure(self, sha256: str, fetch: Callable[[Path], None]) -> InstalledPackage:
+    def ensure(self, sha256: str, fetch: Callable[[Path], None], *, verify: bool = False) -> InstalledPackage:
         """The environment of the bundle with this content hash, installing it first if needed.
 
         ``fetch(path)`` downloads the bundle to ``path``; it is only called on a miss.
-        Any failure raises PackageError and leaves nothing behind.
+        Any failure raises PackageError and leaves nothing behind. ``verify``: check every file of a cached
+        environment against the hashes noted at install (a warm host is about to start from it); a tampered
+        one is discarded and installed again from the bundle. An agent checks each environment on first use too.
         """
         if not _SHA256.match(sha256):
             raise PackageError(f"{sha256!r} is not a lower-case hex SHA-256")
         started = time.monotonic()
         cached = self._cached(sha256, started)
         if cached is not None:
-            return cached
+            if not verify:
+                return cached
+            try:
+                self._verify(cached.env_dir)
+                return cached
+            except TamperedEnvironment as exc:
+                log.error("package %s: %s; installing it again", sha256[:12], exc)
+                cached.release()
+                self._manifests.pop(sha256, None)
         with self._exclusive(sha256, blocking=True):
             hold = self._hold(sha256)
             try:
                 env_dir = self.envs / sha256
                 info = self._read_info(env_dir)
+                if info is not None:
+                    try:
+                        self._verify(env_dir)  # first use by this agent, or asked for: every file as installed
+                    except TamperedEnvironment as exc:
+                        log.error("package %s: %s; installing it again", sha256[:12], exc)
+                        self._discard(env_dir)
+                        info = None
                 if info is not None:
                     os.utime(env_dir)  # most recently used
                     timings = {"total": time.monotonic() - started}
@@ -189,9 +217,16 @@ class PackageCache:
                 bundle.unlink()
                 staged = work / "env"
                 install_offline(
-                    work / "bundle" / "wheels", manifest.project_wheel, staged, python=self.python, uv=self.uv
-                )
-                info = {"sha256": sha256, "size": _tree_size(staged), "manifest": manifest.model_dump(mode="json")}
+                    work / "bundle" / "wheels", manifest.project_wheel, staged, python=self.python, uv=self.uv,
+                    compile_bytecode=True,
+                )  # fmt: skip
+                _seal(staged)
+                info = {
+                    "sha256": sha256,
+                    "size": _tree_size(staged),
+                    "manifest": manifest.model_dump(mode="json"),
+                    "files": _fingerprint(staged),
+                }
                 (staged / ENV_INFO_FILE).write_text(json.dumps(info), encoding="utf-8")
                 os.rename(staged, self.envs / sha256)  # the commit point: same file system, atomic
             return manifest, timings
@@ -338,6 +373,26 @@ class PackageCache:
                     if acquired:  # nobody is installing it: a crash left it
                         self._clean_leftovers(sha256)
 
+    def _verify(self, env_dir: Path) -> None:
+        """Raise TamperedEnvironment unless the environment holds exactly the files noted at install, each with
+        its hash (symlinks with their target), all of the agent's user and writable by nobody else."""
+        info = self._read_info(env_dir)
+        noted = info.get("files") if info else None
+        record = os.lstat(env_dir / ENV_INFO_FILE)
+        if record.st_uid != os.getuid() or record.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise TamperedEnvironment(f"{ENV_INFO_FILE} of {env_dir.name[:12]} is writable by another user")
+        if not isinstance(noted, dict):
+            raise TamperedEnvironment(f"{env_dir} has no file hashes (installed by an older agent)")
+        found = _fingerprint(env_dir, check_owner=os.getuid())
+        if found != noted:
+            added = sorted(set(found) - set(noted))
+            removed = sorted(set(noted) - set(found))
+            changed = sorted(name for name in set(found) & set(noted) if found[name] != noted[name])
+            raise TamperedEnvironment(
+                f"environment {env_dir.name[:12]} was modified: added {added[:5]}, removed {removed[:5]},"
+                f" changed {changed[:5]}"
+            )
+
     def _read_info(self, env_dir: Path) -> dict[str, Any] | None:
         try:
             info = json.loads((env_dir / ENV_INFO_FILE).read_text(encoding="utf-8"))
@@ -366,3 +421,38 @@ def _tree_size(root: Path) -> int:
             except OSError:
                 continue
     return total
+
+
+def _seal(root: Path) -> None:
+    """No write bit for group or others anywhere in an environment (uv honours the umask, which may be lax)."""
+    for directory, dirs, files in os.walk(root):
+        for name in [*dirs, *files, None]:
+            path = os.path.join(directory, name) if name is not None else directory
+            info = os.lstat(path)
+            if not stat.S_ISLNK(info.st_mode) and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                os.chmod(path, stat.S_IMODE(info.st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _fingerprint(root: Path, *, check_owner: int | None = None) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file (``link:<target>`` for a symlink, ``dir`` for a directory) under
+    ``root``, but its info file. ``check_owner``: raise TamperedEnvironment for an entry of another user or one
+    that group or others may write."""
+    found: dict[str, str] = {}
+    for directory, dirs, files in os.walk(root):
+        for name in [*dirs, *files, None]:
+            path = os.path.join(directory, name) if name is not None else directory
+            relative = os.path.relpath(path, root)
+            if relative == ENV_INFO_FILE:
+                continue
+            info = os.lstat(path)
+            if check_owner is not None and not stat.S_ISLNK(info.st_mode):
+                if info.st_uid != check_owner or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                    raise TamperedEnvironment(f"{relative} in {root.name[:12]} is writable by another user")
+            if stat.S_ISLNK(info.st_mode):
+                found[relative] = "link:" + os.readlink(path)
+            elif stat.S_ISDIR(info.st_mode):
+                found[relative] = "dir"
+            else:
+                with open(path, "rb") as handle:
+                    found[relative] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return found

@@ -108,6 +108,18 @@ class AgentSettings(BaseModel):
     warm_host_idle_seconds: float = Field(
         default=600.0, gt=0, description="a warm host that started no run for this long is stopped"
     )
+    memory_limit_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=64 * 1024**2,
+        description="a run's memory limit (a job's memory_limit_mb may lower it, never raise it)",
+    )
+    pids_limit: int = Field(
+        default=4096, ge=8, description="a run's process limit (a job's max_processes may lower it, never raise it)"
+    )
+    job_user: str = Field(
+        default="runly-job",
+        description="the unprivileged user job processes run as (empty: the agent's own user, which exposes it)",
+    )
 
     @classmethod
     def load(cls, env_file: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentSettings:

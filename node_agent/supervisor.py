@@ -18,14 +18,16 @@ from typing import Any
 
 from node_agent.aws import AgentAws, Delivery, LeaseLost
 from node_agent.backoff import retry
+from node_agent.isolation import Isolation
 from node_agent.job_process import JobProcess, Outcome
 from node_agent.logs import LogSpool
 from node_agent.package_cache import PackageCache, PackageDownloadError
+from node_agent.process_tree import RunLimits
 from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
 from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHosts
 from runly.bundle import PackageError
-from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, Progress, RunSpec, RunState
+from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, JobSpec, Progress, RunSpec, RunState
 from runly.host import EXIT_AGENT_GONE, EXIT_JOB_NOT_LOADED, EXIT_LEASE_EXPIRED, JOB_NOT_LOADED
 from runly.records import RunRecord, utcnow
 from runly.sizes import LIMIT_ERRORS, NotJson, ValueTooLarge
@@ -59,6 +61,7 @@ class RunSupervisor:
     hosts: WarmHosts | None = None  # None: every run in a new interpreter
     # The newest lease durably written, as the job hears it (runly.fencing): from the claim, then each renewal.
     lease: LeaseMessage | None = None
+    isolation: Isolation | None = None  # the job user, the run's process tree and limits; None: none of them
     started: float = field(default_factory=time.monotonic)
     process: JobProcess | None = None
     spool: LogSpool | None = None
@@ -117,7 +120,11 @@ class RunSupervisor:
         record = self.record
         phase_started = time.monotonic()
         try:
-            installed = self.cache.ensure(record.bundle_sha256, lambda path: self.aws.download(record.bundle_key, path))
+            # Checked file by file unless a warm host already runs from it (it was checked when that host started).
+            verify = self.hosts is None or not self.hosts.live(record.bundle_sha256)
+            installed = self.cache.ensure(
+                record.bundle_sha256, lambda path: self.aws.download(record.bundle_key, path), verify=verify
+            )
         except PackageDownloadError as exc:
             # The feed, not the package, failed: worth another attempt.
             self._fail(
@@ -145,15 +152,22 @@ class RunSupervisor:
         )
         assert self.spool is not None
         with installed:  # held: the environment is not evicted while the job runs
+            if self.isolation is not None:
+                self.isolation.reach(installed.python)
             hosts = self.hosts
             host = hosts.acquire(installed.sha256, installed.python) if hosts is not None else None
             try:
                 self.process = JobProcess(
                     spec=spec, python=installed.python, work_dir=work_dir, log_path=self.spool.log_path,
                     on_checkpoint=self._on_checkpoint, warm_host=host,
-                    on_warm_host_failure=hosts.broken if hosts is not None else None,
+                    on_warm_host_failure=hosts.broken if hosts is not None else None, isolation=self.isolation,
+                    limits=self._limits(installed.manifest.jobs),
                 )  # fmt: skip
-                self.process.start()
+                try:
+                    self.process.start()
+                except OSError as exc:  # the node's fault (permissions, resources), not the package's: retried
+                    self._fail(FailureReason.PROCESS_CRASH, {"message": f"the job process could not start: {exc}"})
+                    return
                 with self._lease_lock:
                     lease = self.lease
                 if lease is not None and lease != spec.lease:
@@ -171,6 +185,12 @@ class RunSupervisor:
         # The whole log is in the feed before the run turns terminal: whoever sees the outcome can read it.
         self._ship_log()
         self._record(outcome, timed_out)
+
+    def _limits(self, jobs: list[JobSpec]) -> RunLimits | None:
+        """The node's limits, lowered to what the job declares in its package's manifest."""
+        if self.isolation is None:
+            return None
+        return self.isolation.limits(next((job for job in jobs if job.name == self.record.job), None))
 
     def _ship_log(self) -> None:
         spool = self.spool
@@ -228,6 +248,12 @@ class RunSupervisor:
                 retry_at=utcnow(),
             )  # fmt: skip
             hold_message(self.aws, self.delivery, 0, limit_seconds=self.settings.max_in_flight_seconds)
+        elif outcome.memory_limit and outcome.result is None:
+            # Over its memory limit: the node and its other runs go on; the same run would hit it again.
+            limits = self.process.limits if self.process else None
+            of = f" of {limits.memory_bytes // (1024 * 1024)} MiB" if limits is not None else ""
+            message = f"run exceeded its memory limit{of} ({describe_exit(outcome.exit_code)})"
+            self._finish(RunState.FAILED, FailureReason.MEMORY_LIMIT, {"message": message}, progress=progress)
         elif outcome.violation is not None:
             # The job sent a value over its limit (or one JSON cannot carry), bypassing the SDK's own checks: the
             # same code would send it again, so not retried.

@@ -31,9 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from node_agent import process_tree
+from node_agent.job_user import JobUser
+from node_agent.process_tree import RunLimits
+
 log = logging.getLogger(__name__)
 
 READY = b"ready\n"
+LISTEN_FD_ENV = "RUNLY_HOST_LISTEN_FD"  # the listening socket, bound by the agent where the job user cannot reach
 START_TIMEOUT_SECONDS = 60.0  # imports of a large package on a busy node
 REQUEST_TIMEOUT_SECONDS = 10.0
 RETRY_AFTER_FAILURE_SECONDS = 300.0
@@ -138,24 +143,52 @@ class WarmHost:
     last_used: float = field(default_factory=time.monotonic)
     active: int = 0
 
+    retired: bool = False  # broken while runs were using it: stopped when the last one ends
+
     @classmethod
     def start(
-        cls, sha256: str, python: Path, *, directory: Path, env: Mapping[str, str], hold: IO[bytes] | None
+        cls,
+        sha256: str,
+        python: Path,
+        *,
+        directory: Path,
+        env: Mapping[str, str],
+        hold: IO[bytes] | None,
+        user: JobUser | None = None,
+        limits: RunLimits | None = None,
     ) -> WarmHost:
         directory.mkdir(parents=True, exist_ok=True)
         socket_path = socket_directory(directory) / f"{sha256[:16]}.sock"
         socket_path.unlink(missing_ok=True)
         log_path = directory / f"{sha256[:16]}.log"
-        with open(log_path, "ab") as host_log:
-            process = subprocess.Popen(
-                [str(python), "-I", "-u", "-m", "runly.host", "serve", str(socket_path)],
-                cwd=directory,
-                env=dict(env),
-                stdin=subprocess.PIPE,  # its end of life: the host exits when this closes
-                stdout=subprocess.PIPE,
-                stderr=host_log,
-                start_new_session=True,  # the agent's terminal's Ctrl-C is the agent's to handle
-            )
+        # The agent binds the socket (in its private directory) and hands the host the listening end: the host,
+        # as the job user, could not bind there, and its jobs cannot connect to it by name.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            listener.bind(str(socket_path))
+            listener.listen(64)
+            setup = None
+            if user is not None:
+                # The host's limits are the node's (its children lower them to their run's); it keeps its orphans.
+                setup = process_tree.child_setup(limits, rlimits=True, die_with_parent=False)
+            with open(log_path, "ab") as host_log, process_tree.spawning():
+                process = subprocess.Popen(
+                    [str(python), "-I", "-u", "-m", "runly.host", "serve", str(socket_path)],
+                    cwd=directory,
+                    env={**env, LISTEN_FD_ENV: str(listener.fileno())},
+                    stdin=subprocess.PIPE,  # its end of life: the host exits when this closes
+                    stdout=subprocess.PIPE,
+                    stderr=host_log,
+                    start_new_session=True,  # the agent's terminal's Ctrl-C is the agent's to handle
+                    pass_fds=(listener.fileno(),),
+                    preexec_fn=setup,
+                    user=user.popen_uid if user else None,
+                    group=user.popen_gid if user else None,
+                    extra_groups=user.popen_groups if user else None,
+                )
+                process_tree.add_root(process.pid)
+        finally:
+            listener.close()
         host = cls(sha256=sha256, socket_path=socket_path, log_path=log_path, process=process, hold=hold)
         try:
             host._wait_ready()
@@ -177,12 +210,24 @@ class WarmHost:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def spawn(self, *, cwd: Path, env: Mapping[str, str], log_fd: int, channel_fd: int, ack_fd: int) -> HostedProcess:
+    def spawn(
+        self,
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_fd: int,
+        channel_fd: int,
+        ack_fd: int,
+        limits: RunLimits | None = None,
+    ) -> HostedProcess:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             conn.settimeout(REQUEST_TIMEOUT_SECONDS)
             conn.connect(str(self.socket_path))
-            request = json.dumps({"cwd": str(cwd), "env": dict(env)}).encode()
+            body: dict[str, object] = {"cwd": str(cwd), "env": dict(env)}
+            if limits is not None:
+                body["limits"] = {"memory_bytes": limits.memory_bytes, "max_processes": limits.max_processes}
+            request = json.dumps(body).encode()
             socket.send_fds(conn, [request], [log_fd, channel_fd, ack_fd])
             reply = json.loads(conn.recv(4096) or b"{}")
         except (OSError, ValueError) as exc:
@@ -195,8 +240,8 @@ class WarmHost:
         return HostedProcess(int(reply["pid"]), conn)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close its stdin (it exits at once when idle), SIGKILL it if it lingers. Its running children,
-        if any, run on: each is its own process group, and its agent watches it."""
+        """Close its stdin (it exits at once), SIGKILL it if it lingers. It ends its children's processes as it
+        goes (runly.host_server), as when its agent dies: hosts are stopped when no run uses them."""
         try:
             if self.process.stdin is not None:
                 self.process.stdin.close()
@@ -207,6 +252,7 @@ class WarmHost:
         except OSError:
             pass
         finally:
+            process_tree.remove_root(self.process.pid)
             if self.process.stdout is not None:
                 self.process.stdout.close()
             if self.hold is not None:
@@ -226,8 +272,12 @@ class WarmHosts:
         max_hosts: int,
         idle_seconds: float,
         hold: Callable[[str], IO[bytes]] | None = None,
+        user: JobUser | None = None,
+        limits: RunLimits | None = None,
     ) -> None:
         self.directory = directory
+        self.user = user  # who hosts run as (None: the agent's user)
+        self.limits = limits  # a host's own limits: the node's
         self.env = dict(env)
         self.max_hosts = max_hosts
         self.idle_seconds = idle_seconds
@@ -261,7 +311,9 @@ class WarmHosts:
         began = time.monotonic()
         hold = self._hold(sha256) if self._hold is not None else None
         try:
-            host = WarmHost.start(sha256, python, directory=self.directory, env=self.env, hold=hold)
+            host = WarmHost.start(
+                sha256, python, directory=self.directory, env=self.env, hold=hold, user=self.user, limits=self.limits
+            )
         except (OSError, WarmHostError) as exc:
             if hold is not None:
                 hold.close()
@@ -288,17 +340,30 @@ class WarmHosts:
             del self._hosts[host.sha256]
         return chosen
 
+    def live(self, sha256: str) -> bool:
+        """A host of this package is running (its environment was checked when it started)."""
+        with self._lock:
+            host = self._hosts.get(sha256)
+            return host is not None and host.alive()
+
     def release(self, host: WarmHost) -> None:
         with self._lock:
             host.active -= 1
             host.last_used = time.monotonic()
+            stop = host.retired and host.active <= 0
+        if stop:
+            host.stop()
 
     def broken(self, host: WarmHost) -> None:
-        """A host that failed a request: stop it; the next run of its package starts a new one."""
+        """A host that failed a request: stop it once no run uses it (a host that stops takes its runs' processes
+        with it); the next run of its package starts a new one."""
         with self._lock:
             if self._hosts.get(host.sha256) is host:
                 del self._hosts[host.sha256]
-        host.stop()
+            host.retired = True
+            stop = host.active <= 0
+        if stop:
+            host.stop()
 
     def stop_idle(self) -> None:
         now = time.monotonic()

@@ -615,8 +615,11 @@ def install_offline(
     *,
     python: str | Path,
     uv: str | Path | None = None,
+    compile_bytecode: bool = False,
 ) -> Path:
     """Create a venv at ``env_dir`` and install the project wheel from ``wheels_dir`` alone; return its python.
+    ``compile_bytecode``: write every module's .pyc now, so that nothing needs writing into the environment later
+    (a node's environments are read-only to the jobs that run from them, and checked against their file hashes).
 
     No index, no network, no cache and no build: a wheel missing from the bundle
     fails the install instead of being fetched. The venv is relocatable, so it may
@@ -639,6 +642,7 @@ def install_offline(
             "--offline", "--no-index", "--find-links", str(wheels_dir),
             "--no-build", "--no-cache",
             "--python", str(env_python),
+            *(["--compile-bytecode"] if compile_bytecode else []),
             str(wheel),
         ],
         what=f"installing {wheel.name} offline from {wheels_dir}",

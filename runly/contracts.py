@@ -102,6 +102,7 @@ class FailureReason(StrEnum):
     CHECKPOINT_TOO_LARGE = "checkpoint_too_large"
     PROGRESS_TOO_LARGE = "progress_too_large"
     MESSAGE_TOO_LARGE = "message_too_large"  # a line on the job's channel over MAX_CHANNEL_MESSAGE_BYTES
+    MEMORY_LIMIT = "memory_limit"  # the run went over its memory limit (RUNLY_MEMORY_LIMIT_BYTES, memory_limit_mb)
 
 
 # ---------------------------------------------------------------- packages

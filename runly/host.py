@@ -105,6 +105,8 @@ def describe_jobs(declared: dict[str, str] | None = None) -> list[JobSpec]:
                 entry_point=value,
                 config_schema=cls.config_schema(),
                 default_config=cls.default_config(),
+                memory_limit_mb=cls.memory_limit_mb,
+                max_processes=cls.max_processes,
             )
         )
     return specs
@@ -296,6 +298,7 @@ def run_main() -> int:
     """The run named by the environment (RUNLY_RUN_SPEC, RUNLY_CHANNEL_FD, RUNLY_ACK_FD): in a new
     interpreter (``run``) or in a child forked by a warm host (``serve``)."""
     configure_logging()
+    _not_dumpable()
     spec = RunSpec.model_validate_json(Path(os.environ[SPEC_ENV]).read_text())
     # From here on, the process ends itself when its agent goes or its lease runs out (runly.fencing).
     link = AgentLink(os.fdopen(int(os.environ[ACK_ENV]), "rb"), spec.lease) if ACK_ENV in os.environ else None
@@ -318,6 +321,16 @@ def run_main() -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _not_dumpable() -> None:
+    """Other jobs of the node's job user may not ptrace this one or read its memory (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

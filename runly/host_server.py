@@ -22,9 +22,11 @@ keep running if it exits: their agent watches them through a pidfd.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -38,6 +40,55 @@ from runly.host import ACK_ENV, CHANNEL_ENV, ENTRY_POINT_GROUP, EXIT_HOST_ERROR,
 READY = b"ready\n"
 MAX_REQUEST_BYTES = 1 << 20
 REQUEST_FDS = 3  # log, channel (write end), acks (read end)
+LISTEN_FD_ENV = "RUNLY_HOST_LISTEN_FD"  # a listening socket bound by the agent (else the host binds SOCKET itself)
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> None:
+    try:
+        ctypes.CDLL(None).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the agent's own sweep still ends the run's processes
+
+
+def _descendants() -> list[int]:
+    """Every process below this one (Linux: /proc/<pid>/task/<tid>/children)."""
+    found: list[int] = []
+    pending = [os.getpid()]
+    while pending:
+        pid = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    below = [int(child) for child in children.read().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(below)
+            pending.extend(below)
+    return found
+
+
+def _kill_descendants() -> None:
+    """The host is going (its agent stopped it or died): its runs' processes go with it, not on under init."""
+    for _ in range(20):
+        below = _descendants()
+        if not below:
+            return
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
 
 
 def preload() -> list[str]:
@@ -55,9 +106,12 @@ def preload() -> list[str]:
 
 class HostServer:
     def __init__(self, socket_path: str) -> None:
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(socket_path)
-        self.listener.listen(64)
+        if LISTEN_FD_ENV in os.environ:
+            self.listener = socket.socket(fileno=int(os.environ.pop(LISTEN_FD_ENV)))
+        else:
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self.listener.bind(socket_path)
+            self.listener.listen(64)
         self.selector = selectors.DefaultSelector()
         self.children: dict[int, socket.socket] = {}
         self._wakeup_read, self._wakeup_write = os.pipe()
@@ -85,6 +139,7 @@ class HostServer:
                     self._reap()
                 elif key.data == "agent":
                     if not os.read(sys.stdin.fileno(), 4096):
+                        _kill_descendants()
                         return 0  # the agent is gone or asked us to stop
 
     def _accept(self) -> None:
@@ -154,6 +209,16 @@ class HostServer:
             other.close()
         os.close(self._wakeup_read)
         os.close(self._wakeup_write)
+        # The run's own: it keeps its orphans below it and takes its run's limits (the agent sets them from outside
+        # too, and owns the whole tree whichever way). It outlives a host that dies (its agent watches it), and
+        # dies with a host that stops or whose agent died (_kill_descendants).
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        limits = request.get("limits") or {}
+        for which, key in ((resource.RLIMIT_AS, "memory_bytes"), (resource.RLIMIT_NPROC, "max_processes")):
+            if isinstance(limits.get(key), int):
+                _, hard = resource.getrlimit(which)
+                value = limits[key] if hard == resource.RLIM_INFINITY else min(limits[key], hard)
+                resource.setrlimit(which, (value, value))
         log_fd, channel_fd, ack_fd = fds
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -203,6 +268,10 @@ def _ignore(signum: int, frame: Any) -> None:
 
 def serve(socket_path: str) -> int:
     # stdout is the agent's pipe, read for READY alone: whatever the jobs print at import goes to the host's log.
+    # Orphans of its runs come back to it (not to init), and other jobs of the same user cannot ptrace it or read
+    # its memory and environment (the flag is kept across fork, by every run's child).
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_DUMPABLE, 0)
     status = os.dup(sys.stdout.fileno())
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

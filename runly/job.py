@@ -250,6 +250,10 @@ class Job(Generic[ConfigT]):
     # the newest progress, and writes every checkpoint to DynamoDB before it acknowledges it.
     progress_interval: ClassVar[float] = 0.5
     checkpoint_interval: ClassVar[float] = 2.0
+    # A run's limits, lower than the node's (RUNLY_MEMORY_LIMIT_BYTES, RUNLY_PIDS_LIMIT) if need be; None: the
+    # node's. Recorded in the package's manifest by ``runly pack``; a run over its memory limit ends memory_limit.
+    memory_limit_mb: ClassVar[int | None] = None
+    max_processes: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -45,6 +45,18 @@ class JobSpec(Strict):
     default_config: dict[str, Any] | None = Field(
         default=None, description="the config with every default filled in, or null when some field is required"
     )
+    memory_limit_mb: int | None = Field(
+        default=None,
+        ge=16,
+        le=1 << 24,
+        description="the most memory a run of this job may use, in MiB (null: the node's limit; never above it)",
+    )
+    max_processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 22,
+        description="the most processes a run of this job may have at once (null: the node's limit; never above it)",
+    )
 
 
 class Progress(BaseModel):

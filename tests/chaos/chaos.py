@@ -33,6 +33,7 @@ from runly.client import ApiError, RunlyClient
 from runly.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
 from runly.local.stack import Child, EmbeddedStack
 from runly.pack import pack_project
+from tests.support.job_user import share_with_jobs
 
 PROJECT = Path(__file__).resolve().parents[1] / "e2e" / "projects" / "e2ejobs"
 # Each lease renewal gives a job the lease less 2 s (the claim's margin before its message reappears and the fence
@@ -499,6 +500,8 @@ def run_chaos(
     try:
         client = RunlyClient(stack.api_url, api_key=getattr(stack, "admin_key", None))
         client.push(pack_project(PROJECT, workdir / "dist"))
+        # The ledger is written by the jobs, which run as the node's job user (RUNLY_JOB_USER), not as us.
+        share_with_jobs(workdir)
         chaos = Chaos(stack, client, workdir / "ledger.txt", random.Random(seed))
         chaos.enqueue(runs, items)
         return chaos.play(faults=faults, timeout=timeout)

@@ -12,6 +12,7 @@ from runly.client import RunlyClient
 from runly.contracts import PackageVersionView
 from runly.local.stack import EmbeddedStack, print_tail
 from runly.pack import pack_project
+from tests.support.job_user import share_with_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 E2E_PROJECT = Path(__file__).parent / "projects" / "e2ejobs"
@@ -48,6 +49,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"{len(skipped)} browser tests of the dashboard (tests/e2e/test_dashboard.py) did not run: Chromium is not "
         f"installed at {CHROMIUM}. To run them, install Debian's chromium: {command}"
     )
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's tmp_path, shared with the jobs the test runs (share_with_jobs)."""
+    return share_with_jobs(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from infrastructure.node_fleet import (
     AGENT_PREFIX,
     DRAIN_SCRIPT,
     DRAIN_UNIT,
+    JOB_FIREWALL_UNIT,
     LIFECYCLE_HOOK_NAME,
     NODE_UNIT,
     SESSION_MANAGER_ACTIONS,
@@ -170,7 +171,7 @@ def test_user_data_installs_the_agent_and_the_shipped_units_and_starts_them(
         # The agent drains for the fleet's drain timeout; systemd waits a margin more before it kills.
         assert f"TimeoutStopSec={stop_timeout_seconds(fleet_settings.fleet)}" in script
         assert stop_timeout_seconds(fleet_settings.fleet) > fleet_settings.fleet.drain_timeout_seconds
-        assert "systemctl enable --now runly-node.service runly-ec2-drain.service" in script
+        assert "systemctl enable --now runly-job-firewall.service runly-node.service runly-ec2-drain.service" in script
 
         # The agent's settings file names only settings the agent reads, and the ones it requires.
         [settings_line] = [line for line in script.splitlines() if line.endswith(" > /etc/runly/node.env")]
@@ -183,6 +184,29 @@ def test_user_data_installs_the_agent_and_the_shipped_units_and_starts_them(
         capacity = fleet_settings.fleet.environments[environment].runs_per_node
         assert f"RUNLY_CAPACITY={capacity}" in settings_line
         assert f"RUNLY_DRAIN_TIMEOUT_SECONDS={fleet_settings.fleet.drain_timeout_seconds}" in settings_line
+
+
+def test_job_processes_run_as_their_own_user_who_cannot_reach_the_instance_metadata_service(
+    fleet_template_json: dict[str, Any], groups: dict
+) -> None:
+    from node_agent.settings import AgentSettings
+
+    job_user = AgentSettings.model_fields["job_user"].default
+    useradd = f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /sbin/nologin {job_user}"
+    for _, group in groups.values():
+        script = _user_data(fleet_template_json, group)
+        assert useradd in script
+        # Rejected for the job user alone, IPv4 and IPv6, before the agent starts, on every boot
+        assert JOB_FIREWALL_UNIT.rstrip("\n") in script
+        for tool, address in (("iptables", "169.254.169.254"), ("ip6tables", "fd00:ec2::254")):
+            assert f"{tool} -I OUTPUT -d {address} -m owner --uid-owner {job_user} -j REJECT" in JOB_FIREWALL_UNIT
+        assert "Requires=runly-job-firewall.service" in script
+    unit = NODE_UNIT.read_text()
+    # The agent (not root) switches to the job user with exactly these capabilities, and creates the user
+    assert "AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL CAP_CHOWN" in unit
+    assert "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL CAP_CHOWN" in unit
+    assert f"|| {useradd}'" in unit
+    assert "Delegate=yes" in unit
 
 
 def test_the_node_unit_drains_on_stop_signalling_the_agent_alone() -> None:

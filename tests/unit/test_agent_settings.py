@@ -92,3 +92,19 @@ def test_python_m_node_agent_reports_invalid_settings_and_exits_2(tmp_path: Path
     assert done.returncode == 2
     assert done.stderr.startswith("invalid agent settings: ")
     assert "queue_url" in done.stderr and "capacity" in done.stderr
+
+
+def test_a_run_is_bounded_and_jobs_run_as_their_own_user_by_default() -> None:
+    settings = AgentSettings.load(environ=REQUIRED)
+    assert (settings.memory_limit_bytes, settings.pids_limit, settings.job_user) == (4 * 1024**3, 4096, "runly-job")
+    lowered = AgentSettings.load(
+        environ={
+            **REQUIRED,
+            "RUNLY_MEMORY_LIMIT_BYTES": str(512 * 1024**2),
+            "RUNLY_PIDS_LIMIT": "64",
+            "RUNLY_JOB_USER": "",
+        }
+    )
+    assert (lowered.memory_limit_bytes, lowered.pids_limit, lowered.job_user) == (512 * 1024**2, 64, "")
+    with pytest.raises(ValidationError, match="memory_limit_bytes"):
+        AgentSettings.load(environ={**REQUIRED, "RUNLY_MEMORY_LIMIT_BYTES": "1024"})

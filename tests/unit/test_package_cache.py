@@ -356,3 +356,71 @@ def test_installs_in_progress_count_against_the_budget(hello_bundle: Path, tmp_p
     assert cache.installed() == [sha_a] and sha_b != sha_a
     # And A's own note went with its work directory
     assert sorted(p.name for p in cache.tmp.iterdir()) == [elsewhere.name]
+
+
+# ---------------------------------------------------------------- installed environments are sealed and checked
+
+
+def _site_packages(env_dir: Path) -> Path:
+    (site,) = env_dir.glob("lib/python*/site-packages")
+    return site
+
+
+@pytest.mark.parametrize("tamper", ["plant a .pth", "change a module", "remove a file", "let others write"])
+def test_a_tampered_environment_is_installed_again_before_it_is_used(
+    hello_bundle: Path, tmp_path: Path, tamper: str
+) -> None:
+    # Given an installed environment, with no write bit for anyone but its owner anywhere in it
+    sha = sha256_file(hello_bundle)
+    feed = Feed(hello_bundle)
+    PackageCache(tmp_path / "cache", budget_bytes=10**9).ensure(sha, feed).release()
+    env_dir = tmp_path / "cache" / "envs" / sha
+    assert not [p for p in env_dir.rglob("*") if not p.is_symlink() and p.stat().st_mode & 0o022]
+    site = _site_packages(env_dir)
+    module = next(site.glob("hello/*.py"))
+
+    # When it is tampered with
+    if tamper == "plant a .pth":
+        (site / "zz_planted.pth").write_text("import os\n")
+    elif tamper == "change a module":
+        module.write_text(module.read_text() + "\nPLANTED = True\n")
+    elif tamper == "remove a file":
+        module.unlink()
+    else:
+        module.chmod(0o666)
+
+    # Then the next agent to use it (or one about to start a warm host from it) installs it again from the bundle
+    again = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    reinstalled = again.ensure(sha, feed, verify=True)
+    reinstalled.release()
+    assert feed.calls == 2 and not reinstalled.cached
+    assert not (site / "zz_planted.pth").exists()
+    assert "PLANTED" not in next(site.glob("hello/*.py")).read_text()
+
+
+def test_a_checked_environment_is_served_from_the_cache(hello_bundle: Path, tmp_path: Path) -> None:
+    sha = sha256_file(hello_bundle)
+    feed = Feed(hello_bundle)
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    cache.ensure(sha, feed).release()
+
+    # An untouched environment passes the check, from this agent's memory or another agent's first use
+    assert cache.ensure(sha, feed, verify=True).cached
+    assert PackageCache(tmp_path / "cache", budget_bytes=10**9).ensure(sha, feed).cached
+    assert feed.calls == 1
+
+
+def test_an_environment_tampered_after_this_agent_used_it_is_caught_when_checked(
+    hello_bundle: Path, tmp_path: Path
+) -> None:
+    sha = sha256_file(hello_bundle)
+    feed = Feed(hello_bundle)
+    cache = PackageCache(tmp_path / "cache", budget_bytes=10**9)
+    cache.ensure(sha, feed).release()
+    (_site_packages(cache.envs / sha) / "zz_planted.pth").write_text("import os\n")
+
+    # Without a check (a warm host already serves it) the fast path trusts what this agent checked before
+    assert cache.ensure(sha, feed).cached
+    # With one (a host is about to start from it), it is installed again
+    assert not cache.ensure(sha, feed, verify=True).cached
+    assert feed.calls == 2

@@ -1,5 +1,8 @@
+import glob
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -192,3 +195,80 @@ class Oversize(Job[OversizeConfig]):
         stream.write(kilobyte * (kib % 1024))
         stream.write('"}}\n' if what == "progress" else '"}\n')
         stream.flush()
+
+
+# A grandchild that leaves the job's session (setsid), or is double-forked so its parent is gone too, and notes
+# its pid; it would sleep for ten minutes if nothing ended it.
+_ESCAPE = """
+import os, sys, time
+how, pid_file = sys.argv[1], sys.argv[2]
+if how == "double_fork" and os.fork():
+    os._exit(0)
+os.setsid()
+if how == "double_fork" and os.fork():
+    os._exit(0)
+with open(pid_file, "a") as f:
+    f.write(f"{os.getpid()}\\n")
+time.sleep(600)
+"""
+
+
+class SpawnConfig(BaseModel):
+    how: str = Field(default="setsid", description="setsid or double_fork")
+    pid_file: str
+    then_sleep: float = Field(default=0, ge=0, description="seconds to sleep once the grandchild is there")
+
+
+class Spawn(Job[SpawnConfig]):
+    """Starts a grandchild that escapes the job's process group and session, then returns or sleeps."""
+
+    def run(self) -> dict[str, object]:
+        child = subprocess.Popen([sys.executable, "-c", _ESCAPE, self.config.how, self.config.pid_file])
+        if self.config.how == "double_fork":
+            child.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not os.path.getsize(self.config.pid_file):
+            time.sleep(0.02)
+        time.sleep(self.config.then_sleep)
+        return {"job_pid": os.getpid()}
+
+
+class HogConfig(BaseModel):
+    mb: int = Field(default=4096, ge=1, description="how much to allocate, in MiB")
+
+
+class Hog(Job[HogConfig]):
+    """Allocates (and touches) memory a MiB-chunk at a time, far past its declared limit."""
+
+    memory_limit_mb = 512
+
+    def run(self) -> dict[str, int]:
+        held = []
+        for _ in range(self.config.mb // 16):
+            held.append(b"x" * (16 * 1024 * 1024))
+        return {"held_mb": 16 * len(held)}
+
+
+class SnoopConfig(BaseModel):
+    agent_pid: int
+    other_env: str = Field(description="another package's cached environment")
+
+
+class Snoop(Job[SnoopConfig]):
+    """Tries to read the agent's environment and to plant a .pth file in another package's environment."""
+
+    def run(self) -> dict[str, str]:
+        found: dict[str, str] = {"uid": str(os.getuid())}
+        try:
+            with open(f"/proc/{self.config.agent_pid}/environ", "rb") as environ:
+                found["environ"] = f"read {len(environ.read())} bytes"
+        except OSError as exc:
+            found["environ"] = f"refused: {type(exc).__name__}"
+        site = next(iter(sorted(glob.glob(f"{self.config.other_env}/lib/python*/site-packages"))), "")
+        try:
+            with open(os.path.join(site or self.config.other_env, "planted.pth"), "w") as planted:
+                planted.write("import os; os.environ['PLANTED'] = '1'\n")
+            found["plant"] = "written"
+        except OSError as exc:
+            found["plant"] = f"refused: {type(exc).__name__}"
+        return found

@@ -183,19 +183,21 @@ def test_a_job_that_hears_no_renewal_ends_before_its_deadline_less_the_margin(tm
 def test_a_job_holding_the_interpreter_is_killed_by_the_kernel_at_its_deadline(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.txt"
     # Given a job stuck in one C call, so no other thread of it can run (its watchdog cannot)
-    lease = _lease(2, margin=0.5)
+    lease = _lease(4, margin=0.5)
     run = _start("HoldsTheInterpreter", ledger, lease)
 
     # Then the kernel timer ends it at the deadline less the margin
     code = run.wait(timeout=10)
     assert code == -signal.SIGKILL
-    assert abs(time.monotonic() - lease.stop_at) < 0.3
+    # (the timer fires at the instant; the rest is this test noticing the exit on a busy machine)
+    assert -0.05 < time.monotonic() - lease.stop_at < 0.5
     assert run.result is None
 
 
 def test_a_job_process_takes_its_children_with_it(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.txt"
-    run = _start("Forever", ledger, _lease(1.5, margin=0.5), child=True)
+    # (a lease long enough for a slow start on a busy machine to write its lines and start its child first)
+    run = _start("Forever", ledger, _lease(6, margin=0.5), child=True)
     _wait_for_lines(ledger)
     children = _children(run.pid)
     assert children, "the job started no child"

@@ -738,7 +738,8 @@ class AgentAws:
 
         An update, not a put: ``drain_requested`` belongs to the API and must survive heartbeats.
         """
-        fields = node.model_dump(mode="json", exclude={"node_id", "drain_requested"})
+        # Its id and environment are its key (the API reads them there); drain_requested is the API's.
+        fields = node.model_dump(mode="json", exclude={"node_id", "environment", "drain_requested"})
         key = node_key(node.environment, node.node_id)
         update = "SET " + ", ".join(f"#{name} = :{name}" for name in fields)
         names = {f"#{name}": name for name in fields}

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions.api.auth import require
-from functions.nodes.policy import node_policy_document
+from functions.nodes.policy import node_policy_document, without_sids
 from functions.nodes.sts import RoleAssumer
 from runly.contracts import ErrorBody, NodeCredentials, Scope
 
@@ -82,7 +82,7 @@ def session_policy(environment: str, settings: CredentialsSettings) -> str:
         feed_bucket_arn=settings.feed_bucket_arn,
         table_arn=settings.table_arn,
     )
-    return json.dumps(document, separators=(",", ":"))
+    return json.dumps(without_sids(document), separators=(",", ":"))
 
 
 def issue_credentials(

@@ -5,15 +5,15 @@ The same document is the inline policy of the EC2 fleet's instance role, the pol
 passes to STS AssumeRole, so the three cannot drift apart. It holds exactly what ``node_agent.aws`` calls, and
 only for the node's own environment (docs/store.md):
 
-- the environment's run queue: receive, delete, change visibility (the heartbeat), read attributes, and send
-  (a run's message is replaced before SQS's 12-hour in-flight cap: node_agent.run_messages);
+- the environment's run queue: receive, delete, change visibility (the heartbeat), and send (a run's message is
+  replaced before SQS's 12-hour in-flight cap: node_agent.run_messages);
 - the feed: get packages (``packages/*``, shared by every environment), put run logs under the environment's own
   prefix (``logs/{environment}/*``);
 - the table, by partition key (``dynamodb:LeadingKeys``): read (GetItem, and ConditionCheckItem for the checkpoint
   transaction) the environment's runs, checkpoints and nodes (``ENV#{environment}#RUN#*``,
   ``ENV#{environment}#NODE#*``); update them naming only the attributes a node writes (``dynamodb:Attributes``,
-  with ReturnValues that return no others, as the DynamoDB guide requires of attribute-level conditions); delete
-  node registrations. No PutItem (a put replaces every attribute, those a node may not write included): the API
+  asking for no values back, ReturnValues NONE: the DynamoDB guide requires ReturnValues that return no other
+  attributes of attribute-level conditions); delete node registrations. No PutItem (a put replaces every attribute, those a node may not write included): the API
   alone writes a run's definition (package, entry point, config, environment, ``api_created``) and its search
   index keys, and nothing under the environment's own ``ENV#{environment}`` partition (its pins), API keys,
   packages, schedules, or any other environment's items.
@@ -36,7 +36,6 @@ QUEUE_ACTIONS = (
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
-    "sqs:GetQueueAttributes",
     "sqs:SendMessage",
 )
 READ_ACTIONS = ("dynamodb:GetItem", "dynamodb:ConditionCheckItem")
@@ -64,12 +63,12 @@ RUN_ATTRIBUTES = (
     "checkpoint_json",
 )
 # What node_agent.aws.put_node names in a node's registration (runly.records.NodeRecord, its items-by-kind keys
-# included; drain_requested is the API's, but the heartbeat's condition reads it).
+# included; drain_requested is the API's, but the heartbeat's condition reads it). Not its environment: the API
+# reads that from the item's key (functions.dal.nodes).
 NODE_ATTRIBUTES = (
     PARTITION_KEY,
     SORT_KEY,
     "host",
-    "environment",
     "capacity",
     "running",
     "agent_version",
@@ -81,9 +80,10 @@ NODE_ATTRIBUTES = (
     ITEMS_BY_KIND.partition_key,
     ITEMS_BY_KIND.sort_key,
 )
-# The attribute-level conditions hold only if the write returns nothing else (DynamoDB developer guide, "Using IAM
-# policy conditions for fine-grained access control"): no ALL_OLD / ALL_NEW.
-WRITE_RETURN_VALUES = ("NONE", "UPDATED_OLD", "UPDATED_NEW")
+# The attribute-level conditions hold only if a write returns no other attributes (DynamoDB developer guide, "Using
+# IAM policy conditions for fine-grained access control": NONE, UPDATED_OLD or UPDATED_NEW); the agent asks for none.
+# IfExists: a transaction's Update has no ReturnValues.
+WRITE_RETURN_VALUES = ("NONE",)
 
 
 def run_partitions(environment: str) -> str:
@@ -104,8 +104,9 @@ def _writes(
         "Action": actions,
         "Resource": table_arn,
         "Condition": {
-            "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partitions]},
-            "ForAllValues:StringEquals": {"dynamodb:Attributes": list(attributes)},
+            # One operator for both keys (the attribute names hold no wildcard: StringLike is StringEquals on them),
+            # so the session policy fits STS's 2,048 characters.
+            "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partitions], "dynamodb:Attributes": list(attributes)},
             "StringEqualsIfExists": {"dynamodb:ReturnValues": list(WRITE_RETURN_VALUES)},
         },
     }
@@ -149,3 +150,9 @@ def node_policy_document(*, environment: str, queue_arn: str, feed_bucket_arn: s
             ),
         ],
     }
+
+
+def without_sids(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without its statement ids (names for a reader of the role), as the session policy: STS counts
+    its characters."""
+    return {**document, "Statement": [{k: v for k, v in s.items() if k != "Sid"} for s in document["Statement"]]}

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LeaseEntry:
-    """What the lease index holds for one item: the run (None: the item is not a run the API created, or it sits
-    in another environment's lease partition than its key names) and its table key, for the log."""
+    """What the lease index holds for one item: the run (None: the item is not a run the API created) and its
+    table key, for the log."""
 
     record: RunRecord | None
     partition_key: str
@@ -62,8 +62,9 @@ class MaintenanceStore:
         """The items of ``environment``'s lease partition whose lease ended before ``before_ms``.
 
         A node writes the lease index's keys (a claim puts its run there), so an entry is only a candidate: it is a
-        run only if the API created it (API_CREATED) under this environment's table key. The index projects the
-        whole item today; once it projects less (docs/store.md), the candidate is read from the table here.
+        run only if the API created it (API_CREATED, under the table key its id names), and it belongs to the
+        environment its table key names, whichever lease partition it was found in (``dispatch``). The index
+        projects the whole item today; once it projects less (docs/store.md), the candidate is read from the table.
         """
         query: dict[str, Any] = {
             "IndexName": RUNS_BY_LEASE.name,
@@ -74,10 +75,7 @@ class MaintenanceStore:
             page = self._table.query(**query)
             for item in page.get("Items", []):
                 partition = str(item.get(PARTITION_KEY, ""))
-                record = api_run(item) if item.get(SORT_KEY) == "RUN" else None
-                if record is not None and run_environment(record.run_id) != environment:
-                    record = None
-                yield LeaseEntry(record, partition)
+                yield LeaseEntry(api_run(item) if item.get(SORT_KEY) == "RUN" else None, partition)
             if "LastEvaluatedKey" not in page:
                 return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -13,10 +13,10 @@ only for the node's own environment (docs/store.md):
   transaction) the environment's runs, checkpoints and nodes (``ENV#{environment}#RUN#*``,
   ``ENV#{environment}#NODE#*``); update them naming only the attributes a node writes (``dynamodb:Attributes``,
   asking for no values back, ReturnValues NONE: the DynamoDB guide requires ReturnValues that return no other
-  attributes of attribute-level conditions); delete node registrations. No PutItem (a put replaces every attribute, those a node may not write included): the API
-  alone writes a run's definition (package, entry point, config, environment, ``api_created``) and its search
-  index keys, and nothing under the environment's own ``ENV#{environment}`` partition (its pins), API keys,
-  packages, schedules, or any other environment's items.
+  attributes of attribute-level conditions); delete node registrations. No PutItem (a put replaces every attribute,
+  those a node may not write included). So the API alone writes a run's definition (package, entry point, config,
+  environment, ``api_created``) and its search index keys, and a node writes nothing under its environment's own
+  ``ENV#{environment}`` partition (its pins), no API key, package or schedule, and no other environment's items.
 """
 
 from __future__ import annotations

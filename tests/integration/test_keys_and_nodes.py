@@ -130,7 +130,7 @@ def _register_node(names: resources.ResourceNames, node_id: str, environment: st
         host=f"{node_id}.internal",
         environment=environment,
         capacity=4,
-        running=["run_a"],
+        running=["run_default_a"],
         agent_version="0.1.0",
         state="busy",
         started_at=iso(now),
@@ -165,7 +165,7 @@ def test_nodes_are_listed_with_status_derived_from_their_expiry(api: Api, names:
         "status": "online",
         "state": "busy",
         "capacity": 4,
-        "running": ["run_a"],
+        "running": ["run_default_a"],
         "agent_version": "0.1.0",
         "started_at": None,
         "last_seen": None,
@@ -200,9 +200,9 @@ def _scan(names: resources.ResourceNames) -> list[dict[str, Any]]:
 
 def test_a_node_key_sees_only_its_own_environment(api: Api, names: resources.ResourceNames) -> None:
     # Given runs and nodes in two environments, and a node key of "default"
-    mine = queued_run(names, "run_default")
-    theirs = queued_run(names, "run_staging").model_copy(update={"environment": "staging"})
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=theirs.to_item())
+    mine = queued_run(names, "run_default_0")
+    theirs = queued_run(names, "run_staging_1").model_copy(update={"environment": "staging"})
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=theirs.api_item())
     _register_node(names, "eu-1", "default", online=True)
     _register_node(names, "st-1", "staging", online=True)
     node_key_secret = api.new_key(Scope.NODE, "default")["secret"]

@@ -158,18 +158,20 @@ def dynamodb_calls(agent_aws: AgentAws) -> Iterator[list[str]]:
         events.unregister("before-call.dynamodb", record)
 
 
-def test_a_first_claim_is_one_conditional_write_and_reads_no_checkpoint(
+def test_a_first_claim_is_one_read_and_one_conditional_write_and_reads_no_checkpoint(
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     _queued_run(names)
     with dynamodb_calls(agent_aws) as calls:
         record = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
         checkpoint = agent_aws.checkpoint_for(record)
-    assert calls == ["UpdateItem"]
+    # The read: the node's policy lets its writes return no attributes (functions.nodes.policy), so the run comes
+    # from a read, and the write is conditional on the run being as read.
+    assert calls == ["GetItem", "UpdateItem"]
     assert record.attempt == 1 and record.lease_owner == "node-a" and checkpoint is None
 
 
-def test_a_retry_is_claimed_from_the_failed_write_and_resumes_from_its_checkpoint(
+def test_a_retry_is_claimed_as_attempt_two_and_resumes_from_its_checkpoint(
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     # Given attempt 1 checkpointed, failed and went back to the queue
@@ -180,14 +182,13 @@ def test_a_retry_is_claimed_from_the_failed_write_and_resumes_from_its_checkpoin
         first, "node-a", state=RunState.QUEUED, reason=FailureReason.USER_ERROR, error={"message": "x"}
     )
 
-    # When another node claims it: the first write fails and returns the run as it is, so no read precedes the
-    # second write
+    # When another node claims it
     with dynamodb_calls(agent_aws) as calls:
         second = agent_aws.claim("run_default_1", "node-b", LEASE, now_ms())
         checkpoint = agent_aws.checkpoint_for(second)
 
     # Then it is attempt 2, and it gets attempt 1's checkpoint
-    assert calls == ["UpdateItem", "UpdateItem", "GetItem"]
+    assert calls == ["GetItem", "UpdateItem", "GetItem"]
     assert second.attempt == 2 and [a.number for a in second.attempts] == [1, 2]
     assert checkpoint is not None and checkpoint.watermark == 7
 

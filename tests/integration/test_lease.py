@@ -250,10 +250,10 @@ def test_the_feed_client_is_built_only_when_first_used(aws: dict[str, str], name
         queue_url=aws["default"], table_name=names.table, bucket=names.feed_bucket, session=CountingSession()
     )
     assert "s3" not in built
-    agent_aws.put_log_chunk("logs/run_1/0001/00000000.log", b"hello\n")
-    agent_aws.put_log_chunk("logs/run_1/0001/00000001.log", b"again\n")
+    agent_aws.put_log_chunk("logs/run_default_1/0001/00000000.log", b"hello\n")
+    agent_aws.put_log_chunk("logs/run_default_1/0001/00000001.log", b"again\n")
     assert built.count("s3") == 1
-    body = boto3.client("s3").get_object(Bucket=names.feed_bucket, Key="logs/run_1/0001/00000001.log")["Body"]
+    body = boto3.client("s3").get_object(Bucket=names.feed_bucket, Key="logs/run_default_1/0001/00000001.log")["Body"]
     assert body.read() == b"again\n"
 
 

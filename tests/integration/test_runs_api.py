@@ -24,7 +24,7 @@ from runly import resources
 from runly.client import ApiError, RunlyClient
 from runly.contracts import Checkpoint, EnqueueRunRequest, FailureReason, RunMessage, RunState, Scope
 from runly.local.gateway import Gateway
-from runly.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_key, utcnow
+from runly.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_key, run_log_prefix, utcnow
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter, serialized_dynamodb
 
 LEASE = 30
@@ -282,7 +282,7 @@ def test_queued_reason_says_why_a_run_waits(api: Api, names: resources.ResourceN
     put_run(names, "run_default_q")
 
     def reason() -> str | None:
-        reply = api("GET", "/runs/run_q")
+        reply = api("GET", "/runs/run_default_q")
         assert reply.status == 200, reply.body
         return reply.body["queued_reason"]  # type: ignore[no-any-return]
 
@@ -329,24 +329,24 @@ def test_queued_reason_says_why_a_run_waits(api: Api, names: resources.ResourceN
 def test_get_shows_the_runs_last_checkpoint(api: Api, names: resources.ResourceNames, agent: AgentAws) -> None:
     put_run(names, "run_default_c")
     record = agent.claim("run_default_c", "node-a", LEASE, now_ms())
-    assert api("GET", "/runs/run_c").body["checkpoint"] is None
+    assert api("GET", "/runs/run_default_c").body["checkpoint"] is None
 
     agent.write_checkpoint(
         record, "node-a", Checkpoint(watermark=40, state={"page": 3}, attempt=1, written_at=utcnow())
     )
 
-    checkpoint = api("GET", "/runs/run_c").body["checkpoint"]
+    checkpoint = api("GET", "/runs/run_default_c").body["checkpoint"]
     assert checkpoint["watermark"] == 40 and checkpoint["state"] == {"page": 3} and checkpoint["attempt"] == 1
 
 
 def test_runs_are_confined_to_a_node_keys_environment(api: Api, names: resources.ResourceNames) -> None:
     put_run(names, "run_default_0")
     put_run(names, "run_staging_1", environment="staging")
-    assert api("GET", "/runs/run_staging", scope=Scope.NODE, environment="staging").status == 200
-    assert api("GET", "/runs/run_default", scope=Scope.NODE, environment="staging").status == 403
-    assert api("POST", "/runs/run_default/cancel", scope=Scope.WRITE, environment="staging").status == 403
+    assert api("GET", "/runs/run_staging_1", scope=Scope.NODE, environment="staging").status == 200
+    assert api("GET", "/runs/run_default_0", scope=Scope.NODE, environment="staging").status == 403
+    assert api("POST", "/runs/run_default_0/cancel", scope=Scope.WRITE, environment="staging").status == 403
     # Nothing changed for a caller who may not change it
-    assert api("GET", "/runs/run_default").body["state"] == "Queued"
+    assert api("GET", "/runs/run_default_0").body["state"] == "Queued"
     # A search by a node key sees its own environment only, and asking for another is refused
     page = api("GET", "/runs", scope=Scope.NODE, environment="staging")
     assert [item["id"] for item in page.body["items"]] == ["run_staging_1"]
@@ -389,16 +389,16 @@ def test_a_running_run_is_asked_to_stop_through_its_heartbeat(
     record = agent.claim("run_default_r", "node-a", LEASE, now_ms())
 
     # When it is cancelled
-    reply = api("POST", "/runs/run_r/cancel")
+    reply = api("POST", "/runs/run_default_r/cancel")
 
     # Then it is Cancelling, and the node learns it on its next heartbeat (which still holds the lease)
     assert reply.status == 200 and reply.body["state"] == "Cancelling"
     assert agent.extend_lease(record, "node-a", now_ms() + LEASE * 1000) is RunState.CANCELLING
-    assert api("POST", "/runs/run_r/cancel").status == 409
+    assert api("POST", "/runs/run_default_r/cancel").status == 409
 
     # And the node ends it Cancelled; a finished run cannot be cancelled
     agent.end_attempt(record, "node-a", state=RunState.CANCELLED, reason=FailureReason.CANCELLED)
-    finished = api("POST", "/runs/run_r/cancel")
+    finished = api("POST", "/runs/run_default_r/cancel")
     assert finished.status == 409 and "Cancelled" in finished.body["message"]
 
 
@@ -416,7 +416,7 @@ def test_cancel_that_races_a_claim_cancels_the_running_run(
     monkeypatch.setattr(Store, "cancel_queued", claimed_first)
 
     # When the cancel goes on
-    reply = api("POST", "/runs/run_race/cancel")
+    reply = api("POST", "/runs/run_default_race/cancel")
 
     # Then the API's conditional write lost, it read again, and asked the running job to stop instead
     assert reply.status == 200 and reply.body["state"] == "Cancelling"
@@ -428,11 +428,11 @@ def test_cancel_that_races_a_claim_cancels_the_running_run(
 
 def test_requeue_needs_a_finished_run(api: Api, names: resources.ResourceNames) -> None:
     put_run(names, "run_default_live")
-    reply = api("POST", "/runs/run_live/requeue", {"resume": False})
+    reply = api("POST", "/runs/run_default_live/requeue", {"resume": False})
     assert reply.status == 409 and "Queued" in reply.body["message"]
     assert api("POST", "/runs/nope/requeue").status == 404
-    assert error_field(api("POST", "/runs/run_live/requeue", {"resume": "maybe"})) == "resume"
-    assert error_field(api("POST", "/runs/run_live/requeue", {"resum": True})) == "resum"
+    assert error_field(api("POST", "/runs/run_default_live/requeue", {"resume": "maybe"})) == "resume"
+    assert error_field(api("POST", "/runs/run_default_live/requeue", {"resum": True})) == "resum"
 
 
 def test_requeue_with_resume_starts_from_the_last_checkpoint(
@@ -473,7 +473,7 @@ def test_requeue_with_resume_of_a_run_without_checkpoint_starts_from_scratch(
     api: Api, names: resources.ResourceNames
 ) -> None:
     put_run(names, "run_default_done", state=RunState.SUCCEEDED)
-    reply = api("POST", "/runs/run_done/requeue", {"resume": True})
+    reply = api("POST", "/runs/run_default_done/requeue", {"resume": True})
     assert (
         reply.status == 201 and reply.body["checkpoint"] is None and reply.body["requeued_from"] == "run_default_done"
     )
@@ -526,7 +526,7 @@ def test_search_filters(api: Api, names: resources.ResourceNames) -> None:
     put_run(names, "run_default_b", created_at=base + timedelta(hours=1), state=RunState.FAILED, job="other")
     put_run(names, "run_default_c", created_at=base + timedelta(hours=2), package="mailer")
     put_run(
-        names, "run_default_d", created_at=base + timedelta(hours=3), environment="staging", state=RunState.SUCCEEDED
+        names, "run_staging_d", created_at=base + timedelta(hours=3), environment="staging", state=RunState.SUCCEEDED
     )
 
     def search(**query: Any) -> list[str]:
@@ -534,13 +534,13 @@ def test_search_filters(api: Api, names: resources.ResourceNames) -> None:
         assert reply.status == 200, reply.body
         return ids(reply.body)
 
-    assert search() == ["run_default_d", "run_default_c", "run_default_b", "run_default_a"]
-    assert search(state="Succeeded") == ["run_default_d", "run_default_a"]
+    assert search() == ["run_staging_d", "run_default_c", "run_default_b", "run_default_a"]
+    assert search(state="Succeeded") == ["run_staging_d", "run_default_a"]
     assert search(package="Mailer") == ["run_default_c"]  # PEP 503: any spelling of the name
     assert search(job="other") == ["run_default_b"]
-    assert search(environment="staging") == ["run_default_d"]
+    assert search(environment="staging") == ["run_staging_d"]
     # created_after is inclusive, created_before exclusive; a time without an offset is UTC
-    assert search(created_after=iso(base + timedelta(hours=1))) == ["run_default_d", "run_default_c", "run_default_b"]
+    assert search(created_after=iso(base + timedelta(hours=1))) == ["run_staging_d", "run_default_c", "run_default_b"]
     assert search(created_before="2030-01-01T02:00:00") == ["run_default_b", "run_default_a"]
     assert search(created_after="2030-01-01T00:30:00Z", created_before="2030-01-01T02:00:00+00:00") == ["run_default_b"]
     assert search(state="Succeeded", environment="default") == ["run_default_a"]
@@ -647,7 +647,7 @@ def test_a_cursor_only_continues_its_own_query(api: Api, names: resources.Resour
 def ship(names: resources.ResourceNames, run_id: str, attempt: int, *chunks: bytes) -> None:
     s3 = boto3.client("s3")
     for seq, data in enumerate(chunks):
-        s3.put_object(Bucket=names.feed_bucket, Key=f"logs/{run_id}/{attempt:04d}/{seq:08d}.log", Body=data)
+        s3.put_object(Bucket=names.feed_bucket, Key=f"{run_log_prefix(run_id, attempt)}{seq:08d}.log", Body=data)
 
 
 def test_logs_page_through_the_chunks_without_splitting_a_character(
@@ -665,7 +665,7 @@ def test_logs_page_through_the_chunks_without_splitting_a_character(
     pages = []
     cursor = None
     while True:
-        reply = api("GET", "/runs/run_log/logs", query={"cursor": cursor} if cursor else {}, scope=Scope.READ)
+        reply = api("GET", "/runs/run_default_log/logs", query={"cursor": cursor} if cursor else {}, scope=Scope.READ)
         assert reply.status == 200, reply.body
         pages.append(reply.body)
         if not reply.body["text"]:
@@ -680,11 +680,11 @@ def test_logs_page_through_the_chunks_without_splitting_a_character(
     # When the node ships the rest and ends the run
     ship(names, "run_default_log", 1, data[:2], data[2:], b" and done")
     agent.end_attempt(record, "node-a", state=RunState.SUCCEEDED)
-    rest = api("GET", "/runs/run_log/logs", query={"cursor": pages[-1]["next_cursor"]}).body
+    rest = api("GET", "/runs/run_default_log/logs", query={"cursor": pages[-1]["next_cursor"]}).body
 
     # Then the follower gets exactly what was added (a page at a time), and the log is complete
     assert rest["text"] == " and do" and not rest["complete"]
-    final = api("GET", "/runs/run_log/logs", query={"cursor": rest["next_cursor"]}).body
+    final = api("GET", "/runs/run_default_log/logs", query={"cursor": rest["next_cursor"]}).body
     assert final == {"run_id": "run_default_log", "attempt": 1, "text": "ne", "next_cursor": None, "complete": True}
 
 
@@ -701,24 +701,24 @@ def test_logs_of_an_earlier_attempt_and_a_download(
     ship(names, "run_default_two", 2, b"second ", b"try\n")
 
     # The latest attempt by default; it still runs, so it is not complete
-    latest = api("GET", "/runs/run_two/logs").body
+    latest = api("GET", "/runs/run_default_two/logs").body
     assert (latest["attempt"], latest["text"], latest["complete"]) == (2, "second try\n", False)
     # Attempt 1 ended: its log is complete
-    assert api("GET", "/runs/run_two/logs", query={"attempt": 1}).body["complete"] is True
+    assert api("GET", "/runs/run_default_two/logs", query={"attempt": 1}).body["complete"] is True
     # A download is the whole text of one attempt, as a file
-    download = api("GET", "/runs/run_two/logs", query={"download": True})
+    download = api("GET", "/runs/run_default_two/logs", query={"download": True})
     assert download.status == 200 and download.body == "second try\n"
     assert download.headers["content-type"].startswith("text/plain")
-    assert 'filename="run_two-attempt-2.log"' in download.headers["content-disposition"]
+    assert 'filename="run_default_two-attempt-2.log"' in download.headers["content-disposition"]
     # Too large to download: 413, with a hint to page
     monkeypatch.setattr(run_logs, "MAX_DOWNLOAD_BYTES", 5)
-    too_large = api("GET", "/runs/run_two/logs", query={"download": True})
+    too_large = api("GET", "/runs/run_default_two/logs", query={"download": True})
     assert too_large.status == 413 and error_field(too_large) == "download" and "cursor" in too_large.body["message"]
 
 
 def test_logs_of_a_run_that_has_not_started(api: Api, names: resources.ResourceNames) -> None:
     put_run(names, "run_default_new")
-    page = api("GET", "/runs/run_new/logs").body
+    page = api("GET", "/runs/run_default_new/logs").body
     assert page == {"run_id": "run_default_new", "attempt": 0, "text": "", "next_cursor": None, "complete": False}
 
 
@@ -735,7 +735,7 @@ def test_bad_log_requests_name_the_field(
     api: Api, names: resources.ResourceNames, query: dict[str, Any], status: int, field: str
 ) -> None:
     put_run(names, "run_default_l")
-    reply = api("GET", "/runs/run_l/logs", query=query)
+    reply = api("GET", "/runs/run_default_l/logs", query=query)
     assert (reply.status, error_field(reply)) == (status, field), reply.body
 
 
@@ -744,8 +744,8 @@ def test_a_log_cursor_belongs_to_its_run(api: Api, names: resources.ResourceName
         put_run(names, run_id)
         agent.claim(run_id, "node-a", LEASE, now_ms())
         ship(names, run_id, 1, b"out")
-    cursor = api("GET", "/runs/run_x/logs").body["next_cursor"]
-    assert error_field(api("GET", "/runs/run_y/logs", query={"cursor": cursor})) == "cursor"
+    cursor = api("GET", "/runs/run_default_x/logs").body["next_cursor"]
+    assert error_field(api("GET", "/runs/run_default_y/logs", query={"cursor": cursor})) == "cursor"
 
 
 # ---------------------------------------------------------------- the client, over HTTP

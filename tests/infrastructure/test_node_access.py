@@ -13,7 +13,7 @@ from functions.nodes.policy import NODE_ATTRIBUTES, RUN_ATTRIBUTES, WRITE_RETURN
 from infrastructure.node_access import CREDENTIALS_HANDLER, ROLE_MAX_SESSION_SECONDS
 from infrastructure.settings import StageSettings
 from infrastructure.stack import environment_output_id
-from tests.infrastructure.cfn import render, resources_of_type
+from tests.infrastructure.cfn import as_list, render, resources_of_type
 from tests.infrastructure.iam import (
     assert_no_wildcard_action,
     feed_bucket_id,
@@ -72,7 +72,7 @@ def expected_node_grants(template_json: dict[str, Any], queue_id: str, environme
 def assert_items_limited_to_runs_and_nodes(statements: list[dict[str, Any]], environment: str) -> None:
     """Every table statement is bounded to the environment's partitions; writes name only the node's attributes."""
     runs, nodes = f"ENV#{environment}#RUN#*", f"ENV#{environment}#NODE#*"
-    table = [s for s in statements if any(str(a).startswith("dynamodb:") for a in s["Action"])]
+    table = [s for s in statements if any(str(a).startswith("dynamodb:") for a in as_list(s["Action"]))]
     by_sid = {s["Sid"]: s for s in table}
     assert set(by_sid) == {"ReadItems", "WriteRuns", "WriteNodes"}
     assert by_sid["ReadItems"]["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [runs, nodes]}}

@@ -94,13 +94,17 @@ def _plain_string(value: Any) -> str | None:
 
 
 def key_kind(key: Mapping[str, Any] | None) -> str | None:
-    """What kind of item a key names, from its key prefixes: {"pk": "RUN#r1", "sk": "RUN"} -> "RUN/RUN"."""
+    """What kind of item a key names, from its key prefixes: {"pk": "RUN#r1", "sk": "RUN"} -> "RUN/RUN"; an
+    environment's items (``ENV#{environment}#RUN#...``, runly.records) by what follows the environment, so one kind
+    counts every environment's: {"pk": "ENV#default#RUN#r1", "sk": "RUN"} -> "RUN/RUN"."""
     if not key:
         return None
     parts = []
     for name in ("pk", "sk"):
         text = _plain_string(key.get(name))
         if text is not None:
+            if name == "pk" and text.startswith("ENV#") and text.count("#") >= 2:
+                text = text.split("#", 2)[2]
             parts.append(text.split("#", 1)[0])
     return "/".join(parts) or None
 

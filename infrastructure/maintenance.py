@@ -27,6 +27,8 @@ from runly.resources import RUNS_BY_LEASE
 DEAD_LETTER_HANDLER = "functions.maintenance.dlq.lambda_handler"
 REAPER_HANDLER = "functions.maintenance.reaper.lambda_handler"
 DEAD_LETTER_BATCH_SIZE = 10
+# Read by functions.maintenance.settings.MaintenanceSettings.dead_letter_environment.
+DEAD_LETTER_ENVIRONMENT = "RUNLY_DEAD_LETTER_ENVIRONMENT"
 REAPER_RATE = cdk.Duration.minutes(1)
 # What Lambda's SQS poller calls (AWSLambdaSQSQueueExecutionRole holds the same three).
 DEAD_LETTER_ACTIONS = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
@@ -53,7 +55,7 @@ class Maintenance(Construct):
                 handler=DEAD_LETTER_HANDLER,
                 code=code,
                 description=f"runly: fails the runs of poison messages of environment {name}",
-                environment={**environment, "POWERTOOLS_SERVICE_NAME": "runly-dlq"},
+                environment={**environment, DEAD_LETTER_ENVIRONMENT: name, "POWERTOOLS_SERVICE_NAME": "runly-dlq"},
             )
             # The mapping, without the grant SqsEventSource would add (it also allows ChangeMessageVisibility and
             # GetQueueUrl, which the poller does not use): exactly three actions on this DLQ.

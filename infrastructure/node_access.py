@@ -3,7 +3,7 @@
 Per environment, a `NodeRole` holding that environment's node policy (`functions.nodes.policy`, the same one the
 EC2 fleet's instances hold), which only the credentials function may assume. The function answers
 `POST /nodes/credentials`: the authorizer has checked the node key; the function assumes the environment's role
-with the same policy again as session policy, for an hour, and returns the credentials. The agent refreshes them
+with the same policy again as session policy, for 15 minutes, and returns the credentials. The agent refreshes them
 before they expire (docs/onprem.md).
 """
 
@@ -16,20 +16,23 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from functions.nodes.credentials import CREDENTIALS_SECONDS, ROUTE, SERVICE
+from functions.nodes.credentials import ROUTE, SERVICE
 from functions.nodes.policy import node_policy_document
 from infrastructure.environment_queues import EnvironmentQueues
 from infrastructure.feed_bucket import FeedBucket
 from infrastructure.lambda_function import RunlyFunction
 from infrastructure.nag import acknowledge_scoped_wildcard
 from infrastructure.run_store import RunStore
-from runly.resources import LOGS_PREFIX, PACKAGES_PREFIX
+from runly.records import environment_logs_prefix
+from runly.resources import PACKAGES_PREFIX
 
 CREDENTIALS_HANDLER = "functions.nodes.credentials.lambda_handler"
 # Read by functions.nodes.credentials.CredentialsSettings.
 TABLE_ARN = "RUNLY_TABLE_ARN"
 FEED_BUCKET_ARN = "RUNLY_FEED_BUCKET_ARN"
 NODE_ROLES = "RUNLY_NODE_ROLES"  # JSON object: environment name -> {role_arn, queue_arn}
+# IAM's least MaxSessionDuration for a role; the credentials function asks STS for less (CREDENTIALS_SECONDS).
+ROLE_MAX_SESSION_SECONDS = 3600
 
 
 class OnPremisesAccess(Construct):
@@ -69,10 +72,11 @@ class OnPremisesAccess(Construct):
                 f"NodeRole-{environment}",
                 assumed_by=iam.ArnPrincipal(self.credentials.role.role_arn),
                 description=f"runly on-premises nodes of environment {environment}, through POST /nodes/credentials",
-                max_session_duration=cdk.Duration.seconds(CREDENTIALS_SECONDS),
+                max_session_duration=cdk.Duration.seconds(ROLE_MAX_SESSION_SECONDS),
                 inline_policies={
                     "node": iam.PolicyDocument.from_json(
                         node_policy_document(
+                            environment=environment,
                             queue_arn=queue.queue_arn,
                             feed_bucket_arn=feed.bucket.bucket_arn,
                             table_arn=store.table.table_arn,
@@ -90,9 +94,9 @@ class OnPremisesAccess(Construct):
             acknowledge_scoped_wildcard(
                 role,
                 resource=feed_resource,
-                suffix=f"/{LOGS_PREFIX}*",
-                reason="A node uploads the log chunks of the runs it executes (logs/<run>/<attempt>/<seq>.log, "
-                "keys known at run time); writes are confined to the logs/ prefix of the feed bucket.",
+                suffix=f"/{environment_logs_prefix(environment)}*",
+                reason="A node uploads the log chunks of the runs it executes (logs/<environment>/<run>/<attempt>/"
+                "<seq>.log, keys known at run time); writes are confined to its environment's logs prefix.",
             )
             self.node_roles[environment] = role
 

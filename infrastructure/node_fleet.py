@@ -41,7 +41,8 @@ from infrastructure.settings import (
     FleetSettings,
     NodeGroupSettings,
 )
-from runly.resources import LOGS_PREFIX, PACKAGES_PREFIX, ResourceNames
+from runly.records import environment_logs_prefix
+from runly.resources import PACKAGES_PREFIX, ResourceNames
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 NODE_UNIT = DEPLOY_DIR / "runly-node.service"
@@ -145,6 +146,7 @@ class NodeGroup(Construct):
             inline_policies={
                 "node": iam.PolicyDocument.from_json(
                     node_policy_document(
+                        environment=environment,
                         queue_arn=queue.queue_arn,
                         feed_bucket_arn=feed.bucket.bucket_arn,
                         table_arn=store.table.table_arn,
@@ -178,9 +180,9 @@ class NodeGroup(Construct):
         acknowledge_scoped_wildcard(
             self.role,
             resource=feed_resource,
-            suffix=f"/{LOGS_PREFIX}*",
-            reason="A node uploads the log chunks of the runs it executes (logs/<run>/<attempt>/<seq>.log, keys "
-            "known at run time); writes are confined to the logs/ prefix of the feed bucket.",
+            suffix=f"/{environment_logs_prefix(environment)}*",
+            reason="A node uploads the log chunks of the runs it executes (logs/<environment>/<run>/<attempt>/"
+            "<seq>.log, keys known at run time); writes are confined to its environment's logs prefix.",
         )
         acknowledge_wildcard_arn(
             self.role,

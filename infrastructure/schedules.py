@@ -36,14 +36,17 @@ MANAGE_SCHEDULE_ACTIONS = [
 ]
 # The items a fire reads and writes, by partition key prefix: the schedule, the run it records (and its checkpoint
 # partition), the fire's idempotency key, the package versions and the environment's pins it resolves a version with.
+# A run's partition and the pins' both start with ENV# (runly.records): one prefix covers them.
 FIRE_ITEM_PREFIXES = tuple(
-    f"{partition.split('#', 1)[0]}#*"
-    for partition in (
-        schedule_key("id")[PARTITION_KEY],
-        run_key("id")[PARTITION_KEY],
-        idempotency_key("owner", "key")[PARTITION_KEY],
-        package_partition("name"),
-        environment_partition("name"),
+    dict.fromkeys(
+        f"{partition.split('#', 1)[0]}#*"
+        for partition in (
+            schedule_key("id")[PARTITION_KEY],
+            run_key("run_name_id")[PARTITION_KEY],
+            idempotency_key("owner", "key")[PARTITION_KEY],
+            package_partition("name"),
+            environment_partition("name"),
+        )
     )
 )
 FIRE_ITEM_ACTIONS = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]

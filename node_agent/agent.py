@@ -300,7 +300,7 @@ class Agent:
 
     def deregister(self) -> None:
         try:
-            self.aws.delete_node(self.settings.node_id)
+            self.aws.delete_node(self.settings.environment, self.settings.node_id)
         except Exception:  # leaving must not hide why we stopped; the record expires anyway
             log.exception("could not deregister node")
 

@@ -4,6 +4,10 @@ Every write a node makes to a run is conditional on still holding its lease
 (``fenced``): the attempt number is the fencing token, so a node that lost its
 lease (paused, partitioned, presumed dead) cannot overwrite the attempt that
 replaced it.
+
+Its writes name only the attributes its policy lets it write (functions.nodes.policy) and ask for no values back
+(ReturnValues NONE): IAM's attribute-level conditions require that, so what a write would have returned is read
+from its condition instead (renew_lease, put_node), or known from the read the claim starts with.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
@@ -28,17 +31,20 @@ from pydantic import ValidationError
 from runly import sizes
 from runly.contracts import AttemptView, Checkpoint, FailureReason, Progress, RunMessage, RunState
 from runly.records import (
+    API_CREATED,
     LEASE_REMOVE,
-    LEASED,
     MESSAGE_HANDOFF,
     NodeRecord,
     RunRecord,
     abandoned_outcome,
     abandoned_run_update,
     checkpoint_key,
+    is_run_id,
     iso,
+    lease_index_partition,
     lease_sort_key,
     node_key,
+    run_environment,
     run_key,
     utcnow,
 )
@@ -141,15 +147,8 @@ def _conditional_failed(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
-_DESERIALIZER = TypeDeserializer()
-
-
 class _RunChanged(Exception):
-    """A claim's condition failed; ``record`` is the run as it was then (None: there is no such run)."""
-
-    def __init__(self, record: RunRecord | None) -> None:
-        super().__init__("the run is not as the claim expected")
-        self.record = record
+    """A claim's condition failed: the run moved since the claim read it."""
 
 
 DELETE_BATCH_SIZE = 10  # SQS's largest batch
@@ -226,6 +225,12 @@ class DeleteBatcher:
 
 _FENCE = "#attempt = :attempt AND #owner = :node AND #state IN (:running, :cancelling)"
 _FENCE_NAMES = {"#attempt": "attempt", "#owner": "lease_owner", "#state": "state"}
+# No message of the run is waiting for this attempt (AgentAws.hand_over writes one).
+_NO_HANDOFF = f"(attribute_not_exists({MESSAGE_HANDOFF}) OR {MESSAGE_HANDOFF}.attempt <> :attempt)"
+
+
+class _Unexpected(Exception):
+    """A fenced write's extra condition failed: the caller reads the item to see why."""
 
 
 class AgentAws:
@@ -364,9 +369,23 @@ class AgentAws:
         return str(response["MessageId"])
 
     # ------------------------------------------------------------ runs: the lease protocol
-    def get_run(self, run_id: str) -> RunRecord | None:
+    def _read_run_item(self, run_id: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item")
-        return RunRecord.from_item(item) if item else None
+        return dict(item) if item else None
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """The run, if the API created it (an item under its key that is not marked API_CREATED, or does not
+        validate, was written by a node's credentials: no run to execute)."""
+        if not is_run_id(run_id):
+            return None
+        item = self._read_run_item(run_id)
+        if item is None or item.get(API_CREATED) is not True:
+            return None
+        try:
+            return RunRecord.from_item(item)
+        except ValidationError:
+            log.error("run %s: its item is not a run record; ignored", run_id)
+            return None
 
     def get_checkpoint(self, run_id: str) -> Checkpoint | None:
         item = self._table.get_item(Key=checkpoint_key(run_id), ConsistentRead=True).get("Item")
@@ -381,7 +400,7 @@ class AgentAws:
             ":cancelling": RunState.CANCELLING.value,
         }
         # Measured before any write (raises runly.sizes.CheckpointTooLarge or NotJson): never refused by DynamoDB.
-        item = {**checkpoint_key(record.run_id), "checkpoint_json": sizes.checkpoint_json(checkpoint)}
+        state = sizes.checkpoint_json(checkpoint)
         try:
             self._dynamodb.transact_write_items(
                 TransactItems=[
@@ -394,7 +413,16 @@ class AgentAws:
                             "ExpressionAttributeValues": fence_values,
                         }
                     },
-                    {"Put": {"TableName": self._table.name, "Item": item}},
+                    {
+                        # An update, not a put: the node's policy allows no PutItem (a put replaces every
+                        # attribute of an item, those it may not write included).
+                        "Update": {
+                            "TableName": self._table.name,
+                            "Key": checkpoint_key(record.run_id),
+                            "UpdateExpression": "SET checkpoint_json = :checkpoint",
+                            "ExpressionAttributeValues": {":checkpoint": state},
+                        }
+                    },
                 ]
             )
         except ClientError as exc:
@@ -411,15 +439,13 @@ class AgentAws:
     def claim(self, run_id: str, node_id: str, lease_seconds: int, now_ms: int) -> RunRecord:
         """Take the run's lease as a new attempt, or say why not.
 
-        The common case, a run queued for its first attempt, is one conditional write. Any other run fails
-        that condition, and the failed write returns the run as it was: a retry is then taken as attempt n+1,
-        an expired lease is taken over, a live lease, a terminal run or a lost cancel refused, each as before.
+        One strongly consistent read, then one write conditional on the run being as read (its attempt and
+        state): a run queued for an attempt is taken, an expired lease taken over, a live lease, a terminal run
+        or a lost cancel refused. The write asks for nothing back (the node's policy allows ReturnValues NONE
+        only: functions.nodes.policy), so the claimed record is the read one with the claim's changes.
         """
         until = lease_until(now_ms, lease_seconds)
-        try:
-            return self._take_lease(run_id, node_id, until, previous=None)
-        except _RunChanged as changed:
-            record = changed.record
+        record = self.get_run(run_id)
         if record is None:
             raise ClaimRefused(run_id, "no such run", terminal=True)
         if record.state.terminal:
@@ -459,29 +485,30 @@ class AgentAws:
         except _RunChanged as changed:
             raise ClaimRefused(run_id, "another node claimed it first", retry_in=lease_seconds) from changed
 
-    def _take_lease(self, run_id: str, node_id: str, until: int, *, previous: RunRecord | None) -> RunRecord:
-        """The claim's write, conditional on the run being ``previous`` (its attempt and state), or, with
-        None, on its being queued for its first attempt. Raises _RunChanged with the run as it was."""
-        expected_attempt = previous.attempt if previous is not None else 0
-        expected_state = previous.state if previous is not None else RunState.QUEUED
-        number = expected_attempt + 1
-        now = iso(utcnow())
-        names = {"#state": "state", "#attempt": "attempt", "#attempts": "attempts"}
+    def _take_lease(self, run_id: str, node_id: str, until: int, *, previous: RunRecord) -> RunRecord:
+        """The claim's write, conditional on the run being ``previous`` (its attempt and state); returns the run
+        as the write left it. Raises _RunChanged if the run moved since it was read."""
+        number = previous.attempt + 1
+        moment = utcnow()
+        attempts = list(previous.attempts)
+        last = attempts[-1] if attempts else None
+        if previous.state is RunState.RUNNING and last is not None and last.ended_at is None:
+            # The previous owner's lease ran out: that attempt ended because its node was lost.
+            attempts[-1] = last.model_copy(update={"ended_at": moment, "reason": FailureReason.NODE_LOST})
+        attempts.append(AttemptView(number=number, node_id=node_id, started_at=moment))
+        started_at = previous.started_at or iso(moment)
         values: dict[str, Any] = {
-            ":prev_attempt": expected_attempt,
-            ":prev_state": expected_state.value,
+            ":prev_attempt": previous.attempt,
+            ":prev_state": previous.state.value,
             ":running": RunState.RUNNING.value,
             ":number": number,
             ":node": node_id,
             ":until": until,
-            ":leased": LEASED,
+            ":leased": lease_index_partition(run_environment(run_id)),
             ":until_key": lease_sort_key(until),
-            ":now": now,
-            ":new": [
-                AttemptView(number=number, node_id=node_id, started_at=utcnow()).model_dump(
-                    mode="json", exclude_none=True
-                )
-            ],
+            ":started": started_at,
+            # The whole list, as the read saw it, changed: the condition makes that read the current one.
+            ":attempts": [attempt.model_dump(mode="json", exclude_none=True) for attempt in attempts],
         }
         sets = [
             "#state = :running",
@@ -490,17 +517,11 @@ class AgentAws:
             "lease_until_ms = :until",
             f"{RUNS_BY_LEASE.partition_key} = :leased",
             f"{RUNS_BY_LEASE.sort_key} = :until_key",
-            "started_at = if_not_exists(started_at, :now)",
-            "#attempts = list_append(#attempts, :new)",
+            "started_at = :started",
+            "#attempts = :attempts",
         ]
-        last = previous.attempts[-1] if previous is not None and previous.attempts else None
-        if previous is not None and previous.state is RunState.RUNNING and last is not None and last.ended_at is None:
-            # The previous owner's lease ran out: that attempt ended because its node was lost.
-            index = len(previous.attempts) - 1
-            sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
-            values[":node_lost"] = FailureReason.NODE_LOST.value
         condition = "#attempt = :prev_attempt AND #state = :prev_state"
-        if previous is not None and previous.state in (RunState.RUNNING, RunState.CANCELLING):
+        if previous.state in (RunState.RUNNING, RunState.CANCELLING):
             # A takeover: the lease must still be the one judged expired. A renewal written since (a slow but live
             # holder) told its job a later deadline, and that job would run beside ours.
             if previous.lease_until_ms is None:
@@ -509,24 +530,28 @@ class AgentAws:
                 condition += " AND lease_until_ms = :prev_until"
                 values[":prev_until"] = previous.lease_until_ms
         try:
-            result = self._table.update_item(
+            self._table.update_item(
                 Key=run_key(run_id),
                 UpdateExpression="SET " + ", ".join(sets),
                 # Nothing else may have moved the run since: the attempt number is the fencing token.
                 ConditionExpression=condition,
-                ExpressionAttributeNames=names,
+                ExpressionAttributeNames={"#state": "state", "#attempt": "attempt", "#attempts": "attempts"},
                 ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not _conditional_failed(exc):
-                raise
-            # The item comes back in DynamoDB's wire format: the resource only deserializes successful answers.
-            item = exc.response.get("Item")
-            found = {key: _DESERIALIZER.deserialize(value) for key, value in item.items()} if item else None
-            raise _RunChanged(RunRecord.from_item(found) if found else None) from exc
-        return RunRecord.from_item(result["Attributes"])
+            if _conditional_failed(exc):
+                raise _RunChanged() from exc
+            raise
+        return previous.model_copy(
+            update={
+                "state": RunState.RUNNING,
+                "attempt": number,
+                "lease_owner": node_id,
+                "lease_until_ms": until,
+                "started_at": started_at,
+                "attempts": attempts,
+            }
+        )
 
     def _close_abandoned(self, record: RunRecord, state: RunState, reason: FailureReason, message: str) -> None:
         """End a run whose lease expired, conditional on nobody having moved it since it was read."""
@@ -546,13 +571,22 @@ class AgentAws:
                 raise
 
     def _fenced_update(
-        self, record: RunRecord, node_id: str, update: str, values: dict[str, Any], names: dict[str, str]
-    ) -> dict[str, Any]:
+        self,
+        record: RunRecord,
+        node_id: str,
+        update: str,
+        values: dict[str, Any],
+        names: dict[str, str],
+        *,
+        also: str = "",
+    ) -> None:
+        """A write conditional on this attempt holding the lease (and on ``also``, if given); LeaseLost if the
+        condition failed (with ``also``: _Unexpected, the caller reads why)."""
         try:
-            return self._table.update_item(
+            self._table.update_item(
                 Key=run_key(record.run_id),
                 UpdateExpression=update,
-                ConditionExpression=_FENCE,
+                ConditionExpression=f"{_FENCE} AND {also}" if also else _FENCE,
                 ExpressionAttributeNames={**_FENCE_NAMES, **names},
                 ExpressionAttributeValues={
                     ":attempt": record.attempt,
@@ -561,10 +595,11 @@ class AgentAws:
                     ":cancelling": RunState.CANCELLING.value,
                     **values,
                 },
-                ReturnValues="ALL_NEW",
-            )["Attributes"]
+            )
         except ClientError as exc:
             if _conditional_failed(exc):
+                if also:
+                    raise _Unexpected() from exc
                 raise LeaseLost(f"{record.run_id}: attempt {record.attempt} no longer holds the lease") from exc
             raise
 
@@ -596,8 +631,18 @@ class AgentAws:
             # Unconditional: a handoff written since the last answer goes too, unseen. Its message is hidden for
             # the rest of the lease by the node that received it; it comes back and is handed over again.
             update += f" REMOVE {MESSAGE_HANDOFF}"
-        attributes = self._fenced_update(record, node_id, update, values, {})
-        handoff = attributes.get(MESSAGE_HANDOFF)
+        # The common beat: still Running, no message handed over to this attempt. The write returns nothing (the
+        # node's policy allows no ReturnValues that would), so anything else shows as a failed condition, and the
+        # run is read to see which: a cancel (Cancelling), a handoff, or a lost lease.
+        expected = "#state = :running" if drop_handoff else f"#state = :running AND {_NO_HANDOFF}"
+        try:
+            self._fenced_update(record, node_id, update, values, {}, also=expected)
+            return LeaseRenewal(RunState.RUNNING)
+        except _Unexpected:
+            pass
+        attributes = self._read_run_item(record.run_id) or {}
+        self._fenced_update(record, node_id, update, values, {})  # LeaseLost if it is not ours any more
+        handoff = None if drop_handoff else attributes.get(MESSAGE_HANDOFF)
         delivery = None
         if handoff is not None and int(handoff.get("attempt", -1)) == record.attempt:
             delivery = Delivery(
@@ -607,7 +652,8 @@ class AgentAws:
                 message_id=str(handoff.get("message_id", "")),
                 received_at=int(handoff["received_ms"]) / 1000,
             )
-        return LeaseRenewal(RunState(attributes["state"]), delivery)
+        state = RunState(attributes.get("state", RunState.RUNNING.value))
+        return LeaseRenewal(state if state is RunState.CANCELLING else RunState.RUNNING, delivery)
 
     def hand_over(self, leased: RunRecord, delivery: Delivery) -> bool:
         """Offer ``delivery``, a message of a run that a live attempt holds, to that attempt through the run
@@ -627,8 +673,7 @@ class AgentAws:
             self._table.update_item(
                 Key=run_key(leased.run_id),
                 UpdateExpression=f"SET {MESSAGE_HANDOFF} = :handoff",
-                ConditionExpression=f"{_FENCE} AND (attribute_not_exists({MESSAGE_HANDOFF})"
-                f" OR {MESSAGE_HANDOFF}.attempt <> :attempt)",
+                ConditionExpression=f"{_FENCE} AND {_NO_HANDOFF}",
                 ExpressionAttributeNames=dict(_FENCE_NAMES),
                 ExpressionAttributeValues={
                     ":attempt": leased.attempt,
@@ -700,19 +745,33 @@ class AgentAws:
 
         An update, not a put: ``drain_requested`` belongs to the API and must survive heartbeats.
         """
-        fields = node.model_dump(mode="json", exclude={"node_id", "drain_requested"})
+        # Its id and environment are its key (the API reads them there); drain_requested is the API's.
+        fields = node.model_dump(mode="json", exclude={"node_id", "environment", "drain_requested"})
+        key = node_key(node.environment, node.node_id)
+        update = "SET " + ", ".join(f"#{name} = :{name}" for name in fields)
         names = {f"#{name}": name for name in fields}
-        result = self._table.update_item(
-            Key=node_key(node.node_id),
-            UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in fields),
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues={f":{name}": value for name, value in fields.items()},
-            ReturnValues="ALL_NEW",
+        values = {f":{name}": value for name, value in fields.items()}
+        # Asks for nothing back (the node's policy allows no ReturnValues that would): a drain shows as the
+        # condition failing, and the same update is made without it.
+        try:
+            self._table.update_item(
+                Key=key,
+                UpdateExpression=update,
+                ConditionExpression="attribute_not_exists(#drain) OR #drain = :no",
+                ExpressionAttributeNames={**names, "#drain": "drain_requested"},
+                ExpressionAttributeValues={**values, ":no": False},
+            )
+            return False
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+        self._table.update_item(
+            Key=key, UpdateExpression=update, ExpressionAttributeNames=names, ExpressionAttributeValues=values
         )
-        return bool(result.get("Attributes", {}).get("drain_requested", False))
+        return True
 
-    def delete_node(self, node_id: str) -> None:
-        self._table.delete_item(Key=node_key(node_id))
+    def delete_node(self, environment: str, node_id: str) -> None:
+        self._table.delete_item(Key=node_key(environment, node_id))
 
     # ------------------------------------------------------------ feed
     def download(self, key: str, destination: Path) -> None:

@@ -1,8 +1,10 @@
 """AWS credentials for an on-premises node, from its node key: no long-lived AWS keys on the node.
 
 The agent exchanges its node key at ``POST /nodes/credentials`` for short-lived credentials
-limited to its environment, and botocore refreshes them through the same call before they
-expire (botocore starts refreshing 15 minutes ahead, and must by 10).
+limited to its environment (15 minutes, STS's least), and botocore refreshes them through the
+same call before they expire: from ADVISORY_REFRESH_SECONDS before expiry (a failed refresh
+then keeps the current credentials), and at the latest MANDATORY_REFRESH_SECONDS before it.
+botocore's own defaults (15 and 10 minutes) would refresh a 15-minute session on every call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from runly.contracts import NodeCredentials
 
 log = logging.getLogger(__name__)
 CREDENTIALS_PATH = "/nodes/credentials"
+ADVISORY_REFRESH_SECONDS = 5 * 60
+MANDATORY_REFRESH_SECONDS = 2 * 60
+
 
 
 def fetch_node_credentials(api_url: str, node_key: str, *, timeout: float = 15.0) -> NodeCredentials:
@@ -43,7 +48,11 @@ def node_key_session(api_url: str, node_key: str, region: str) -> boto3.session.
         }
 
     refreshable = RefreshableCredentials.create_from_metadata(
-        metadata=refresh(), refresh_using=refresh, method="runly-node-key"
+        metadata=refresh(),
+        refresh_using=refresh,
+        method="runly-node-key",
+        advisory_timeout=ADVISORY_REFRESH_SECONDS,
+        mandatory_timeout=MANDATORY_REFRESH_SECONDS,
     )
     core = botocore.session.get_session()
     core._credentials = refreshable  # botocore's documented way for custom refreshable credentials

@@ -1,7 +1,7 @@
 """Ship a job's output to the feed in chunks, during the run and at its end.
 
 The job writes stdout/stderr to a file on the node's disk (the spool); a
-shipper uploads what is new as ``logs/{run_id}/{attempt:04d}/{seq:08d}.log``.
+shipper uploads what is new as ``logs/{environment}/{run_id}/{attempt:04d}/{seq:08d}.log``.
 Its position is saved beside the spool, so after an agent crash the next agent
 on this node ships the leftovers and nothing is uploaded twice or lost.
 """
@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from runly.resources import LOG_CHUNK_BYTES, LOGS_PREFIX
+from runly.records import run_log_prefix
+from runly.resources import LOG_CHUNK_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ Upload = Callable[[str, bytes], None]
 
 
 def chunk_key(run_id: str, attempt: int, seq: int) -> str:
-    return f"{LOGS_PREFIX}{run_id}/{attempt:04d}/{seq:08d}.log"
+    # Under the run's environment (runly.records.run_log_prefix): the node's credentials reach only that prefix.
+    return f"{run_log_prefix(run_id, attempt)}{seq:08d}.log"
 
 
 class LogSpool:

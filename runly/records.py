@@ -8,6 +8,7 @@ and nested values round-trip exactly (DynamoDB numbers would come back as Decima
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -27,9 +28,15 @@ from runly.contracts import (
     ScheduleView,
     Scope,
 )
-from runly.resources import ITEMS_BY_KIND, PARTITION_KEY, RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, SORT_KEY
-
-LEASED = "LEASED"
+from runly.resources import (
+    ENVIRONMENT_NAME,
+    ITEMS_BY_KIND,
+    LOGS_PREFIX,
+    PARTITION_KEY,
+    RUNS_BY_ENVIRONMENT,
+    RUNS_BY_LEASE,
+    SORT_KEY,
+)
 
 
 def utcnow() -> datetime:
@@ -40,13 +47,97 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# ---------------------------------------------------------------- the environment in the keys (docs/store.md)
+# Every item a node may touch lives under a partition key that starts with its environment, ``ENV#{environment}#``,
+# so IAM can bound a node's credentials to one environment (dynamodb:LeadingKeys, functions.nodes.policy). Environment
+# names match runly.resources.ENVIRONMENT_NAME: no "#", "_", "*" or "?", so "ENV#{name}#" prefixes exactly that
+# environment's items and no pattern built from a name matches another's.
+ENVIRONMENT_PREFIX = "ENV#"
+RUN_PARTITION = "RUN#"
+NODE_PARTITION = "NODE#"
+# Index partitions of an environment's runs (issue 14 adds a shard suffix, "#{n}", to both: docs/store.md).
+RUNS_INDEX_PARTITION = "RUNS"
+LEASE_INDEX_PARTITION = "LEASED"
+# Written by the API on every run item it creates and never by a node (the node's policy cannot name it): the
+# reaper and the dead-letter handler act only on runs that carry it.
+API_CREATED = "api_created"
+# ``run_{environment}_{unique}``: the id names its environment, so the API finds a run's item from the id alone.
+# An environment name holds no "_", so the first "_" after "run_" ends it: no two environments share an id.
+RUN_ID = re.compile(r"run_(?P<environment>[a-z][a-z0-9-]{0,30})_(?P<unique>[0-9A-Za-z_-]{1,64})")
+assert ENVIRONMENT_NAME.pattern == r"^[a-z][a-z0-9-]{0,30}$", "RUN_ID embeds the environment name pattern"
+
+
+class MalformedRunId(ValueError):
+    """A run id that no run can have (not ``run_{environment}_{unique}``)."""
+
+
+def run_environment(run_id: str) -> str:
+    """The environment a run id names; MalformedRunId if it is not a run id."""
+    match = RUN_ID.fullmatch(run_id)
+    if match is None:
+        raise MalformedRunId(f"{run_id[:80]!r} is not a run id (run_<environment>_<unique>)")
+    return match["environment"]
+
+
+def is_run_id(value: str) -> bool:
+    return RUN_ID.fullmatch(value) is not None
+
+
+def environment_prefix(environment: str) -> str:
+    """``ENV#{environment}#``: what every partition key of the environment's items starts with."""
+    return f"{ENVIRONMENT_PREFIX}{environment}#"
+
+
+def run_partition(run_id: str) -> str:
+    return f"{environment_prefix(run_environment(run_id))}{RUN_PARTITION}{run_id}"
+
+
+def environment_of_partition(partition: str) -> str | None:
+    """The environment of an ``ENV#{environment}#...`` partition key (None for any other key)."""
+    if not partition.startswith(ENVIRONMENT_PREFIX):
+        return None
+    name, sep, _ = partition[len(ENVIRONMENT_PREFIX) :].partition("#")
+    return name if sep and ENVIRONMENT_NAME.match(name) else None
+
+
+def run_id_of_partition(partition: str) -> str | None:
+    """The run id of a run's partition key, if it is one and its environment agrees with the id's."""
+    environment = environment_of_partition(partition)
+    if environment is None:
+        return None
+    run_id = partition.removeprefix(f"{environment_prefix(environment)}{RUN_PARTITION}")
+    if run_id == partition or not is_run_id(run_id) or run_environment(run_id) != environment:
+        return None
+    return run_id
+
+
 def run_key(run_id: str) -> dict[str, str]:
-    return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: "RUN"}
+    return {PARTITION_KEY: run_partition(run_id), SORT_KEY: "RUN"}
 
 
 def checkpoint_key(run_id: str) -> dict[str, str]:
     """The run's last checkpoint: its own item, so the run item stays small; written only by the lease holder."""
-    return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: "CHECKPOINT"}
+    return {PARTITION_KEY: run_partition(run_id), SORT_KEY: "CHECKPOINT"}
+
+
+def runs_index_partition(environment: str) -> str:
+    """The runs-by-environment index partition of an environment's runs (``gsi1pk``)."""
+    return f"{environment_prefix(environment)}{RUNS_INDEX_PARTITION}"
+
+
+def lease_index_partition(environment: str) -> str:
+    """The runs-by-lease index partition of an environment's leased runs (``gsi2pk``)."""
+    return f"{environment_prefix(environment)}{LEASE_INDEX_PARTITION}"
+
+
+def run_log_prefix(run_id: str, attempt: int) -> str:
+    """Where an attempt's log chunks go in the feed: ``logs/{environment}/{run_id}/{attempt:04d}/``, so a node's
+    credentials can be bounded to its environment's logs by prefix."""
+    return f"{LOGS_PREFIX}{run_environment(run_id)}/{run_id}/{attempt:04d}/"
+
+
+def environment_logs_prefix(environment: str) -> str:
+    return f"{LOGS_PREFIX}{environment}/"
 
 
 def package_key(name: str, version: str) -> dict[str, str]:
@@ -94,12 +185,16 @@ class RunRecord(BaseModel):
     def to_item(self) -> dict[str, Any]:
         item = self.model_dump(mode="json", exclude_none=True)
         item.update(run_key(self.run_id))
-        item[RUNS_BY_ENVIRONMENT.partition_key] = environment_partition(self.environment)
+        item[RUNS_BY_ENVIRONMENT.partition_key] = runs_index_partition(self.environment)
         item[RUNS_BY_ENVIRONMENT.sort_key] = f"{self.created_at}#{self.run_id}"
         if self.lease_until_ms is not None and not self.state.terminal:
-            item[RUNS_BY_LEASE.partition_key] = LEASED
+            item[RUNS_BY_LEASE.partition_key] = lease_index_partition(self.environment)
             item[RUNS_BY_LEASE.sort_key] = lease_sort_key(self.lease_until_ms)
         return item
+
+    def api_item(self) -> dict[str, Any]:
+        """The item as the API creates it: marked API_CREATED (no node can write that attribute)."""
+        return {**self.to_item(), API_CREATED: True}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> RunRecord:
@@ -209,8 +304,21 @@ def abandoned_run_update(
     return "SET " + ", ".join(sets) + " " + LEASE_REMOVE, names, values
 
 
-def node_key(node_id: str) -> dict[str, str]:
-    return {PARTITION_KEY: f"NODE#{node_id}", SORT_KEY: "NODE"}
+def node_partition(environment: str, node_id: str) -> str:
+    return f"{environment_prefix(environment)}{NODE_PARTITION}{node_id}"
+
+
+def node_key(environment: str, node_id: str) -> dict[str, str]:
+    return {PARTITION_KEY: node_partition(environment, node_id), SORT_KEY: "NODE"}
+
+
+def node_of_partition(partition: str) -> tuple[str, str] | None:
+    """(environment, node id) of a node's partition key, or None."""
+    environment = environment_of_partition(partition)
+    if environment is None:
+        return None
+    node_id = partition.removeprefix(f"{environment_prefix(environment)}{NODE_PARTITION}")
+    return (environment, node_id) if node_id != partition and node_id else None
 
 
 class NodeRecord(BaseModel):
@@ -242,7 +350,7 @@ class NodeRecord(BaseModel):
 
     def to_item(self) -> dict[str, Any]:
         item = self.model_dump(mode="json")
-        item.update(node_key(self.node_id))
+        item.update(node_key(self.environment, self.node_id))
         return item
 
 
@@ -314,9 +422,10 @@ PACKAGE_INDEX_PARTITION = "PACKAGES"
 
 
 def environment_partition(environment: str) -> str:
-    """``ENV#{environment}``: the table partition of an environment's own items (its pins), and the partition
-    of its runs in the runs-by-environment index (``gsi1pk``)."""
-    return f"ENV#{environment}"
+    """``ENV#{environment}``: the table partition of an environment's own items (its pins). Written by the API
+    only: a node's policy allows ``ENV#{environment}#RUN#*`` and ``ENV#{environment}#NODE#*``, which this key
+    does not match."""
+    return f"{ENVIRONMENT_PREFIX}{environment}"
 
 
 def pin_key(environment: str, package: str) -> dict[str, str]:

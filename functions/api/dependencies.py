@@ -36,7 +36,8 @@ def key_store() -> KeyStore:
 
 @lru_cache(maxsize=1)
 def node_store() -> NodeStore:
-    return NodeStore(get_settings().table_name)
+    settings = get_settings()
+    return NodeStore(settings.table_name, environments=sorted(settings.queue_urls))
 
 
 @lru_cache(maxsize=1)

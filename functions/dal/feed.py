@@ -13,14 +13,14 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from runly.resources import LOGS_PREFIX
+from runly.records import run_log_prefix
 
 _CHUNK_NAME = re.compile(r"^(\d{8})\.log$")
 
 
 @dataclass(frozen=True)
 class LogChunk:
-    """One shipped piece of a run attempt's output: ``logs/{run_id}/{attempt:04d}/{seq:08d}.log``."""
+    """One shipped piece of a run attempt's output: ``logs/{environment}/{run_id}/{attempt:04d}/{seq:08d}.log``."""
 
     key: str
     seq: int
@@ -28,7 +28,7 @@ class LogChunk:
 
 
 def log_prefix(run_id: str, attempt: int) -> str:
-    return f"{LOGS_PREFIX}{run_id}/{attempt:04d}/"
+    return run_log_prefix(run_id, attempt)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,44 @@
-"""DynamoDB and SQS access for the maintenance functions: runs whose lease expired, dead letters."""
+"""DynamoDB and SQS access for the maintenance functions: runs whose lease expired, dead letters.
+
+Which environment a run belongs to is read from its table key (``ENV#{environment}#RUN#{run_id}``, which no node
+of another environment can write under), never from an attribute or an index key a node can write; and only runs
+the API created (runly.records.API_CREATED, which no node can write) are acted on (docs/store.md).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
+from functions.dal.store import api_run
 from runly.contracts import FailureReason, RunMessage, RunState
-from runly.records import LEASED, RunRecord, abandoned_run_update, lease_sort_key, run_key
-from runly.resources import RUNS_BY_LEASE
+from runly.records import (
+    RunRecord,
+    abandoned_run_update,
+    is_run_id,
+    lease_index_partition,
+    lease_sort_key,
+    run_environment,
+    run_key,
+)
+from runly.resources import PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeaseEntry:
+    """What the lease index holds for one item: the run (None: the item is not a run the API created) and its
+    table key, for the log."""
+
+    record: RunRecord | None
+    partition_key: str
 
 
 class RunMoved(Exception):
@@ -27,23 +54,37 @@ class MaintenanceStore:
         self._sqs = sqs or boto3.client("sqs")
         self._queue_urls = queue_urls
 
-    def expired_leases(self, before_ms: int) -> Iterator[RunRecord]:
+    @property
+    def environments(self) -> list[str]:
+        return sorted(self._queue_urls)
+
+    def expired_leases(self, environment: str, before_ms: int) -> Iterator[LeaseEntry]:
+        """The items of ``environment``'s lease partition whose lease ended before ``before_ms``.
+
+        A node writes the lease index's keys (a claim puts its run there), so an entry is only a candidate: it is a
+        run only if the API created it (API_CREATED, under the table key its id names), and it belongs to the
+        environment its table key names, whichever lease partition it was found in (``dispatch``). The index
+        projects the whole item today; once it projects less (docs/store.md), the candidate is read from the table.
+        """
         query: dict[str, Any] = {
             "IndexName": RUNS_BY_LEASE.name,
-            "KeyConditionExpression": Key(RUNS_BY_LEASE.partition_key).eq(LEASED)
+            "KeyConditionExpression": Key(RUNS_BY_LEASE.partition_key).eq(lease_index_partition(environment))
             & Key(RUNS_BY_LEASE.sort_key).lt(lease_sort_key(before_ms)),
         }
         while True:
             page = self._table.query(**query)
             for item in page.get("Items", []):
-                yield RunRecord.from_item(item)
+                partition = str(item.get(PARTITION_KEY, ""))
+                yield LeaseEntry(api_run(item) if item.get(SORT_KEY) == "RUN" else None, partition)
             if "LastEvaluatedKey" not in page:
                 return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        item = self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item")
-        return RunRecord.from_item(item) if item else None
+        """The run the API created under this id, or None."""
+        if not is_run_id(run_id):
+            return None
+        return api_run(self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item"))
 
     def end_abandoned(self, record: RunRecord, state: RunState, reason: FailureReason, message: str) -> None:
         """Close the abandoned attempt (node lost) and move the run to ``state``: Queued for another
@@ -70,5 +111,7 @@ class MaintenanceStore:
             raise
 
     def dispatch(self, record: RunRecord) -> None:
-        message = RunMessage(run_id=record.run_id, environment=record.environment)
-        self._sqs.send_message(QueueUrl=self._queue_urls[record.environment], MessageBody=message.model_dump_json())
+        """Send the run's message to the queue of the environment its key names (the id names it: run_key)."""
+        environment = run_environment(record.run_id)
+        message = RunMessage(run_id=record.run_id, environment=environment)
+        self._sqs.send_message(QueueUrl=self._queue_urls[environment], MessageBody=message.model_dump_json())

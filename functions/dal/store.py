@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from runly.contracts import Checkpoint, RunState
 from runly.records import (
+    API_CREATED,
     PACKAGE_INDEX_PARTITION,
     IdempotencyRecord,
     PackageIndexRecord,
@@ -32,11 +33,15 @@ from runly.records import (
     checkpoint_key,
     environment_partition,
     idempotency_key,
+    is_run_id,
     package_index_key,
     package_key,
     package_partition,
     pin_key,
+    run_environment,
+    run_id_of_partition,
     run_key,
+    runs_index_partition,
 )
 from runly.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, SORT_KEY, TTL_ATTRIBUTE
 
@@ -118,10 +123,23 @@ def _start_key(environment: str, sort_key: str) -> dict[str, str]:
     # the index's keys and the table's keys of the item to start after.
     run_id = sort_key.split("#", 1)[1]
     return {
-        RUNS_BY_ENVIRONMENT.partition_key: environment_partition(environment),
+        RUNS_BY_ENVIRONMENT.partition_key: runs_index_partition(environment),
         RUNS_BY_ENVIRONMENT.sort_key: sort_key,
         **run_key(run_id),
     }
+
+
+def api_run(item: dict[str, Any] | None) -> RunRecord | None:
+    """The run an item holds, if the API created it: marked API_CREATED, under the partition its id names. Any
+    other item under a run's key (one a node could have written with its own credentials) is no run."""
+    if not item or item.get(API_CREATED) is not True:
+        return None
+    record = RunRecord.from_item(item)
+    if run_id_of_partition(str(item[PARTITION_KEY])) != record.run_id or run_environment(record.run_id) != (
+        record.environment
+    ):
+        return None
+    return record
 
 
 class Store:
@@ -140,7 +158,7 @@ class Store:
     # ------------------------------------------------------------ runs
     def put_new_run(self, record: RunRecord) -> None:
         try:
-            self._table.put_item(Item=record.to_item(), ConditionExpression=self.item_is_new)
+            self._table.put_item(Item=record.api_item(), ConditionExpression=self.item_is_new)
         except ClientError as exc:
             if _is_conditional_failure(exc):
                 raise AlreadyExists(record.run_id) from exc
@@ -163,7 +181,7 @@ class Store:
             self.put_new_run(record)
             return
         items: list[dict[str, Any]] = [
-            {"Put": {"TableName": self._table.name, "Item": record.to_item(), "ConditionExpression": self.item_is_new}}
+            {"Put": {"TableName": self._table.name, "Item": record.api_item(), "ConditionExpression": self.item_is_new}}
         ]
         if idempotency is not None:
             items.append(self._new_key_put(idempotency, int(time.time()) if now_epoch is None else now_epoch))
@@ -203,7 +221,7 @@ class Store:
         Unconditional, unlike ``put_new_run``: a run id is new by construction (time + 48 random bits), and
         BatchWriteItem takes no condition. Raises ``Unwritten`` if some stay unprocessed after every retry.
         """
-        self._batch_write([{"PutRequest": {"Item": record.to_item()}} for record in records])
+        self._batch_write([{"PutRequest": {"Item": record.api_item()}} for record in records])
 
     def create_runs_with_keys(self, pairs: Sequence[tuple[RunRecord, IdempotencyRecord]], *, now_epoch: int) -> None:
         """Record runs with their Idempotency-Keys, each run with its key, in transactions of up to 50 pairs.
@@ -221,7 +239,7 @@ class Store:
                     {
                         "Put": {
                             "TableName": self._table.name,
-                            "Item": record.to_item(),
+                            "Item": record.api_item(),
                             "ConditionExpression": self.item_is_new,
                         }
                     }
@@ -240,8 +258,8 @@ class Store:
 
     def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
         """The runs that exist among ``run_ids``, strongly consistent, 100 per call."""
-        items = self._batch_get([run_key(run_id) for run_id in run_ids])
-        return {record.run_id: record for record in (RunRecord.from_item(item) for item in items)}
+        items = self._batch_get([run_key(run_id) for run_id in dict.fromkeys(run_ids) if is_run_id(run_id)])
+        return {record.run_id: record for record in map(api_run, items) if record is not None}
 
     def get_idempotency_many(self, owner: str, keys: Sequence[str]) -> dict[str, IdempotencyRecord]:
         """The stored Idempotency-Keys among ``keys`` of one API key (expired ones included), 100 per call."""
@@ -317,8 +335,10 @@ class Store:
         self._table.delete_item(Key=run_key(run_id))
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        item = self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item")
-        return RunRecord.from_item(item) if item else None
+        """The run, or None: no such run, an id no run can have, or an item the API did not create."""
+        if not is_run_id(run_id):
+            return None
+        return api_run(self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item"))
 
     def get_run_and_checkpoint(self, run_id: str) -> tuple[RunRecord | None, Checkpoint | None]:
         """The run and its last checkpoint in one strongly consistent call.
@@ -326,6 +346,8 @@ class Store:
         A batch read of the two keys rather than a Query of the run's partition: it reads exactly
         these two items, whatever else a run's partition may come to hold.
         """
+        if not is_run_id(run_id):
+            return None, None
         keys: list[dict[str, str]] = [run_key(run_id), checkpoint_key(run_id)]
         found: list[dict[str, Any]] = []
         while keys:
@@ -336,10 +358,11 @@ class Store:
             keys = response.get("UnprocessedKeys", {}).get(self._table.name, {}).get("Keys", [])
         run = next((item for item in found if item[SORT_KEY] == "RUN"), None)
         checkpoint = next((item for item in found if item[SORT_KEY] == "CHECKPOINT"), None)
+        record = api_run(run)
         return (
-            RunRecord.from_item(run) if run else None,
+            record,
             Checkpoint.model_validate_json(checkpoint["checkpoint_json"])
-            if checkpoint and "checkpoint_json" in checkpoint
+            if record is not None and checkpoint and "checkpoint_json" in checkpoint
             else None,
         )
 
@@ -400,7 +423,7 @@ class Store:
         exclusive, both ``runly.records.iso`` strings); the other filters are a filter
         expression, so a page may hold fewer matches than ``page_size`` without being the last.
         """
-        key: ConditionBase = Key(RUNS_BY_ENVIRONMENT.partition_key).eq(environment_partition(environment))
+        key: ConditionBase = Key(RUNS_BY_ENVIRONMENT.partition_key).eq(runs_index_partition(environment))
         sort = Key(RUNS_BY_ENVIRONMENT.sort_key)
         # "{created_at}#{run_id}" sorts after "{created_at}" and before any later time: the bounds need no run id.
         if created_from is not None and created_before is not None:
@@ -431,7 +454,7 @@ class Store:
             raise
         last = page.get("LastEvaluatedKey")
         return RunQueryPage(
-            records=[RunRecord.from_item(item) for item in page.get("Items", [])],
+            records=[record for record in map(api_run, page.get("Items", [])) if record is not None],
             last_evaluated=str(last[RUNS_BY_ENVIRONMENT.sort_key]) if last else None,
             evaluated=int(page.get("ScannedCount", 0)),
         )

@@ -1,8 +1,8 @@
 """Which stream records are run state changes, and publishing them (the publisher's use case).
 
-A run item is ``RUN#{id}`` / ``RUN``; it changes state when its ``state`` attribute differs between the old and
-the new image, or when it is created. Every other write (heartbeats, progress, checkpoints, nodes, packages)
-publishes nothing.
+A run item is ``ENV#{environment}#RUN#{id}`` / ``RUN``, created by the API (``api_created``); it changes state when
+its ``state`` attribute differs between the old and the new image, or when it is created. Every other write
+(heartbeats, progress, checkpoints, nodes, packages, an item a node wrote under a run's key) publishes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from functions.events.bus import MAX_ENTRIES_PER_CALL, BusEntry, BusUnavailable, EventBus
 from functions.events.metrics import SERVICE
 from runly.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, RunState, RunStateChanged
-from runly.records import run_key
+from runly.records import API_CREATED, ENVIRONMENT_PREFIX, run_id_of_partition
 from runly.resources import PARTITION_KEY, SORT_KEY
 
 logger = Logger(service=SERVICE)
@@ -33,7 +33,7 @@ logger = Logger(service=SERVICE)
 PUT_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.2
 
-_RUN_KEY = run_key("")  # {"pk": "RUN#", "sk": "RUN"}
+_RUN_SORT_KEY = "RUN"  # runly.records.run_key
 
 
 def stream_filter(states: Iterable[RunState]) -> dict[str, Any]:
@@ -46,8 +46,8 @@ def stream_filter(states: Iterable[RunState]) -> dict[str, Any]:
         "eventName": [DynamoDBRecordEventName.INSERT.name, DynamoDBRecordEventName.MODIFY.name],
         "dynamodb": {
             "Keys": {
-                PARTITION_KEY: {"S": [{"prefix": _RUN_KEY[PARTITION_KEY]}]},
-                SORT_KEY: {"S": [_RUN_KEY[SORT_KEY]]},
+                PARTITION_KEY: {"S": [{"prefix": ENVIRONMENT_PREFIX}]},
+                SORT_KEY: {"S": [_RUN_SORT_KEY]},
             },
             "NewImage": {"state": {"S": sorted(state.value for state in states)}},
         },
@@ -68,12 +68,12 @@ def state_change(record: DynamoDBRecord) -> RunStateChanged | None:
     if stream is None or record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY):
         return None
     keys = stream.keys
-    is_run = str(keys.get(PARTITION_KEY, "")).startswith(_RUN_KEY[PARTITION_KEY]) and (
-        keys.get(SORT_KEY) == _RUN_KEY[SORT_KEY]
-    )
-    if not is_run:
-        return None
+    is_run = run_id_of_partition(str(keys.get(PARTITION_KEY, ""))) is not None and keys.get(SORT_KEY) == _RUN_SORT_KEY
     new = stream.new_image
+    if not is_run or new.get(API_CREATED) is not True:
+        # Not a run, or not one the API created (a node's credentials can write under a run's key): no event,
+        # and not a failed record either, which would hold the stream back.
+        return None
     previous = stream.old_image.get("state") if record.event_name is DynamoDBRecordEventName.MODIFY else None
     if record.event_name is DynamoDBRecordEventName.MODIFY and previous == new.get("state"):
         return None

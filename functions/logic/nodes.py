@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from functions.dal.nodes import NodeNotFound, NodeStore
+from functions.dal.nodes import NodeAmbiguous, NodeNotFound, NodeStore
 from runly.contracts import NodeList, NodeStatus, NodeView
 from runly.records import NodeRecord, utcnow
 
-from .errors import NotFound
+from .errors import Conflict, NotFound
 
 # DynamoDB keys hold at most 2048 bytes; no node id comes near this.
 _MAX_NODE_ID_BYTES = 1024
@@ -38,12 +38,17 @@ def list_nodes(*, store: NodeStore, environment: str | None, now: datetime | Non
     return NodeList(items=[view(record, now=moment) for record in store.list(environment)])
 
 
-def drain(node_id: str, *, store: NodeStore, now: datetime | None = None) -> NodeView:
-    """Ask a node to drain: it takes no new runs and stops once its running ones end (read on its heartbeat)."""
+def drain(
+    node_id: str, *, store: NodeStore, environment: str | None = None, now: datetime | None = None
+) -> NodeView:
+    """Ask a node to drain: it takes no new runs and stops once its running ones end (read on its heartbeat).
+    A node's item is keyed by its environment: without ``environment`` the node is looked up in each."""
     if not 0 < len(node_id.encode()) <= _MAX_NODE_ID_BYTES:
         raise NotFound(f"no node {node_id[:64]!r}", field="node_id")
     try:
-        record = store.request_drain(node_id)
+        record = store.request_drain(node_id, environment)
     except NodeNotFound as exc:
         raise NotFound(f"no node {node_id!r}", field="node_id") from exc
+    except NodeAmbiguous as exc:
+        raise Conflict(f"{exc}: say which with ?environment=", field="environment") from exc
     return view(record, now=now or utcnow())

@@ -64,9 +64,10 @@ def allow_any(environment: str) -> None:
     """The ``authorize`` of a caller that may act in every environment."""
 
 
-def new_run_id() -> str:
-    # Time-ordered enough to eyeball, unique without coordination.
-    return f"run_{utcnow().strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:12]}"
+def new_run_id(environment: str) -> str:
+    """``run_{environment}_{time}_{random}``: time-ordered enough to eyeball, unique without coordination, and
+    naming its environment, whose partition holds the run's items (runly.records.run_key)."""
+    return f"run_{environment}_{utcnow().strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:12]}"
 
 
 def _validate_config(config: dict[str, Any], package: PackageRecord, job: JobSpec) -> None:
@@ -186,7 +187,7 @@ def new_run(
     request: EnqueueRunRequest, package: PackageRecord, job: JobSpec, *, now: datetime, schedule_id: str | None = None
 ) -> RunRecord:
     return RunRecord(
-        run_id=new_run_id(),
+        run_id=new_run_id(request.environment),
         state=RunState.QUEUED,
         package=package.name,
         version=package.version,
@@ -379,7 +380,7 @@ def requeue(
             copied = {"checkpoint_json": item["checkpoint_json"], "copied_from": run_id}
     # Built field by field, not copied: nothing one execution produced (attempts, output, lease) carries over.
     record = RunRecord(
-        run_id=new_run_id(),
+        run_id=new_run_id(original.environment),
         state=RunState.QUEUED,
         package=original.package,
         version=original.version,

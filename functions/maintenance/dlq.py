@@ -26,7 +26,10 @@ def _store() -> MaintenanceStore:
 
 def _record_handler(record: SQSRecord) -> None:
     count = int(record.attributes.approximate_receive_count or 0)
-    outcome = handle_dead_letter(_store(), record.body, count)
+    environment = get_maintenance_settings().dead_letter_environment
+    if environment is None:
+        raise RuntimeError("RUNLY_DEAD_LETTER_ENVIRONMENT is not set: this handler does not know its environment")
+    outcome = handle_dead_letter(_store(), record.body, count, environment=environment)
     logger.info("dead letter handled", extra={"message_id": record.message_id, "outcome": outcome})
 
 

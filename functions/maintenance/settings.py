@@ -11,6 +11,9 @@ class MaintenanceSettings(ApiSettings):
     reaper_grace_seconds: int = Field(
         default=300, ge=0, description="how long after a lease expired the reaper steps in (nodes normally do first)"
     )
+    dead_letter_environment: str | None = Field(
+        default=None, description="a dead-letter handler's environment: the only one whose runs it fails"
+    )
 
 
 @lru_cache(maxsize=1)

@@ -2,9 +2,10 @@
 
 ``POST /nodes/credentials`` (its own Lambda function behind the HTTP API): the Lambda authorizer has checked the
 node key and put its scope and environment in the request context; this function assumes the environment's
-``NodeRole`` with a session policy limited to that environment (``functions.nodes.policy``) for one hour, the
-most STS allows when a Lambda function's role assumes another (role chaining). The agent calls it again about
-five minutes before ``expiration``; no long-lived AWS key ever sits on the node.
+``NodeRole`` with a session policy limited to that environment (``functions.nodes.policy``) for 15 minutes, the
+least STS allows, so a revoked node key's last credentials stop working within 15 minutes of its last exchange.
+The agent calls it again about five minutes before ``expiration`` (node_agent.credentials); no long-lived AWS key
+ever sits on the node.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions.api.auth import require
-from functions.nodes.policy import node_policy_document
+from functions.nodes.policy import node_policy_document, without_sids
 from functions.nodes.sts import RoleAssumer
 from runly.contracts import ErrorBody, NodeCredentials, Scope
 
 SERVICE = "runly-node-credentials"
 ROUTE = "/nodes/credentials"
-# Role chaining (a Lambda function's role assuming another role) caps sessions at one hour.
-CREDENTIALS_SECONDS = 3600
+# STS's minimum: how long credentials issued for a node key outlive the key's revocation, at most.
+CREDENTIALS_SECONDS = 900
 _SESSION_NAME_UNSAFE = re.compile(r"[^\w+=,.@-]")
 
 logger = Logger(service=SERVICE)
@@ -76,9 +77,12 @@ def session_name(node_key_id: str) -> str:
 def session_policy(environment: str, settings: CredentialsSettings) -> str:
     target = settings.node_roles[environment]
     document = node_policy_document(
-        queue_arn=target.queue_arn, feed_bucket_arn=settings.feed_bucket_arn, table_arn=settings.table_arn
+        environment=environment,
+        queue_arn=target.queue_arn,
+        feed_bucket_arn=settings.feed_bucket_arn,
+        table_arn=settings.table_arn,
     )
-    return json.dumps(document, separators=(",", ":"))
+    return json.dumps(without_sids(document), separators=(",", ":"))
 
 
 def issue_credentials(
@@ -88,7 +92,7 @@ def issue_credentials(
     settings: CredentialsSettings | None = None,
     assumer: RoleAssumer | None = None,
 ) -> NodeCredentials:
-    """Credentials for a node of ``environment``, valid for an hour; UnknownEnvironment if the deployment has no
+    """Credentials for a node of ``environment``, valid for 15 minutes; UnknownEnvironment if the deployment has no
     such environment (a node key outliving its environment)."""
     settings = settings or get_settings()
     if environment not in settings.node_roles:

@@ -2,41 +2,117 @@
 
 The same document is the inline policy of the EC2 fleet's instance role, the policy of the on-premises
 ``NodeRole`` of the environment (both built by the CDK stack) and the session policy the credentials function
-passes to STS AssumeRole, so the three cannot drift apart. It holds exactly what ``node_agent.aws`` calls:
+passes to STS AssumeRole, so the three cannot drift apart. It holds exactly what ``node_agent.aws`` calls, and
+only for the node's own environment (docs/store.md):
 
-- the environment's run queue: receive, delete, change visibility (the heartbeat), read attributes, and send
-  (a run's message is replaced before SQS's 12-hour in-flight cap: node_agent.run_messages);
-- the feed: get packages (``packages/*``), put run logs (``logs/*``);
-- the table: get, put, update, delete and condition-check (the checkpoint transaction) items whose partition
-  key is a run's or a node's (``dynamodb:LeadingKeys``), so a node can neither read API keys nor rewrite packages.
+- the environment's run queue: receive, delete, change visibility (the heartbeat), and send (a run's message is
+  replaced before SQS's 12-hour in-flight cap: node_agent.run_messages);
+- the feed: get packages (``packages/*``, shared by every environment), put run logs under the environment's own
+  prefix (``logs/{environment}/*``);
+- the table, by partition key (``dynamodb:LeadingKeys``): read (GetItem, and ConditionCheckItem for the checkpoint
+  transaction) the environment's runs, checkpoints and nodes (``ENV#{environment}#RUN#*``,
+  ``ENV#{environment}#NODE#*``); update them naming only the attributes a node writes (``dynamodb:Attributes``,
+  asking for no values back, ReturnValues NONE: the DynamoDB guide requires ReturnValues that return no other
+  attributes of attribute-level conditions); delete node registrations. No PutItem (a put replaces every attribute,
+  those a node may not write included). So the API alone writes a run's definition (package, entry point, config,
+  environment, ``api_created``) and its search index keys, and a node writes nothing under its environment's own
+  ``ENV#{environment}`` partition (its pins), no API key, package or schedule, and no other environment's items.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from runly.records import node_key, run_key
-from runly.resources import LOGS_PREFIX, PACKAGES_PREFIX, PARTITION_KEY
+from runly.records import (
+    MESSAGE_HANDOFF,
+    NODE_PARTITION,
+    RUN_PARTITION,
+    environment_logs_prefix,
+    environment_prefix,
+)
+from runly.resources import ITEMS_BY_KIND, PACKAGES_PREFIX, PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
 
 QUEUE_ACTIONS = (
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
-    "sqs:GetQueueAttributes",
     "sqs:SendMessage",
 )
-ITEM_ACTIONS = (
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:ConditionCheckItem",
+READ_ACTIONS = ("dynamodb:GetItem", "dynamodb:ConditionCheckItem")
+# What node_agent.aws names in the updates of a run item and of its checkpoint item (in the same partition): the
+# lease, attempts, progress, outcome, a retry's time, a handed-over message, the checkpoint, and the lease index's
+# keys (a claim puts its run in its environment's lease partition). The table's keys are named too, as DynamoDB
+# requires of an attribute list. Every other attribute of a run is the API's.
+RUN_ATTRIBUTES = (
+    PARTITION_KEY,
+    SORT_KEY,
+    "state",
+    "attempt",
+    "attempts",
+    "lease_owner",
+    "lease_until_ms",
+    RUNS_BY_LEASE.partition_key,
+    RUNS_BY_LEASE.sort_key,
+    "started_at",
+    "finished_at",
+    "progress_json",
+    "output_json",
+    "error_json",
+    "retry_at",
+    MESSAGE_HANDOFF,
+    "checkpoint_json",
 )
-# Partition keys the node may touch: RUN#<id> (runs and their checkpoints) and NODE#<id> (its registration).
-LEADING_KEYS = (f"{run_key('')[PARTITION_KEY]}*", f"{node_key('')[PARTITION_KEY]}*")
+# What node_agent.aws.put_node names in a node's registration (runly.records.NodeRecord, its items-by-kind keys
+# included; drain_requested is the API's, but the heartbeat's condition reads it). Not its environment: the API
+# reads that from the item's key (functions.dal.nodes).
+NODE_ATTRIBUTES = (
+    PARTITION_KEY,
+    SORT_KEY,
+    "host",
+    "capacity",
+    "running",
+    "agent_version",
+    "state",
+    "started_at",
+    "last_seen",
+    "expires_at",
+    "drain_requested",
+    ITEMS_BY_KIND.partition_key,
+    ITEMS_BY_KIND.sort_key,
+)
+# The attribute-level conditions hold only if a write returns no other attributes (DynamoDB developer guide, "Using
+# IAM policy conditions for fine-grained access control": NONE, UPDATED_OLD or UPDATED_NEW); the agent asks for none.
+# IfExists: a transaction's Update has no ReturnValues.
+WRITE_RETURN_VALUES = ("NONE",)
 
 
-def node_policy_document(*, queue_arn: str, feed_bucket_arn: str, table_arn: str) -> dict[str, Any]:
+def run_partitions(environment: str) -> str:
+    """The pattern of the environment's run partitions (its runs and their checkpoints)."""
+    return f"{environment_prefix(environment)}{RUN_PARTITION}*"
+
+
+def node_partitions(environment: str) -> str:
+    return f"{environment_prefix(environment)}{NODE_PARTITION}*"
+
+
+def _writes(
+    sid: str, actions: list[str], table_arn: str, partitions: str, attributes: tuple[str, ...]
+) -> dict[str, Any]:
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": table_arn,
+        "Condition": {
+            # One operator for both keys (the attribute names hold no wildcard: StringLike is StringEquals on them),
+            # so the session policy fits STS's 2,048 characters.
+            "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partitions], "dynamodb:Attributes": list(attributes)},
+            "StringEqualsIfExists": {"dynamodb:ReturnValues": list(WRITE_RETURN_VALUES)},
+        },
+    }
+
+
+def node_policy_document(*, environment: str, queue_arn: str, feed_bucket_arn: str, table_arn: str) -> dict[str, Any]:
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -51,14 +127,32 @@ def node_policy_document(*, queue_arn: str, feed_bucket_arn: str, table_arn: str
                 "Sid": "WriteRunLogs",
                 "Effect": "Allow",
                 "Action": "s3:PutObject",
-                "Resource": f"{feed_bucket_arn}/{LOGS_PREFIX}*",
+                "Resource": f"{feed_bucket_arn}/{environment_logs_prefix(environment)}*",
             },
             {
-                "Sid": "RunAndNodeItems",
+                "Sid": "ReadItems",
                 "Effect": "Allow",
-                "Action": list(ITEM_ACTIONS),
+                "Action": list(READ_ACTIONS),
                 "Resource": table_arn,
-                "Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(LEADING_KEYS)}},
+                "Condition": {
+                    "ForAllValues:StringLike": {
+                        "dynamodb:LeadingKeys": [run_partitions(environment), node_partitions(environment)]
+                    }
+                },
             },
+            _writes("WriteRuns", ["dynamodb:UpdateItem"], table_arn, run_partitions(environment), RUN_ATTRIBUTES),
+            _writes(
+                "WriteNodes",
+                ["dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+                table_arn,
+                node_partitions(environment),
+                NODE_ATTRIBUTES,
+            ),
         ],
     }
+
+
+def without_sids(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without its statement ids (names for a reader of the role), as the session policy: STS counts
+    its characters."""
+    return {**document, "Statement": [{k: v for k, v in s.items() if k != "Sid"} for s in document["Statement"]]}

@@ -16,6 +16,7 @@ import pytest
 from runly.client import ApiError, RunlyClient
 from runly.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState
 from runly.local.stack import EmbeddedStack
+from runly.records import run_log_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +40,7 @@ def _queue_is_empty(stack: EmbeddedStack, *, within: float = 5.0) -> bool:
 def shipped_log(stack: EmbeddedStack, run_id: str, attempt: int) -> str:
     """The log chunks of one attempt, in order, as the agent shipped them to the feed."""
     s3 = stack.client("s3")
-    listing = s3.list_objects_v2(Bucket=stack.names.feed_bucket, Prefix=f"logs/{run_id}/{attempt:04d}/")
+    listing = s3.list_objects_v2(Bucket=stack.names.feed_bucket, Prefix=run_log_prefix(run_id, attempt))
     keys = sorted(item["Key"] for item in listing.get("Contents", []))
     return "".join(s3.get_object(Bucket=stack.names.feed_bucket, Key=key)["Body"].read().decode() for key in keys)
 

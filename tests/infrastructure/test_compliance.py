@@ -23,7 +23,8 @@ EXPECTED_ACKNOWLEDGMENTS = {
     "AwsSolutions-IAM5[Resource::*]",
     "AwsSolutions-IAM5[Resource::<…>/index/*]",  # the table's indexes
     "AwsSolutions-IAM5[Resource::<…>/packages/*]",  # the feed's packages prefix (API, nodes)
-    "AwsSolutions-IAM5[Resource::<…>/logs/*]",  # the feed's logs prefix (nodes upload run logs)
+    "AwsSolutions-IAM5[Resource::<…>/logs/production/*]",  # an environment's logs prefix (nodes upload run logs)
+    "AwsSolutions-IAM5[Resource::<…>/logs/staging/*]",
     "AwsSolutions-SQS3",  # the run events' failure queue is itself a dead-letter destination
     "AwsSolutions-IAM5[Resource::arn:<…>:scheduler:<…>:<…>:schedule/<…>/*]",  # the API: its group's schedules
 }

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from functions.nodes.credentials import CREDENTIALS_SECONDS, ROUTE
-from infrastructure.node_access import CREDENTIALS_HANDLER
+from functions.nodes.credentials import ROUTE
+from functions.nodes.policy import NODE_ATTRIBUTES, RUN_ATTRIBUTES, WRITE_RETURN_VALUES
+from infrastructure.node_access import CREDENTIALS_HANDLER, ROLE_MAX_SESSION_SECONDS
 from infrastructure.settings import StageSettings
 from infrastructure.stack import environment_output_id
-from tests.infrastructure.cfn import render, resources_of_type
+from tests.infrastructure.cfn import as_list, render, resources_of_type
 from tests.infrastructure.iam import (
     assert_no_wildcard_action,
     feed_bucket_id,
@@ -24,9 +25,9 @@ from tests.infrastructure.iam import (
 )
 from tests.infrastructure.synth import TEST_ENVIRONMENTS
 
+# No PutItem: a put replaces every attribute of an item, those only the API writes included.
 NODE_ITEM_ACTIONS = {
     "dynamodb:GetItem",
-    "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
     "dynamodb:ConditionCheckItem",
@@ -35,7 +36,6 @@ NODE_QUEUE_ACTIONS = {
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
-    "sqs:GetQueueAttributes",
     "sqs:SendMessage",
 }
 
@@ -55,21 +55,32 @@ def node_roles(template_json: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def expected_node_grants(template_json: dict[str, Any], queue_id: str) -> set[tuple[str, str]]:
-    """What a node of one environment may do, wherever its credentials come from (EC2 role or NodeRole)."""
+def expected_node_grants(template_json: dict[str, Any], queue_id: str, environment: str) -> set[tuple[str, str]]:
+    """What a node of one environment may do, wherever its credentials come from (EC2 role or NodeRole); which
+    items, and which of their attributes, the conditions say (assert_items_limited_to_runs_and_nodes, and the
+    case table of test_node_policy_cases.py)."""
     table_id = logical_id(template_json, "AWS::DynamoDB::Table")
     feed = feed_bucket_id(template_json)
     return {
         *{(action, f"<{queue_id}.Arn>") for action in NODE_QUEUE_ACTIONS},
         ("s3:GetObject", f"<{feed}.Arn>/packages/*"),
-        ("s3:PutObject", f"<{feed}.Arn>/logs/*"),
+        ("s3:PutObject", f"<{feed}.Arn>/logs/{environment}/*"),
         *{(action, f"<{table_id}.Arn>") for action in NODE_ITEM_ACTIONS},
     }
 
 
-def assert_items_limited_to_runs_and_nodes(statements: list[dict[str, Any]]) -> None:
-    [items] = [s for s in statements if "dynamodb:GetItem" in s["Action"]]
-    assert items["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*", "NODE#*"]}}
+def assert_items_limited_to_runs_and_nodes(statements: list[dict[str, Any]], environment: str) -> None:
+    """Every table statement is bounded to the environment's partitions; writes name only the node's attributes."""
+    runs, nodes = f"ENV#{environment}#RUN#*", f"ENV#{environment}#NODE#*"
+    table = [s for s in statements if any(str(a).startswith("dynamodb:") for a in as_list(s["Action"]))]
+    by_sid = {s["Sid"]: s for s in table}
+    assert set(by_sid) == {"ReadItems", "WriteRuns", "WriteNodes"}
+    assert by_sid["ReadItems"]["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [runs, nodes]}}
+    for sid, partitions, attributes in (("WriteRuns", runs, RUN_ATTRIBUTES), ("WriteNodes", nodes, NODE_ATTRIBUTES)):
+        assert by_sid[sid]["Condition"] == {
+            "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partitions], "dynamodb:Attributes": list(attributes)},
+            "StringEqualsIfExists": {"dynamodb:ReturnValues": list(WRITE_RETURN_VALUES)},
+        }
 
 
 def test_each_node_role_may_use_only_its_environment_queue_the_feed_prefixes_and_run_and_node_items(
@@ -81,11 +92,11 @@ def test_each_node_role_may_use_only_its_environment_queue_the_feed_prefixes_and
         statements = role_statements(template_json, role_id)
         assert_no_wildcard_action(statements)
         queue_id = logical_id(template_json, "AWS::SQS::Queue", QueueName=names.queues(environment).queue)
-        assert grants(statements) == expected_node_grants(template_json, queue_id)
-        assert_items_limited_to_runs_and_nodes(statements)
+        assert grants(statements) == expected_node_grants(template_json, queue_id, environment)
+        assert_items_limited_to_runs_and_nodes(statements, environment)
 
 
-def test_only_the_credentials_function_may_assume_a_node_role_for_an_hour_at_most(
+def test_only_the_credentials_function_may_assume_a_node_role_for_an_hour_at_most_iams_least(
     template_json: dict[str, Any], node_roles: dict[str, str], credentials_function: tuple[str, dict[str, Any]]
 ) -> None:
     function_role = role_of(credentials_function[1])
@@ -98,7 +109,8 @@ def test_only_the_credentials_function_may_assume_a_node_role_for_an_hour_at_mos
                 "Principal": {"AWS": {"Fn::GetAtt": [function_role, "Arn"]}},
             }
         ]
-        assert role["MaxSessionDuration"] == CREDENTIALS_SECONDS
+        # IAM's least; the credentials function asks for 15 minutes (tests/integration/test_node_credentials.py).
+        assert role["MaxSessionDuration"] == ROLE_MAX_SESSION_SECONDS == 3600
 
 
 def test_the_credentials_function_may_assume_the_node_roles_and_nothing_else(

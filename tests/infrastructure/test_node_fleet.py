@@ -143,12 +143,12 @@ def test_each_instance_role_holds_its_environment_node_policy_and_its_own_drain_
             f"autoScalingGroupName/{group_name(names, environment)}"
         )
         assert grants(statements) == {
-            *expected_node_grants(fleet_template_json, queue_id),
+            *expected_node_grants(fleet_template_json, queue_id, environment),
             ("s3:GetObject", f"<{feed}.Arn>/{AGENT_PREFIX}{AGENT_WHEEL}"),
             ("autoscaling:CompleteLifecycleAction", drain_arn),
             *{(action, "*") for action in SESSION_MANAGER_ACTIONS},
         }
-        assert_items_limited_to_runs_and_nodes(statements)
+        assert_items_limited_to_runs_and_nodes(statements, environment)
         # "*" only where IAM knows no resource: Session Manager's channel actions.
         for statement in statements:
             if "*" in as_list(statement["Resource"]):

@@ -63,7 +63,7 @@ def test_by_default_only_runs_entering_a_terminal_state_reach_the_publisher(temp
     pattern = json.loads(criteria["Pattern"])
     assert pattern == stream_filter(TERMINAL_STATES)
     assert sorted(pattern["dynamodb"]["NewImage"]["state"]["S"]) == ["Cancelled", "Failed", "Succeeded", "TimedOut"]
-    assert pattern["dynamodb"]["Keys"] == {"pk": {"S": [{"prefix": "RUN#"}]}, "sk": {"S": ["RUN"]}}
+    assert pattern["dynamodb"]["Keys"] == {"pk": {"S": [{"prefix": "ENV#"}]}, "sk": {"S": ["RUN"]}}
 
 
 def test_with_run_events_all_every_record_reaches_the_publisher(fleet_template_json: dict[str, Any]) -> None:

@@ -114,7 +114,7 @@ def test_the_fire_function_may_touch_the_items_a_fire_needs_query_nodes_and_send
     # The table's items only by the partitions a fire touches: not keys, not nodes
     [items] = [s for s in statements if "dynamodb:GetItem" in as_list(s["Action"])]
     assert items["Condition"] == {
-        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["SCHEDULE#*", "RUN#*", "IDEM#*", "PKG#*", "ENV#*"]}
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["SCHEDULE#*", "ENV#*", "IDEM#*", "PKG#*"]}
     }
 
 

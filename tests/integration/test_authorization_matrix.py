@@ -49,7 +49,7 @@ MATRIX: dict[tuple[str, str], tuple[Scope, Any]] = {
     ("DELETE", "/schedules/<schedule_id>"): (Scope.WRITE, None),
 }
 PATH_VALUES = {
-    "run_id": "run_20260101000000_0123456789ab",
+    "run_id": "run_default_20260101000000_0123456789ab",
     "name": "hello",
     "version": "1.0.0",
     "environment": "default",

@@ -110,7 +110,7 @@ def node(aws: dict[str, str], names: resources.ResourceNames, tmp_path: Path) ->
 
 def _enqueue(names: resources.ResourceNames, queue_url: str, count: int) -> list[str]:
     sqs = boto3.client("sqs")
-    run_ids = [f"run_{i:02d}" for i in range(count)]
+    run_ids = [f"run_default_{i:02d}" for i in range(count)]
     for run_id in run_ids:
         queued_run(names, run_id)
         sqs.send_message(
@@ -184,7 +184,7 @@ def test_a_stale_receipt_fails_the_beat_of_its_own_run_only(
     run_ids = _enqueue(names, aws["default"], 12)
     busy = node("node-a", capacity=12)
     _wait(lambda: len(busy.started) == 12, "12 runs to start")
-    victim = next(run for run in busy.started if run.run_id == "run_03")
+    victim = next(run for run in busy.started if run.run_id == "run_default_03")
     boto3.client("sqs").delete_message(QueueUrl=aws["default"], ReceiptHandle=victim.delivery.receipt_handle)
     before = _leases(names, run_ids)
 
@@ -196,9 +196,9 @@ def test_a_stale_receipt_fails_the_beat_of_its_own_run_only(
     # Then every other lease was renewed; the victim's was not, as a failed beat of that run (logged, its job
     # untouched), in the same batch request as nine others
     after = _leases(names, run_ids)
-    assert [run_id for run_id in run_ids if after[run_id] == before[run_id]] == ["run_03"]
+    assert [run_id for run_id in run_ids if after[run_id] == before[run_id]] == ["run_default_03"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "run_03" in warnings[0] and "ReceiptHandleIsInvalid" in warnings[0]
+    assert len(warnings) == 1 and "run_default_03" in warnings[0] and "ReceiptHandleIsInvalid" in warnings[0]
     assert not victim.lease_lost.is_set() and not victim.cancel_requested.is_set()
     busy.stop()
 

@@ -130,17 +130,18 @@ def _register_node(names: resources.ResourceNames, node_id: str, environment: st
         host=f"{node_id}.internal",
         environment=environment,
         capacity=4,
-        running=["run_a"],
+        running=["run_default_a"],
         agent_version="0.1.0",
         state="busy",
         started_at=iso(now),
         last_seen=iso(now),
         expires_at=int(now.timestamp()) + (31 if online else -1),
     )
-    # As the agent writes it: an update of every field but the id and drain_requested.
-    fields = record.model_dump(mode="json", exclude={"node_id", "drain_requested"})
+    # As the agent writes it: an update of every field but the id, the environment (both in the key) and
+    # drain_requested.
+    fields = record.model_dump(mode="json", exclude={"node_id", "environment", "drain_requested"})
     boto3.resource("dynamodb").Table(names.table).update_item(
-        Key=node_key(node_id),
+        Key=node_key(environment, node_id),
         UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in fields),
         ExpressionAttributeNames={f"#{name}": name for name in fields},
         ExpressionAttributeValues={f":{name}": value for name, value in fields.items()},
@@ -165,7 +166,7 @@ def test_nodes_are_listed_with_status_derived_from_their_expiry(api: Api, names:
         "status": "online",
         "state": "busy",
         "capacity": 4,
-        "running": ["run_a"],
+        "running": ["run_default_a"],
         "agent_version": "0.1.0",
         "started_at": None,
         "last_seen": None,
@@ -179,16 +180,48 @@ def test_nodes_are_listed_with_status_derived_from_their_expiry(api: Api, names:
 
 def test_drain_sets_only_drain_requested(api: Api, names: resources.ResourceNames) -> None:
     _register_node(names, "eu-1", "default", online=True)
-    before = _item(names, node_key("eu-1"))
+    before = _item(names, node_key("default", "eu-1"))
 
     status, drained = api("POST", "/nodes/eu-1/drain", api.admin)
 
     assert status == 200 and drained["drain_requested"] is True and drained["id"] == "eu-1"
-    after = _item(names, node_key("eu-1"))
+    after = _item(names, node_key("default", "eu-1"))
     assert after == {**before, "drain_requested": True}
     assert api("POST", "/nodes/nowhere/drain", api.admin)[0] == 404
     assert api("POST", "/nodes/eu-1/drain", api.new_key(Scope.WRITE)["secret"])[0] == 403
-    assert not [item for item in _scan(names) if item["pk"] == "NODE#nowhere"], "drain must not create a node"
+    assert not [item for item in _scan(names) if "nowhere" in item["pk"]], "drain must not create a node"
+
+
+def test_a_node_id_registered_in_two_environments_is_drained_by_naming_one(
+    api: Api, names: resources.ResourceNames
+) -> None:
+    _register_node(names, "twin", "default", online=True)
+    _register_node(names, "twin", "staging", online=True)
+
+    status, body = api("POST", "/nodes/twin/drain", api.admin)
+    assert status == 409 and body["field"] == "environment"
+
+    status, drained = api("POST", "/nodes/twin/drain", api.admin, query="environment=staging")
+    assert status == 200 and drained["environment"] == "staging" and drained["drain_requested"] is True
+    assert _item(names, node_key("default", "twin")).get("drain_requested") is None
+
+
+def test_a_node_is_listed_in_the_environment_of_its_key_not_of_what_it_wrote(
+    api: Api, names: resources.ResourceNames
+) -> None:
+    # Given a node of staging whose item says default (a node writes its items-by-kind keys)
+    _register_node(names, "liar", "staging", online=True)
+    boto3.resource("dynamodb").Table(names.table).update_item(
+        Key=node_key("staging", "liar"),
+        UpdateExpression="SET gsi3sk = :other, environment = :env",
+        ExpressionAttributeValues={":other": "default#liar", ":env": "default"},
+    )
+
+    # Then default's nodes do not include it, and nowhere is it shown as default's
+    default = api("GET", "/nodes", api.admin, query="environment=default")[1]["items"]
+    assert "liar" not in [node["id"] for node in default]
+    everywhere = api("GET", "/nodes", api.admin)[1]["items"]
+    assert all(node["environment"] != "default" for node in everywhere if node["id"] == "liar")
 
 
 def _scan(names: resources.ResourceNames) -> list[dict[str, Any]]:
@@ -200,9 +233,9 @@ def _scan(names: resources.ResourceNames) -> list[dict[str, Any]]:
 
 def test_a_node_key_sees_only_its_own_environment(api: Api, names: resources.ResourceNames) -> None:
     # Given runs and nodes in two environments, and a node key of "default"
-    mine = queued_run(names, "run_default")
-    theirs = queued_run(names, "run_staging").model_copy(update={"environment": "staging"})
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=theirs.to_item())
+    mine = queued_run(names, "run_default_0")
+    theirs = queued_run(names, "run_staging_1").model_copy(update={"environment": "staging"})
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=theirs.api_item())
     _register_node(names, "eu-1", "default", online=True)
     _register_node(names, "st-1", "staging", online=True)
     node_key_secret = api.new_key(Scope.NODE, "default")["secret"]

@@ -32,20 +32,20 @@ def now_ms() -> int:
 
 def test_claim_takes_the_lease_as_attempt_one(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
     _queued_run(names)
-    record = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    record = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     assert record.state is RunState.RUNNING
     assert record.attempt == 1 and record.lease_owner == "node-a"
     assert [(a.number, a.node_id) for a in record.attempts] == [(1, "node-a")]
     # The leased run is visible to the reaper's index.
-    item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key("run_1"))["Item"]
-    assert item[resources.RUNS_BY_LEASE.partition_key] == "LEASED"
+    item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key("run_default_1"))["Item"]
+    assert item[resources.RUNS_BY_LEASE.partition_key] == "ENV#default#LEASED"
 
 
 def test_a_live_lease_is_not_taken_twice(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
     _queued_run(names)
-    agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     with pytest.raises(ClaimRefused) as refused:
-        agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+        agent_aws.claim("run_default_1", "node-b", LEASE, now_ms())
     assert not refused.value.terminal
     assert 0 < refused.value.retry_in <= LEASE + 1
 
@@ -55,11 +55,11 @@ def test_an_expired_lease_is_taken_over_and_the_lost_attempt_is_closed(
 ) -> None:
     # Given node A claimed the run and then went silent past its lease
     _queued_run(names)
-    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     later = now_ms() + (LEASE + 1) * 1000
 
     # When node B receives the message again
-    second = agent_aws.claim("run_1", "node-b", LEASE, later)
+    second = agent_aws.claim("run_default_1", "node-b", LEASE, later)
 
     # Then B holds attempt 2, and attempt 1 is recorded as lost with its node
     assert second.attempt == 2 and second.lease_owner == "node-b"
@@ -71,7 +71,7 @@ def test_an_expired_lease_is_taken_over_and_the_lost_attempt_is_closed(
         agent_aws.end_attempt(first, "node-a", state=RunState.SUCCEEDED, output={"late": True})
     # While B completes exactly once
     agent_aws.end_attempt(second, "node-b", state=RunState.SUCCEEDED, output={"by": "b"})
-    final = agent_aws.get_run("run_1")
+    final = agent_aws.get_run("run_default_1")
     assert final is not None and final.state is RunState.SUCCEEDED
     assert json.loads(final.output_json or "null") == {"by": "b"}
     with pytest.raises(LeaseLost):
@@ -123,10 +123,10 @@ def test_a_takeover_fails_when_the_holder_renewed_after_it_was_judged_expired(
 
 def test_a_terminal_run_is_refused_for_good(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
     _queued_run(names)
-    record = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    record = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     agent_aws.end_attempt(record, "node-a", state=RunState.SUCCEEDED, output=1)
     with pytest.raises(ClaimRefused) as refused:
-        agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+        agent_aws.claim("run_default_1", "node-b", LEASE, now_ms())
     assert refused.value.terminal
     with pytest.raises(ClaimRefused) as missing:
         agent_aws.claim("no_such_run", "node-b", LEASE, now_ms())
@@ -137,28 +137,28 @@ def test_retry_returns_the_run_to_queued_and_the_next_claim_is_attempt_two(
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     _queued_run(names)
-    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     agent_aws.end_attempt(
         first, "node-a", state=RunState.QUEUED, reason=FailureReason.USER_ERROR, error={"message": "boom"}
     )
-    queued = agent_aws.get_run("run_1")
+    queued = agent_aws.get_run("run_default_1")
     assert queued is not None and queued.state is RunState.QUEUED and queued.lease_owner is None
     assert queued.attempts[0].reason is FailureReason.USER_ERROR and queued.attempts[0].error == "boom"
 
-    second = agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+    second = agent_aws.claim("run_default_1", "node-b", LEASE, now_ms())
     assert second.attempt == 2 and len(second.attempts) == 2
 
 
 def test_heartbeat_extends_the_lease_and_reports_a_cancel(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
     _queued_run(names)
-    record = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    record = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     until = now_ms() + 120_000
     assert agent_aws.extend_lease(record, "node-a", until) is RunState.RUNNING
-    stored = agent_aws.get_run("run_1")
+    stored = agent_aws.get_run("run_default_1")
     assert stored is not None and stored.lease_until_ms == until
 
     boto3.resource("dynamodb").Table(names.table).update_item(
-        Key=run_key("run_1"),
+        Key=run_key("run_default_1"),
         UpdateExpression="SET #s = :c",
         ExpressionAttributeNames={"#s": "state"},
         ExpressionAttributeValues={":c": RunState.CANCELLING.value},
@@ -168,21 +168,21 @@ def test_heartbeat_extends_the_lease_and_reports_a_cancel(agent_aws: AgentAws, n
 
 def test_checkpoints_are_written_only_by_the_lease_holder(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
     _queued_run(names)
-    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     agent_aws.write_checkpoint(
         first, "node-a", Checkpoint(watermark=10, last_item_id="9", attempt=1, written_at=utcnow())
     )
-    stored = agent_aws.get_checkpoint("run_1")
+    stored = agent_aws.get_checkpoint("run_default_1")
     assert stored is not None and stored.watermark == 10 and stored.last_item_id == "9"
 
     # Once another node took the run over, the old attempt's checkpoint is refused and the stored one stays
-    second = agent_aws.claim("run_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
+    second = agent_aws.claim("run_default_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
     with pytest.raises(LeaseLost):
         agent_aws.write_checkpoint(first, "node-a", Checkpoint(watermark=99, attempt=1, written_at=utcnow()))
-    resumed = agent_aws.get_checkpoint("run_1")
+    resumed = agent_aws.get_checkpoint("run_default_1")
     assert resumed is not None and resumed.watermark == 10
     agent_aws.write_checkpoint(second, "node-b", Checkpoint(watermark=15, attempt=2, written_at=utcnow()))
-    assert (agent_aws.get_checkpoint("run_1") or resumed).watermark == 15
+    assert (agent_aws.get_checkpoint("run_default_1") or resumed).watermark == 15
 
 
 @contextmanager
@@ -201,36 +201,37 @@ def dynamodb_calls(agent_aws: AgentAws) -> Iterator[list[str]]:
         events.unregister("before-call.dynamodb", record)
 
 
-def test_a_first_claim_is_one_conditional_write_and_reads_no_checkpoint(
+def test_a_first_claim_is_one_read_and_one_conditional_write_and_reads_no_checkpoint(
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     _queued_run(names)
     with dynamodb_calls(agent_aws) as calls:
-        record = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+        record = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
         checkpoint = agent_aws.checkpoint_for(record)
-    assert calls == ["UpdateItem"]
+    # The read: the node's policy lets its writes return no attributes (functions.nodes.policy), so the run comes
+    # from a read, and the write is conditional on the run being as read.
+    assert calls == ["GetItem", "UpdateItem"]
     assert record.attempt == 1 and record.lease_owner == "node-a" and checkpoint is None
 
 
-def test_a_retry_is_claimed_from_the_failed_write_and_resumes_from_its_checkpoint(
+def test_a_retry_is_claimed_as_attempt_two_and_resumes_from_its_checkpoint(
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     # Given attempt 1 checkpointed, failed and went back to the queue
     _queued_run(names)
-    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     agent_aws.write_checkpoint(first, "node-a", Checkpoint(watermark=7, attempt=1, written_at=utcnow()))
     agent_aws.end_attempt(
         first, "node-a", state=RunState.QUEUED, reason=FailureReason.USER_ERROR, error={"message": "x"}
     )
 
-    # When another node claims it: the first write fails and returns the run as it is, so no read precedes the
-    # second write
+    # When another node claims it
     with dynamodb_calls(agent_aws) as calls:
-        second = agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+        second = agent_aws.claim("run_default_1", "node-b", LEASE, now_ms())
         checkpoint = agent_aws.checkpoint_for(second)
 
     # Then it is attempt 2, and it gets attempt 1's checkpoint
-    assert calls == ["UpdateItem", "UpdateItem", "GetItem"]
+    assert calls == ["GetItem", "UpdateItem", "GetItem"]
     assert second.attempt == 2 and [a.number for a in second.attempts] == [1, 2]
     assert checkpoint is not None and checkpoint.watermark == 7
 
@@ -240,14 +241,18 @@ def test_a_resumed_requeue_gets_the_copied_checkpoint_on_its_first_attempt(
 ) -> None:
     # Given a run requeued with --resume: the API put the original's checkpoint on it before dispatching it
     table = boto3.resource("dynamodb").Table(names.table)
-    requeued = _queued_run(names, "run_2").model_copy(update={"requeued_from": "run_1"})
-    table.put_item(Item=requeued.to_item())
+    requeued = _queued_run(names, "run_default_2").model_copy(update={"requeued_from": "run_default_1"})
+    table.put_item(Item=requeued.api_item())
     copied = Checkpoint(watermark=40, last_item_id="39", attempt=2, written_at=utcnow())
     table.put_item(
-        Item={**checkpoint_key("run_2"), "checkpoint_json": copied.model_dump_json(), "copied_from": "run_1"}
+        Item={
+            **checkpoint_key("run_default_2"),
+            "checkpoint_json": copied.model_dump_json(),
+            "copied_from": "run_default_1",
+        }
     )
 
-    record = agent_aws.claim("run_2", "node-a", LEASE, now_ms())
+    record = agent_aws.claim("run_default_2", "node-a", LEASE, now_ms())
 
     assert record.attempt == 1
     assert agent_aws.checkpoint_for(record) == copied
@@ -258,9 +263,9 @@ def test_a_cancel_whose_node_was_lost_ends_cancelled_when_its_message_comes_back
 ) -> None:
     # Given a run asked to cancel while its node was already gone
     _queued_run(names)
-    agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     boto3.resource("dynamodb").Table(names.table).update_item(
-        Key=run_key("run_1"),
+        Key=run_key("run_default_1"),
         UpdateExpression="SET #s = :c",
         ExpressionAttributeNames={"#s": "state"},
         ExpressionAttributeValues={":c": RunState.CANCELLING.value},
@@ -268,9 +273,9 @@ def test_a_cancel_whose_node_was_lost_ends_cancelled_when_its_message_comes_back
 
     # When another node receives its message after the lease ran out, it runs nothing and closes the run
     with pytest.raises(ClaimRefused) as refused:
-        agent_aws.claim("run_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
+        agent_aws.claim("run_default_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
     assert refused.value.terminal
-    final = agent_aws.get_run("run_1")
+    final = agent_aws.get_run("run_default_1")
     assert final is not None and final.state is RunState.CANCELLED and final.lease_owner is None
     assert [(a.number, a.reason) for a in final.attempts] == [(1, FailureReason.NODE_LOST)]
 
@@ -288,15 +293,15 @@ def test_the_feed_client_is_built_only_when_first_used(aws: dict[str, str], name
         queue_url=aws["default"], table_name=names.table, bucket=names.feed_bucket, session=CountingSession()
     )
     assert "s3" not in built
-    agent_aws.put_log_chunk("logs/run_1/0001/00000000.log", b"hello\n")
-    agent_aws.put_log_chunk("logs/run_1/0001/00000001.log", b"again\n")
+    agent_aws.put_log_chunk("logs/run_default_1/0001/00000000.log", b"hello\n")
+    agent_aws.put_log_chunk("logs/run_default_1/0001/00000001.log", b"again\n")
     assert built.count("s3") == 1
-    body = boto3.client("s3").get_object(Bucket=names.feed_bucket, Key="logs/run_1/0001/00000001.log")["Body"]
+    body = boto3.client("s3").get_object(Bucket=names.feed_bucket, Key="logs/run_default_1/0001/00000001.log")["Body"]
     assert body.read() == b"again\n"
 
 
 def _delivery(receipt: str, message_id: str) -> Delivery:
-    return Delivery(receipt, RunMessage(run_id="run_1", environment="default"), 1, message_id, time.time())
+    return Delivery(receipt, RunMessage(run_id="run_default_1", environment="default"), 1, message_id, time.time())
 
 
 def test_a_message_handed_over_reaches_the_attempt_holding_the_lease_and_only_it(
@@ -304,9 +309,9 @@ def test_a_message_handed_over_reaches_the_attempt_holding_the_lease_and_only_it
 ) -> None:
     # Given node A holding the run, and node B, which received another message of the run, refused its claim
     _queued_run(names)
-    held = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    held = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     with pytest.raises(ClaimRefused) as refused:
-        agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+        agent_aws.claim("run_default_1", "node-b", LEASE, now_ms())
     assert refused.value.leased is not None and refused.value.leased.lease_owner == "node-a"
 
     # When B hands that message over, A's next renewal answers with it; an offer while one waits is refused
@@ -324,14 +329,14 @@ def test_a_message_handed_over_reaches_the_attempt_holding_the_lease_and_only_it
     # When the lease passes to attempt 2 while an offer for attempt 1 waits, attempt 2 is not answered with it,
     # and an offer made to the lost attempt is refused
     assert agent_aws.hand_over(held, _delivery("rh-late", "m-late"))
-    second = agent_aws.claim("run_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
+    second = agent_aws.claim("run_default_1", "node-b", LEASE, now_ms() + (LEASE + 1) * 1000)
     assert agent_aws.renew_lease(second, "node-b", now_ms() + 2 * LEASE * 1000).handoff is None
     assert not agent_aws.hand_over(held, _delivery("rh-stale", "m-stale"))
 
     # And the run's end removes any offer from its item
     assert agent_aws.hand_over(second, _delivery("rh-end", "m-end"))
     agent_aws.end_attempt(second, "node-b", state=RunState.SUCCEEDED, output=1)
-    item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key("run_1"))["Item"]
+    item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key("run_default_1"))["Item"]
     assert MESSAGE_HANDOFF not in item
 
 
@@ -340,7 +345,7 @@ def test_a_retry_is_not_claimed_before_its_time_whichever_message_brings_it(
 ) -> None:
     # Given attempt 1 failed and is to be retried in 40 minutes (longer than a message can be delayed)
     _queued_run(names)
-    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     retry_at = utcnow() + timedelta(minutes=40)
     agent_aws.end_attempt(
         first, "node-a", state=RunState.QUEUED, reason=FailureReason.USER_ERROR, error={"message": "x"},
@@ -349,10 +354,10 @@ def test_a_retry_is_not_claimed_before_its_time_whichever_message_brings_it(
 
     # When a message of the run comes back after 15 minutes, the claim is refused until the retry's time
     with pytest.raises(ClaimRefused) as refused:
-        agent_aws.claim("run_1", "node-b", LEASE, now_ms() + 15 * 60 * 1000)
+        agent_aws.claim("run_default_1", "node-b", LEASE, now_ms() + 15 * 60 * 1000)
     assert not refused.value.terminal
     assert 25 * 60 <= refused.value.retry_in <= 25 * 60 + 2
 
     # And at that time, it is taken as attempt 2
     at_retry = int(retry_at.timestamp() * 1000) + 1
-    assert agent_aws.claim("run_1", "node-b", LEASE, at_retry).attempt == 2
+    assert agent_aws.claim("run_default_1", "node-b", LEASE, at_retry).attempt == 2

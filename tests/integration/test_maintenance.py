@@ -17,6 +17,7 @@ from node_agent.aws import AgentAws
 from runly import resources
 from runly.contracts import FailureReason, RunMessage, RunState
 from runly.local.aws import schedule_settings
+from runly.records import lease_index_partition, lease_sort_key, run_key
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 10
@@ -45,18 +46,18 @@ def test_reaper_requeues_a_run_whose_node_vanished(
     store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames, aws: dict[str, str]
 ) -> None:
     # Given a run claimed by a node that then vanished, its lease long expired, and no message left
-    _queued_run(names, "run_lost")
-    agent.claim("run_lost", "node-a", LEASE, now_ms() - 3_600_000)
+    _queued_run(names, "run_default_lost")
+    agent.claim("run_default_lost", "node-a", LEASE, now_ms() - 3_600_000)
 
     # When the reaper runs
     report = reap(store, now_ms=now_ms(), grace_seconds=60)
 
     # Then the run is Queued again, the lost attempt is closed, and a new message names it
-    assert report.requeued == ["run_lost"]
-    run = agent.get_run("run_lost")
+    assert report.requeued == ["run_default_lost"]
+    run = agent.get_run("run_default_lost")
     assert run is not None and run.state is RunState.QUEUED and run.lease_owner is None
     assert run.attempts[0].reason is FailureReason.NODE_LOST and run.attempts[0].ended_at
-    assert _messages(aws["default"]) == ["run_lost"]
+    assert _messages(aws["default"]) == ["run_default_lost"]
     # And it is out of the lease index: a second pass finds nothing
     assert reap(store, now_ms=now_ms(), grace_seconds=60).requeued == []
 
@@ -64,18 +65,18 @@ def test_reaper_requeues_a_run_whose_node_vanished(
 def test_reaper_fails_a_lost_run_with_no_attempts_left(
     store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames
 ) -> None:
-    _queued_run(names, "run_last")
+    _queued_run(names, "run_default_last")
     boto3.resource("dynamodb").Table(names.table).update_item(
-        Key={"pk": "RUN#run_last", "sk": "RUN"},
+        Key=run_key("run_default_last"),
         UpdateExpression="SET max_attempts = :one",
         ExpressionAttributeValues={":one": 1},
     )
-    agent.claim("run_last", "node-a", LEASE, now_ms() - 3_600_000)
+    agent.claim("run_default_last", "node-a", LEASE, now_ms() - 3_600_000)
 
     report = reap(store, now_ms=now_ms(), grace_seconds=60)
 
-    assert report.failed == ["run_last"]
-    run = agent.get_run("run_last")
+    assert report.failed == ["run_default_last"]
+    run = agent.get_run("run_default_last")
     assert run is not None and run.state is RunState.FAILED and run.finished_at
     assert json.loads(run.error_json or "{}")["reason"] == "node_lost"
 
@@ -83,49 +84,53 @@ def test_reaper_fails_a_lost_run_with_no_attempts_left(
 def test_reaper_leaves_live_and_recent_leases_alone(
     store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames
 ) -> None:
-    _queued_run(names, "run_live")
-    agent.claim("run_live", "node-a", LEASE, now_ms())
-    _queued_run(names, "run_recent")
-    agent.claim("run_recent", "node-b", LEASE, now_ms() - (LEASE + 5) * 1000)  # expired 5 s ago: nodes act first
+    _queued_run(names, "run_default_live")
+    agent.claim("run_default_live", "node-a", LEASE, now_ms())
+    _queued_run(names, "run_default_recent")
+    agent.claim(
+        "run_default_recent", "node-b", LEASE, now_ms() - (LEASE + 5) * 1000
+    )  # expired 5 s ago: nodes act first
 
     report = reap(store, now_ms=now_ms(), grace_seconds=60)
 
     assert report.requeued == report.failed == report.cancelled == []
-    live = agent.get_run("run_live")
+    live = agent.get_run("run_default_live")
     assert live is not None and live.state is RunState.RUNNING
 
 
 def test_a_node_renewing_between_read_and_write_wins(
     store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames
 ) -> None:
-    _queued_run(names, "run_race")
-    claimed = agent.claim("run_race", "node-a", LEASE, now_ms() - 3_600_000)
-    (stale,) = list(store.expired_leases(now_ms()))
+    _queued_run(names, "run_default_race")
+    claimed = agent.claim("run_default_race", "node-a", LEASE, now_ms() - 3_600_000)
+    (entry,) = list(store.expired_leases("default", now_ms()))
+    stale = entry.record
+    assert stale is not None
     # The node was only slow, not dead: it heartbeats after the reaper read the run.
     boto3.resource("dynamodb").Table(names.table).update_item(
-        Key={"pk": "RUN#run_race", "sk": "RUN"},
+        Key=run_key("run_default_race"),
         UpdateExpression="SET lease_until_ms = :l",
         ExpressionAttributeValues={":l": now_ms() + 60_000},
     )
     with pytest.raises(RunMoved):
         store.end_abandoned(stale, RunState.QUEUED, FailureReason.NODE_LOST, "lease expired")
-    run = agent.get_run("run_race")
+    run = agent.get_run("run_default_race")
     assert run is not None and run.state is RunState.RUNNING and run.attempt == claimed.attempt
 
 
 def test_reaper_completes_a_cancel_whose_node_was_lost(
     store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames
 ) -> None:
-    _queued_run(names, "run_cancel")
-    agent.claim("run_cancel", "node-a", LEASE, now_ms() - 3_600_000)
+    _queued_run(names, "run_default_cancel")
+    agent.claim("run_default_cancel", "node-a", LEASE, now_ms() - 3_600_000)
     boto3.resource("dynamodb").Table(names.table).update_item(
-        Key={"pk": "RUN#run_cancel", "sk": "RUN"},
+        Key=run_key("run_default_cancel"),
         UpdateExpression="SET #s = :c",
         ExpressionAttributeNames={"#s": "state"},
         ExpressionAttributeValues={":c": RunState.CANCELLING.value},
     )
-    assert reap(store, now_ms=now_ms(), grace_seconds=60).cancelled == ["run_cancel"]
-    run = agent.get_run("run_cancel")
+    assert reap(store, now_ms=now_ms(), grace_seconds=60).cancelled == ["run_default_cancel"]
+    run = agent.get_run("run_default_cancel")
     assert run is not None and run.state is RunState.CANCELLED
 
 
@@ -139,6 +144,7 @@ def maintenance_env(
     for name, value in schedule_settings(names).items():  # MaintenanceSettings extends ApiSettings
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("RUNLY_REAPER_GRACE_SECONDS", "60")
+    monkeypatch.setenv("RUNLY_DEAD_LETTER_ENVIRONMENT", "default")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "runly")
     for cached in (get_maintenance_settings, dlq._store, reaper._store):
         cached.cache_clear()
@@ -182,14 +188,17 @@ def test_dead_letters_fail_their_runs_with_the_reason(
     maintenance_env: None, agent: AgentAws, names: resources.ResourceNames
 ) -> None:
     # Given a queued run whose message was dead-lettered, a leased run, a finished run and a garbage message
-    _queued_run(names, "run_poison")
-    _queued_run(names, "run_leased")
-    agent.claim("run_leased", "node-a", LEASE, now_ms())
-    done = _queued_run(names, "run_done")
-    agent.end_attempt(agent.claim("run_done", "node-a", LEASE, now_ms()), "node-a", state=RunState.SUCCEEDED, output=1)
-    assert done.run_id == "run_done"
+    _queued_run(names, "run_default_poison")
+    _queued_run(names, "run_default_leased")
+    agent.claim("run_default_leased", "node-a", LEASE, now_ms())
+    done = _queued_run(names, "run_default_done")
+    agent.end_attempt(
+        agent.claim("run_default_done", "node-a", LEASE, now_ms()), "node-a", state=RunState.SUCCEEDED, output=1
+    )
+    assert done.run_id == "run_default_done"
     bodies = [
-        RunMessage(run_id=r, environment="default").model_dump_json() for r in ("run_poison", "run_leased", "run_done")
+        RunMessage(run_id=r, environment="default").model_dump_json()
+        for r in ("run_default_poison", "run_default_leased", "run_default_done")
     ]
 
     # When the DLQ handler gets them
@@ -197,15 +206,126 @@ def test_dead_letters_fail_their_runs_with_the_reason(
 
     # Then every record is consumed, and only the unowned run is failed, with the reason
     assert result == {"batchItemFailures": []}
-    poison = agent.get_run("run_poison")
+    poison = agent.get_run("run_default_poison")
     assert poison is not None and poison.state is RunState.FAILED
     error = json.loads(poison.error_json or "{}")
     assert error["reason"] == FailureReason.DEAD_LETTER.value and "30 times" in error["message"]
-    assert (agent.get_run("run_leased") or poison).state is RunState.RUNNING
-    assert (agent.get_run("run_done") or poison).state is RunState.SUCCEEDED
+    assert (agent.get_run("run_default_leased") or poison).state is RunState.RUNNING
+    assert (agent.get_run("run_default_done") or poison).state is RunState.SUCCEEDED
 
 
 def test_reaper_handler_reports_counts(maintenance_env: None, agent: AgentAws, names: resources.ResourceNames) -> None:
-    _queued_run(names, "run_lost")
-    agent.claim("run_lost", "node-a", LEASE, now_ms() - 3_600_000)
-    assert reaper.lambda_handler({}, Context()) == {"requeued": 1, "failed": 0, "cancelled": 0, "skipped": 0}  # type: ignore[arg-type]
+    _queued_run(names, "run_default_lost")
+    agent.claim("run_default_lost", "node-a", LEASE, now_ms() - 3_600_000)
+    assert reaper.lambda_handler({}, Context()) == {
+        "requeued": 1,
+        "failed": 0,
+        "cancelled": 0,
+        "skipped": 0,
+        "refused": 0,
+    }  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- only runs the API created, only to their queue
+
+
+def _expired_lease_values() -> dict[str, object]:
+    return {
+        ":running": RunState.RUNNING.value,
+        ":one": 1,
+        ":node": "node-evil",
+        ":until": now_ms() - 3_600_000,
+        ":leased": lease_index_partition("default"),
+        ":until_key": lease_sort_key(now_ms() - 3_600_000),
+        ":attempts": [],
+    }
+
+
+def test_a_run_item_forged_with_node_credentials_is_never_requeued(
+    store: MaintenanceStore, names: resources.ResourceNames, aws: dict[str, str]
+) -> None:
+    # Given an item under a run's key written as a node's credentials allow (an update naming only the attributes
+    # functions.nodes.policy lets a node write): Running, with a long-expired lease, in the lease index
+    table = boto3.resource("dynamodb").Table(names.table)
+    forged = run_key("run_default_forged")
+    table.update_item(
+        Key=forged,
+        UpdateExpression="SET #state = :running, attempt = :one, lease_owner = :node, lease_until_ms = :until, "
+        "gsi2pk = :leased, gsi2sk = :until_key, attempts = :attempts",
+        ExpressionAttributeNames={"#state": "state"},
+        ExpressionAttributeValues=_expired_lease_values(),
+    )
+    # And one with a whole run's attributes, as only a put could write (which the node's policy does not allow),
+    # but without the API's mark
+    whole = _queued_run(names, "run_default_whole").model_copy(
+        update={
+            "state": RunState.RUNNING,
+            "attempt": 1,
+            "lease_owner": "node-evil",
+            "lease_until_ms": now_ms() - 3_600_000,
+        }
+    )
+    table.put_item(Item=whole.to_item())
+
+    # When the reaper runs
+    report = reap(store, now_ms=now_ms(), grace_seconds=60)
+
+    # Then neither is re-queued nor changed, and no message names them in any environment
+    assert report.requeued == [] and report.failed == []
+    assert sorted(report.refused) == sorted([forged["pk"], run_key("run_default_whole")["pk"]])
+    assert all(_messages(url) == [] for url in aws.values())
+    assert table.get_item(Key=forged)["Item"]["state"] == RunState.RUNNING.value
+
+
+def test_the_reaper_requeues_a_run_to_the_queue_its_key_names_whatever_lease_partition_holds_it(
+    store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames, aws: dict[str, str]
+) -> None:
+    # Given a default run whose node moved it into staging's lease partition (a node writes the lease index keys)
+    _queued_run(names, "run_default_moved")
+    agent.claim("run_default_moved", "node-a", LEASE, now_ms() - 3_600_000)
+    boto3.resource("dynamodb").Table(names.table).update_item(
+        Key=run_key("run_default_moved"),
+        UpdateExpression="SET gsi2pk = :staging",
+        ExpressionAttributeValues={":staging": lease_index_partition("staging")},
+    )
+
+    # When the reaper runs
+    report = reap(store, now_ms=now_ms(), grace_seconds=60)
+
+    # Then it goes back to default's queue, never to staging's
+    assert report.requeued == ["run_default_moved"]
+    assert _messages(aws["staging"]) == []
+    assert _messages(aws["default"]) == ["run_default_moved"]
+
+
+def test_a_dead_letter_fails_only_an_api_created_run_of_its_own_environment(
+    maintenance_env: None, agent: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given a queued staging run, and a default DLQ holding messages that name it, a forged run and a bad id
+    staging = _queued_run(names, "run_staging_victim").model_copy(update={"environment": "staging"})
+    table = boto3.resource("dynamodb").Table(names.table)
+    table.put_item(Item=staging.api_item())
+    table.update_item(
+        Key=run_key("run_default_forged"),
+        UpdateExpression="SET #state = :queued",
+        ExpressionAttributeNames={"#state": "state"},
+        ExpressionAttributeValues={":queued": RunState.QUEUED.value},
+    )
+    bodies = [
+        RunMessage(run_id=run_id, environment=environment).model_dump_json()
+        for run_id, environment in (
+            ("run_staging_victim", "default"),
+            ("run_staging_victim", "staging"),
+            ("run_default_forged", "default"),
+            ("not-a-run", "default"),
+        )
+    ]
+
+    # When the default environment's DLQ handler gets them
+    result = dlq.lambda_handler(_sqs_event(*bodies), Context())  # type: ignore[arg-type]
+
+    # Then every record is consumed and nothing is failed
+    assert result == {"batchItemFailures": []}
+    victim = table.get_item(Key=run_key("run_staging_victim"))["Item"]
+    assert victim["state"] == RunState.QUEUED.value and "error_json" not in victim
+    assert table.get_item(Key=run_key("run_default_forged"))["Item"]["state"] == RunState.QUEUED.value

@@ -22,7 +22,7 @@ def agent_aws(aws: dict[str, str], names: resources.ResourceNames) -> AgentAws:
 def _received(agent_aws: AgentAws, count: int) -> list[Delivery]:
     sqs = boto3.client("sqs")
     for i in range(count):
-        body = RunMessage(run_id=f"run_{i}", environment="default").model_dump_json()
+        body = RunMessage(run_id=f"run_default_{i}", environment="default").model_dump_json()
         sqs.send_message(QueueUrl=agent_aws.queue_url, MessageBody=body)
     deliveries: list[Delivery] = []
     while len(deliveries) < count:

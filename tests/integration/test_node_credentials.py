@@ -21,7 +21,7 @@ from functions.nodes.credentials import (
     session_name,
     session_policy,
 )
-from functions.nodes.policy import LEADING_KEYS, node_policy_document
+from functions.nodes.policy import node_policy_document, without_sids
 from functions.nodes.sts import RoleAssumer
 from runly.contracts import NodeCredentials
 from runly.local.gateway import build_event
@@ -95,15 +95,18 @@ def _call(context: dict[str, str] | None) -> tuple[int, dict[str, Any]]:
 # --- the policy -----------------------------------------------------------------------------------------------
 
 
-def test_the_node_policy_allows_its_queue_the_feed_prefixes_and_run_and_node_items_only() -> None:
-    document = node_policy_document(queue_arn=QUEUE_ARN, feed_bucket_arn=BUCKET_ARN, table_arn=TABLE_ARN)
+def test_the_node_policy_allows_its_queue_its_log_prefix_and_its_environment_items_only() -> None:
+    # What each request may do is tested case by case in tests/infrastructure/test_node_policy_cases.py.
+    document = node_policy_document(
+        environment="default", queue_arn=QUEUE_ARN, feed_bucket_arn=BUCKET_ARN, table_arn=TABLE_ARN
+    )
     by_sid = {statement["Sid"]: statement for statement in document["Statement"]}
+    assert set(by_sid) == {"RunQueue", "ReadPackages", "WriteRunLogs", "ReadItems", "WriteRuns", "WriteNodes"}
     assert by_sid["RunQueue"]["Resource"] == QUEUE_ARN
     assert set(by_sid["RunQueue"]["Action"]) == {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
-        "sqs:GetQueueAttributes",
         "sqs:SendMessage",
     }
     assert (by_sid["ReadPackages"]["Action"], by_sid["ReadPackages"]["Resource"]) == (
@@ -112,14 +115,21 @@ def test_the_node_policy_allows_its_queue_the_feed_prefixes_and_run_and_node_ite
     )
     assert (by_sid["WriteRunLogs"]["Action"], by_sid["WriteRunLogs"]["Resource"]) == (
         "s3:PutObject",
-        f"{BUCKET_ARN}/logs/*",
+        f"{BUCKET_ARN}/logs/default/*",
     )
-    items = by_sid["RunAndNodeItems"]
-    assert items["Resource"] == TABLE_ARN
-    assert items["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*", "NODE#*"]}}
-    assert "dynamodb:Query" not in items["Action"] and "dynamodb:Scan" not in items["Action"]
+    leading = {
+        sid: by_sid[sid]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+        for sid in ("ReadItems", "WriteRuns", "WriteNodes")
+    }
+    assert leading == {
+        "ReadItems": ["ENV#default#RUN#*", "ENV#default#NODE#*"],
+        "WriteRuns": ["ENV#default#RUN#*"],
+        "WriteNodes": ["ENV#default#NODE#*"],
+    }
+    assert by_sid["ReadItems"]["Action"] == ["dynamodb:GetItem", "dynamodb:ConditionCheckItem"]
+    assert by_sid["WriteRuns"]["Action"] == ["dynamodb:UpdateItem"]
+    assert by_sid["WriteNodes"]["Action"] == ["dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     assert all(statement["Effect"] == "Allow" for statement in document["Statement"])
-    assert LEADING_KEYS == ("RUN#*", "NODE#*")
 
 
 def test_the_session_policy_fits_sts_limit_even_with_the_longest_names() -> None:
@@ -133,7 +143,9 @@ def test_the_session_policy_fits_sts_limit_even_with_the_longest_names() -> None
             "node_roles": {environment: {"role_arn": ROLE_ARN, "queue_arn": queue_arn}},
         }
     )
-    assert len(session_policy(environment, settings)) <= 2048
+    policy = session_policy(environment, settings)
+    print(f"session policy: {len(policy)} characters")
+    assert len(policy) <= 2048
 
 
 def test_the_session_is_named_after_the_node_key_within_sts_rules() -> None:
@@ -145,15 +157,17 @@ def test_the_session_is_named_after_the_node_key_within_sts_rules() -> None:
 # --- issuing ------------------------------------------------------------------------------------------------
 
 
-def test_credentials_come_from_the_environment_role_with_its_policy_for_an_hour(sts: RecordingSts) -> None:
+def test_credentials_come_from_the_environment_role_with_its_policy_for_15_minutes(sts: RecordingSts) -> None:
     issued = issue_credentials("default", "0123456789abcdef")
 
     [request] = sts.requests
     assert request["RoleArn"] == ROLE_ARN
     assert request["RoleSessionName"] == "runly-node-0123456789abcdef"
-    assert request["DurationSeconds"] == CREDENTIALS_SECONDS == 3600
-    assert json.loads(request["Policy"]) == node_policy_document(
-        queue_arn=QUEUE_ARN, feed_bucket_arn=BUCKET_ARN, table_arn=TABLE_ARN
+    assert request["DurationSeconds"] == CREDENTIALS_SECONDS == 900
+    assert json.loads(request["Policy"]) == without_sids(
+        node_policy_document(
+            environment="default", queue_arn=QUEUE_ARN, feed_bucket_arn=BUCKET_ARN, table_arn=TABLE_ARN
+        )
     )
     assert issued.environment == "default"
     assert issued.access_key_id and issued.secret_access_key and issued.session_token

@@ -178,7 +178,7 @@ def test_a_keyed_run_whose_batch_died_before_sending_is_dispatched_on_replay(
         expires_at=int(time.time()) + 3600,
     )
     table = boto3.resource("dynamodb").Table(NAMES.table)
-    table.put_item(Item=record.to_item())
+    table.put_item(Item=record.api_item())
     table.put_item(Item=key.to_item())
 
     # When the client retries the batch

@@ -106,7 +106,7 @@ def test_a_run_lifecycle_publishes_one_event_per_state_it_enters(
         (RunState.RUNNING, RunState.SUCCEEDED, 1),
     ]
     assert {(d.run_id, d.environment, d.package, d.version, d.job) for d in details} == {
-        ("01JRUNAAAA", "production", "greeter", "1.0.0", "greet")
+        ("run_production_01JRUNAAAA", "production", "greeter", "1.0.0", "greet")
     }
     # The detail carries exactly the documented fields (docs/events.md).
     assert set(published[0]["detail"]) == set(RunStateChanged.model_fields)
@@ -125,6 +125,23 @@ def test_a_run_item_that_cannot_make_an_event_is_reported_failed_not_skipped(
 
     # Then the good one is published and the bad one reported, so Lambda retries it and finally parks it
     assert response == {"batchItemFailures": [{"itemIdentifier": bad["dynamodb"]["SequenceNumber"]}]}
+    assert [e["detail"]["state"] for e in _published(subscriber)] == ["Running"]
+
+
+def test_an_item_under_a_run_key_the_api_did_not_create_publishes_nothing_and_fails_nothing(
+    handler: Callable[[dict[str, Any]], dict[str, Any]], subscriber: str
+) -> None:
+    # Given a good state change and the same item without the API's mark (as a node's credentials could write it,
+    # under its own environment's run key) and without what an event needs
+    good = _fixture("run_lifecycle.json")["Records"][1]
+    [forged] = _fixture("run_item_without_package.json")["Records"]
+    del forged["dynamodb"]["NewImage"]["api_created"]
+
+    # When the publisher handles them
+    response = handler({"Records": [good, forged]})
+
+    # Then only the good one is published, and the forged one is not reported (it would hold the stream back)
+    assert response == {"batchItemFailures": []}
     assert [e["detail"]["state"] for e in _published(subscriber)] == ["Running"]
 
 

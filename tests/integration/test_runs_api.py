@@ -24,7 +24,7 @@ from runly import resources
 from runly.client import ApiError, RunlyClient
 from runly.contracts import Checkpoint, EnqueueRunRequest, FailureReason, RunMessage, RunState, Scope
 from runly.local.gateway import Gateway
-from runly.records import IdempotencyRecord, NodeRecord, RunRecord, iso, utcnow
+from runly.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_key, run_log_prefix, utcnow
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter, serialized_dynamodb
 
 LEASE = 30
@@ -90,7 +90,7 @@ def put_run(
         created_at=iso(created_at or utcnow()),
         finished_at=iso(utcnow()) if state.terminal else None,
     )
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.to_item())
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.api_item())
     return record
 
 
@@ -220,7 +220,7 @@ def test_a_run_whose_message_was_never_sent_is_dispatched_on_replay(
     deps = services()
     request = EnqueueRunRequest.model_validate(GREET)
     long_ago = utcnow() - timedelta(minutes=5)
-    record = put_run(names, "run_orphan")
+    record = put_run(names, "run_default_orphan")
     key = IdempotencyRecord(
         owner="test-key",
         key="k1",
@@ -236,9 +236,9 @@ def test_a_run_whose_message_was_never_sent_is_dispatched_on_replay(
     reply = api("POST", "/runs", GREET, headers={"Idempotency-Key": "k1"})
 
     # Then it gets the run, and now its message is on the queue (once: the key remembers it was sent)
-    assert reply.status == 200 and reply.body["id"] == "run_orphan"
+    assert reply.status == 200 and reply.body["id"] == "run_default_orphan"
     assert api("POST", "/runs", GREET, headers={"Idempotency-Key": "k1"}).status == 200
-    assert messages(aws["default"]) == ["run_orphan"]
+    assert messages(aws["default"]) == ["run_default_orphan"]
     assert deps.store.get_idempotency("test-key", "k1").dispatched  # type: ignore[union-attr]
 
 
@@ -279,10 +279,10 @@ def test_an_oversized_config_is_refused(api: Api, greeter: dict[str, Any], aws: 
 
 
 def test_queued_reason_says_why_a_run_waits(api: Api, names: resources.ResourceNames, agent: AgentAws) -> None:
-    put_run(names, "run_q")
+    put_run(names, "run_default_q")
 
     def reason() -> str | None:
-        reply = api("GET", "/runs/run_q")
+        reply = api("GET", "/runs/run_default_q")
         assert reply.status == 200, reply.body
         return reply.body["queued_reason"]  # type: ignore[no-any-return]
 
@@ -300,14 +300,14 @@ def test_queued_reason_says_why_a_run_waits(api: Api, names: resources.ResourceN
     assert reason() == "waiting for a free node"
 
     # An attempt failed and the retry is not due yet
-    agent.claim("run_q", "node-a", LEASE, now_ms())
-    record = agent.get_run("run_q")
+    agent.claim("run_default_q", "node-a", LEASE, now_ms())
+    record = agent.get_run("run_default_q")
     assert record is not None
     agent.end_attempt(record, "node-a", state=RunState.QUEUED, reason=FailureReason.USER_ERROR, error={"message": "x"})
     retry_at = utcnow() + timedelta(minutes=2)
     table = boto3.resource("dynamodb").Table(names.table)
     table.update_item(
-        Key={"pk": "RUN#run_q", "sk": "RUN"},
+        Key=run_key("run_default_q"),
         UpdateExpression="SET retry_at = :at",
         ExpressionAttributeValues={":at": iso(retry_at)},
     )
@@ -315,41 +315,41 @@ def test_queued_reason_says_why_a_run_waits(api: Api, names: resources.ResourceN
 
     # Once the retry is due, the run waits for a node like any other
     table.update_item(
-        Key={"pk": "RUN#run_q", "sk": "RUN"},
+        Key=run_key("run_default_q"),
         UpdateExpression="SET retry_at = :at",
         ExpressionAttributeValues={":at": iso(utcnow() - timedelta(seconds=1))},
     )
     assert reason() == "waiting for a free node"
 
     # A run that is not Queued has no queued_reason
-    agent.claim("run_q", "node-a", LEASE, now_ms())
+    agent.claim("run_default_q", "node-a", LEASE, now_ms())
     assert reason() is None
 
 
 def test_get_shows_the_runs_last_checkpoint(api: Api, names: resources.ResourceNames, agent: AgentAws) -> None:
-    put_run(names, "run_c")
-    record = agent.claim("run_c", "node-a", LEASE, now_ms())
-    assert api("GET", "/runs/run_c").body["checkpoint"] is None
+    put_run(names, "run_default_c")
+    record = agent.claim("run_default_c", "node-a", LEASE, now_ms())
+    assert api("GET", "/runs/run_default_c").body["checkpoint"] is None
 
     agent.write_checkpoint(
         record, "node-a", Checkpoint(watermark=40, state={"page": 3}, attempt=1, written_at=utcnow())
     )
 
-    checkpoint = api("GET", "/runs/run_c").body["checkpoint"]
+    checkpoint = api("GET", "/runs/run_default_c").body["checkpoint"]
     assert checkpoint["watermark"] == 40 and checkpoint["state"] == {"page": 3} and checkpoint["attempt"] == 1
 
 
 def test_runs_are_confined_to_a_node_keys_environment(api: Api, names: resources.ResourceNames) -> None:
-    put_run(names, "run_default")
-    put_run(names, "run_staging", environment="staging")
-    assert api("GET", "/runs/run_staging", scope=Scope.NODE, environment="staging").status == 200
-    assert api("GET", "/runs/run_default", scope=Scope.NODE, environment="staging").status == 403
-    assert api("POST", "/runs/run_default/cancel", scope=Scope.WRITE, environment="staging").status == 403
+    put_run(names, "run_default_0")
+    put_run(names, "run_staging_1", environment="staging")
+    assert api("GET", "/runs/run_staging_1", scope=Scope.NODE, environment="staging").status == 200
+    assert api("GET", "/runs/run_default_0", scope=Scope.NODE, environment="staging").status == 403
+    assert api("POST", "/runs/run_default_0/cancel", scope=Scope.WRITE, environment="staging").status == 403
     # Nothing changed for a caller who may not change it
-    assert api("GET", "/runs/run_default").body["state"] == "Queued"
+    assert api("GET", "/runs/run_default_0").body["state"] == "Queued"
     # A search by a node key sees its own environment only, and asking for another is refused
     page = api("GET", "/runs", scope=Scope.NODE, environment="staging")
-    assert [item["id"] for item in page.body["items"]] == ["run_staging"]
+    assert [item["id"] for item in page.body["items"]] == ["run_staging_1"]
     assert api("GET", "/runs", query={"environment": "default"}, scope=Scope.NODE, environment="staging").status == 403
 
 
@@ -385,20 +385,20 @@ def test_a_running_run_is_asked_to_stop_through_its_heartbeat(
     api: Api, names: resources.ResourceNames, agent: AgentAws
 ) -> None:
     # Given a run a node is running
-    put_run(names, "run_r")
-    record = agent.claim("run_r", "node-a", LEASE, now_ms())
+    put_run(names, "run_default_r")
+    record = agent.claim("run_default_r", "node-a", LEASE, now_ms())
 
     # When it is cancelled
-    reply = api("POST", "/runs/run_r/cancel")
+    reply = api("POST", "/runs/run_default_r/cancel")
 
     # Then it is Cancelling, and the node learns it on its next heartbeat (which still holds the lease)
     assert reply.status == 200 and reply.body["state"] == "Cancelling"
     assert agent.extend_lease(record, "node-a", now_ms() + LEASE * 1000) is RunState.CANCELLING
-    assert api("POST", "/runs/run_r/cancel").status == 409
+    assert api("POST", "/runs/run_default_r/cancel").status == 409
 
     # And the node ends it Cancelled; a finished run cannot be cancelled
     agent.end_attempt(record, "node-a", state=RunState.CANCELLED, reason=FailureReason.CANCELLED)
-    finished = api("POST", "/runs/run_r/cancel")
+    finished = api("POST", "/runs/run_default_r/cancel")
     assert finished.status == 409 and "Cancelled" in finished.body["message"]
 
 
@@ -406,7 +406,7 @@ def test_cancel_that_races_a_claim_cancels_the_running_run(
     api: Api, names: resources.ResourceNames, agent: AgentAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a queued run that a node claims between the API reading it and writing Cancelled
-    put_run(names, "run_race")
+    put_run(names, "run_default_race")
     real = Store.cancel_queued
 
     def claimed_first(self: Store, run_id: str, **kwargs: Any) -> RunRecord:
@@ -416,7 +416,7 @@ def test_cancel_that_races_a_claim_cancels_the_running_run(
     monkeypatch.setattr(Store, "cancel_queued", claimed_first)
 
     # When the cancel goes on
-    reply = api("POST", "/runs/run_race/cancel")
+    reply = api("POST", "/runs/run_default_race/cancel")
 
     # Then the API's conditional write lost, it read again, and asked the running job to stop instead
     assert reply.status == 200 and reply.body["state"] == "Cancelling"
@@ -427,12 +427,12 @@ def test_cancel_that_races_a_claim_cancels_the_running_run(
 
 
 def test_requeue_needs_a_finished_run(api: Api, names: resources.ResourceNames) -> None:
-    put_run(names, "run_live")
-    reply = api("POST", "/runs/run_live/requeue", {"resume": False})
+    put_run(names, "run_default_live")
+    reply = api("POST", "/runs/run_default_live/requeue", {"resume": False})
     assert reply.status == 409 and "Queued" in reply.body["message"]
     assert api("POST", "/runs/nope/requeue").status == 404
-    assert error_field(api("POST", "/runs/run_live/requeue", {"resume": "maybe"})) == "resume"
-    assert error_field(api("POST", "/runs/run_live/requeue", {"resum": True})) == "resum"
+    assert error_field(api("POST", "/runs/run_default_live/requeue", {"resume": "maybe"})) == "resume"
+    assert error_field(api("POST", "/runs/run_default_live/requeue", {"resum": True})) == "resum"
 
 
 def test_requeue_with_resume_starts_from_the_last_checkpoint(
@@ -472,9 +472,11 @@ def test_requeue_with_resume_starts_from_the_last_checkpoint(
 def test_requeue_with_resume_of_a_run_without_checkpoint_starts_from_scratch(
     api: Api, names: resources.ResourceNames
 ) -> None:
-    put_run(names, "run_done", state=RunState.SUCCEEDED)
-    reply = api("POST", "/runs/run_done/requeue", {"resume": True})
-    assert reply.status == 201 and reply.body["checkpoint"] is None and reply.body["requeued_from"] == "run_done"
+    put_run(names, "run_default_done", state=RunState.SUCCEEDED)
+    reply = api("POST", "/runs/run_default_done/requeue", {"resume": True})
+    assert (
+        reply.status == 201 and reply.body["checkpoint"] is None and reply.body["requeued_from"] == "run_default_done"
+    )
 
 
 # ---------------------------------------------------------------- search
@@ -506,8 +508,8 @@ def test_search_pages_through_every_environment_newest_first(api: Api, names: re
     for i in range(23):
         environment = "staging" if i % 3 == 0 else "default"
         created = base + timedelta(seconds=i // 2)
-        put_run(names, f"run_{i:02d}", environment=environment, created_at=created)
-        expected.append((iso(created), f"run_{i:02d}"))
+        put_run(names, f"run_{environment}_{i:02d}", environment=environment, created_at=created)
+        expected.append((iso(created), f"run_{environment}_{i:02d}"))
     newest_first = [run_id for _, run_id in sorted(expected, reverse=True)]
 
     # When a client reads every page, 4 runs at a time
@@ -520,26 +522,28 @@ def test_search_pages_through_every_environment_newest_first(api: Api, names: re
 
 def test_search_filters(api: Api, names: resources.ResourceNames) -> None:
     base = datetime(2030, 1, 1, tzinfo=UTC)
-    put_run(names, "run_a", created_at=base, state=RunState.SUCCEEDED)
-    put_run(names, "run_b", created_at=base + timedelta(hours=1), state=RunState.FAILED, job="other")
-    put_run(names, "run_c", created_at=base + timedelta(hours=2), package="mailer")
-    put_run(names, "run_d", created_at=base + timedelta(hours=3), environment="staging", state=RunState.SUCCEEDED)
+    put_run(names, "run_default_a", created_at=base, state=RunState.SUCCEEDED)
+    put_run(names, "run_default_b", created_at=base + timedelta(hours=1), state=RunState.FAILED, job="other")
+    put_run(names, "run_default_c", created_at=base + timedelta(hours=2), package="mailer")
+    put_run(
+        names, "run_staging_d", created_at=base + timedelta(hours=3), environment="staging", state=RunState.SUCCEEDED
+    )
 
     def search(**query: Any) -> list[str]:
         reply = api("GET", "/runs", query=query)
         assert reply.status == 200, reply.body
         return ids(reply.body)
 
-    assert search() == ["run_d", "run_c", "run_b", "run_a"]
-    assert search(state="Succeeded") == ["run_d", "run_a"]
-    assert search(package="Mailer") == ["run_c"]  # PEP 503: any spelling of the name
-    assert search(job="other") == ["run_b"]
-    assert search(environment="staging") == ["run_d"]
+    assert search() == ["run_staging_d", "run_default_c", "run_default_b", "run_default_a"]
+    assert search(state="Succeeded") == ["run_staging_d", "run_default_a"]
+    assert search(package="Mailer") == ["run_default_c"]  # PEP 503: any spelling of the name
+    assert search(job="other") == ["run_default_b"]
+    assert search(environment="staging") == ["run_staging_d"]
     # created_after is inclusive, created_before exclusive; a time without an offset is UTC
-    assert search(created_after=iso(base + timedelta(hours=1))) == ["run_d", "run_c", "run_b"]
-    assert search(created_before="2030-01-01T02:00:00") == ["run_b", "run_a"]
-    assert search(created_after="2030-01-01T00:30:00Z", created_before="2030-01-01T02:00:00+00:00") == ["run_b"]
-    assert search(state="Succeeded", environment="default") == ["run_a"]
+    assert search(created_after=iso(base + timedelta(hours=1))) == ["run_staging_d", "run_default_c", "run_default_b"]
+    assert search(created_before="2030-01-01T02:00:00") == ["run_default_b", "run_default_a"]
+    assert search(created_after="2030-01-01T00:30:00Z", created_before="2030-01-01T02:00:00+00:00") == ["run_default_b"]
+    assert search(state="Succeeded", environment="default") == ["run_default_a"]
 
 
 def test_a_selective_filter_fills_its_pages_across_short_reads(
@@ -551,21 +555,22 @@ def test_a_selective_filter_fills_its_pages_across_short_reads(
     failed = []
     for i in range(30):
         state = RunState.FAILED if i % 5 == 0 else RunState.SUCCEEDED
+        environment = ("default", "staging")[i % 2]
         put_run(
             names,
-            f"run_{i:02d}",
+            f"run_{environment}_{i:02d}",
             created_at=base + timedelta(minutes=i),
-            environment=("default", "staging")[i % 2],
+            environment=environment,
             state=state,
         )
         if state is RunState.FAILED:
-            failed.append(f"run_{i:02d}")
+            failed.append(f"run_{environment}_{i:02d}")
 
     # When failed runs are searched 2 at a time
     first = api("GET", "/runs", query={"state": "Failed", "limit": 2}).body
 
     # Then the first page is full although each query matched at most one, and all pages hold every match once
-    assert ids(first) == ["run_25", "run_20"]
+    assert ids(first) == ["run_staging_25", "run_default_20"]
     found, _ = read_all(api, {"state": "Failed", "limit": 2})
     assert found == list(reversed(failed))
 
@@ -579,11 +584,12 @@ def test_a_page_that_runs_out_of_read_budget_is_short_but_loses_nothing(
     base = datetime(2030, 1, 1, tzinfo=UTC)
     for i in range(12):
         state = RunState.FAILED if i == 0 else RunState.SUCCEEDED
+        environment = ("default", "staging")[i % 2]
         put_run(
             names,
-            f"run_{i:02d}",
+            f"run_{environment}_{i:02d}",
             created_at=base + timedelta(minutes=i),
-            environment=("default", "staging")[i % 2],
+            environment=environment,
             state=state,
         )
 
@@ -591,7 +597,7 @@ def test_a_page_that_runs_out_of_read_budget_is_short_but_loses_nothing(
     found, pages = read_all(api, {"state": "Failed", "limit": 10})
 
     # Then the early pages come back empty with a cursor, and the match is found once, at the end
-    assert found == ["run_00"]
+    assert found == ["run_default_00"]
     assert pages > 1
 
 
@@ -618,7 +624,7 @@ def test_bad_search_input_names_the_field(api: Api, query: dict[str, Any], statu
 
 def test_a_cursor_only_continues_its_own_query(api: Api, names: resources.ResourceNames) -> None:
     for i in range(3):
-        put_run(names, f"run_{i}", created_at=datetime(2030, 1, 1, tzinfo=UTC) + timedelta(minutes=i))
+        put_run(names, f"run_default_{i}", created_at=datetime(2030, 1, 1, tzinfo=UTC) + timedelta(minutes=i))
     cursor = api("GET", "/runs", query={"limit": 1}).body["next_cursor"]
     assert cursor is not None
     # Another filter
@@ -641,7 +647,7 @@ def test_a_cursor_only_continues_its_own_query(api: Api, names: resources.Resour
 def ship(names: resources.ResourceNames, run_id: str, attempt: int, *chunks: bytes) -> None:
     s3 = boto3.client("s3")
     for seq, data in enumerate(chunks):
-        s3.put_object(Bucket=names.feed_bucket, Key=f"logs/{run_id}/{attempt:04d}/{seq:08d}.log", Body=data)
+        s3.put_object(Bucket=names.feed_bucket, Key=f"{run_log_prefix(run_id, attempt)}{seq:08d}.log", Body=data)
 
 
 def test_logs_page_through_the_chunks_without_splitting_a_character(
@@ -649,17 +655,17 @@ def test_logs_page_through_the_chunks_without_splitting_a_character(
 ) -> None:
     # Given a running run whose node shipped two chunks, the second starting inside a character ("é" is 2 bytes)
     monkeypatch.setattr(run_logs, "PAGE_BYTES", 7)
-    put_run(names, "run_log")
-    record = agent.claim("run_log", "node-a", LEASE, now_ms())
+    put_run(names, "run_default_log")
+    record = agent.claim("run_default_log", "node-a", LEASE, now_ms())
     text = "héllo wörld\nbye"
     data = text.encode()
-    ship(names, "run_log", 1, data[:2], data[2:])
+    ship(names, "run_default_log", 1, data[:2], data[2:])
 
     # When a client reads page after page while it runs
     pages = []
     cursor = None
     while True:
-        reply = api("GET", "/runs/run_log/logs", query={"cursor": cursor} if cursor else {}, scope=Scope.READ)
+        reply = api("GET", "/runs/run_default_log/logs", query={"cursor": cursor} if cursor else {}, scope=Scope.READ)
         assert reply.status == 200, reply.body
         pages.append(reply.body)
         if not reply.body["text"]:
@@ -672,48 +678,48 @@ def test_logs_page_through_the_chunks_without_splitting_a_character(
     assert not pages[-1]["complete"] and pages[-1]["next_cursor"]
 
     # When the node ships the rest and ends the run
-    ship(names, "run_log", 1, data[:2], data[2:], b" and done")
+    ship(names, "run_default_log", 1, data[:2], data[2:], b" and done")
     agent.end_attempt(record, "node-a", state=RunState.SUCCEEDED)
-    rest = api("GET", "/runs/run_log/logs", query={"cursor": pages[-1]["next_cursor"]}).body
+    rest = api("GET", "/runs/run_default_log/logs", query={"cursor": pages[-1]["next_cursor"]}).body
 
     # Then the follower gets exactly what was added (a page at a time), and the log is complete
     assert rest["text"] == " and do" and not rest["complete"]
-    final = api("GET", "/runs/run_log/logs", query={"cursor": rest["next_cursor"]}).body
-    assert final == {"run_id": "run_log", "attempt": 1, "text": "ne", "next_cursor": None, "complete": True}
+    final = api("GET", "/runs/run_default_log/logs", query={"cursor": rest["next_cursor"]}).body
+    assert final == {"run_id": "run_default_log", "attempt": 1, "text": "ne", "next_cursor": None, "complete": True}
 
 
 def test_logs_of_an_earlier_attempt_and_a_download(
     api: Api, names: resources.ResourceNames, agent: AgentAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    put_run(names, "run_two")
-    first = agent.claim("run_two", "node-a", LEASE, now_ms())
+    put_run(names, "run_default_two")
+    first = agent.claim("run_default_two", "node-a", LEASE, now_ms())
     agent.end_attempt(
         first, "node-a", state=RunState.QUEUED, reason=FailureReason.PROCESS_CRASH, error={"message": "x"}
     )
-    ship(names, "run_two", 1, b"first try\n")
-    agent.claim("run_two", "node-b", LEASE, now_ms())
-    ship(names, "run_two", 2, b"second ", b"try\n")
+    ship(names, "run_default_two", 1, b"first try\n")
+    agent.claim("run_default_two", "node-b", LEASE, now_ms())
+    ship(names, "run_default_two", 2, b"second ", b"try\n")
 
     # The latest attempt by default; it still runs, so it is not complete
-    latest = api("GET", "/runs/run_two/logs").body
+    latest = api("GET", "/runs/run_default_two/logs").body
     assert (latest["attempt"], latest["text"], latest["complete"]) == (2, "second try\n", False)
     # Attempt 1 ended: its log is complete
-    assert api("GET", "/runs/run_two/logs", query={"attempt": 1}).body["complete"] is True
+    assert api("GET", "/runs/run_default_two/logs", query={"attempt": 1}).body["complete"] is True
     # A download is the whole text of one attempt, as a file
-    download = api("GET", "/runs/run_two/logs", query={"download": True})
+    download = api("GET", "/runs/run_default_two/logs", query={"download": True})
     assert download.status == 200 and download.body == "second try\n"
     assert download.headers["content-type"].startswith("text/plain")
-    assert 'filename="run_two-attempt-2.log"' in download.headers["content-disposition"]
+    assert 'filename="run_default_two-attempt-2.log"' in download.headers["content-disposition"]
     # Too large to download: 413, with a hint to page
     monkeypatch.setattr(run_logs, "MAX_DOWNLOAD_BYTES", 5)
-    too_large = api("GET", "/runs/run_two/logs", query={"download": True})
+    too_large = api("GET", "/runs/run_default_two/logs", query={"download": True})
     assert too_large.status == 413 and error_field(too_large) == "download" and "cursor" in too_large.body["message"]
 
 
 def test_logs_of_a_run_that_has_not_started(api: Api, names: resources.ResourceNames) -> None:
-    put_run(names, "run_new")
-    page = api("GET", "/runs/run_new/logs").body
-    assert page == {"run_id": "run_new", "attempt": 0, "text": "", "next_cursor": None, "complete": False}
+    put_run(names, "run_default_new")
+    page = api("GET", "/runs/run_default_new/logs").body
+    assert page == {"run_id": "run_default_new", "attempt": 0, "text": "", "next_cursor": None, "complete": False}
 
 
 @pytest.mark.parametrize(
@@ -728,18 +734,18 @@ def test_logs_of_a_run_that_has_not_started(api: Api, names: resources.ResourceN
 def test_bad_log_requests_name_the_field(
     api: Api, names: resources.ResourceNames, query: dict[str, Any], status: int, field: str
 ) -> None:
-    put_run(names, "run_l")
-    reply = api("GET", "/runs/run_l/logs", query=query)
+    put_run(names, "run_default_l")
+    reply = api("GET", "/runs/run_default_l/logs", query=query)
     assert (reply.status, error_field(reply)) == (status, field), reply.body
 
 
 def test_a_log_cursor_belongs_to_its_run(api: Api, names: resources.ResourceNames, agent: AgentAws) -> None:
-    for run_id in ("run_x", "run_y"):
+    for run_id in ("run_default_x", "run_default_y"):
         put_run(names, run_id)
         agent.claim(run_id, "node-a", LEASE, now_ms())
         ship(names, run_id, 1, b"out")
-    cursor = api("GET", "/runs/run_x/logs").body["next_cursor"]
-    assert error_field(api("GET", "/runs/run_y/logs", query={"cursor": cursor})) == "cursor"
+    cursor = api("GET", "/runs/run_default_x/logs").body["next_cursor"]
+    assert error_field(api("GET", "/runs/run_default_y/logs", query={"cursor": cursor})) == "cursor"
 
 
 # ---------------------------------------------------------------- the client, over HTTP

@@ -35,7 +35,7 @@ def _item_bytes(names: resources.ResourceNames, key: dict[str, str]) -> int:
     return sum(len(k.encode()) + len(str(v).encode()) for k, v in item.items())
 
 
-def _stored(agent_aws: AgentAws, run_id: str = "run_1") -> RunRecord:
+def _stored(agent_aws: AgentAws, run_id: str = "run_default_1") -> RunRecord:
     record = agent_aws.get_run(run_id)
     assert record is not None
     return record
@@ -45,7 +45,7 @@ def test_an_output_over_its_limit_is_refused_before_any_write_and_the_run_can_st
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     queued_run(names)
-    claimed = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    claimed = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
 
     # When the node records a 1 MB output
     with pytest.raises(sizes.OutputTooLarge):
@@ -66,7 +66,7 @@ def test_an_output_over_its_limit_is_refused_before_any_write_and_the_run_can_st
 
 def test_nan_in_an_output_is_refused_not_stored_as_null(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
     queued_run(names)
-    claimed = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    claimed = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     with pytest.raises(sizes.NotJson, match="NaN"):
         agent_aws.end_attempt(claimed, "node-a", state=RunState.SUCCEEDED, output={"mean": float("nan")})
     assert _stored(agent_aws).state is RunState.RUNNING
@@ -76,7 +76,7 @@ def test_a_1_mb_error_is_stored_cut_to_its_limits_and_the_run_still_reads(
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     queued_run(names)
-    claimed = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    claimed = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
 
     # When a job's failure carries a 1 MB message and traceback (with a lone surrogate, which is not UTF-8)
     error = {"reason": "user_error", "message": "\ud800" + "m" * MB, "type": "E" * MB, "traceback": "t" * MB}
@@ -90,12 +90,12 @@ def test_a_1_mb_error_is_stored_cut_to_its_limits_and_the_run_still_reads(
     assert view.error.message.startswith("?mmm") and view.error.message.endswith("[truncated]")
     assert len((view.attempts[0].error or "").encode()) <= resources.MAX_ATTEMPT_ERROR_BYTES
     json.loads(view.model_dump_json())
-    assert _item_bytes(names, run_key("run_1")) < 0.2 * resources.DYNAMODB_MAX_ITEM_BYTES
+    assert _item_bytes(names, run_key("run_default_1")) < 0.2 * resources.DYNAMODB_MAX_ITEM_BYTES
 
 
 def test_a_500_kb_progress_does_not_fail_the_heartbeat(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
     queued_run(names)
-    claimed = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    claimed = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     agent_aws.extend_lease(claimed, "node-a", now_ms() + LEASE * 1000, Progress(succeeded=1, message="fits"))
 
     # When a heartbeat carries a progress over its limit
@@ -117,22 +117,22 @@ def test_a_checkpoint_over_its_limit_in_bytes_is_refused_before_the_write(
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     queued_run(names)
-    claimed = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    claimed = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     # 175,000 characters, 350,000 bytes: within the old limit in characters, over it in bytes
     big = Checkpoint(watermark=1, state="é" * 175_000, attempt=1, written_at=utcnow())
     with pytest.raises(sizes.CheckpointTooLarge):
         agent_aws.write_checkpoint(claimed, "node-a", big)
-    assert agent_aws.get_checkpoint("run_1") is None
+    assert agent_aws.get_checkpoint("run_default_1") is None
     # While one at the limit is written
     fits = Checkpoint(watermark=2, state="é" * 150_000, attempt=1, written_at=utcnow())
     agent_aws.write_checkpoint(claimed, "node-a", fits)
-    assert agent_aws.get_checkpoint("run_1") == fits
-    assert _item_bytes(names, checkpoint_key("run_1")) <= resources.MAX_CHECKPOINT_BYTES + 100
+    assert agent_aws.get_checkpoint("run_default_1") == fits
+    assert _item_bytes(names, checkpoint_key("run_default_1")) <= resources.MAX_CHECKPOINT_BYTES + 100
 
 
 def _run_allowing(names: resources.ResourceNames, max_attempts: int) -> None:
     record = queued_run(names).model_copy(update={"max_attempts": max_attempts})
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.to_item())
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.api_item())
 
 
 def test_an_expired_lease_of_a_run_on_its_last_attempt_is_not_taken_over(
@@ -140,12 +140,12 @@ def test_an_expired_lease_of_a_run_on_its_last_attempt_is_not_taken_over(
 ) -> None:
     # Given a run allowed one attempt, claimed by node A, which then went silent past its lease
     _run_allowing(names, max_attempts=1)
-    agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     later = now_ms() + (LEASE + 1) * 1000
 
     # When node B receives its message again
     with pytest.raises(ClaimRefused) as refused:
-        agent_aws.claim("run_1", "node-b", LEASE, later)
+        agent_aws.claim("run_default_1", "node-b", LEASE, later)
 
     # Then B does not run attempt 2: the run ends Failed, node_lost, with its one attempt
     assert refused.value.terminal
@@ -161,10 +161,10 @@ def test_a_takeover_and_the_reaper_decide_an_abandoned_run_alike(
     outcomes = []
     for decide in ("takeover", "reaper"):
         _run_allowing(names, max_attempts)
-        agent_aws.claim("run_1", "node-a", LEASE, now_ms() - 3_600_000)
+        agent_aws.claim("run_default_1", "node-a", LEASE, now_ms() - 3_600_000)
         if decide == "takeover":
             try:
-                agent_aws.claim("run_1", "node-b", LEASE, now_ms())
+                agent_aws.claim("run_default_1", "node-b", LEASE, now_ms())
             except ClaimRefused:
                 pass
         else:
@@ -181,7 +181,7 @@ def test_a_run_requeued_by_shutdowns_past_the_attempts_a_run_item_holds_fails(
     # Given a run re-queued by node shutdowns (which do not count against max_attempts) MAX_RECORDED_ATTEMPTS times
     record = queued_run(names)
     for number in range(1, resources.MAX_RECORDED_ATTEMPTS + 1):
-        claimed = agent_aws.claim("run_1", f"node-{number}", LEASE, now_ms())
+        claimed = agent_aws.claim("run_default_1", f"node-{number}", LEASE, now_ms())
         assert claimed.attempt == number
         agent_aws.end_attempt(
             claimed, f"node-{number}", state=RunState.QUEUED, reason=FailureReason.NODE_LOST,
@@ -189,9 +189,9 @@ def test_a_run_requeued_by_shutdowns_past_the_attempts_a_run_item_holds_fails(
         )  # fmt: skip
     # When it is received once more, it is not run again: it fails, and its item stays well under the limit
     with pytest.raises(ClaimRefused) as refused:
-        agent_aws.claim("run_1", "node-last", LEASE, now_ms())
+        agent_aws.claim("run_default_1", "node-last", LEASE, now_ms())
     assert refused.value.terminal
     run = _stored(agent_aws, record.run_id).view()
     assert run.state is RunState.FAILED and run.error is not None and run.error.reason is FailureReason.DEAD_LETTER
     assert len(run.attempts) == resources.MAX_RECORDED_ATTEMPTS
-    assert _item_bytes(names, run_key("run_1")) < 0.25 * resources.DYNAMODB_MAX_ITEM_BYTES
+    assert _item_bytes(names, run_key("run_default_1")) < 0.25 * resources.DYNAMODB_MAX_ITEM_BYTES

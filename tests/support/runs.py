@@ -11,7 +11,7 @@ from runly.contracts import RunState
 from runly.records import RunRecord, iso, utcnow
 
 
-def queued_run(names: resources.ResourceNames, run_id: str = "run_1") -> RunRecord:
+def queued_run(names: resources.ResourceNames, run_id: str = "run_default_1") -> RunRecord:
     record = RunRecord(
         run_id=run_id,
         state=RunState.QUEUED,
@@ -27,5 +27,5 @@ def queued_run(names: resources.ResourceNames, run_id: str = "run_1") -> RunReco
         bundle_sha256="0" * 64,
         created_at=iso(utcnow()),
     )
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.to_item())
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.api_item())
     return record

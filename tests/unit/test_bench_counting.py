@@ -41,6 +41,9 @@ def test_item_size_follows_dynamodb_rules_for_plain_and_wire_values() -> None:
 
 def test_key_kind_names_an_item_by_its_key_prefixes() -> None:
     assert counting.key_kind({"pk": "RUN#r1", "sk": "CHECKPOINT"}) == "RUN/CHECKPOINT"
+    assert counting.key_kind({"pk": "ENV#default#RUN#run_default_1", "sk": "CHECKPOINT"}) == "RUN/CHECKPOINT"
+    assert counting.key_kind({"pk": "ENV#default#NODE#n1", "sk": "NODE"}) == "NODE/NODE"
+    assert counting.key_kind({"pk": "ENV#default", "sk": "PIN#greeter"}) == "ENV/PIN"
     assert counting.key_kind({"pk": {"S": "PKG#hello"}, "sk": {"S": "VER#1.0.0"}}) == "PKG/VER"
     assert counting.key_kind(None) is None
 

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from node_agent.credentials import node_key_session
+from functions.nodes.credentials import CREDENTIALS_SECONDS
+from node_agent.credentials import ADVISORY_REFRESH_SECONDS, MANDATORY_REFRESH_SECONDS, node_key_session
 from node_agent.settings import AgentSettings
 
 
@@ -74,9 +75,32 @@ def test_the_node_key_buys_credentials_and_they_are_reused_while_fresh(long_live
     assert long_lived.calls == ["Bearer rly_node_secret"]
 
 
+def test_fifteen_minute_sessions_are_reused_not_refreshed_on_every_call() -> None:
+    # The API issues 15-minute sessions (STS's least, functions.nodes.credentials.CREDENTIALS_SECONDS): botocore's
+    # default windows (refresh from 15 minutes before expiry) would call the API on every AWS request.
+    with CredentialsApi(timedelta(seconds=CREDENTIALS_SECONDS)) as api:
+        session = node_key_session(api.url, "rly_node_secret", "us-east-1")
+        for _ in range(5):
+            frozen = session.get_credentials().get_frozen_credentials()  # type: ignore[union-attr]
+    assert frozen.access_key == "ASIA0000000000000001"
+    assert len(api.calls) == 1
+
+
+def test_a_session_is_refreshed_before_it_expires() -> None:
+    # Five minutes before expiry is inside the agent's advisory window: the next use refreshes, well before
+    # the session ends (and before the mandatory window, where a failed refresh would stop the node).
+    assert MANDATORY_REFRESH_SECONDS < ADVISORY_REFRESH_SECONDS < CREDENTIALS_SECONDS
+    with CredentialsApi(timedelta(seconds=ADVISORY_REFRESH_SECONDS - 10)) as api:
+        session = node_key_session(api.url, "rly_node_secret", "us-east-1")
+        session.get_credentials().get_frozen_credentials()  # type: ignore[union-attr]
+        refreshed = session.get_credentials().get_frozen_credentials()  # type: ignore[union-attr]
+    assert refreshed.access_key != "ASIA0000000000000001"
+    assert len(api.calls) >= 2
+
+
 def test_credentials_close_to_expiry_are_refreshed_through_the_api() -> None:
-    # Issued for 5 minutes: inside botocore's mandatory refresh window, so every use refreshes them.
-    with CredentialsApi(timedelta(minutes=5)) as api:
+    # Issued for 1 minute: inside the mandatory refresh window, so every use refreshes them.
+    with CredentialsApi(timedelta(minutes=1)) as api:
         session = node_key_session(api.url, "rly_node_secret", "us-east-1")
         session.get_credentials().get_frozen_credentials()  # type: ignore[union-attr]
         refreshed = session.get_credentials().get_frozen_credentials()  # type: ignore[union-attr]

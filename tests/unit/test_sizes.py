@@ -78,6 +78,10 @@ class Hostile(Job[RawConfig]):
         time.sleep(30)  # the agent stops it
 
 
+
+# The longest id the API makes: a 31-character environment name (runly.resources.ENVIRONMENT_NAME).
+LONGEST_RUN_ID = f"run_{'e' * 31}_20260101000000_0123456789ab"
+
 def _local(job: str, config: dict[str, Any]) -> LocalRun:
     spec = RunSpec(
         run_id="r1", attempt=1, package="tests", version="1", job=job.lower(), entry_point=f"{__name__}:{job}",
@@ -372,10 +376,10 @@ def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_ite
         failed_by_category={f"{i:02d}" + "€" * 41: 10**15 for i in range(resources.MAX_CATEGORIES)},
     )  # fmt: skip
     record = RunRecord(
-        run_id="r" * 26, state=RunState.FAILED, package="p" * 100, version="1" * 64, job="j" * 128,
+        run_id=LONGEST_RUN_ID, state=RunState.FAILED, package="p" * 100, version="1" * 64, job="j" * 128,
         entry_point="e" * 256, environment="e" * 31, config_json=_config_json_at_the_limit(), timeout_seconds=604800,
         max_attempts=10, bundle_key="k" * 300, bundle_sha256="0" * 64, created_at=iso(now), started_at=iso(now),
-        finished_at=iso(now), attempt=resources.MAX_RECORDED_ATTEMPTS, requeued_from="r" * 26,
+        finished_at=iso(now), attempt=resources.MAX_RECORDED_ATTEMPTS, requeued_from=LONGEST_RUN_ID,
         retry_at=iso(now), schedule_id="s" * 64,
         attempts=[
             AttemptView(number=n, node_id="n" * 128, started_at=now, ended_at=now, outcome=RunState.QUEUED,
@@ -388,7 +392,7 @@ def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_ite
         progress_json=sizes.progress_json(progress),
     )  # fmt: skip
     assert len(record.error_json.encode()) <= resources.MAX_ERROR_BYTES  # type: ignore[union-attr]
-    item = record.to_item()
+    item = record.api_item()
     size = sum(len(name.encode()) + _dynamodb_size(value) for name, value in item.items())
     print(f"worst-case run item: {size} bytes of {resources.DYNAMODB_MAX_ITEM_BYTES}")
     assert size <= 0.75 * resources.DYNAMODB_MAX_ITEM_BYTES, size
@@ -417,7 +421,7 @@ def test_a_job_log_of_one_long_line_is_shipped_a_chunk_at_a_time(tmp_path: Path)
     from node_agent.logs import LogSpool
 
     # Given a job that printed one 40 MB line to its log (stdout goes to the spool file, not through the agent)
-    spool = LogSpool.create(tmp_path / "run", "r1", 1)
+    spool = LogSpool.create(tmp_path / "run", "run_default_1", 1)
     with open(spool.log_path, "wb") as log:
         megabyte = b"x" * (1024 * KB)
         for _ in range(40):

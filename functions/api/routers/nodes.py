@@ -32,11 +32,17 @@ def list_nodes(
 @router.post(
     "/<node_id>/drain",
     summary="Drain a node: it takes no new runs and stops once its running ones end",
-    responses=declare(200, "The node, with drain_requested set", 404),
+    responses=declare(200, "The node, with drain_requested set", 404, 409),
     tags=["nodes"],
 )
-def drain_node(node_id: str) -> NodeView:
+def drain_node(
+    node_id: str,
+    environment: Annotated[
+        str | None,
+        Query(pattern=ENVIRONMENT_NAME.pattern, description="the node's environment, if nodes of several share its id"),
+    ] = None,
+) -> NodeView:
     require(router.current_event, Scope.ADMIN)
-    drained = nodes.drain(node_id, store=node_store())
+    drained = nodes.drain(node_id, store=node_store(), environment=environment)
     count("NodeDrainsRequested")
     return drained

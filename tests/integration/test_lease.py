@@ -83,16 +83,16 @@ def test_an_expired_lease_is_taken_over_only_once_it_ended_a_fence_margin_ago(
 ) -> None:
     # Given node A's lease, which its job stops before, by FENCE_MARGIN_MS (runly.fencing)
     _queued_run(names)
-    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     assert first.lease_until_ms is not None
 
     # When node B receives the message just after the lease ended, it does not take it (its clock may be ahead)
     with pytest.raises(ClaimRefused) as refused:
-        agent_aws.claim("run_1", "node-b", LEASE, first.lease_until_ms + resources.FENCE_MARGIN_MS // 2)
+        agent_aws.claim("run_default_1", "node-b", LEASE, first.lease_until_ms + resources.FENCE_MARGIN_MS // 2)
     assert refused.value.retry_in == 1 and not refused.value.terminal
 
     # Then it does once the lease ended the margin ago
-    second = agent_aws.claim("run_1", "node-b", LEASE, first.lease_until_ms + resources.FENCE_MARGIN_MS + 1)
+    second = agent_aws.claim("run_default_1", "node-b", LEASE, first.lease_until_ms + resources.FENCE_MARGIN_MS + 1)
     assert second.attempt == 2 and second.lease_owner == "node-b"
 
 
@@ -101,7 +101,7 @@ def test_a_takeover_fails_when_the_holder_renewed_after_it_was_judged_expired(
 ) -> None:
     # Given node A's lease, judged expired by node B, and A renewing it (and telling its job) just before B's write
     _queued_run(names)
-    first = agent_aws.claim("run_1", "node-a", LEASE, now_ms())
+    first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     later = now_ms() + (LEASE + 2) * 1000
     take_lease = agent_aws._take_lease
 
@@ -114,10 +114,10 @@ def test_a_takeover_fails_when_the_holder_renewed_after_it_was_judged_expired(
 
     # When B's takeover write lands, it fails: two jobs would run at once otherwise
     with pytest.raises(ClaimRefused):
-        agent_aws.claim("run_1", "node-b", LEASE, later)
+        agent_aws.claim("run_default_1", "node-b", LEASE, later)
 
     # Then A still holds the run, with the lease it renewed
-    run = agent_aws.get_run("run_1")
+    run = agent_aws.get_run("run_default_1")
     assert run is not None and (run.attempt, run.lease_owner, run.lease_until_ms) == (1, "node-a", later + LEASE * 1000)
 
 

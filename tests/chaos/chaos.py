@@ -416,8 +416,8 @@ class RunProcess:
 
 def run_processes(stack_dir: Path) -> dict[int, RunProcess]:
     """Every live process that belongs to a run of this stack: by the RUNLY_RUN_SPEC in its environment
-    (``<stack>/<node>/runs/<run>-<attempt>/spec.json``), which a job process and what it executes carry, or by its
-    working directory (that run directory): a warm host's child is forked, so /proc shows the host's environment."""
+    (``<stack>/<node>/jobs/<run>-<attempt>/spec.json``), which a job process and what it executes carry, or by its
+    working directory (that directory): a warm host's child is forked, so /proc shows the host's environment."""
     found: dict[int, RunProcess] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -444,7 +444,7 @@ def _run_of(stack_dir: Path, run_dir: Path) -> RunProcess | None:
         parts = run_dir.relative_to(stack_dir).parts
     except ValueError:
         return None
-    if len(parts) != 3 or parts[1] != "runs":
+    if len(parts) != 3 or parts[1] not in ("runs", "jobs"):  # the agent's run directory, or the job's own
         return None
     run_id, _, attempt = parts[2].rpartition("-")
     return RunProcess(parts[0], run_id, int(attempt)) if attempt.isdigit() else None
@@ -473,7 +473,7 @@ def _job_processes(stack_dir: Path, *, hosts: bool = False) -> list[int]:
             continue
         if b"runly.host" not in cmdline or not cwd.startswith(str(stack_dir)):
             continue
-        is_host = b"serve" in cmdline and "/runs/" not in cwd
+        is_host = b"serve" in cmdline and "/runs/" not in cwd and "/jobs/" not in cwd
         if is_host == hosts:
             found.append(int(proc.name))
     return found

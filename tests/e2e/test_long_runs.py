@@ -57,7 +57,7 @@ class Ledger:
         self.acked: dict[int, list[int]] = defaultdict(list)
         lines = path.read_text().splitlines() if path.exists() else []
         for line in lines:
-            run, kind, attempt, value = line.split()
+            run, kind, attempt, value = line.split()[:4]  # then the wall time it was written at
             if run != run_id:
                 continue
             if kind == "start":

@@ -27,9 +27,9 @@ run: install job-user
 up: install
 	$(BIN)/runly local up
 
-## The whole test suite (what CI runs). Without Chromium the browser tests are skipped, and the end says so.
+## The whole test suite (what CI runs), on two workers, a test module per worker at a time. Without Chromium the browser tests are skipped, and the end says so.
 test: install lint browser job-user
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 ## The unprivileged user job processes run as (RUNLY_JOB_USER, default runly-job), where this runs as root, and a
 ## way for it to the interpreter of package environments: each directory above it gets the others' execute bit

@@ -122,7 +122,7 @@ HOSTILE = st.one_of(
     st.sampled_from(["\ud800", "x\udfff", "\udbff\udbff"]),
     st.integers(min_value=MAX_JSON_INTEGER + 1, max_value=10**4000) | st.integers(max_value=-(2**63) - 1),
     st.sampled_from([float("nan"), float("inf"), float("-inf")]),
-    st.integers(min_value=MAX_JSON_DEPTH, max_value=600).map(_nested),
+    st.integers(min_value=MAX_JSON_DEPTH + 1, max_value=600).map(_nested),  # 64 levels are allowed, 65 are not
 )
 
 

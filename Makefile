@@ -62,9 +62,10 @@ browser:
 test-fast: install
 	$(BIN)/pytest -q -m "not e2e" -p no:cacheprovider
 
-## The full chaos suite: 100 item runs on 3 agents under kills, freezes and cancels; prints a table.
+## The full chaos suite: 100 item runs (120-240 items each, long enough for every fault to land on a running job)
+## on 3 agents under kills, freezes and cancels; prints a table.
 chaos: install
-	$(BIN)/python -m tests.chaos.chaos --runs 100 --faults 24
+	$(BIN)/python -m tests.chaos.chaos --runs 100 --faults 24 --items 120
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def tmp_path(tmp_path: Path) -> Path:
     """pytest's tmp_path, shared with the jobs the test runs (share_with_jobs)."""
     return share_with_jobs(tmp_path)
+
+
+@contextmanager
+def pushed_stack(
+    state_dir: Path, bundle: Path, *, agents: int, agent_env: dict[str, str]
+) -> Iterator[tuple[EmbeddedStack, RunlyClient]]:
+    """A stack of a module's own, with ``bundle`` pushed; the output of any child that failed is printed at the end."""
+    embedded = EmbeddedStack(state_dir=state_dir, agent_env=agent_env)
+    embedded.start(agents=agents)
+    client = RunlyClient(embedded.api_url, api_key=embedded.admin_key)
+    client.push(bundle)
+    try:
+        yield embedded, client
+    finally:
+        for child in embedded.children:
+            if child.process.poll() not in (None, 0):
+                print_tail(child)
+        embedded.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import pytest
 
 from runly.client import RunlyClient
 from runly.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
-from runly.local.stack import Child, EmbeddedStack, print_tail
-from tests.e2e.conftest import FAST_AGENT
+from runly.local.stack import Child, EmbeddedStack
+from tests.e2e.conftest import FAST_AGENT, pushed_stack
 
 LEASE = int(FAST_AGENT["RUNLY_LEASE_SECONDS"])
 POLL = int(FAST_AGENT["RUNLY_POLL_WAIT_SECONDS"])
@@ -26,15 +26,8 @@ POLL = int(FAST_AGENT["RUNLY_POLL_WAIT_SECONDS"])
 def faulty(
     tmp_path_factory: pytest.TempPathFactory, e2ejobs_bundle: Path
 ) -> Iterator[tuple[EmbeddedStack, RunlyClient]]:
-    stack = EmbeddedStack(state_dir=tmp_path_factory.mktemp("faults"), agent_env=FAST_AGENT)
-    stack.start(agents=2)
-    client = RunlyClient(stack.api_url, api_key=getattr(stack, "admin_key", None))
-    client.push(e2ejobs_bundle)
-    yield stack, client
-    for child in stack.children:
-        if child.process.poll() not in (None, 0):
-            print_tail(child)
-    stack.stop()
+    with pushed_stack(tmp_path_factory.mktemp("faults"), e2ejobs_bundle, agents=2, agent_env=FAST_AGENT) as pushed:
+        yield pushed
 
 
 def _enqueue(client: RunlyClient, job: str, config: dict[str, object] | None = None, **options: object) -> RunView:

@@ -21,8 +21,8 @@ import pytest
 from node_agent.process_tree import descendants_of, state_of
 from runly.client import RunlyClient
 from runly.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState
-from runly.local.stack import EmbeddedStack, print_tail
-from tests.e2e.conftest import FAST_AGENT
+from runly.local.stack import EmbeddedStack
+from tests.e2e.conftest import FAST_AGENT, pushed_stack
 from tests.e2e.test_agent_faults import _agent, _enqueue, _running_on
 
 JOB_USER = "runly-job"
@@ -186,17 +186,9 @@ def own_stack(
     tmp_path_factory: pytest.TempPathFactory, e2ejobs_bundle: Path
 ) -> Iterator[tuple[EmbeddedStack, RunlyClient]]:
     # Warm hosts stop after a second idle: a test can make the next run start one afresh.
-    stack = EmbeddedStack(
-        state_dir=tmp_path_factory.mktemp("ownership"), agent_env={**FAST_AGENT, "RUNLY_WARM_HOST_IDLE_SECONDS": "1"}
-    )
-    stack.start(agents=1)
-    client = RunlyClient(stack.api_url, api_key=stack.admin_key)
-    client.push(e2ejobs_bundle)
-    yield stack, client
-    for child in stack.children:
-        if child.process.poll() not in (None, 0):
-            print_tail(child)
-    stack.stop()
+    env = {**FAST_AGENT, "RUNLY_WARM_HOST_IDLE_SECONDS": "1"}
+    with pushed_stack(tmp_path_factory.mktemp("ownership"), e2ejobs_bundle, agents=1, agent_env=env) as pushed:
+        yield pushed
 
 
 def test_a_killed_agent_leaves_no_job_process_alive(
@@ -258,14 +250,9 @@ def test_a_tampered_environment_is_refused_before_a_warm_host_starts_from_it(
 def cold_stack(
     tmp_path_factory: pytest.TempPathFactory, e2ejobs_bundle: Path
 ) -> Iterator[tuple[EmbeddedStack, RunlyClient]]:
-    stack = EmbeddedStack(
-        state_dir=tmp_path_factory.mktemp("ownership-cold"), agent_env={**FAST_AGENT, "RUNLY_WARM_HOSTS": "false"}
-    )
-    stack.start(agents=1)
-    client = RunlyClient(stack.api_url, api_key=stack.admin_key)
-    client.push(e2ejobs_bundle)
-    yield stack, client
-    stack.stop()
+    env = {**FAST_AGENT, "RUNLY_WARM_HOSTS": "false"}
+    with pushed_stack(tmp_path_factory.mktemp("ownership-cold"), e2ejobs_bundle, agents=1, agent_env=env) as pushed:
+        yield pushed
 
 
 def test_without_warm_hosts_the_tree_limits_and_user_hold_as_well(

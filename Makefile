@@ -11,10 +11,12 @@ export UV_NO_CONFIG := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
+DISTRIBUTIONS := . runly runly_core runly_client node_agent
+
+$(VENV)/.installed: requirements.txt $(addsuffix /pyproject.toml,$(DISTRIBUTIONS)) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps $(addprefix -e ,$(DISTRIBUTIONS))
 	touch $@
 
 install: $(VENV)/.installed

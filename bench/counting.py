@@ -95,7 +95,7 @@ def _plain_string(value: Any) -> str | None:
 
 def key_kind(key: Mapping[str, Any] | None) -> str | None:
     """What kind of item a key names, from its key prefixes: {"pk": "RUN#r1", "sk": "RUN"} -> "RUN/RUN"; an
-    environment's items (``ENV#{environment}#RUN#...``, runly.records) by what follows the environment, so one kind
+    environment's items (``ENV#{environment}#RUN#...``, runly_core.records) by what follows the environment, so one kind
     counts every environment's: {"pk": "ENV#default#RUN#r1", "sk": "RUN"} -> "RUN/RUN"."""
     if not key:
         return None

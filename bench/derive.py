@@ -32,7 +32,7 @@ DISPATCH_RATIO_WARM = 1.5
 
 def function_memory() -> dict[str, int]:
     """Memory of the API function and the authorizer, as the CDK stack configures them."""
-    from runly.resources import FUNCTIONS_MEMORY_MB
+    from runly_core.resources import FUNCTIONS_MEMORY_MB
 
     memory = {"api": FUNCTIONS_MEMORY_MB, "authorizer": FUNCTIONS_MEMORY_MB}
     try:

@@ -252,8 +252,8 @@ def command_line(pid: int) -> list[str]:
 
 
 def warm_hosts(agent_pid: int) -> list[int]:
-    """An agent's warm job hosts: its processes running ``python ... -m runly.host serve``."""
-    return [pid for pid in descendants(agent_pid) if {"runly.host", "serve"} <= set(command_line(pid))]
+    """An agent's warm job hosts: its processes running ``python ... -m runly.runner serve``."""
+    return [pid for pid in descendants(agent_pid) if {"runly.runner", "serve"} <= set(command_line(pid))]
 
 
 def own_and_children_cpu(pid: int) -> tuple[float, float]:

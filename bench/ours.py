@@ -43,11 +43,11 @@ from bench.observe import (
     warm_hosts,
 )
 from bench.stats import median, percentile, rate, ratio_of_medians, summarize
-from runly.bundle import sha256_file
-from runly.client import RunlyClient
-from runly.contracts import EnqueueRunRequest, RunView
-from runly.local.stack import Child, EmbeddedStack
-from runly.pack import pack_project
+from runly_cli.embedded.stack import Child, EmbeddedStack
+from runly_cli.pack import pack_project
+from runly_client.client import RunlyClient
+from runly_core.bundle import sha256_file
+from runly_core.contracts import EnqueueRunRequest, RunView
 
 log = logging.getLogger("bench")
 
@@ -452,12 +452,12 @@ class OurBench:
             return summarize(values)
 
         result = subprocess.run(
-            [python, "-I", "-X", "importtime", "-c", "import runly.host, benchjobs.jobs"],
+            [python, "-I", "-X", "importtime", "-c", "import runly.runner, benchjobs.jobs"],
             capture_output=True, text=True, check=True, cwd=self.state_dir,
         )  # fmt: skip
         return {
             "bare interpreter (python -I -c pass)": timed("pass"),
-            "interpreter + runly.host + job module": timed("import runly.host, benchjobs.jobs"),
+            "interpreter + runly.runner + job module": timed("import runly.runner, benchjobs.jobs"),
             "top imports (cumulative ms)": top_imports(result.stderr),
         }
 

@@ -281,11 +281,11 @@ def _details(results: dict[str, Any]) -> list[str]:
     imports = f.get("imports") or {}
     if imports:
         bare = imports.get("bare interpreter (python -I -c pass)") or {}
-        full = imports.get("interpreter + runly.host + job module") or {}
+        full = imports.get("interpreter + runly.runner + job module") or {}
         out += [
             f"What a new interpreter pays per run (and a warm host once, at its start), timed outside the agent "
             f"(medians of 10): `python -I -c pass` {fmt(bare.get('median'), 's')}; "
-            f"`python -I -c 'import runly.host, benchjobs.jobs'` {fmt(full.get('median'), 's')}. The costliest "
+            f"`python -I -c 'import runly.runner, benchjobs.jobs'` {fmt(full.get('median'), 's')}. The costliest "
             "imports (`-X importtime`, one run; depth 0 is what was imported, deeper is what that imported):",
             "",
             "| module | depth | self | cumulative |",
@@ -637,7 +637,7 @@ def _client_section(f: dict[str, Any]) -> list[str]:
         "## 9. The API client: keep-alive vs a new connection per request",
         "",
         f"{client['enqueues_per_mode']:,} sequential enqueues (POST /runs) per mode through "
-        "`runly.client.RunlyClient` on the embedded stack (the local gateway runs the authorizer and the API "
+        "`runly_client.client.RunlyClient` on the embedded stack (the local gateway runs the authorizer and the API "
         "function for each), without Idempotency-Keys (`generate_idempotency_keys=False`: a keyed enqueue is a "
         "TransactWriteItems, for which moto copies the whole table, so its latency would grow with every run "
         "recorded), in "
@@ -783,7 +783,7 @@ def _dispatch_advice(f: dict[str, Any], summary: list[dict[str, Any]], celery: d
     api_calls = _calls_in(profile, "API")
     if _authorizer_ttl() in ("0 s", "?") and "KEY/KEY" in api_calls:
         ideas.append(
-            f"**Authorizer results cached** (runly/resources.py `AUTHORIZER_RESULT_TTL_SECONDS`, {_authorizer_ttl()} "
+            f"**Authorizer results cached** (runly_core/resources.py `AUTHORIZER_RESULT_TTL_SECONDS`, {_authorizer_ttl()} "
             "today): the authorizer Lambda and its key read (dynamodb GetItem KEY/KEY) would run once per key per "
             "TTL, not per request; the price is that a revoked key works until its cached answer expires."
         )
@@ -816,7 +816,7 @@ def _dispatch_advice(f: dict[str, Any], summary: list[dict[str, Any]], celery: d
 
 def _authorizer_ttl() -> str:
     try:
-        from runly.resources import AUTHORIZER_RESULT_TTL_SECONDS
+        from runly_core.resources import AUTHORIZER_RESULT_TTL_SECONDS
     except ImportError:
         return "?"
     return f"{AUTHORIZER_RESULT_TTL_SECONDS} s"

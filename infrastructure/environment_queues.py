@@ -7,7 +7,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from runly.resources import (
+from runly_core.resources import (
     QUEUE_MAX_RECEIVE_COUNT,
     QUEUE_RECEIVE_WAIT_SECONDS,
     QUEUE_RETENTION_SECONDS,

@@ -8,7 +8,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infrastructure.nag import acknowledge_scoped_wildcard
-from runly.resources import PACKAGES_PREFIX
+from runly_core.resources import PACKAGES_PREFIX
 
 # A replaced or deleted package version stays recoverable this long.
 NONCURRENT_VERSION_DAYS = 30

@@ -15,7 +15,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from runly.resources import FUNCTIONS_MEMORY_MB, FUNCTIONS_TIMEOUT_SECONDS
+from runly_core.resources import FUNCTIONS_MEMORY_MB, FUNCTIONS_TIMEOUT_SECONDS
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH

@@ -22,7 +22,7 @@ from constructs import Construct
 from infrastructure.environment_queues import EnvironmentQueues
 from infrastructure.lambda_function import RunlyFunction
 from infrastructure.run_store import RunStore
-from runly.resources import RUNS_BY_LEASE
+from runly_core.resources import RUNS_BY_LEASE
 
 DEAD_LETTER_HANDLER = "functions.maintenance.dlq.lambda_handler"
 REAPER_HANDLER = "functions.maintenance.reaper.lambda_handler"

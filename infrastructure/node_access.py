@@ -23,8 +23,8 @@ from infrastructure.feed_bucket import FeedBucket
 from infrastructure.lambda_function import RunlyFunction
 from infrastructure.nag import acknowledge_scoped_wildcard
 from infrastructure.run_store import RunStore
-from runly.records import environment_logs_prefix
-from runly.resources import PACKAGES_PREFIX
+from runly_core.records import environment_logs_prefix
+from runly_core.resources import PACKAGES_PREFIX
 
 CREDENTIALS_HANDLER = "functions.nodes.credentials.lambda_handler"
 # Read by functions.nodes.credentials.CredentialsSettings.

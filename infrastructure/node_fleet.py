@@ -41,8 +41,8 @@ from infrastructure.settings import (
     FleetSettings,
     NodeGroupSettings,
 )
-from runly.records import environment_logs_prefix
-from runly.resources import PACKAGES_PREFIX, ResourceNames
+from runly_core.records import environment_logs_prefix
+from runly_core.resources import PACKAGES_PREFIX, ResourceNames
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 NODE_UNIT = DEPLOY_DIR / "runly-node.service"

@@ -29,8 +29,8 @@ from constructs import Construct
 from functions.events import metrics as run_metrics
 from infrastructure.environment_queues import EnvironmentQueues
 from infrastructure.settings import AlarmSettings, RunEventsMode
-from runly.contracts import RunState
-from runly.resources import ResourceNames
+from runly_core.contracts import RunState
+from runly_core.resources import ResourceNames
 
 PERIOD = cdk.Duration.minutes(5)
 # Emitted by functions.maintenance.reaper (namespace runly, service runly-reaper): one per ReapReport field.

@@ -26,8 +26,8 @@ from functions.events.metrics import SERVICE
 from infrastructure.lambda_function import RunlyFunction
 from infrastructure.run_store import RunStore
 from infrastructure.settings import RunEventsMode
-from runly.contracts import TERMINAL_STATES
-from runly.resources import QUEUE_RETENTION_SECONDS, ResourceNames
+from runly_core.contracts import TERMINAL_STATES
+from runly_core.resources import QUEUE_RETENTION_SECONDS, ResourceNames
 
 PUBLISHER_HANDLER = "functions.events.publisher.lambda_handler"
 EVENT_BUS_NAME = "RUNLY_EVENT_BUS_NAME"  # read by functions.events.publisher.EventsSettings

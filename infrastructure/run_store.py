@@ -8,7 +8,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infrastructure.nag import acknowledge_scoped_wildcard
-from runly.resources import PARTITION_KEY, SORT_KEY, TABLE_INDEXES, TTL_ATTRIBUTE, IndexSpec
+from runly_core.resources import PARTITION_KEY, SORT_KEY, TABLE_INDEXES, TTL_ATTRIBUTE, IndexSpec
 
 # Lambda's stream poller calls these (AWSLambdaDynamoDBExecutionRole holds the same four).
 STREAM_READ_ACTIONS = ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"]
@@ -55,7 +55,7 @@ class RunStore(Construct):
             resource=self.table.node.default_child,  # type: ignore[arg-type]
             suffix="/index/*",
             reason="IAM names a table's indexes <table ARN>/index/<name>; the wildcard covers only this table's "
-            "GSIs (runly.resources.TABLE_INDEXES), which the grantee queries.",
+            "GSIs (runly_core.resources.TABLE_INDEXES), which the grantee queries.",
         )
 
     @property

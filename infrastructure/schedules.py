@@ -1,6 +1,6 @@
 """Schedules: job templates that EventBridge Scheduler fires into a function that enqueues a normal run.
 
-- A schedule group (``runly.resources.ResourceNames.scheduler_group``) holds one EventBridge schedule per runly
+- A schedule group (``runly_core.resources.ResourceNames.scheduler_group``) holds one EventBridge schedule per runly
   schedule; the API function creates, updates and deletes them (``grant_manage_schedules``), and nothing else may.
 - The fire function (``functions.schedules.fire``) enqueues the schedule's run, once per scheduled time.
 - The scheduler role is what EventBridge Scheduler assumes to invoke it: trusted by the scheduler service for this
@@ -22,8 +22,8 @@ from infrastructure.environment_queues import EnvironmentQueues
 from infrastructure.lambda_function import RunlyFunction
 from infrastructure.nag import acknowledge_wildcard_arn
 from infrastructure.run_store import RunStore
-from runly.records import environment_partition, idempotency_key, package_partition, run_key, schedule_key
-from runly.resources import ITEMS_BY_KIND, PARTITION_KEY, ResourceNames
+from runly_core.records import environment_partition, idempotency_key, package_partition, run_key, schedule_key
+from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY, ResourceNames
 
 FIRE_HANDLER = "functions.schedules.fire.lambda_handler"
 SCHEDULER_SERVICE = "scheduler.amazonaws.com"
@@ -36,7 +36,7 @@ MANAGE_SCHEDULE_ACTIONS = [
 ]
 # The items a fire reads and writes, by partition key prefix: the schedule, the run it records (and its checkpoint
 # partition), the fire's idempotency key, the package versions and the environment's pins it resolves a version with.
-# A run's partition and the pins' both start with ENV# (runly.records): one prefix covers them.
+# A run's partition and the pins' both start with ENV# (runly_core.records): one prefix covers them.
 FIRE_ITEM_PREFIXES = tuple(
     dict.fromkeys(
         f"{partition.split('#', 1)[0]}#*"

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import aws_cdk as cdk
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runly.resources import ResourceNames
+from runly_core.resources import ResourceNames
 
 DEFAULT_STAGE = "dev"
 

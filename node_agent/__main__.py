@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from node_agent.agent import Agent
 from node_agent.aws import AgentAws
 from node_agent.credentials import node_key_session
+from node_agent.fork_servers import WarmHosts
 from node_agent.isolation import Isolation
 from node_agent.job_process import job_environment
 from node_agent.package_cache import PackageCache
 from node_agent.settings import AgentSettings
-from node_agent.warm_hosts import WarmHosts
 
 
 def release_startup_memory() -> None:

@@ -24,18 +24,18 @@ from types import FrameType
 from node_agent.aws import AgentAws, ClaimRefused, Delivery, LeaseLost, lease_until
 from node_agent.backoff import delay as backoff_delay
 from node_agent.backoff import is_transient
+from node_agent.fork_servers import WarmHosts
 from node_agent.isolation import Isolation
 from node_agent.logs import ship_leftovers
 from node_agent.package_cache import PackageCache
 from node_agent.run_messages import MessageKeeper, hold_message
 from node_agent.settings import AgentSettings
 from node_agent.supervisor import RunSupervisor
-from node_agent.warm_hosts import WarmHosts
 from runly import __version__
-from runly.contracts import RunState
-from runly.records import NodeRecord, RunRecord, iso, utcnow
-from runly.resources import FENCE_MARGIN_MS, LEASE_MARGIN_MS
 from runly.wire import LeaseMessage
+from runly_core.contracts import RunState
+from runly_core.records import NodeRecord, RunRecord, iso, utcnow
+from runly_core.resources import FENCE_MARGIN_MS, LEASE_MARGIN_MS
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,16 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from runly import sizes
-from runly.contracts import AttemptView, Checkpoint, FailureReason, Progress, RunMessage, RunState
-from runly.records import (
+from runly.limits import (
+    MAX_ATTEMPT_ERROR_BYTES,
+    MAX_ERROR_DETAIL_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_ERROR_TYPE_BYTES,
+    MAX_RECORDED_ATTEMPTS,
+)
+from runly.wire import Checkpoint, Progress
+from runly_core.contracts import AttemptView, FailureReason, RunMessage, RunState
+from runly_core.records import (
     API_CREATED,
     LEASE_REMOVE,
     MESSAGE_HANDOFF,
@@ -48,14 +56,9 @@ from runly.records import (
     run_key,
     utcnow,
 )
-from runly.resources import (
+from runly_core.resources import (
     FENCE_MARGIN_MS,
     LEASE_MARGIN_MS,
-    MAX_ATTEMPT_ERROR_BYTES,
-    MAX_ERROR_DETAIL_BYTES,
-    MAX_ERROR_MESSAGE_BYTES,
-    MAX_ERROR_TYPE_BYTES,
-    MAX_RECORDED_ATTEMPTS,
     RUNS_BY_LEASE,
     SQS_MAX_DELAY_SECONDS,
     SQS_MAX_IN_FLIGHT_SECONDS,
@@ -119,7 +122,7 @@ class LeaseRenewal:
 
 
 def bounded_error(error: dict[str, Any]) -> dict[str, Any]:
-    """A run's error as stored: each part cut to its limit (runly.resources), so that no job's failure can make
+    """A run's error as stored: each part cut to its limit (runly_core.resources), so that no job's failure can make
     the run item too large, or hold what a reader of it cannot decode (a lone surrogate)."""
     limits = {"message": MAX_ERROR_MESSAGE_BYTES, "traceback": MAX_ERROR_DETAIL_BYTES, "type": MAX_ERROR_TYPE_BYTES}
     bounded: dict[str, Any] = {}
@@ -468,7 +471,7 @@ class AgentAws:
                 raise ClaimRefused(run_id, f"waiting for its retry at {record.retry_at}", retry_in=wait_ms // 1000 + 1)
 
         if leased:
-            # Its node was lost: as the reaper would (runly.records.abandoned_outcome), a cancel wins and a run
+            # Its node was lost: as the reaper would (runly_core.records.abandoned_outcome), a cancel wins and a run
             # out of attempts fails; only a run with attempts left is taken over, as its next attempt.
             state, reason, message = abandoned_outcome(record)
             if state.terminal:

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from runly.backoff import full_jitter
+from runly_core.backoff import full_jitter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -17,7 +17,7 @@ import boto3
 import botocore.session
 from botocore.credentials import RefreshableCredentials
 
-from runly.contracts import NodeCredentials
+from runly_core.contracts import NodeCredentials
 
 log = logging.getLogger(__name__)
 CREDENTIALS_PATH = "/nodes/credentials"

@@ -7,8 +7,8 @@ can be mistaken for a message:
 - job -> agent (RUNLY_CHANNEL_FD): progress, checkpoints, the result or the error, one JSON line each;
 - agent -> job (RUNLY_ACK_FD): one AckMessage per checkpoint, once it is durable (or refused).
 
-The process is a new interpreter (``python -I -u -m runly.host run``) or, when the package has a
-warm host (node_agent.warm_hosts), a child that host forks; either way the same environment,
+The process is a new interpreter (``python -I -u -m runly.runner run``) or, when the package has a
+warm host (node_agent.fork_servers), a child that host forks; either way the same environment,
 descriptors, session and log file, and the agent watches and signals it alike.
 """
 
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_agent import process_tree
+from node_agent.channel import AgentChannel, CheckpointHandler, Violation
+from node_agent.fork_servers import HostedProcess, WarmHost, WarmHostError
 from node_agent.isolation import Isolation
 from node_agent.process_tree import RunLimits, RunTree
-from node_agent.warm_hosts import HostedProcess, WarmHost, WarmHostError
-from runly.agent_channel import AgentChannel, CheckpointHandler, Violation
 from runly.wire import ErrorMessage, LeaseMessage, Progress, ResultMessage, RunSpec
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class JobProcess:
                     env.update({"RUNLY_CHANNEL_FD": str(channel_write), "RUNLY_ACK_FD": str(ack_read)})
                     self._process = subprocess.Popen(
                         # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered.
-                        [str(self.python), "-I", "-u", "-m", "runly.host", "run"],
+                        [str(self.python), "-I", "-u", "-m", "runly.runner", "run"],
                         cwd=self.work_dir,
                         env=env,
                         stdin=subprocess.DEVNULL,

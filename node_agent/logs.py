@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from runly.records import run_log_prefix
-from runly.resources import LOG_CHUNK_BYTES
+from runly.limits import LOG_CHUNK_BYTES
+from runly_core.records import run_log_prefix
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ Upload = Callable[[str, bytes], None]
 
 
 def chunk_key(run_id: str, attempt: int, seq: int) -> str:
-    # Under the run's environment (runly.records.run_log_prefix): the node's credentials reach only that prefix.
+    # Under the run's environment (runly_core.records.run_log_prefix): the node's credentials reach only that prefix.
     return f"{run_log_prefix(run_id, attempt)}{seq:08d}.log"
 
 

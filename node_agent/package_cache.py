@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from runly.bundle import PackageError, check_python, extract_bundle, inspect_bundle, install_offline, venv_python
-from runly.contracts import SHA256_HEX, PackageManifest
+from runly_core.bundle import PackageError, check_python, extract_bundle, inspect_bundle, install_offline, venv_python
+from runly_core.contracts import SHA256_HEX, PackageManifest
 
 log = logging.getLogger(__name__)
 

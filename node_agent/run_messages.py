@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from node_agent.aws import AgentAws, Delivery
-from runly.resources import SQS_MAX_DELAY_SECONDS
+from runly_core.resources import SQS_MAX_DELAY_SECONDS
 
 log = logging.getLogger(__name__)
 

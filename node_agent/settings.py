@@ -15,7 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from runly.resources import FENCE_MARGIN_MS, LEASE_MARGIN_MS, MESSAGE_IN_FLIGHT_LIMIT_SECONDS, SQS_MAX_IN_FLIGHT_SECONDS
+from runly_core.resources import (
+    FENCE_MARGIN_MS,
+    LEASE_MARGIN_MS,
+    MESSAGE_IN_FLIGHT_LIMIT_SECONDS,
+    SQS_MAX_IN_FLIGHT_SECONDS,
+)
 
 ENV_PREFIX = "RUNLY_"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from node_agent.aws import AgentAws, Delivery, LeaseLost
 from node_agent.backoff import retry
+from node_agent.fork_servers import EXIT_STATUS_UNKNOWN, WarmHosts
 from node_agent.isolation import Isolation
 from node_agent.job_process import JobProcess, Outcome
 from node_agent.logs import LogSpool
@@ -25,13 +26,12 @@ from node_agent.package_cache import PackageCache, PackageDownloadError
 from node_agent.process_tree import RunLimits
 from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
-from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHosts
-from runly.bundle import PackageError
-from runly.contracts import Checkpoint, CheckpointMessage, FailureReason, JobSpec, Progress, RunSpec, RunState
-from runly.host import EXIT_AGENT_GONE, EXIT_JOB_NOT_LOADED, EXIT_LEASE_EXPIRED, JOB_NOT_LOADED
-from runly.records import RunRecord, utcnow
+from runly.runner import EXIT_AGENT_GONE, EXIT_JOB_NOT_LOADED, EXIT_LEASE_EXPIRED, JOB_NOT_LOADED
 from runly.sizes import LIMIT_ERRORS, NotJson, ValueTooLarge
-from runly.wire import LeaseMessage
+from runly.wire import Checkpoint, CheckpointMessage, JobSpec, LeaseMessage, Progress, RunSpec
+from runly_core.bundle import PackageError
+from runly_core.contracts import FailureReason, RunState
+from runly_core.records import RunRecord, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ class RunSupervisor:
 
 
 def _not_loaded(outcome: Outcome) -> bool:
-    """The job host could not load the job's class (runly.host.run_job): both its exit code and its message say so."""
+    """The job host could not load the job's class (runly.runner.run_job): both its exit code and its message say so."""
     return (
         outcome.error is not None
         and outcome.error.type == JOB_NOT_LOADED

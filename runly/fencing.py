@@ -32,7 +32,7 @@ from runly.wire import AckMessage, AgentMessage, LeaseMessage
 
 __all__ = ["EXIT_AGENT_GONE", "EXIT_LEASE_EXPIRED", "AgentLink", "end_process"]
 
-# Exit codes of a job process that fenced itself (runly.host lists them all).
+# Exit codes of a job process that fenced itself (runly.runner lists them all).
 EXIT_LEASE_EXPIRED = 7  # no lease renewal came before the deadline less the margin: another node may take the run
 EXIT_AGENT_GONE = 8  # the ack pipe from the agent ended or broke: nobody holds this run's lease for us
 
@@ -156,7 +156,7 @@ class _KernelDeadline:
 
 class AgentLink:
     """The job's end of the agent -> job pipe: acks for the channel, leases for the watchdog, EOF as the agent's
-    death. ``readline`` is what :class:`runly.host.Channel` reads acknowledgements with."""
+    death. ``readline`` is what :class:`runly.runner.Channel` reads acknowledgements with."""
 
     def __init__(self, acks: IO[bytes], lease: LeaseMessage | None) -> None:
         self._acks = acks

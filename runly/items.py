@@ -52,7 +52,7 @@ from pydantic import BaseModel, Field
 
 from runly import sizes
 from runly.job import CheckpointRefused, ConfigT, Disposition, Job, JobCancelled, JobContext, join_state
-from runly.resources import MAX_CATEGORIES, MAX_ITEM_ID_BYTES, OTHER_CATEGORY
+from runly.limits import MAX_CATEGORIES, MAX_ITEM_ID_BYTES, OTHER_CATEGORY
 from runly.wire import Progress
 
 ItemT = TypeVar("ItemT")

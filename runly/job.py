@@ -7,7 +7,7 @@ Both get a typed config (``self.config``), facts about the run (``self.context``
 (``self.log``), a cancellation token (``self.cancellation``, set by SIGTERM from the agent),
 job-defined checkpoints (``self.checkpoint(state)``, returned to a resumed attempt as
 ``self.resumed_state``) and progress reports. The job process talks to its agent through a
-:class:`JobChannel`; the host (``runly.host``) provides the real one, ``runly.testing`` a recording one.
+:class:`JobChannel`; the host (``runly.runner``) provides the real one, ``runly.testing`` a recording one.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class CancellationToken:
 
 
 class JobChannel(Protocol):
-    """What a job needs from its agent; ``runly.host.Channel`` is the real one."""
+    """What a job needs from its agent; ``runly.runner.Channel`` is the real one."""
 
     @property
     def can_checkpoint(self) -> bool: ...
@@ -318,7 +318,7 @@ class Job(Generic[ConfigT]):
         return self._resumed_state
 
     def checkpoint(self, state: Any = None, *, wait: bool = True) -> bool:
-        """Record ``state`` (JSON, at most ``runly.resources.MAX_CHECKPOINT_STATE_BYTES`` as compact UTF-8 JSON)
+        """Record ``state`` (JSON, at most ``runly.limits.MAX_CHECKPOINT_STATE_BYTES`` as compact UTF-8 JSON)
         as this run's checkpoint.
 
         ``wait=True`` (the default) writes it now and returns once the agent has made it durable;
@@ -346,7 +346,7 @@ class Job(Generic[ConfigT]):
     def report_progress(self, done: int | None = None, total: int | None = None, message: str | None = None) -> None:
         """For a one-action job: how far it is (sent to the agent at most every ``progress_interval``).
 
-        ``message`` is at most ``runly.resources.MAX_PROGRESS_MESSAGE_BYTES`` (UTF-8, as JSON): a longer one
+        ``message`` is at most ``runly.limits.MAX_PROGRESS_MESSAGE_BYTES`` (UTF-8, as JSON): a longer one
         raises :class:`runly.sizes.ProgressTooLarge` here.
         """
         sizes.check_progress_message(message)

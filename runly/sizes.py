@@ -1,8 +1,8 @@
-"""The byte limits of what a job produces, checked (the limits themselves: runly.resources).
+"""The byte limits of what a job produces, checked (the limits themselves: runly_core.resources).
 
 One encoding, :func:`stored_json`, is both what the agent stores and what every check measures, so a value that
-passes a check fits where it goes. The job SDK (runly.job, runly.items, runly.host) raises the exceptions below
-in the job's own code; the agent (runly.agent_channel, node_agent) checks again on receipt and ends the run with
+passes a check fits where it goes. The job SDK (runly.job, runly.items, runly.runner) raises the exceptions below
+in the job's own code; the agent (node_agent.channel, node_agent) checks again on receipt and ends the run with
 the exception's ``reason``. Imported by job processes: nothing heavy here.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
-from runly.resources import (
+from runly.limits import (
     MAX_CATEGORY_BYTES,
     MAX_CHECKPOINT_BYTES,
     MAX_CHECKPOINT_STATE_BYTES,

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from runly.contracts import Checkpoint, Progress
 from runly.items import ItemCounts, ItemJob, ItemResult, SimulatedCrash
 from runly.job import CheckpointRefused, Job, JobCancelled, JobContext
+from runly.wire import Checkpoint, Progress
 
 __all__ = ["JobRun", "RecordingChannel", "run_job"]
 

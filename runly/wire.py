@@ -1,7 +1,7 @@
 """The contracts of the job process channel: what the agent hands a job process and the messages
 between them, plus the models the job SDK itself uses (progress, checkpoints, a job's spec).
 
-They live apart from :mod:`runly.contracts`, which re-exports every name here, because a job
+They live apart from :mod:`runly_core.contracts`, which re-exports every name here, because a job
 process imports only these: building all the API's models (and importing what their validators
 need) took a large share of a job process's start-up, which is most of a dispatch.
 """

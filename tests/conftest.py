@@ -7,8 +7,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from runly import resources
-from runly.local.aws import create_resources
+from runly_cli.embedded.aws import create_resources
+from runly_core import resources
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 

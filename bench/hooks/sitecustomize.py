@@ -21,7 +21,7 @@ def _role() -> str | None:
             argv = handle.read().split(b"\0")
     except OSError:
         return None
-    if b"runly.local.gateway" in argv:
+    if b"runly_cli.embedded.gateway" in argv:
         return "gateway"
     if b"node_agent" in argv:
         return "agent"

@@ -35,13 +35,13 @@ from functions.logic.errors import (
     Unavailable,
     Unprocessable,
 )
-from runly import strict_json
-from runly.contracts import ErrorBody
-from runly.resources import MAX_API_BODY_BYTES, is_open_route
+from runly_core import strict_json
+from runly_core.contracts import ErrorBody
+from runly_core.resources import MAX_API_BODY_BYTES, is_open_route
 
 
 def read_body(text: str) -> Any:
-    """Every request body, whatever the route: JSON within runly.strict_json's limits (docs/api.md), else a 400
+    """Every request body, whatever the route: JSON within runly_core.strict_json's limits (docs/api.md), else a 400
     naming the field (syntax errors stay JSONDecodeError: the 400 "not valid JSON" below)."""
     try:
         return strict_json.loads(text)
@@ -57,7 +57,7 @@ app.include_router(keys.router, prefix="/keys")
 app.include_router(environments.router, prefix="/environments")
 app.include_router(schedules.router, prefix="/schedules")
 app.include_router(dashboard.router)  # the page and its assets (open routes), and GET /me
-# Open routes (runly.resources.OPEN_ROUTES): the document and Swagger UI, whose assets Powertools bundles and
+# Open routes (runly_core.resources.OPEN_ROUTES): the document and Swagger UI, whose assets Powertools bundles and
 # inlines into the page, so it works with no internet access.
 app.enable_swagger(path="/docs", **openapi.DOCUMENT)
 

@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler.exceptions import ForbiddenError, Unaut
 from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from pydantic import BaseModel, ValidationError
 
-from runly.contracts import Scope
+from runly_core.contracts import Scope
 
 # What each scope may do, beyond itself.
 _IMPLIES: dict[Scope, frozenset[Scope]] = {

@@ -21,8 +21,8 @@ from aws_lambda_powertools.event_handler.openapi.dependant import get_dependant
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
-import runly
-from runly.contracts import ErrorBody
+import runly_core
+from runly_core.contracts import ErrorBody
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 SECURITY_SCHEME = "apiKey"
@@ -30,7 +30,7 @@ SECURITY_SCHEME = "apiKey"
 # Keyword arguments of get_openapi_json_schema and enable_swagger: one document, wherever it is served.
 DOCUMENT: dict[str, Any] = {
     "title": "runly",
-    "version": runly.__version__,
+    "version": runly_core.__version__,
     "description": "The runly control plane: packages, runs, nodes and API keys. Every operation but the "
     "documentation needs `Authorization: Bearer <API key>`; errors are always an ErrorBody.",
     "security_schemes": {

@@ -21,8 +21,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.dal.keys import KeyStore
 from functions.settings import get_authorizer_settings
-from runly.keys import key_id_of, secret_matches
-from runly.records import KeyRecord
+from runly_core.keys import key_id_of, secret_matches
+from runly_core.records import KeyRecord
 
 SERVICE = "runly-authorizer"
 logger = Logger(service=SERVICE)

@@ -13,7 +13,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from runly.records import run_log_prefix
+from runly_core.records import run_log_prefix
 
 _CHUNK_NAME = re.compile(r"^(\d{8})\.log$")
 

@@ -8,8 +8,8 @@ import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-from runly.records import KEY_KIND, KeyRecord, key_key
-from runly.resources import ITEMS_BY_KIND, PARTITION_KEY
+from runly_core.records import KEY_KIND, KeyRecord, key_key
+from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
 
 
 class KeyNotFound(Exception):

@@ -2,7 +2,7 @@
 
 Which environment a run belongs to is read from its table key (``ENV#{environment}#RUN#{run_id}``, which no node
 of another environment can write under), never from an attribute or an index key a node can write; and only runs
-the API created (runly.records.API_CREATED, which no node can write) are acted on (docs/store.md).
+the API created (runly_core.records.API_CREATED, which no node can write) are acted on (docs/store.md).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from functions.dal.store import api_run
-from runly.contracts import FailureReason, RunMessage, RunState
-from runly.records import (
+from runly_core.contracts import FailureReason, RunMessage, RunState
+from runly_core.records import (
     RunRecord,
     abandoned_run_update,
     is_run_id,
@@ -27,7 +27,7 @@ from runly.records import (
     run_environment,
     run_key,
 )
-from runly.resources import PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
+from runly_core.resources import PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-from runly.records import NODE_KIND, NodeRecord, node_key, node_kind_sort_key, node_of_partition
-from runly.resources import ITEMS_BY_KIND, PARTITION_KEY
+from runly_core.records import NODE_KIND, NodeRecord, node_key, node_kind_sort_key, node_of_partition
+from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
 
 # BatchGetItem takes 100 keys: a node id is looked up in up to this many environments at once.
 _BATCH_GET_SIZE = 100

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from runly.contracts import RunMessage
+from runly_core.contracts import RunMessage
 
 # SendMessageBatch takes at most 10 entries, and SQS bills a batch as one request.
 MAX_BATCH_ENTRIES = 10

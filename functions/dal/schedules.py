@@ -16,12 +16,12 @@ import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-from runly.contracts import ScheduleFire
-from runly.records import SCHEDULE_KIND, ScheduleRecord, schedule_key, schedule_kind_sort_key
-from runly.resources import ITEMS_BY_KIND, PARTITION_KEY
+from runly_core.contracts import ScheduleFire
+from runly_core.records import SCHEDULE_KIND, ScheduleRecord, schedule_key, schedule_kind_sort_key
+from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
 
 # EventBridge Scheduler retries a failed invocation for this long (and this often); the fire function is idempotent
-# per scheduled time for 24 h (runly.records.IDEMPOTENCY_TTL_SECONDS), well beyond it.
+# per scheduled time for 24 h (runly_core.records.IDEMPOTENCY_TTL_SECONDS), well beyond it.
 FIRE_RETRY_MAX_AGE_SECONDS = 3600
 FIRE_RETRY_ATTEMPTS = 20
 

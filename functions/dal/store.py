@@ -21,8 +21,9 @@ import boto3
 from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
-from runly.contracts import Checkpoint, RunState
-from runly.records import (
+from runly.wire import Checkpoint
+from runly_core.contracts import RunState
+from runly_core.records import (
     API_CREATED,
     PACKAGE_INDEX_PARTITION,
     IdempotencyRecord,
@@ -43,7 +44,7 @@ from runly.records import (
     run_key,
     runs_index_partition,
 )
-from runly.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, SORT_KEY, TTL_ATTRIBUTE
+from runly_core.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, SORT_KEY, TTL_ATTRIBUTE
 
 
 class AlreadyExists(Exception):
@@ -119,7 +120,7 @@ class RunQueryPage:
 
 
 def _start_key(environment: str, sort_key: str) -> dict[str, str]:
-    # The index sort key is "{created_at}#{run_id}" (runly.records.RunRecord.to_item); a start key names both
+    # The index sort key is "{created_at}#{run_id}" (runly_core.records.RunRecord.to_item); a start key names both
     # the index's keys and the table's keys of the item to start after.
     run_id = sort_key.split("#", 1)[1]
     return {
@@ -420,7 +421,7 @@ class Store:
         """One page of an environment's runs, newest first, from the runs-by-environment index.
 
         The time range is the key condition (``created_from`` inclusive, ``created_before``
-        exclusive, both ``runly.records.iso`` strings); the other filters are a filter
+        exclusive, both ``runly_core.records.iso`` strings); the other filters are a filter
         expression, so a page may hold fewer matches than ``page_size`` without being the last.
         """
         key: ConditionBase = Key(RUNS_BY_ENVIRONMENT.partition_key).eq(runs_index_partition(environment))

@@ -23,9 +23,9 @@ from pydantic import ValidationError
 
 from functions.events.bus import MAX_ENTRIES_PER_CALL, BusEntry, BusUnavailable, EventBus
 from functions.events.metrics import SERVICE
-from runly.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, RunState, RunStateChanged
-from runly.records import API_CREATED, ENVIRONMENT_PREFIX, run_id_of_partition
-from runly.resources import PARTITION_KEY, SORT_KEY
+from runly_core.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, RunState, RunStateChanged
+from runly_core.records import API_CREATED, ENVIRONMENT_PREFIX, run_id_of_partition
+from runly_core.resources import PARTITION_KEY, SORT_KEY
 
 logger = Logger(service=SERVICE)
 
@@ -33,7 +33,7 @@ logger = Logger(service=SERVICE)
 PUT_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.2
 
-_RUN_SORT_KEY = "RUN"  # runly.records.run_key
+_RUN_SORT_KEY = "RUN"  # runly_core.records.run_key
 
 
 def stream_filter(states: Iterable[RunState]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runly.contracts import RunState
+from runly_core.contracts import RunState
 
 NAMESPACE = "runly"
 SERVICE = "runly-events"  # also the metrics' `service` dimension

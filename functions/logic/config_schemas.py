@@ -29,8 +29,8 @@ from urllib.parse import unquote
 
 import jsonschema_rs
 
-from runly.contracts import MAX_CONFIG_BYTES
-from runly.strict_json import MAX_JSON_DEPTH
+from runly_core.contracts import MAX_CONFIG_BYTES
+from runly_core.strict_json import MAX_JSON_DEPTH
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _DIALECTS = {DIALECT, DIALECT + "#"}

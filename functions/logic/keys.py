@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from functions.dal.keys import KeyExists, KeyNotFound, KeyStore
-from runly.contracts import CreatedKey, CreateKeyRequest, KeyList
-from runly.keys import KEY_ID, InvalidKeyRequest, new_key
-from runly.records import iso, utcnow
+from runly_core.contracts import CreatedKey, CreateKeyRequest, KeyList
+from runly_core.keys import KEY_ID, InvalidKeyRequest, new_key
+from runly_core.records import iso, utcnow
 
 from .errors import Conflict, NotFound, Unprocessable
 

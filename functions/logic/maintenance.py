@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from functions.dal.maintenance import MaintenanceStore, RunMoved
-from runly.contracts import FailureReason, RunMessage, RunState
-from runly.records import RunRecord, abandoned_outcome, run_environment
+from runly_core.contracts import FailureReason, RunMessage, RunState
+from runly_core.records import RunRecord, abandoned_outcome, run_environment
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from functions.dal.nodes import NodeAmbiguous, NodeNotFound, NodeStore
-from runly.contracts import NodeList, NodeStatus, NodeView
-from runly.records import NodeRecord, utcnow
+from runly_core.contracts import NodeList, NodeStatus, NodeView
+from runly_core.records import NodeRecord, utcnow
 
 from .errors import Conflict, NotFound
 

@@ -13,24 +13,18 @@ from packaging.version import InvalidVersion, Version
 
 from functions.dal.feed import Feed
 from functions.dal.store import AlreadyExists, Store
-from runly.bundle import BUNDLE_SUFFIX, PackageError, bundle_file_name, sha256_file, verify_bundle
-from runly.contracts import (
-    JobSpec,
-    PackageSummary,
-    PackageVersionView,
-    RegisterPackageRequest,
-    UploadRequest,
-    UploadTicket,
-)
-from runly.records import PackageIndexRecord, PackageRecord, PinRecord, iso, utcnow
-from runly.resources import (
+from runly.sizes import NotJson, stored_json, utf8_size
+from runly.wire import JobSpec
+from runly_core.bundle import BUNDLE_SUFFIX, PackageError, bundle_file_name, sha256_file, verify_bundle
+from runly_core.contracts import PackageSummary, PackageVersionView, RegisterPackageRequest, UploadRequest, UploadTicket
+from runly_core.records import PackageIndexRecord, PackageRecord, PinRecord, iso, utcnow
+from runly_core.resources import (
     MAX_JOB_SPEC_BYTES,
     MAX_JOBS_BYTES,
     MAX_PACKAGE_BYTES,
     PACKAGES_PREFIX,
     UPLOAD_URL_EXPIRY_SECONDS,
 )
-from runly.sizes import NotJson, stored_json, utf8_size
 
 from .config_schemas import SchemaRefused, check_schema
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
@@ -170,7 +164,7 @@ def allowed_by(pin: PinRecord, version: Version, *, explicit: bool) -> bool:
 
 
 def _named_version(name: str, wanted: Version, *, store: Store) -> PackageRecord:
-    # Versions are stored as registered, in normal form (runly.contracts.PackageVersion), as requests are; the
+    # Versions are stored as registered, in normal form (runly_core.contracts.PackageVersion), as requests are; the
     # index is read only when that misses (no such version, or one spelt otherwise: 1.0 is 1.0.0).
     record = store.get_package(name, str(wanted))
     if record is not None:

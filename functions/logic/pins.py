@@ -12,8 +12,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from functions.dal.queue import RunQueue
 from functions.dal.store import Store
-from runly.contracts import Pin, PinRequest
-from runly.records import PinRecord, iso, utcnow
+from runly_core.contracts import Pin, PinRequest
+from runly_core.records import PinRecord, iso, utcnow
 
 from .errors import NotFound, Unprocessable
 

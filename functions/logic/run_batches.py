@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from functions.dal.queue import RunQueue
 from functions.dal.store import IdempotencyKeysTaken, Store
-from runly.contracts import EnqueueBatchItem, EnqueueRunRequest, RunMessage, RunView
-from runly.records import IdempotencyRecord, PackageRecord, RunRecord, utcnow
+from runly_core.contracts import EnqueueBatchItem, EnqueueRunRequest, RunMessage, RunView
+from runly_core.records import IdempotencyRecord, PackageRecord, RunRecord, utcnow
 
 from . import runs
 from .errors import DomainError, Unavailable, Unprocessable

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from functions.dal.feed import Feed
 from functions.dal.store import Store
-from runly.contracts import LogPage
-from runly.records import RunRecord
+from runly_core.contracts import LogPage
+from runly_core.records import RunRecord
 
 from .errors import BadRequest, NotFound, TooLarge
 from .runs import Authorize, allow_any, authorized_run

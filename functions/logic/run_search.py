@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.store import InvalidStartKey, RunQueryPage, Store
-from runly.contracts import RunPage, RunState, RunView, normalize_package_name
-from runly.records import RunRecord, iso
+from runly_core.contracts import RunPage, RunState, RunView, normalize_package_name
+from runly_core.records import RunRecord, iso
 
 from .errors import BadRequest, NotFound, Unprocessable
 from .runs import nodes_lookup, view

@@ -19,19 +19,19 @@ from typing import Any
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.store import IdempotencyKeyTaken, StateChanged, Store
-from runly.contracts import (
+from runly.sizes import stored_json
+from runly.wire import Checkpoint, JobSpec
+from runly_core.contracts import (
     IDEMPOTENCY_KEY,
     MAX_CONFIG_BYTES,
-    Checkpoint,
     EnqueueRunRequest,
     FailureReason,
-    JobSpec,
     RequeueRunRequest,
     RunMessage,
     RunState,
     RunView,
 )
-from runly.records import (
+from runly_core.records import (
     IDEMPOTENCY_TTL_SECONDS,
     IdempotencyRecord,
     NodeRecord,
@@ -40,7 +40,6 @@ from runly.records import (
     iso,
     utcnow,
 )
-from runly.sizes import stored_json
 
 from .config_schemas import ConfigInvalid, SchemaRefused, validate_config
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
@@ -66,7 +65,7 @@ def allow_any(environment: str) -> None:
 
 def new_run_id(environment: str) -> str:
     """``run_{environment}_{time}_{random}``: time-ordered enough to eyeball, unique without coordination, and
-    naming its environment, whose partition holds the run's items (runly.records.run_key)."""
+    naming its environment, whose partition holds the run's items (runly_core.records.run_key)."""
     return f"run_{environment}_{utcnow().strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:12]}"
 
 

@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from functions.api.auth import require
 from functions.nodes.policy import node_policy_document, without_sids
 from functions.nodes.sts import RoleAssumer
-from runly.contracts import ErrorBody, NodeCredentials, Scope
+from runly_core.contracts import ErrorBody, NodeCredentials, Scope
 
 SERVICE = "runly-node-credentials"
 ROUTE = "/nodes/credentials"

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from runly.records import (
+from runly_core.records import (
     MESSAGE_HANDOFF,
     NODE_PARTITION,
     RUN_PARTITION,
     environment_logs_prefix,
     environment_prefix,
 )
-from runly.resources import ITEMS_BY_KIND, PACKAGES_PREFIX, PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
+from runly_core.resources import ITEMS_BY_KIND, PACKAGES_PREFIX, PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
 
 QUEUE_ACTIONS = (
     "sqs:ReceiveMessage",
@@ -62,7 +62,7 @@ RUN_ATTRIBUTES = (
     MESSAGE_HANDOFF,
     "checkpoint_json",
 )
-# What node_agent.aws.put_node names in a node's registration (runly.records.NodeRecord, its items-by-kind keys
+# What node_agent.aws.put_node names in a node's registration (runly_core.records.NodeRecord, its items-by-kind keys
 # included; drain_requested is the API's, but the heartbeat's condition reads it). Not its environment: the API
 # reads that from the item's key (functions.dal.nodes).
 NODE_ATTRIBUTES = (

@@ -1,7 +1,7 @@
 """Invoked by EventBridge Scheduler at each fire of a schedule, with the target input the API gave it
-(``runly.contracts.ScheduleFire``: the schedule's id and ``<aws.scheduler.scheduled-time>``). Enqueues the schedule's
+(``runly_core.contracts.ScheduleFire``: the schedule's id and ``<aws.scheduler.scheduled-time>``). Enqueues the schedule's
 run once per scheduled time (``functions.logic.schedules.fire``); raising makes EventBridge Scheduler retry, which is
-safe for that reason. The embedded stack's scheduler (``runly.local.scheduler``) invokes it with the same event."""
+safe for that reason. The embedded stack's scheduler (``runly_cli.embedded.scheduler``) invokes it with the same event."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from functions.dal.schedules import ScheduleStore
 from functions.dal.store import Store
 from functions.logic import schedules
 from functions.settings import get_fire_settings
-from runly.contracts import ScheduleFire
+from runly_core.contracts import ScheduleFire
 
 logger = Logger(service="runly-schedules")
 metrics = Metrics(namespace="runly", service="runly-schedules")

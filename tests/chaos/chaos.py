@@ -28,11 +28,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runly import resources
-from runly.client import ApiError, RunlyClient
-from runly.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
-from runly.local.stack import Child, EmbeddedStack
-from runly.pack import pack_project
+from runly_cli.embedded.stack import Child, EmbeddedStack
+from runly_cli.pack import pack_project
+from runly_client.client import ApiError, RunlyClient
+from runly_core import resources
+from runly_core.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
 from tests.support.job_user import share_with_jobs
 
 PROJECT = Path(__file__).resolve().parents[1] / "e2e" / "projects" / "e2ejobs"
@@ -460,7 +460,7 @@ def _alive(pid: int) -> bool:
 
 
 def _job_processes(stack_dir: Path, *, hosts: bool = False) -> list[int]:
-    """Job processes started by this stack's agents: ``runly.host run`` or a warm host's children (their
+    """Job processes started by this stack's agents: ``runly.runner run`` or a warm host's children (their
     command line is the host's, their directory the run's), or with ``hosts`` the warm hosts themselves."""
     found = []
     for proc in Path("/proc").iterdir():
@@ -471,7 +471,7 @@ def _job_processes(stack_dir: Path, *, hosts: bool = False) -> list[int]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if b"runly.host" not in cmdline or not cwd.startswith(str(stack_dir)):
+        if b"runly.runner" not in cmdline or not cwd.startswith(str(stack_dir)):
             continue
         is_host = b"serve" in cmdline and "/runs/" not in cwd and "/jobs/" not in cwd
         if is_host == hosts:

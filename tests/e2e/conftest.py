@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from runly.client import RunlyClient
-from runly.contracts import PackageVersionView
-from runly.local.stack import EmbeddedStack, print_tail
-from runly.pack import pack_project
+from runly_cli.embedded.stack import EmbeddedStack, print_tail
+from runly_cli.pack import pack_project
+from runly_client.client import RunlyClient
+from runly_core.contracts import PackageVersionView
 from tests.support.job_user import share_with_jobs
 
 REPO = Path(__file__).resolve().parents[2]

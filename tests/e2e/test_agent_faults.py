@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runly.client import RunlyClient
-from runly.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
-from runly.local.stack import Child, EmbeddedStack
+from runly_cli.embedded.stack import Child, EmbeddedStack
+from runly_client.client import RunlyClient
+from runly_core.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
 from tests.e2e.conftest import FAST_AGENT, pushed_stack
 
 LEASE = int(FAST_AGENT["RUNLY_LEASE_SECONDS"])

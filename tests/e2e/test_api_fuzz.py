@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from runly.local.stack import EmbeddedStack, print_tail
-from runly.strict_json import MAX_JSON_DEPTH, MAX_JSON_INTEGER
+from runly_cli.embedded.stack import EmbeddedStack, print_tail
+from runly_core.strict_json import MAX_JSON_DEPTH, MAX_JSON_INTEGER
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 OPERATIONS = sorted(
@@ -116,7 +116,7 @@ def _nested(levels: int) -> Any:
     return value
 
 
-# What Python's json reads but runly refuses (runly.strict_json): each sent as Python's json.dumps writes it
+# What Python's json reads but runly refuses (runly_core.strict_json): each sent as Python's json.dumps writes it
 # (NaN and Infinity as literals, a lone surrogate as its \u escape).
 HOSTILE = st.one_of(
     st.sampled_from(["\ud800", "x\udfff", "\udbff\udbff"]),

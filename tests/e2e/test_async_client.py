@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from runly.client import AsyncRunlyClient, BadRequest, Forbidden, NotFound
-from runly.contracts import CreateKeyRequest, EnqueueRunRequest, PackageVersionView, RunState, RunView, Scope
-from runly.local.stack import EmbeddedStack
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_client.client import AsyncRunlyClient, BadRequest, Forbidden, NotFound
+from runly_core.contracts import CreateKeyRequest, EnqueueRunRequest, PackageVersionView, RunState, RunView, Scope
 
 
 def test_async_client_enqueues_idempotently_waits_and_reads_logs(

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from runly.client import RunlyClient
-from runly.contracts import CreateKeyRequest, CreateScheduleRequest, EnqueueRunRequest, RunState, Scope
-from runly.local.stack import EmbeddedStack, print_tail
-from runly.pack import pack_project
+from runly_cli.embedded.stack import EmbeddedStack, print_tail
+from runly_cli.pack import pack_project
+from runly_client.client import RunlyClient
+from runly_core.contracts import CreateKeyRequest, CreateScheduleRequest, EnqueueRunRequest, RunState, Scope
 from tests.e2e.conftest import CHROMIUM, FAST_AGENT, REPO
 
 CHROMIUM_ARGS = [

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from typer.testing import CliRunner, Result
 
-from runly.cli import app
-from runly.client import RunlyClient
-from runly.contracts import EnqueueRunRequest, PackageVersionView, RunState
-from runly.local.stack import EmbeddedStack
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_cli.main import app
+from runly_client.client import RunlyClient
+from runly_core.contracts import EnqueueRunRequest, PackageVersionView, RunState
 
 
 def test_hello(client: RunlyClient, hello: PackageVersionView) -> None:

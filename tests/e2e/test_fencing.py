@@ -12,9 +12,9 @@ import signal
 import time
 from pathlib import Path
 
-from runly.client import RunlyClient
-from runly.contracts import FailureReason, RunState
-from runly.local.stack import EmbeddedStack
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_client.client import RunlyClient
+from runly_core.contracts import FailureReason, RunState
 from tests.chaos.chaos import _alive, run_processes
 from tests.e2e.test_agent_faults import LEASE, POLL, _agent, _enqueue, _running_on, faulty
 

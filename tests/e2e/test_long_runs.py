@@ -1,7 +1,7 @@
 """Runs longer than SQS keeps a message in flight, with real agents on the embedded stack.
 
 SQS refuses to keep a message in flight more than 12 hours after its receipt; the embedded stack's SQS here
-refuses after 15 seconds (runly.local.moto_server) and the agents replace a run's message 3 seconds before
+refuses after 15 seconds (runly_cli.embedded.moto_server) and the agents replace a run's message 3 seconds before
 that (RUNLY_MAX_IN_FLIGHT_SECONDS=12), so a 30-second run meets what a 3-day run meets, several times over.
 Two agents share the environment: each replacement is received by one of them and handed to the holder.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from runly.client import RunlyClient
-from runly.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
-from runly.local.stack import Child, EmbeddedStack, print_tail
+from runly_cli.embedded.stack import Child, EmbeddedStack, print_tail
+from runly_client.client import RunlyClient
+from runly_core.contracts import EnqueueRunRequest, FailureReason, RunState, RunView
 from tests.e2e.conftest import FAST_AGENT
 
 SQS_CAP = 15

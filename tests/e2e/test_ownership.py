@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from node_agent.process_tree import descendants_of, state_of
-from runly.client import RunlyClient
-from runly.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState
-from runly.local.stack import EmbeddedStack
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_client.client import RunlyClient
+from runly_core.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState
 from tests.e2e.conftest import FAST_AGENT, pushed_stack
 from tests.e2e.test_agent_faults import _agent, _enqueue, _running_on
 

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from runly.bundle import read_manifest, sha256_file, write_bundle
-from runly.client import RunlyClient
-from runly.contracts import EnqueueRunRequest, FailureReason, JobSpec, PackageVersionView, RunState
-from runly.local.stack import EmbeddedStack
-from runly.pack import pack_project
-from runly.records import PackageRecord, iso, utcnow
+from runly.wire import JobSpec
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_cli.pack import pack_project
+from runly_client.client import RunlyClient
+from runly_core.bundle import read_manifest, sha256_file, write_bundle
+from runly_core.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState
+from runly_core.records import PackageRecord, iso, utcnow
 from tests.support.zip_bombs import bomb_bundle, zeros
 
 BROKEN_PROJECT = Path(__file__).parent / "projects" / "brokenjobs"

@@ -9,9 +9,9 @@ moto, with the scheduled time filled in. When the loop fires what is due is test
 
 from __future__ import annotations
 
-from runly.client import RunlyClient
-from runly.contracts import CreateScheduleRequest, PackageVersionView, RunState
-from runly.local.stack import EmbeddedStack
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_client.client import RunlyClient
+from runly_core.contracts import CreateScheduleRequest, PackageVersionView, RunState
 
 
 def test_a_fired_schedule_runs_its_job_on_a_node_once_per_scheduled_time(

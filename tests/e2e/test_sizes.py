@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runly.client import RunlyClient
-from runly.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState, RunView
-from runly.local.stack import EmbeddedStack
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_client.client import RunlyClient
+from runly_core.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState, RunView
 
 MiB = 1024
 

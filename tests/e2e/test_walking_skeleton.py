@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from runly.client import ApiError, RunlyClient
-from runly.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState
-from runly.local.stack import EmbeddedStack
-from runly.records import run_log_prefix
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_client.client import ApiError, RunlyClient
+from runly_core.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState
+from runly_core.records import run_log_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,7 +113,7 @@ def _port_open(url: str) -> bool:
 def test_make_run_demo_ends_with_a_succeeded_run(tmp_path: Path) -> None:
     # What `make run` runs, as a user would, from the repository root.
     result = subprocess.run(
-        [sys.executable, "-m", "runly.cli", "local", "demo"],
+        [sys.executable, "-m", "runly_cli.main", "local", "demo"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -127,7 +127,7 @@ def test_make_run_demo_ends_with_a_succeeded_run(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_process_the_stack_started(tmp_path: Path) -> None:
     up = subprocess.Popen(
-        [sys.executable, "-m", "runly.cli", "local", "up"],
+        [sys.executable, "-m", "runly_cli.main", "local", "up"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

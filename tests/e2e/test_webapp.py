@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from runly.contracts import PackageVersionView
-from runly.local.stack import EmbeddedStack
+from runly_cli.embedded.stack import EmbeddedStack
+from runly_core.contracts import PackageVersionView
 from tests.e2e.conftest import REPO
 
 WEBAPP = REPO / "examples" / "webapp"

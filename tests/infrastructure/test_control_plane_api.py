@@ -9,7 +9,7 @@ from functions.nodes.credentials import ROUTE as NODE_CREDENTIALS_ROUTE
 from infrastructure import function_environment
 from infrastructure.settings import StageSettings
 from infrastructure.stack import queue_url_output_id
-from runly import resources
+from runly_core import resources
 from tests.infrastructure.cfn import as_list, render, resources_of_type
 from tests.infrastructure.synth import TEST_ENVIRONMENTS
 

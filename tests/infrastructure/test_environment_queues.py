@@ -4,7 +4,7 @@ from typing import Any
 
 from infrastructure.run_events import failures_queue_name
 from infrastructure.settings import StageSettings
-from runly import resources
+from runly_core import resources
 from tests.infrastructure.cfn import resources_of_type
 from tests.infrastructure.synth import TEST_ENVIRONMENTS
 

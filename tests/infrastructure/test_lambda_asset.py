@@ -7,7 +7,7 @@ from typing import Any
 
 from infrastructure import lambda_asset
 from infrastructure.lambda_asset import PACKAGES, REPO_ROOT, REQUIREMENTS, asset_hash
-from runly import resources
+from runly_core import resources
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)==(\S+)", re.MULTILINE)
 
@@ -36,7 +36,7 @@ def test_asset_holds_the_handler_and_the_packages_but_no_tests_or_caches(
         handler_module, _, _ = handler.rpartition(".")
         assert handler_module.replace(".", "/") + ".py" in files
     assert {package for package in PACKAGES} <= {file.split("/")[0] for file in files}
-    assert "runly/resources.py" in files
+    assert "runly_core/resources.py" in files
     # The dashboard the API function serves (functions/api/routers/dashboard.py) ships in the same asset.
     assert {"functions/dashboard/index.html", "functions/dashboard/app.js", "functions/dashboard/app.css"} <= files
     assert not [file for file in files if file.split("/")[0] in {"tests", ".venv", "node_agent", "infrastructure"}]

@@ -9,7 +9,7 @@ import pytest
 from infrastructure import function_environment
 from infrastructure.maintenance import DEAD_LETTER_HANDLER, REAPER_HANDLER
 from infrastructure.settings import StageSettings
-from runly import resources
+from runly_core import resources
 from tests.infrastructure.cfn import render, resources_of_type
 from tests.infrastructure.iam import (
     assert_no_wildcard_action,

@@ -21,7 +21,7 @@ from infrastructure.node_fleet import (
     stop_timeout_seconds,
 )
 from infrastructure.settings import StageSettings
-from runly import resources
+from runly_core import resources
 from tests.infrastructure.cfn import as_list, render, resources_of_type
 from tests.infrastructure.iam import assert_no_wildcard_action, feed_bucket_id, grants, logical_id, role_statements
 from tests.infrastructure.synth import AGENT_WHEEL

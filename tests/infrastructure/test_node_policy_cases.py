@@ -27,8 +27,8 @@ from moto.core import set_initial_no_auth_action_count
 from functions.nodes.credentials import CredentialsSettings, NodeRoleTarget, session_policy
 from infrastructure.settings import StageSettings
 from infrastructure.stack import environment_output_id
-from runly.records import checkpoint_key, environment_partition, key_key, node_key, package_key, pin_key, run_key
-from runly.resources import PARTITION_KEY, ResourceNames
+from runly_core.records import checkpoint_key, environment_partition, key_key, node_key, package_key, pin_key, run_key
+from runly_core.resources import PARTITION_KEY, ResourceNames
 from tests.infrastructure.cfn import render
 from tests.infrastructure.iam import feed_bucket_id, logical_id
 from tests.infrastructure.synth import TEST_ENVIRONMENTS
@@ -345,7 +345,7 @@ def _mirror(case: Case) -> Case:
 
 # ---------------------------------------------------------------- the credentials function's session policy
 
-# Real ARNs at their longest: a 21-character stage, a 31-character environment name (runly.resources).
+# Real ARNs at their longest: a 21-character stage, a 31-character environment name (runly_core.resources).
 LONGEST_STAGE = "s" * 21
 LONGEST_ENVIRONMENT = "e" + "-" * 29 + "e"
 ACCOUNT, REGION = "123456789012", "ap-southeast-2"
@@ -399,7 +399,7 @@ def test_the_session_policy_allows_exactly_the_case_table_alone_and_with_its_rol
 
 def test_environment_names_that_prefix_one_another_stay_apart() -> None:
     # "prod" is a prefix of "prod-eu": "ENV#prod#" is not a prefix of "ENV#prod-eu#", and "run_prod_" is not one of
-    # "run_prod-eu_" (names hold no "#" nor "_": runly.resources.ENVIRONMENT_NAME).
+    # "run_prod-eu_" (names hold no "#" nor "_": runly_core.resources.ENVIRONMENT_NAME).
     arns = _session_arns("prod", "prod-eu")
     policy = json.loads(session_policy("prod", _session_settings(arns, ("prod", "prod-eu"))))
     other_run = run_key("run_prod-eu_20250101000000_0123456789ab")[PARTITION_KEY]

@@ -10,8 +10,8 @@ import pytest
 from functions.events.metrics import NAMESPACE, RUN_STATE_METRICS, SERVICE
 from infrastructure.observability import API_ENQUEUED_METRIC, API_SERVICE, REAPER_METRICS
 from infrastructure.settings import StageSettings
-from runly import resources
-from runly.contracts import TERMINAL_STATES
+from runly_core import resources
+from runly_core.contracts import TERMINAL_STATES
 from tests.infrastructure.cfn import render, resources_of_type
 from tests.infrastructure.iam import logical_id
 from tests.infrastructure.synth import ALARM_EMAIL, TEST_ENVIRONMENTS

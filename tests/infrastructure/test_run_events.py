@@ -13,7 +13,7 @@ from functions.events.changes import stream_filter
 from infrastructure.run_events import PUBLISHER_HANDLER, STREAM_RETRY_ATTEMPTS, failures_queue_name
 from infrastructure.settings import StageSettings
 from infrastructure.stack import RunlyStack
-from runly.contracts import TERMINAL_STATES
+from runly_core.contracts import TERMINAL_STATES
 from tests.infrastructure.cfn import resources_of_type
 from tests.infrastructure.iam import (
     assert_no_wildcard_action,
@@ -43,7 +43,7 @@ def test_the_table_streams_new_and_old_images(template_json: dict[str, Any]) -> 
 
 
 def test_the_bus_is_named_runly_stage(bus_id: str, stage_settings: StageSettings) -> None:
-    # Named in runly.resources, so rules written against it (docs/events.md) name it the same way.
+    # Named in runly_core.resources, so rules written against it (docs/events.md) name it the same way.
     assert stage_settings.resource_names(account="a", region="r").event_bus == f"runly-{stage_settings.stage}"
 
 
@@ -158,7 +158,7 @@ def test_the_publisher_may_read_the_stream_put_on_the_bus_and_park_failures_only
 def test_the_failure_queue_is_encrypted_and_kept_as_long_as_the_run_queues(
     template_json: dict[str, Any], stage_settings: StageSettings
 ) -> None:
-    from runly.resources import QUEUE_RETENTION_SECONDS
+    from runly_core.resources import QUEUE_RETENTION_SECONDS
 
     names = stage_settings.resource_names(account="any", region="any")
     failures = logical_id(template_json, "AWS::SQS::Queue", QueueName=failures_queue_name(names))

@@ -5,7 +5,7 @@ from typing import Any
 from aws_cdk.assertions import Match, Template
 
 from infrastructure.settings import StageSettings
-from runly import resources
+from runly_core import resources
 from tests.infrastructure.cfn import resources_of_type
 
 
@@ -40,7 +40,7 @@ def test_table_has_the_keys_indexes_and_ttl_of_runly_resources(
 
 
 def test_every_key_attribute_is_a_string_as_in_the_embedded_stack(template_json: dict[str, Any]) -> None:
-    # runly.local.aws creates the same table with every key attribute typed S; the two must not drift.
+    # runly_cli.embedded.aws creates the same table with every key attribute typed S; the two must not drift.
     key_attributes = {resources.PARTITION_KEY, resources.SORT_KEY}
     for index in resources.TABLE_INDEXES:
         key_attributes |= {index.partition_key, index.sort_key}

@@ -11,7 +11,7 @@ import pytest
 from infrastructure import function_environment
 from infrastructure.schedules import FIRE_HANDLER, MANAGE_SCHEDULE_ACTIONS
 from infrastructure.settings import StageSettings
-from runly import resources
+from runly_core import resources
 from tests.infrastructure.cfn import as_list, render, resources_of_type
 from tests.infrastructure.iam import (
     assert_no_wildcard_action,

@@ -11,11 +11,11 @@ import boto3
 import pytest
 
 from functions.api import app as api_app
-from runly import resources
-from runly.bundle import sha256_file
-from runly.contracts import RunMessage, Scope
-from runly.local.aws import schedule_settings
-from runly.local.gateway import build_event
+from runly_cli.embedded.aws import schedule_settings
+from runly_cli.embedded.gateway import build_event
+from runly_core import resources
+from runly_core.bundle import sha256_file
+from runly_core.contracts import RunMessage, Scope
 from tests.support.api import clear_function_caches
 from tests.support.auth import as_caller
 from tests.support.bundles import make_bundle

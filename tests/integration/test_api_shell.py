@@ -12,8 +12,8 @@ import pytest
 
 from functions.api import openapi
 from functions.api.app import app
-from runly.contracts import ErrorBody, Scope
-from runly.resources import MAX_API_BODY_BYTES
+from runly_core.contracts import ErrorBody, Scope
+from runly_core.resources import MAX_API_BODY_BYTES
 from tests.support.api import Answer, api_event, call, invoke, module_function_env  # noqa: F401  (fixture)
 from tests.support.auth import as_caller
 

@@ -11,8 +11,8 @@ import pytest
 
 from functions.api import openapi
 from functions.api.app import app
-from runly.contracts import Scope
-from runly.resources import OPEN_ROUTES
+from runly_core.contracts import Scope
+from runly_core.resources import OPEN_ROUTES
 from tests.support.api import call, module_function_env  # noqa: F401  (fixture)
 
 # (method, path as the app registers it) -> (the scope it needs, a well-formed body)
@@ -80,7 +80,7 @@ def _routes() -> dict[tuple[str, str], bool]:
 
 
 def _as_route_key(path: str) -> str:
-    """The app's /runs/<run_id> as API Gateway (and runly.resources.OPEN_ROUTES) spell it: /runs/{run_id}."""
+    """The app's /runs/<run_id> as API Gateway (and runly_core.resources.OPEN_ROUTES) spell it: /runs/{run_id}."""
     return re.sub(r"<(\w+)>", r"{\1}", path)
 
 

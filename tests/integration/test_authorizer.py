@@ -12,11 +12,11 @@ import pytest
 
 from functions.api.auth import caller_from_event
 from functions.authorizer.app import lambda_handler
-from runly import resources
-from runly.contracts import Scope
-from runly.keys import hash_secret
-from runly.local.gateway import build_authorizer_event, build_event
-from runly.records import KeyRecord, iso, utcnow
+from runly_cli.embedded.gateway import build_authorizer_event, build_event
+from runly_core import resources
+from runly_core.contracts import Scope
+from runly_core.keys import hash_secret
+from runly_core.records import KeyRecord, iso, utcnow
 from tests.support.api import FakeContext, function_env  # noqa: F401  (fixture)
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"

@@ -6,10 +6,10 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from runly import resources
-from runly.cli import app
-from runly.keys import hash_secret, key_id_of
-from runly.records import KeyRecord, key_key
+from runly_cli.main import app
+from runly_core import resources
+from runly_core.keys import hash_secret, key_id_of
+from runly_core.records import KeyRecord, key_key
 
 
 def _stored(names: resources.ResourceNames, secret: str) -> KeyRecord:

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from functions.api.routers import dashboard
-from runly.contracts import Scope
+from runly_core.contracts import Scope
 from tests.support.api import api_event, call, invoke, module_function_env  # noqa: F401  (fixture)
 from tests.support.auth import as_caller
 

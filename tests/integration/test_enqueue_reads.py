@@ -15,7 +15,7 @@ import pytest
 from functions.api.dependencies import services
 from functions.dal import store as store_module
 from functions.dal.store import Store
-from runly.records import PackageRecord
+from runly_core.records import PackageRecord
 from tests.support.run_api import GREET, Api, api_fixtures, error_field
 
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})

@@ -12,9 +12,9 @@ import pytest
 
 from functions.api.app import lambda_handler as api_handler
 from functions.authorizer.app import lambda_handler as authorizer_handler
-from runly import resources
-from runly.cli_keys import bootstrap_admin_key
-from runly.local.gateway import Gateway
+from runly_cli.commands.keys import bootstrap_admin_key
+from runly_cli.embedded.gateway import Gateway
+from runly_core import resources
 from tests.support.api import function_env  # noqa: F401  (fixture)
 
 

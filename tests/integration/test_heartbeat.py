@@ -17,9 +17,9 @@ from node_agent.agent import Agent, Clock
 from node_agent.aws import AgentAws, Delivery
 from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
-from runly import resources
-from runly.contracts import RunMessage, RunState
-from runly.records import MESSAGE_HANDOFF, RunRecord, run_key
+from runly_core import resources
+from runly_core.contracts import RunMessage, RunState
+from runly_core.records import MESSAGE_HANDOFF, RunRecord, run_key
 from tests.support.runs import queued_run
 
 

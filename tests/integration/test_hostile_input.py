@@ -15,9 +15,10 @@ from typing import Any
 import boto3
 import pytest
 
-from runly.contracts import JobSpec, Scope
-from runly.records import package_key
-from runly.resources import MAX_JOB_SPEC_BYTES
+from runly.wire import JobSpec
+from runly_core.contracts import Scope
+from runly_core.records import package_key
+from runly_core.resources import MAX_JOB_SPEC_BYTES
 from tests.support.api import Answer, api_event, invoke
 from tests.support.auth import as_caller
 from tests.support.bundles import GREETER_SCHEMA

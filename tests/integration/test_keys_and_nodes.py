@@ -11,11 +11,11 @@ from typing import Any
 import boto3
 import pytest
 
-from runly import resources
-from runly.cli_keys import bootstrap_admin_key
-from runly.contracts import Scope
-from runly.local.gateway import Gateway
-from runly.records import NodeRecord, iso, key_key, node_key, utcnow
+from runly_cli.commands.keys import bootstrap_admin_key
+from runly_cli.embedded.gateway import Gateway
+from runly_core import resources
+from runly_core.contracts import Scope
+from runly_core.records import NodeRecord, iso, key_key, node_key, utcnow
 from tests.support.api import api_event, function_env  # noqa: F401  (fixture)
 from tests.support.runs import queued_run
 

@@ -13,9 +13,10 @@ import boto3
 import pytest
 
 from node_agent.aws import AgentAws, ClaimRefused, Delivery, LeaseLost
-from runly import resources
-from runly.contracts import Checkpoint, FailureReason, RunMessage, RunState
-from runly.records import MESSAGE_HANDOFF, checkpoint_key, run_key, utcnow
+from runly.wire import Checkpoint
+from runly_core import resources
+from runly_core.contracts import FailureReason, RunMessage, RunState
+from runly_core.records import MESSAGE_HANDOFF, checkpoint_key, run_key, utcnow
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 30

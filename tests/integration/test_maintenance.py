@@ -14,10 +14,10 @@ from functions.logic.maintenance import reap
 from functions.maintenance import dlq, reaper
 from functions.maintenance.settings import get_maintenance_settings
 from node_agent.aws import AgentAws
-from runly import resources
-from runly.contracts import FailureReason, RunMessage, RunState
-from runly.local.aws import schedule_settings
-from runly.records import lease_index_partition, lease_sort_key, run_key
+from runly_cli.embedded.aws import schedule_settings
+from runly_core import resources
+from runly_core.contracts import FailureReason, RunMessage, RunState
+from runly_core.records import lease_index_partition, lease_sort_key, run_key
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 10

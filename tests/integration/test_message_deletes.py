@@ -10,8 +10,8 @@ import pytest
 
 import node_agent.aws as agent_aws_module
 from node_agent.aws import AgentAws, Delivery
-from runly import resources
-from runly.contracts import RunMessage
+from runly_core import resources
+from runly_core.contracts import RunMessage
 
 
 @pytest.fixture

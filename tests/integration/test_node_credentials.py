@@ -23,8 +23,8 @@ from functions.nodes.credentials import (
 )
 from functions.nodes.policy import node_policy_document, without_sids
 from functions.nodes.sts import RoleAssumer
-from runly.contracts import NodeCredentials
-from runly.local.gateway import build_event
+from runly_cli.embedded.gateway import build_event
+from runly_core.contracts import NodeCredentials
 
 ACCOUNT = "123456789012"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/runly-test-NodeRole-default"

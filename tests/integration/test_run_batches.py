@@ -19,10 +19,11 @@ from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.logic import runs
 from functions.logic.packages import resolve_version
-from runly.client import ApiError, RunlyClient
-from runly.contracts import EnqueueRunRequest, JobSpec, RunMessage, Scope
-from runly.local.gateway import Gateway
-from runly.records import IdempotencyRecord, PackageRecord, iso, utcnow
+from runly.wire import JobSpec
+from runly_cli.embedded.gateway import Gateway
+from runly_client.client import ApiError, RunlyClient
+from runly_core.contracts import EnqueueRunRequest, RunMessage, Scope
+from runly_core.records import IdempotencyRecord, PackageRecord, iso, utcnow
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter
 
 stack, aws, api = api_fixtures()

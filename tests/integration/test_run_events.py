@@ -18,8 +18,8 @@ from moto.events.models import EventPattern
 from functions.events import publisher
 from functions.events.bus import BusEntry, BusUnavailable, EventBus
 from functions.events.changes import publish_changes, state_change, stream_filter
-from runly import resources
-from runly.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, TERMINAL_STATES, RunState, RunStateChanged
+from runly_core import resources
+from runly_core.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, TERMINAL_STATES, RunState, RunStateChanged
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 

@@ -20,11 +20,12 @@ from functions.dal.queue import RunQueue
 from functions.dal.store import Store
 from functions.logic import run_logs, run_search, runs
 from node_agent.aws import AgentAws, ClaimRefused
-from runly import resources
-from runly.client import ApiError, RunlyClient
-from runly.contracts import Checkpoint, EnqueueRunRequest, FailureReason, RunMessage, RunState, Scope
-from runly.local.gateway import Gateway
-from runly.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_key, run_log_prefix, utcnow
+from runly.wire import Checkpoint
+from runly_cli.embedded.gateway import Gateway
+from runly_client.client import ApiError, RunlyClient
+from runly_core import resources
+from runly_core.contracts import EnqueueRunRequest, FailureReason, RunMessage, RunState, Scope
+from runly_core.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_key, run_log_prefix, utcnow
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter, serialized_dynamodb
 
 LEASE = 30

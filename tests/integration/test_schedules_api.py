@@ -1,7 +1,7 @@
 """Schedules over the real API handler and the real fire handler, on in-process moto (DynamoDB, SQS and EventBridge
 Scheduler): create, list, get, change, delete; validation before anything is saved; firing once per scheduled time,
 a disabled schedule, a template that no longer resolves. The fire events are built from the schedule moto's
-scheduler holds, as EventBridge Scheduler builds them (runly.local.scheduler.render_event)."""
+scheduler holds, as EventBridge Scheduler builds them (runly_cli.embedded.scheduler.render_event)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import boto3
 import pytest
 
 from functions.schedules import fire as fire_function
-from runly.contracts import RunMessage, Scope
-from runly.local.aws import schedule_settings
-from runly.local.scheduler import Definition, render_event
+from runly_cli.embedded.aws import schedule_settings
+from runly_cli.embedded.scheduler import Definition, render_event
+from runly_core.contracts import RunMessage, Scope
 from tests.support.api import FakeContext
 from tests.support.run_api import NAMES, Api, api_fixtures, error_field, registered_greeter
 

@@ -12,9 +12,11 @@ import pytest
 from functions.dal.maintenance import MaintenanceStore
 from functions.logic.maintenance import reap
 from node_agent.aws import AgentAws, ClaimRefused
-from runly import resources, sizes
-from runly.contracts import Checkpoint, FailureReason, Progress, RunState
-from runly.records import RunRecord, checkpoint_key, run_key, utcnow
+from runly import limits, sizes
+from runly.wire import Checkpoint, Progress
+from runly_core import resources
+from runly_core.contracts import FailureReason, RunState
+from runly_core.records import RunRecord, checkpoint_key, run_key, utcnow
 from tests.support.runs import queued_run
 
 LEASE = 30
@@ -84,13 +86,13 @@ def test_a_1_mb_error_is_stored_cut_to_its_limits_and_the_run_still_reads(
 
     # Then the run is Failed, its error cut to the limits, and it renders as GET /runs renders it
     record = _stored(agent_aws)
-    assert len((record.error_json or "").encode()) <= resources.MAX_ERROR_BYTES
+    assert len((record.error_json or "").encode()) <= limits.MAX_ERROR_BYTES
     view = record.view()
     assert view.state is RunState.FAILED and view.error is not None
     assert view.error.message.startswith("?mmm") and view.error.message.endswith("[truncated]")
-    assert len((view.attempts[0].error or "").encode()) <= resources.MAX_ATTEMPT_ERROR_BYTES
+    assert len((view.attempts[0].error or "").encode()) <= limits.MAX_ATTEMPT_ERROR_BYTES
     json.loads(view.model_dump_json())
-    assert _item_bytes(names, run_key("run_default_1")) < 0.2 * resources.DYNAMODB_MAX_ITEM_BYTES
+    assert _item_bytes(names, run_key("run_default_1")) < 0.2 * limits.DYNAMODB_MAX_ITEM_BYTES
 
 
 def test_a_500_kb_progress_does_not_fail_the_heartbeat(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
@@ -127,7 +129,7 @@ def test_a_checkpoint_over_its_limit_in_bytes_is_refused_before_the_write(
     fits = Checkpoint(watermark=2, state="é" * 150_000, attempt=1, written_at=utcnow())
     agent_aws.write_checkpoint(claimed, "node-a", fits)
     assert agent_aws.get_checkpoint("run_default_1") == fits
-    assert _item_bytes(names, checkpoint_key("run_default_1")) <= resources.MAX_CHECKPOINT_BYTES + 100
+    assert _item_bytes(names, checkpoint_key("run_default_1")) <= limits.MAX_CHECKPOINT_BYTES + 100
 
 
 def _run_allowing(names: resources.ResourceNames, max_attempts: int) -> None:
@@ -180,7 +182,7 @@ def test_a_run_requeued_by_shutdowns_past_the_attempts_a_run_item_holds_fails(
 ) -> None:
     # Given a run re-queued by node shutdowns (which do not count against max_attempts) MAX_RECORDED_ATTEMPTS times
     record = queued_run(names)
-    for number in range(1, resources.MAX_RECORDED_ATTEMPTS + 1):
+    for number in range(1, limits.MAX_RECORDED_ATTEMPTS + 1):
         claimed = agent_aws.claim("run_default_1", f"node-{number}", LEASE, now_ms())
         assert claimed.attempt == number
         agent_aws.end_attempt(
@@ -193,5 +195,5 @@ def test_a_run_requeued_by_shutdowns_past_the_attempts_a_run_item_holds_fails(
     assert refused.value.terminal
     run = _stored(agent_aws, record.run_id).view()
     assert run.state is RunState.FAILED and run.error is not None and run.error.reason is FailureReason.DEAD_LETTER
-    assert len(run.attempts) == resources.MAX_RECORDED_ATTEMPTS
-    assert _item_bytes(names, run_key("run_default_1")) < 0.25 * resources.DYNAMODB_MAX_ITEM_BYTES
+    assert len(run.attempts) == limits.MAX_RECORDED_ATTEMPTS
+    assert _item_bytes(names, run_key("run_default_1")) < 0.25 * limits.DYNAMODB_MAX_ITEM_BYTES

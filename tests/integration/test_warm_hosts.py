@@ -1,4 +1,4 @@
-"""Warm job hosts (node_agent.warm_hosts, runly.host_server): real host processes in a real package
+"""Warm job hosts (node_agent.fork_servers, runly.fork_server): real host processes in a real package
 environment, forking real runs that talk to the agent's side (JobProcess) over real pipes."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from node_agent.fork_servers import EXIT_STATUS_UNKNOWN, WarmHost, WarmHosts
 from node_agent.job_process import JobProcess, Outcome, job_environment
 from node_agent.package_cache import InstalledPackage, PackageCache
 from node_agent.supervisor import describe_exit
-from node_agent.warm_hosts import EXIT_STATUS_UNKNOWN, WarmHost, WarmHosts
-from runly.bundle import sha256_file
-from runly.contracts import RunSpec
-from runly.pack import pack_project
+from runly.wire import RunSpec
+from runly_cli.pack import pack_project
+from runly_core.bundle import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 E2E_PROJECT = REPO / "tests" / "e2e" / "projects" / "e2ejobs"

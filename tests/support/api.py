@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from runly import resources
-from runly.contracts import Scope
-from runly.local.aws import schedule_settings
-from runly.local.gateway import build_event
+from runly_cli.embedded.aws import schedule_settings
+from runly_cli.embedded.gateway import build_event
+from runly_core import resources
+from runly_core.contracts import Scope
 from tests.support.auth import as_caller
 
 

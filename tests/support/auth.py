@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runly.contracts import Scope
+from runly_core.contracts import Scope
 
 
 def authorizer_context(

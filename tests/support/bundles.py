@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from runly.contracts import JobSpec, PackageManifest
+from runly.wire import JobSpec
+from runly_core.contracts import PackageManifest
 
 GREETER_SCHEMA: dict[str, Any] = {
     "type": "object",

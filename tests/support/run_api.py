@@ -15,10 +15,11 @@ import pytest
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
 
-from runly import resources
-from runly.bundle import sha256_file
-from runly.contracts import JobSpec, Scope
-from runly.local.aws import create_resources
+from runly.wire import JobSpec
+from runly_cli.embedded.aws import create_resources
+from runly_core import resources
+from runly_core.bundle import sha256_file
+from runly_core.contracts import Scope
 from tests.support.api import Answer, api_event, clear_function_caches, invoke, point_functions_at
 from tests.support.auth import as_caller
 from tests.support.bundles import make_bundle

@@ -6,9 +6,9 @@ import json
 
 import boto3
 
-from runly import resources
-from runly.contracts import RunState
-from runly.records import RunRecord, iso, utcnow
+from runly_core import resources
+from runly_core.contracts import RunState
+from runly_core.records import RunRecord, iso, utcnow
 
 
 def queued_run(names: resources.ResourceNames, run_id: str = "run_default_1") -> RunRecord:

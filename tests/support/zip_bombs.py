@@ -14,8 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from runly.bundle import write_bundle
-from runly.contracts import JobSpec
+from runly.wire import JobSpec
+from runly_core.bundle import write_bundle
 from tests.support.bundles import GREETER_SCHEMA
 
 MIB = 1024 * 1024

@@ -1,4 +1,4 @@
-"""Bundles for the tests of runly.bundle, runly.pack and the node's package cache.
+"""Bundles for the tests of runly_core.bundle, runly_cli.pack and the node's package cache.
 
 Packing examples/hello takes seconds, so it is done once per test process and
 shared; the other bundles here are made by hand in milliseconds.
@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from runly.bundle import MANIFEST_NAME, read_manifest, write_bundle
-from runly.contracts import JobSpec, PackageManifest
-from runly.pack import pack_project
+from runly.wire import JobSpec
+from runly_cli.pack import pack_project
+from runly_core.bundle import MANIFEST_NAME, read_manifest, write_bundle
+from runly_core.contracts import PackageManifest
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO_PROJECT = REPO / "examples" / "hello"

@@ -18,8 +18,8 @@ from node_agent.aws import ClaimRefused, Delivery, LeaseLost, LeaseRenewal, leas
 from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
 from node_agent.supervisor import retry_delay
-from runly.contracts import RunMessage, RunState
-from runly.records import NodeRecord, RunRecord
+from runly_core.contracts import RunMessage, RunState
+from runly_core.records import NodeRecord, RunRecord
 
 
 def _record(run_id: str) -> RunRecord:

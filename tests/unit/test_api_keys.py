@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runly.contracts import Scope
-from runly.keys import InvalidKeyRequest, hash_secret, key_id_of, new_key, secret_matches
+from runly_core.contracts import Scope
+from runly_core.keys import InvalidKeyRequest, hash_secret, key_id_of, new_key, secret_matches
 
 
 def test_a_new_key_stores_only_the_hash_of_a_secret_that_names_it() -> None:

@@ -88,7 +88,7 @@ def test_agent_log_lines_are_read_into_events() -> None:
     )
     assert fresh is not None and fresh.data == {"attempt": 1, "pid": 26088}
     host = parse_agent_line(
-        "2026-11-27 23:03:47,004 INFO node_agent.warm_hosts warm host for 0123456789ab started in 0.31 s (pid 99)"
+        "2026-11-27 23:03:47,004 INFO node_agent.fork_servers warm host for 0123456789ab started in 0.31 s (pid 99)"
     )
     assert host is not None and host.kind == "host_started" and host.data["seconds"] == 0.31
     ended = parse_agent_line("2026-11-27 23:03:47,931 INFO node_agent.supervisor run run_1 Succeeded")

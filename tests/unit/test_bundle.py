@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-import runly.bundle as bundle_module
-from runly.bundle import (
+import runly_core.bundle as bundle_module
+from runly_core.bundle import (
     MANIFEST_NAME,
     PackageError,
     check_python,
@@ -26,8 +26,8 @@ from runly.bundle import (
     verify_bundle,
     write_bundle,
 )
-from runly.contracts import PackageManifest
-from runly.resources import MAX_BUNDLE_WHEELS
+from runly_core.contracts import PackageManifest
+from runly_core.resources import MAX_BUNDLE_WHEELS
 from tests.support.zip_bombs import RawMember, bomb_bundle, stored, zeros
 from tests.unit._bundles import (
     DEMO_JOB,

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runly.bundle import MANIFEST_NAME, PackageError, extract_bundle, verify_bundle
+from runly_core.bundle import MANIFEST_NAME, PackageError, extract_bundle, verify_bundle
 from tests.unit._bundles import fake_bundle, members, rezip
 
 PROPERTY = settings(

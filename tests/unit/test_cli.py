@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from runly.cli import app
-from runly.contracts import Checkpoint, RunState
-from runly.local_run import write_checkpoint
+from runly.wire import Checkpoint
+from runly_cli.main import app
+from runly_cli.run_local import write_checkpoint
+from runly_core.contracts import RunState
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).isoformat()
@@ -344,7 +345,7 @@ def test_every_read_command_has_json() -> None:
 
 
 def test_exit_codes_map_run_states() -> None:
-    from runly.cli_common import exit_code_for
+    from runly_cli.common import exit_code_for
 
     assert [exit_code_for(state) for state in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)] == [0, 1, 3]
 
@@ -358,7 +359,7 @@ def test_ctrl_c_cancels_run_local_and_the_next_run_resumes(tmp_path: Path) -> No
 
     # Given a local run of the countdown keeping its checkpoints in a file
     checkpoint_file = tmp_path / "countdown.json"
-    command = [sys.executable, "-m", "runly.cli", "run-local", str(REPO / "examples" / "countdown"), "countdown",
+    command = [sys.executable, "-m", "runly_cli.main", "run-local", str(REPO / "examples" / "countdown"), "countdown",
                "--checkpoint-file", str(checkpoint_file), "--config"]  # fmt: skip
     env = {**os.environ, "COLUMNS": "120"}
     first = subprocess.Popen([*command, '{"count": 300, "delay": 0.02}'], env=env, stdout=subprocess.PIPE, text=True)

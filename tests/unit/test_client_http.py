@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runly.client import (
+from runly_client.client import (
     ApiConnectionError,
     AsyncRunlyClient,
     NotFound,
@@ -32,7 +32,7 @@ from runly.client import (
     ServerError,
     retry_after_seconds,
 )
-from runly.contracts import IDEMPOTENCY_KEY, EnqueueRunRequest, ErrorBody, RunState, RunView
+from runly_core.contracts import IDEMPOTENCY_KEY, EnqueueRunRequest, ErrorBody, RunState, RunView
 
 # Retries without real waiting, unless a test asks the server for a Retry-After.
 FAST = RetryPolicy(retries=3, base_delay=0.01, max_delay=0.05)
@@ -363,7 +363,7 @@ def _response(status: int, **headers: str) -> httpx.Response:
 
 
 def _get() -> Any:
-    from runly.client import _Request
+    from runly_client.client import _Request
 
     return _Request("GET", "/runs/x", lambda r: r)
 

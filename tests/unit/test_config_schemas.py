@@ -20,8 +20,8 @@ from functions.logic.config_schemas import (
     check_schema,
     validate_config,
 )
-from runly.contracts import MAX_CONFIG_BYTES
 from runly.sizes import stored_json, utf8_size
+from runly_core.contracts import MAX_CONFIG_BYTES
 from tests.support.bundles import GREETER_SCHEMA
 
 TARGET_SECONDS = 0.050

@@ -1,4 +1,4 @@
-"""Self-fencing job processes (runly.fencing): a real job process, with runly.local_run playing its agent.
+"""Self-fencing job processes (runly.fencing): a real job process, with runly_cli.run_local playing its agent.
 
 Each job appends to a ledger file (one write per line, O_APPEND, a wall time on each), the way a job sends an email:
 what is in the ledger is what a user would see. The process must write nothing after its agent hung up (100 ms)
@@ -19,11 +19,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from runly import Disposition, ItemConfig, ItemJob, Job
-from runly.contracts import RunSpec
 from runly.fencing import EXIT_AGENT_GONE, EXIT_LEASE_EXPIRED
-from runly.host import EXIT_LEASE_LOST
-from runly.local_run import LocalRun, Project
-from runly.wire import LeaseMessage
+from runly.runner import EXIT_LEASE_LOST
+from runly.wire import LeaseMessage, RunSpec
+from runly_cli.run_local import LocalRun, Project
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -221,7 +220,7 @@ def test_the_broken_pipe_exit_is_lease_lost_not_a_crash(tmp_path: Path) -> None:
     }  # fmt: skip
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "runly.host", "run"], cwd=REPO, env=env, stdout=output,
+            [sys.executable, "-u", "-m", "runly.runner", "run"], cwd=REPO, env=env, stdout=output,
             stderr=subprocess.STDOUT, pass_fds=(channel_write, ack_read),
         )  # fmt: skip
         os.close(channel_write)

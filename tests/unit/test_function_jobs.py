@@ -1,5 +1,5 @@
 """Function jobs (``@runly.job``, ``@runly.item_job``): the same config schemas, checkpoints, resume, cancellation
-and runly.testing support as class jobs, in-process and in a real job process (``python -m runly.host run``)."""
+and runly.testing support as class jobs, in-process and in a real job process (``python -m runly.runner run``)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field
 
 import runly
 from runly import Disposition, ItemConfig, ItemFailed
-from runly.contracts import RunSpec
-from runly.host import EXIT_CANCELLED, EXIT_OK, describe_jobs, load_job_class
 from runly.job import Job, JobCancelled
-from runly.local_run import LocalRun, Project
+from runly.runner import EXIT_CANCELLED, EXIT_OK, describe_jobs, load_job_class
 from runly.testing import run_job
+from runly.wire import RunSpec
+from runly_cli.run_local import LocalRun, Project
 from tests.unit.test_sdk_host import REPO, _wait_for
 
 
@@ -268,7 +268,7 @@ def test_mistakes_in_the_functions_are_reported_when_decorating() -> None:
 
 
 def _start(config: dict[str, object], *, job: str) -> LocalRun:
-    """``python -m runly.host run`` of one of this module's jobs, runly.local_run playing the agent."""
+    """``python -m runly.runner run`` of one of this module's jobs, runly_cli.run_local playing the agent."""
     spec = RunSpec(
         run_id="r1", attempt=1, package="tests", version="1", job=job, entry_point=f"{__name__}:{job}", config=config
     )

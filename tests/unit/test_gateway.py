@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from runly.local.gateway import (
+from runly_cli.embedded.gateway import (
     MAX_REQUEST_BODY_BYTES,
     Gateway,
     LocalLambdaContext,
@@ -334,7 +334,7 @@ def test_handler_failure_is_an_opaque_500(gateway: Gateway, path: str) -> None:
 
 
 def test_failure_traceback_goes_to_the_log(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("ERROR", logger="runly.local.gateway"):
+    with caplog.at_level("ERROR", logger="runly_cli.embedded.gateway"):
         call(gateway, "GET", "/boom")
 
     assert any(SECRET in (record.exc_text or "") for record in caplog.records)
@@ -467,7 +467,7 @@ def test_main_serves_until_signalled_then_exits_cleanly(tmp_path: Path, stop_sig
         [
             sys.executable,
             "-m",
-            "runly.local.gateway",
+            "runly_cli.embedded.gateway",
             "--handler",
             "tests.unit.test_gateway.echo_handler",
             "--no-authorizer",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from runly.contracts import Scope
-from runly.keys import new_key
-from runly.records import NodeRecord
-from runly.resources import ITEMS_BY_KIND
+from runly_core.contracts import Scope
+from runly_core.keys import new_key
+from runly_core.records import NodeRecord
+from runly_core.resources import ITEMS_BY_KIND
 
 
 def test_a_node_writes_its_index_attributes_even_through_the_agents_partial_update() -> None:

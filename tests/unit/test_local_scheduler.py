@@ -8,8 +8,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from runly.contracts import ScheduleFire
-from runly.local.scheduler import MAX_ATTEMPTS, Definition, LocalScheduler
+from runly_cli.embedded.scheduler import MAX_ATTEMPTS, Definition, LocalScheduler
+from runly_core.contracts import ScheduleFire
 
 T0 = datetime(2026, 3, 4, 12, 0, 0, tzinfo=UTC)
 FIRE_ARN = "arn:aws:lambda:us-east-1:123456789012:function:runly-local-schedule-fire"

@@ -1,4 +1,4 @@
-"""A bundle's manifest is read with the API's JSON limits (runly.strict_json): a hostile manifest is a
+"""A bundle's manifest is read with the API's JSON limits (runly_core.strict_json): a hostile manifest is a
 PackageError naming the bundle, never a RecursionError, a stored NaN or a lone surrogate (registration: 422)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runly.bundle import PackageError, verify_bundle
+from runly_core.bundle import PackageError, verify_bundle
 
 
 def bundle_with_manifest(tmp_path: Path, text: str) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import runly
-from runly.bundle import PackageError, check_python, read_manifest, sha256_file, verify_bundle
-from runly.pack import find_runly_source, pack_project
+from runly_cli.pack import find_runly_source, pack_project
+from runly_core.bundle import PackageError, check_python, read_manifest, sha256_file, verify_bundle
 from tests.unit._bundles import HELLO_PROJECT, REPO, packed_hello
 
 
@@ -39,11 +39,39 @@ def test_hello_packs_into_a_bundle_that_verifies_and_describes_its_job(hello_bun
 def test_the_bundle_carries_every_dependency_including_the_runly_sdk(hello_bundle: Path) -> None:
     wheels = [Path(name).name for name in read_manifest(hello_bundle).files]
 
-    for project in ("hello", "runly", "pydantic", "pydantic_core", "packaging", "typing_extensions"):
-        assert any(wheel.startswith(f"{project}-") for wheel in wheels), f"no {project} wheel in {wheels}"
+    # The job SDK depends on pydantic alone: the bundle holds the project, the SDK and pydantic's own wheels.
+    projects = {wheel.split("-")[0] for wheel in wheels}
+    assert projects == {
+        "hello",
+        "runly",
+        "pydantic",
+        "pydantic_core",
+        "annotated_types",
+        "typing_extensions",
+        "typing_inspection",
+    }, wheels
     with zipfile.ZipFile(hello_bundle) as archive:
         runly_wheel = next(n for n in archive.namelist() if Path(n).name.startswith("runly-"))
         assert runly_wheel.endswith(f"runly-{runly.__version__}-py3-none-any.whl")
+
+
+def test_the_bundled_runly_wheel_holds_the_job_sdk_and_nothing_else(hello_bundle: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(hello_bundle) as archive:
+        member = next(n for n in archive.namelist() if Path(n).name.startswith("runly-"))
+        (tmp_path / "runly.whl").write_bytes(archive.read(member))
+    with zipfile.ZipFile(tmp_path / "runly.whl") as wheel:
+        names = wheel.namelist()
+        metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry_points = [n for n in names if n.endswith("entry_points.txt")]
+
+    modules = {name for name in names if not name.startswith("runly-")}
+    # exactly the SDK's modules, as they are in the source tree: no CLI, agent, platform core or embedded stack
+    assert modules == {f"runly/{path.name}" for path in (REPO / "runly").glob("*.py")}
+    assert {"runly/job.py", "runly/items.py", "runly/runner.py", "runly/wire.py"} <= modules
+    assert [line for line in metadata.splitlines() if line.startswith("Requires-Dist")] == [
+        "Requires-Dist: pydantic<3,>=2.7"
+    ]
+    assert entry_points == []  # no console script that could not run in a bundle
 
 
 def test_requires_python_is_narrowed_to_the_interpreter_the_binary_wheels_were_built_for(hello_bundle: Path) -> None:
@@ -124,7 +152,7 @@ def test_a_project_that_does_not_build_reports_the_build_output(tmp_path: Path) 
 
 
 def test_runly_must_be_installed_from_its_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert find_runly_source() == REPO
+    assert find_runly_source() == REPO / "runly"
 
     monkeypatch.setattr(runly, "__file__", str(tmp_path / "site-packages" / "runly" / "__init__.py"))
 

@@ -14,7 +14,7 @@ import pytest
 
 import node_agent.package_cache as package_cache
 from node_agent.package_cache import InstalledPackage, PackageCache, PackageDownloadError
-from runly.bundle import PackageError, sha256_file
+from runly_core.bundle import PackageError, sha256_file
 from tests.support.zip_bombs import bomb_bundle, zeros
 from tests.unit._bundles import hello_variant, packed_hello
 

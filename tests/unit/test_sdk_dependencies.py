@@ -25,7 +25,7 @@ def test_httpx_is_an_extra_of_runly_not_a_dependency() -> None:
 
 def test_the_job_sdk_and_the_job_host_never_import_httpx() -> None:
     result = _python(
-        "import sys, runly, runly.host, runly.host_server, runly.testing, runly.items, runly.function_jobs; "
+        "import sys, runly, runly.runner, runly.fork_server, runly.testing, runly.items, runly.function_jobs; "
         "runly.job, runly.item_job, runly.Job; print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('httpx', 'httpcore', 'anyio')))"
     )
@@ -34,6 +34,6 @@ def test_the_job_sdk_and_the_job_host_never_import_httpx() -> None:
 
 
 def test_the_client_without_httpx_says_which_extra_to_install() -> None:
-    result = _python("import sys; sys.modules['httpx'] = None; import runly.client")
+    result = _python("import sys; sys.modules['httpx'] = None; import runly_client.client")
     assert result.returncode != 0
     assert "ImportError: runly's API clients need httpx: pip install 'runly[client]'" in result.stderr

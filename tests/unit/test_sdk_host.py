@@ -1,5 +1,5 @@
-"""The job process (``python -m runly.host run``) and its channel, with a fake agent on the other end
-(runly.local_run plays the agent: reads the channel, acknowledges checkpoints, sends signals)."""
+"""The job process (``python -m runly.runner run``) and its channel, with a fake agent on the other end
+(runly_cli.run_local plays the agent: reads the channel, acknowledges checkpoints, sends signals)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from runly import Disposition, ItemConfig, ItemJob
-from runly.contracts import Checkpoint, RunSpec
-from runly.host import EXIT_CANCELLED, EXIT_JOB_FAILED, EXIT_LEASE_LOST, EXIT_OK, Channel
-from runly.local_run import LocalRun, Project
+from runly.runner import EXIT_CANCELLED, EXIT_JOB_FAILED, EXIT_LEASE_LOST, EXIT_OK, Channel
+from runly.wire import Checkpoint, RunSpec
+from runly_cli.run_local import LocalRun, Project
 
 REPO = Path(__file__).resolve().parents[2]
 

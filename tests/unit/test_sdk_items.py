@@ -15,9 +15,9 @@ import pytest
 from pydantic import BaseModel, Field
 
 from runly import Disposition, ItemConfig, ItemFailed, ItemJob, Job
-from runly.contracts import Checkpoint
 from runly.job import NullChannel
 from runly.testing import JobRun, run_job
+from runly.wire import Checkpoint
 
 
 class Config(ItemConfig):

@@ -1,5 +1,5 @@
-"""Every value a job produces has a byte limit (runly.resources): the SDK refuses it in the job's code, and the
-agent's end of the channel (runly.agent_channel) refuses it again when a job bypasses the SDK, holding at most
+"""Every value a job produces has a byte limit (runly_core.resources): the SDK refuses it in the job's code, and the
+agent's end of the channel (node_agent.channel) refuses it again when a job bypasses the SDK, holding at most
 one line's limit of memory whatever the job writes."""
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import pytest
 from pydantic import BaseModel
 
 from node_agent.aws import bounded_error
-from runly import ItemConfig, ItemJob, Job, resources, sizes
-from runly.agent_channel import AgentChannel
-from runly.contracts import AttemptView, Checkpoint, FailureReason, Progress, RunSpec, RunState
-from runly.host import EXIT_JOB_FAILED, Channel
-from runly.local_run import LocalRun, Project
-from runly.records import RunRecord, iso, utcnow
+from node_agent.channel import AgentChannel
+from runly import ItemConfig, ItemJob, Job, limits, sizes
+from runly.runner import EXIT_JOB_FAILED, Channel
 from runly.testing import run_job
-from runly.wire import AckMessage, CheckpointMessage
+from runly.wire import AckMessage, Checkpoint, CheckpointMessage, Progress, RunSpec
+from runly_cli.run_local import LocalRun, Project
+from runly_core.contracts import AttemptView, FailureReason, RunState
+from runly_core.records import RunRecord, iso, utcnow
 
 REPO = Path(__file__).resolve().parents[2]
 KB = 1024
@@ -79,7 +79,7 @@ class Hostile(Job[RawConfig]):
 
 
 
-# The longest id the API makes: a 31-character environment name (runly.resources.ENVIRONMENT_NAME).
+# The longest id the API makes: a 31-character environment name (runly_core.resources.ENVIRONMENT_NAME).
 LONGEST_RUN_ID = f"run_{'e' * 31}_20260101000000_0123456789ab"
 
 def _local(job: str, config: dict[str, Any]) -> LocalRun:
@@ -109,7 +109,7 @@ def test_an_output_over_its_limit_fails_in_the_job_with_its_own_error() -> None:
     assert run.exit_code == EXIT_JOB_FAILED and run.result is None
     assert run.error is not None and run.error.type == "OutputTooLarge"
     assert sizes.LIMIT_ERRORS[run.error.type] == FailureReason.OUTPUT_TOO_LARGE
-    assert str(resources.MAX_OUTPUT_BYTES) in run.error.message
+    assert str(limits.MAX_OUTPUT_BYTES) in run.error.message
 
 
 def test_nan_in_the_output_is_a_job_failure_saying_so_not_null() -> None:
@@ -133,9 +133,9 @@ def test_a_progress_message_over_its_limit_raises_where_it_is_reported() -> None
 def test_a_huge_error_is_sent_cut_to_its_limits_keeping_both_ends_of_its_traceback() -> None:
     run = _finished(_local("Producer", {"what": "error", "size": 5 * 1024 * KB}))
     assert run.error is not None and run.error.type == "RuntimeError"
-    assert len(json.dumps(run.error.message).encode()) <= resources.MAX_ERROR_MESSAGE_BYTES
+    assert len(json.dumps(run.error.message).encode()) <= limits.MAX_ERROR_MESSAGE_BYTES
     assert run.error.message.startswith("eeee") and run.error.message.endswith("[truncated]")
-    assert len(json.dumps(run.error.traceback).encode()) <= resources.MAX_ERROR_DETAIL_BYTES
+    assert len(json.dumps(run.error.traceback).encode()) <= limits.MAX_ERROR_DETAIL_BYTES
     # Its start and its end: where it was raised, and the exception
     assert run.error.traceback.startswith("Traceback") and "in run" in run.error.traceback
     assert run.error.traceback.rstrip().endswith("eee") and "[truncated]" in run.error.traceback
@@ -160,12 +160,12 @@ class ManyCategories(ItemJob[CategoriesConfig, int]):
 def test_failure_categories_are_bounded_in_number_and_length_and_still_add_up() -> None:
     run = run_job(ManyCategories, {"count": 1000})
     counts = run.counts.failed_by_category
-    assert len(counts) == resources.MAX_CATEGORIES
-    assert sum(counts.values()) == 1000 and counts[resources.OTHER_CATEGORY] == 1000 - (resources.MAX_CATEGORIES - 1)
-    assert all(len(json.dumps(name).encode()) <= resources.MAX_CATEGORY_BYTES for name in counts)
+    assert len(counts) == limits.MAX_CATEGORIES
+    assert sum(counts.values()) == 1000 and counts[limits.OTHER_CATEGORY] == 1000 - (limits.MAX_CATEGORIES - 1)
+    assert all(len(json.dumps(name).encode()) <= limits.MAX_CATEGORY_BYTES for name in counts)
     # The progress and the checkpoint that carry them fit their limits
     assert run.progress and all(sizes.progress_json(p) for p in run.progress)
-    assert len(sizes.checkpoint_json(run.checkpoints[-1]).encode()) <= resources.MAX_CHECKPOINT_BYTES
+    assert len(sizes.checkpoint_json(run.checkpoints[-1]).encode()) <= limits.MAX_CHECKPOINT_BYTES
 
 
 def test_the_agent_refusing_a_checkpoint_for_its_size_raises_that_not_a_lost_lease() -> None:
@@ -240,7 +240,7 @@ def test_a_150_mb_line_costs_the_agent_no_more_than_the_line_limit_and_fails_the
         finally:
             tracemalloc.stop()
     # Then the reader never held more than the line limit (and a read), not the line
-    assert peak < resources.MAX_CHANNEL_MESSAGE_BYTES + 4 * 1024 * KB, peak
+    assert peak < limits.MAX_CHANNEL_MESSAGE_BYTES + 4 * 1024 * KB, peak
     assert channel.violation is not None and channel.violation.reason is FailureReason.OUTPUT_TOO_LARGE
     # And nothing the job sent after it counts
     assert channel.result is None
@@ -259,7 +259,7 @@ def test_a_checkpoint_within_the_line_but_over_its_limit_in_bytes_is_refused_by_
         # 154,000 characters of two bytes: 308,000 bytes, over MAX_CHECKPOINT_BYTES, in a line within the channel's
         state = "é" * 154_000
         line = CheckpointMessage(seq=1, watermark=3, state=state).model_dump_json()
-        assert len(line.encode()) <= resources.MAX_CHANNEL_MESSAGE_BYTES
+        assert len(line.encode()) <= limits.MAX_CHANNEL_MESSAGE_BYTES
         _send(fd, line + "\n")
         ack = AckMessage.model_validate_json(acks.readline())
     assert not ack.ok and ack.reason == FailureReason.CHECKPOINT_TOO_LARGE.value
@@ -348,8 +348,9 @@ def _config_json_at_the_limit() -> str:
     """The config_json the API writes for the largest config it accepts, of two-byte characters (which an
     ASCII-escaping encoder would store as six)."""
     from functions.logic.runs import check_config_size, new_run
-    from runly.contracts import MAX_CONFIG_BYTES, EnqueueRunRequest, JobSpec
-    from runly.records import PackageRecord
+    from runly.wire import JobSpec
+    from runly_core.contracts import MAX_CONFIG_BYTES, EnqueueRunRequest
+    from runly_core.records import PackageRecord
 
     config = {"c": "é" * ((MAX_CONFIG_BYTES - 8) // 2)}
     check_config_size(config)  # accepted by the API
@@ -360,54 +361,54 @@ def _config_json_at_the_limit() -> str:
 
 
 def test_the_api_stores_a_config_as_it_measured_it() -> None:
-    from runly.contracts import MAX_CONFIG_BYTES
+    from runly_core.contracts import MAX_CONFIG_BYTES
 
     assert MAX_CONFIG_BYTES - 16 <= len(_config_json_at_the_limit().encode()) <= MAX_CONFIG_BYTES
 
 
 def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_item_limit() -> None:
     now = utcnow()
-    long_error = "€" * (resources.MAX_ATTEMPT_ERROR_BYTES * 2)
+    long_error = "€" * (limits.MAX_ATTEMPT_ERROR_BYTES * 2)
     error = bounded_error(
         {"reason": "user_error", "message": "\x01€" * 10_000, "type": "T" * 1000, "traceback": '"€' * 50_000}
     )
     progress = Progress(
         total=10**15, succeeded=10**15, failed=10**15, message="€" * 341,
-        failed_by_category={f"{i:02d}" + "€" * 41: 10**15 for i in range(resources.MAX_CATEGORIES)},
+        failed_by_category={f"{i:02d}" + "€" * 41: 10**15 for i in range(limits.MAX_CATEGORIES)},
     )  # fmt: skip
     record = RunRecord(
         run_id=LONGEST_RUN_ID, state=RunState.FAILED, package="p" * 100, version="1" * 64, job="j" * 128,
         entry_point="e" * 256, environment="e" * 31, config_json=_config_json_at_the_limit(), timeout_seconds=604800,
         max_attempts=10, bundle_key="k" * 300, bundle_sha256="0" * 64, created_at=iso(now), started_at=iso(now),
-        finished_at=iso(now), attempt=resources.MAX_RECORDED_ATTEMPTS, requeued_from=LONGEST_RUN_ID,
+        finished_at=iso(now), attempt=limits.MAX_RECORDED_ATTEMPTS, requeued_from=LONGEST_RUN_ID,
         retry_at=iso(now), schedule_id="s" * 64,
         attempts=[
             AttemptView(number=n, node_id="n" * 128, started_at=now, ended_at=now, outcome=RunState.QUEUED,
                         reason=FailureReason.CHECKPOINT_TOO_LARGE,
-                        error=sizes.truncate_utf8(long_error, resources.MAX_ATTEMPT_ERROR_BYTES))
-            for n in range(1, resources.MAX_RECORDED_ATTEMPTS + 1)
+                        error=sizes.truncate_utf8(long_error, limits.MAX_ATTEMPT_ERROR_BYTES))
+            for n in range(1, limits.MAX_RECORDED_ATTEMPTS + 1)
         ],
-        output_json="€" * (resources.MAX_OUTPUT_BYTES // 3),
+        output_json="€" * (limits.MAX_OUTPUT_BYTES // 3),
         error_json=sizes.stored_json(error),
         progress_json=sizes.progress_json(progress),
     )  # fmt: skip
-    assert len(record.error_json.encode()) <= resources.MAX_ERROR_BYTES  # type: ignore[union-attr]
+    assert len(record.error_json.encode()) <= limits.MAX_ERROR_BYTES  # type: ignore[union-attr]
     item = record.api_item()
     size = sum(len(name.encode()) + _dynamodb_size(value) for name, value in item.items())
-    print(f"worst-case run item: {size} bytes of {resources.DYNAMODB_MAX_ITEM_BYTES}")
-    assert size <= 0.75 * resources.DYNAMODB_MAX_ITEM_BYTES, size
+    print(f"worst-case run item: {size} bytes of {limits.DYNAMODB_MAX_ITEM_BYTES}")
+    assert size <= 0.75 * limits.DYNAMODB_MAX_ITEM_BYTES, size
     # And every limit fits in one channel line, so a value within its limit always reaches the agent
-    assert resources.MAX_CHANNEL_MESSAGE_BYTES > max(
-        resources.MAX_OUTPUT_BYTES, resources.MAX_CHECKPOINT_BYTES, resources.MAX_ERROR_BYTES
+    assert limits.MAX_CHANNEL_MESSAGE_BYTES > max(
+        limits.MAX_OUTPUT_BYTES, limits.MAX_CHECKPOINT_BYTES, limits.MAX_ERROR_BYTES
     )
 
 
 def test_stored_json_counts_bytes_not_characters() -> None:
-    text = "€" * (resources.MAX_OUTPUT_BYTES // 3 + 1)  # fewer characters than the limit, more bytes
-    assert len(text) < resources.MAX_OUTPUT_BYTES
+    text = "€" * (limits.MAX_OUTPUT_BYTES // 3 + 1)  # fewer characters than the limit, more bytes
+    assert len(text) < limits.MAX_OUTPUT_BYTES
     with pytest.raises(sizes.OutputTooLarge):
         sizes.output_json(text)
-    assert sizes.output_json("€" * (resources.MAX_OUTPUT_BYTES // 3 - 2))
+    assert sizes.output_json("€" * (limits.MAX_OUTPUT_BYTES // 3 - 2))
 
 
 def test_truncation_keeps_whole_characters_and_drops_lone_surrogates() -> None:
@@ -436,12 +437,12 @@ def test_a_job_log_of_one_long_line_is_shipped_a_chunk_at_a_time(tmp_path: Path)
         tracemalloc.stop()
     # Then it goes in chunks of LOG_CHUNK_BYTES, and the agent held about one of them, not the line
     assert shipped == 40 * 1024 * KB + 1
-    assert max(size for _, size in uploads) == resources.LOG_CHUNK_BYTES and len(uploads) == 41
-    assert peak < 3 * resources.LOG_CHUNK_BYTES, peak
+    assert max(size for _, size in uploads) == limits.LOG_CHUNK_BYTES and len(uploads) == 41
+    assert peak < 3 * limits.LOG_CHUNK_BYTES, peak
 
 
 def test_bounded_lines_cut_only_lines_over_the_limit_wherever_the_reads_split_them() -> None:
-    from runly.agent_channel import READ_BYTES, bounded_lines
+    from node_agent.channel import READ_BYTES, bounded_lines
 
     limit = 100_000
     at_limit = b"a" * limit

@@ -1,4 +1,4 @@
-"""runly.strict_json: what the API accepts as a JSON body, and what it refuses naming where."""
+"""runly_core.strict_json: what the API accepts as a JSON body, and what it refuses naming where."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runly.strict_json import MAX_JSON_DEPTH, MAX_JSON_INTEGER, MIN_JSON_INTEGER, JsonRefused, loads
+from runly_core.strict_json import MAX_JSON_DEPTH, MAX_JSON_INTEGER, MIN_JSON_INTEGER, JsonRefused, loads
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The dashboard: a single page served by the API function itself, and ``GET /me``, which the page asks first.
 
 The page and its assets (``functions/dashboard/``: plain ES modules and CSS, no build step, nothing from a CDN)
-are open routes (``runly.resources.OPEN_ROUTES``): they hold no data. The page calls this very API with the key its
+are open routes (``runly_core.resources.OPEN_ROUTES``): they hold no data. The page calls this very API with the key its
 user enters, so a ``read`` key sees everything read-only and a ``write`` or ``admin`` key may also act.
 """
 
@@ -18,7 +18,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from functions.api.auth import require
 from functions.api.openapi import declare
 from functions.logic.errors import NotFound
-from runly.contracts import KeyIdentity, Scope
+from runly_core.contracts import KeyIdentity, Scope
 
 router = APIGatewayHttpRouter()
 

@@ -14,8 +14,8 @@ from functions.api.observability import count
 from functions.api.openapi import declare
 from functions.api.routers.packages import PackageNamePath
 from functions.logic import pins
-from runly.contracts import Pin, PinList, PinRequest, Scope, normalize_package_name
-from runly.resources import ENVIRONMENT_NAME
+from runly_core.contracts import Pin, PinList, PinRequest, Scope, normalize_package_name
+from runly_core.resources import ENVIRONMENT_NAME
 
 router = APIGatewayHttpRouter()
 

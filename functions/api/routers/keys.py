@@ -8,7 +8,7 @@ from functions.api.dependencies import environments, key_store
 from functions.api.observability import count
 from functions.api.openapi import declare
 from functions.logic import keys
-from runly.contracts import CreatedKey, CreateKeyRequest, KeyList, Scope
+from runly_core.contracts import CreatedKey, CreateKeyRequest, KeyList, Scope
 
 router = APIGatewayHttpRouter()
 

@@ -10,8 +10,8 @@ from functions.api.dependencies import node_store
 from functions.api.observability import count
 from functions.api.openapi import declare
 from functions.logic import nodes
-from runly.contracts import NodeList, NodeView, Scope
-from runly.resources import ENVIRONMENT_NAME
+from runly_core.contracts import NodeList, NodeView, Scope
+from runly_core.resources import ENVIRONMENT_NAME
 
 router = APIGatewayHttpRouter()
 

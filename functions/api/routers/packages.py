@@ -10,7 +10,7 @@ from functions.api.dependencies import services
 from functions.api.observability import count
 from functions.api.openapi import declare
 from functions.logic import packages
-from runly.contracts import (
+from runly_core.contracts import (
     PackageSummaryList,
     PackageVersionList,
     PackageVersionView,

@@ -15,9 +15,9 @@ from functions.api.openapi import declare, errors
 from functions.logic import run_batches, run_logs, runs
 from functions.logic.errors import BadRequest
 from functions.logic.run_search import RunSearch, search_runs
-from runly.contracts import (
+from runly.wire import JOB_NAME
+from runly_core.contracts import (
     IDEMPOTENCY_KEY,
-    JOB_NAME,
     SCHEDULE_ID,
     EnqueueBatchRequest,
     EnqueueBatchResponse,
@@ -29,7 +29,7 @@ from runly.contracts import (
     RunView,
     Scope,
 )
-from runly.resources import ENVIRONMENT_NAME
+from runly_core.resources import ENVIRONMENT_NAME
 
 router = APIGatewayHttpRouter()
 

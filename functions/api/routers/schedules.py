@@ -12,7 +12,7 @@ from functions.api.dependencies import schedule_store, scheduler, services
 from functions.api.observability import count
 from functions.api.openapi import declare
 from functions.logic import schedules
-from runly.contracts import (
+from runly_core.contracts import (
     SCHEDULE_ID,
     CreateScheduleRequest,
     ScheduleList,
@@ -20,7 +20,7 @@ from runly.contracts import (
     Scope,
     UpdateScheduleRequest,
 )
-from runly.resources import ENVIRONMENT_NAME
+from runly_core.resources import ENVIRONMENT_NAME
 
 router = APIGatewayHttpRouter()
 

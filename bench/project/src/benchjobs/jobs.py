@@ -20,7 +20,7 @@ from runly.job import Disposition, JobChannel, JobContext
 if TYPE_CHECKING:
     from runly.wire import Progress
 
-IMPORTED_AT = time.time()  # the job process has started and imported runly.host and this module
+IMPORTED_AT = time.time()  # the job process has started and imported runly.runner and this module
 
 
 def note(path: str, line: str) -> None:

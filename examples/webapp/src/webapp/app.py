@@ -27,8 +27,8 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from runly.client import ApiError, AsyncRunlyClient
-from runly.contracts import EnqueueRunRequest, RunView
+from runly_client.client import ApiError, AsyncRunlyClient
+from runly_core.contracts import EnqueueRunRequest, RunView
 
 PACKAGE, JOB = "tally", "primes"
 

@@ -1,0 +1,1 @@
+"""The `runly` command: authoring, packing, publishing, following runs, and the embedded stack."""

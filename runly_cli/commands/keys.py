@@ -1,0 +1,97 @@
+"""``runly keys``: the first admin key of a fresh deployment.
+
+Every API call needs a key, and keys are created over the API by an admin key: the first admin key therefore
+comes from outside the API. ``runly keys bootstrap`` writes it straight to the deployment's DynamoDB table with
+the caller's AWS credentials (whoever may write that table may do anything anyway) and prints its secret once.
+The embedded stack makes its admin key with the same function.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from runly_core.contracts import Scope
+from runly_core.keys import BOOTSTRAP_CREATOR, new_key
+from runly_core.records import KEY_KIND, KeyRecord
+from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: bootstrap the first admin key of a deployment.")
+
+BOOTSTRAP_KEY_NAME = "bootstrap admin"
+
+
+class AdminKeyExists(Exception):
+    def __init__(self, key_ids: list[str]) -> None:
+        super().__init__(f"active admin keys already exist: {', '.join(key_ids)}")
+        self.key_ids = key_ids
+
+
+def active_admin_keys(table: Any) -> list[KeyRecord]:
+    from boto3.dynamodb.conditions import Key
+
+    records: list[KeyRecord] = []
+    query: dict[str, Any] = {
+        "IndexName": ITEMS_BY_KIND.name,
+        "KeyConditionExpression": Key(ITEMS_BY_KIND.partition_key).eq(KEY_KIND),
+    }
+    while True:
+        page = table.query(**query)
+        records.extend(KeyRecord.model_validate(item) for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            break
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return [record for record in records if record.scope is Scope.ADMIN and record.active]
+
+
+def bootstrap_admin_key(
+    table_name: str, *, dynamodb: Any = None, name: str = BOOTSTRAP_KEY_NAME, force: bool = False
+) -> tuple[KeyRecord, str]:
+    """Write a new admin key to the table; returns its record and its secret (not stored anywhere).
+
+    Refuses (AdminKeyExists) when an active admin key exists, unless ``force``: a second admin key is then
+    made beside the others, none is revoked. ``dynamodb`` is a boto3 DynamoDB service resource (default: from
+    the caller's AWS configuration).
+    """
+    if dynamodb is None:
+        import boto3
+
+        dynamodb = boto3.resource("dynamodb")
+    table = dynamodb.Table(table_name)
+    if not force:
+        existing = active_admin_keys(table)
+        if existing:
+            raise AdminKeyExists([record.key_id for record in existing])
+    record, secret = new_key(name=name, scope=Scope.ADMIN, environment=None, created_by=BOOTSTRAP_CREATOR)
+    table.put_item(Item=record.to_item(), ConditionExpression=f"attribute_not_exists({PARTITION_KEY})")
+    return record, secret
+
+
+@keys_app.command("bootstrap")
+def bootstrap(
+    table: Annotated[str, typer.Option(help="the deployment's DynamoDB table (the stack's TableName output)")],
+    force: Annotated[bool, typer.Option(help="make another admin key even if one exists")] = False,
+    name: Annotated[str, typer.Option(help="what the key is for")] = BOOTSTRAP_KEY_NAME,
+    region: Annotated[str | None, typer.Option(help="AWS region of the table (default: your AWS config)")] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="DynamoDB endpoint (local testing)")] = None,
+) -> None:
+    """Create the first admin key of a deployment with your AWS credentials; prints its secret once."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        record, secret = bootstrap_admin_key(
+            table,
+            dynamodb=boto3.resource("dynamodb", region_name=region, endpoint_url=endpoint_url),
+            name=name,
+            force=force,
+        )
+    except AdminKeyExists as exc:
+        typer.echo(f"refused: {exc}. Create more keys with an admin key (POST /keys), or pass --force.", err=True)
+        raise typer.Exit(1) from exc
+    except (BotoCoreError, ClientError) as exc:
+        typer.echo(f"could not write the key to table {table!r}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"admin key {record.key_id} created; its secret (shown this once, keep it safe):", err=True)
+    typer.echo(secret)

@@ -1,0 +1,11 @@
+"""runly's platform core, shared by the Lambda functions, the node agent, the client and the CLI.
+
+- ``contracts``: the API's request and response models;
+- ``records``: the items stored in the table, and the names of their attributes;
+- ``resources``: names and settings of the AWS resources (the CDK stack and the embedded stack read both);
+- ``bundle``: the package format a node installs offline;
+- ``keys``: API keys' format and hashing; ``strict_json``: the JSON every request body is parsed as;
+  ``schedule_expression``: cron and rate expressions; ``backoff``: the one retry delay formula.
+"""
+
+__version__ = "0.1.0"

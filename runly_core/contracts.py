@@ -1,0 +1,526 @@
+"""Wire contracts shared by the API functions, the node agent, the SDK and the CLI.
+
+Everything that crosses a process boundary (HTTP bodies, SQS messages, the
+package manifest, the job process channel) is one of these models.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from packaging.version import InvalidVersion, Version
+from pydantic import AfterValidator, BaseModel, Field
+
+from runly.wire import (
+    JOB_NAME,
+    Checkpoint,
+    JobSpec,
+    Progress,
+    Strict,
+)
+from runly_core.resources import ENVIRONMENT_NAME
+
+PACKAGE_NAME = r"^[a-z0-9]([a-z0-9._-]{0,98}[a-z0-9])?$"
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+def _pep440(value: str) -> str:
+    try:
+        return str(Version(value))
+    except InvalidVersion as exc:
+        raise ValueError(f"{value!r} is not a PEP 440 version") from exc
+
+
+def _environment(value: str) -> str:
+    if not ENVIRONMENT_NAME.match(value):
+        raise ValueError(f"must match {ENVIRONMENT_NAME.pattern}")
+    return value
+
+
+def normalize_package_name(name: str) -> str:
+    """PEP 503 normalisation: the feed knows ``My_Pkg`` and ``my-pkg`` as one package."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+PackageVersion = Annotated[str, AfterValidator(_pep440)]
+PackageName = Annotated[str, AfterValidator(normalize_package_name), Field(pattern=PACKAGE_NAME)]
+EnvironmentName = Annotated[str, AfterValidator(_environment)]
+Sha256 = Annotated[str, Field(pattern=SHA256_HEX, description="lower-case hex SHA-256")]
+
+
+class RunState(StrEnum):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    CANCELLING = "Cancelling"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    TIMED_OUT = "TimedOut"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT})
+
+
+class Scope(StrEnum):
+    """What an API key may do. admin > write > read; node keys act for one environment's agents."""
+
+    ADMIN = "admin"
+    WRITE = "write"  # enqueue, cancel, requeue, push packages (and read)
+    READ = "read"  # read-only: safe to embed in a page (Runly's publishable key)
+    NODE = "node"
+
+
+class FailureReason(StrEnum):
+    """Why an attempt ended without success; retry rules are keyed by it."""
+
+    USER_ERROR = "user_error"  # the job raised
+    PROCESS_CRASH = "process_crash"  # the job process died (signal, OOM, non-zero exit without a result)
+    NODE_LOST = "node_lost"  # the lease expired with no owner
+    LEASE_EXPIRED = "lease_expired"  # the job stopped itself: no lease renewal reached it in time (runly.fencing)
+    PACKAGE_ERROR = "package_error"  # download, verification or install failed: not retried
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    DEAD_LETTER = "dead_letter"  # its message was received too often without an outcome (poison)
+    # A value the job produced is over its byte limit (runly_core.resources, checked by runly.sizes): not retried.
+    OUTPUT_TOO_LARGE = "output_too_large"
+    CHECKPOINT_TOO_LARGE = "checkpoint_too_large"
+    PROGRESS_TOO_LARGE = "progress_too_large"
+    MESSAGE_TOO_LARGE = "message_too_large"  # a line on the job's channel over MAX_CHANNEL_MESSAGE_BYTES
+    MEMORY_LIMIT = "memory_limit"  # the run went over its memory limit (RUNLY_MEMORY_LIMIT_BYTES, memory_limit_mb)
+
+
+# ---------------------------------------------------------------- packages
+
+
+class PackageManifest(Strict):
+    """``manifest.json`` at the root of a bundle."""
+
+    format: Literal[1] = 1
+    name: PackageName
+    version: PackageVersion
+    requires_python: str | None = None
+    project_wheel: str = Field(description="file name (under wheels/) of the job project's own wheel")
+    jobs: list[JobSpec] = Field(min_length=1)
+    files: dict[str, Sha256] = Field(description="path inside the bundle -> SHA-256 of that file")
+
+
+class UploadRequest(Strict):
+    name: PackageName
+    version: PackageVersion
+    sha256: Sha256
+    size: int = Field(gt=0, description="bundle size in bytes")
+
+
+class UploadTicket(BaseModel):
+    url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str]
+    key: str
+    expires_at: datetime
+
+
+class RegisterPackageRequest(Strict):
+    name: PackageName
+    version: PackageVersion
+    sha256: Sha256
+    size: int = Field(gt=0)
+
+
+class PackageVersionView(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    size: int
+    key: str
+    requires_python: str | None
+    jobs: list[JobSpec]
+    created_at: datetime
+
+
+# ---------------------------------------------------------------- runs
+
+
+class EnqueueRunRequest(Strict):
+    package: PackageName
+    job: str = Field(pattern=JOB_NAME)
+    config: dict[str, Any] = Field(default_factory=dict)
+    environment: EnvironmentName = "default"
+    version: PackageVersion | None = Field(default=None, description="exact version; newest when omitted")
+    timeout_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+
+
+class AttemptView(BaseModel):
+    number: int
+    node_id: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome: RunState | None = None
+    reason: FailureReason | None = None
+    error: str | None = None
+
+
+class RunError(BaseModel):
+    reason: FailureReason
+    message: str
+    type: str | None = None
+    traceback: str | None = None
+
+
+class RunView(BaseModel):
+    id: str
+    state: RunState
+    package: str
+    version: str
+    job: str
+    environment: str
+    config: dict[str, Any]
+    timeout_seconds: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: list[AttemptView] = Field(default_factory=list)
+    output: Any = None
+    error: RunError | None = None
+    progress: Progress | None = None
+    checkpoint: Checkpoint | None = None
+    queued_reason: str | None = Field(default=None, description="why a Queued run has not started yet")
+    requeued_from: str | None = Field(default=None, description="the run this one is a requeue of")
+    schedule_id: str | None = Field(default=None, description="the schedule that enqueued it, if one did")
+
+
+class RunMessage(BaseModel):
+    """The body of the SQS message that dispatches a run."""
+
+    format: Literal[1] = 1
+    run_id: str
+    environment: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of the HTTP API."""
+
+    code: str
+    message: str
+    field: str | None = None
+    correlation_id: str | None = None
+
+
+# ---------------------------------------------------------------- API keys
+
+KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,99}$"
+
+
+class CreateKeyRequest(Strict):
+    name: str = Field(pattern=KEY_NAME, description="what the key is for, e.g. 'ci pipeline' or 'node eu-1'")
+    scope: Scope
+    environment: EnvironmentName | None = Field(
+        default=None, description="required for scope node (the one environment its agents join); else absent"
+    )
+
+
+class KeyView(BaseModel):
+    """An API key as listed: never its secret (only a hash of it is stored)."""
+
+    id: str
+    name: str
+    scope: Scope
+    environment: str | None = None
+    prefix: str = Field(description="the start of the secret (rly_<id>_), to recognise a key without revealing it")
+    created_at: datetime
+    created_by: str = Field(description="id of the key that created it, or 'bootstrap'")
+    revoked_at: datetime | None = None
+
+
+class CreatedKey(KeyView):
+    secret: str = Field(description="the key itself: send it as 'Authorization: Bearer <secret>'; shown only once")
+
+
+class KeyList(BaseModel):
+    items: list[KeyView]
+
+
+# ---------------------------------------------------------------- nodes
+
+
+class NodeStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class NodeView(BaseModel):
+    """A node agent as it last reported itself.
+
+    ``status`` is ``online`` while the node's registration is unexpired (``expires_at`` in the future): the agent
+    pushes ``expires_at`` forward on every heartbeat, so a node that stops heartbeating turns ``offline`` once it
+    passes, and DynamoDB's TTL later removes the record.
+    """
+
+    id: str
+    host: str
+    environment: str
+    status: NodeStatus
+    state: str = Field(description="the agent's own state (starting, idle, busy, draining...)")
+    capacity: int = Field(description="how many runs it takes at once")
+    running: list[str] = Field(description="ids of the runs it is running")
+    agent_version: str
+    started_at: datetime
+    last_seen: datetime
+    expires_at: datetime = Field(description="online until then unless it heartbeats again")
+    drain_requested: bool
+
+
+class NodeList(BaseModel):
+    items: list[NodeView]
+
+
+# ---------------------------------------------------------------- feed listing, pins, run search, logs
+# (API issue 3: appended; the models above keep their order.)
+
+IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_CONFIG_BYTES = 64 * 1024  # a run's config, as compact JSON; larger inputs belong in S3 and the config names them
+
+
+class PackageSummary(BaseModel):
+    name: str
+    latest_version: str = Field(description="the newest final release by PEP 440 (the newest pre-release if none)")
+    version_count: int
+    updated_at: datetime = Field(description="when a version of it was last registered")
+
+
+class PackageSummaryList(BaseModel):
+    items: list[PackageSummary]
+
+
+class PackageVersionList(BaseModel):
+    items: list[PackageVersionView] = Field(description="newest first, by PEP 440 ordering")
+
+
+class PinRequest(Strict):
+    specifier: str = Field(
+        min_length=1, max_length=256, description="a PEP 440 version specifier, e.g. '>=1.2,<2' or '==1.4.*'"
+    )
+
+
+class Pin(BaseModel):
+    """Which versions of a package an environment runs when a run names no version."""
+
+    environment: str
+    package: str
+    specifier: str
+    updated_at: datetime
+    updated_by: str | None = Field(default=None, description="the API key that set it")
+
+
+class PinList(BaseModel):
+    items: list[Pin]
+
+
+class RequeueRunRequest(Strict):
+    resume: bool = Field(
+        default=False, description="start from the original run's last checkpoint (from scratch if it has none)"
+    )
+
+
+class RunPage(BaseModel):
+    items: list[RunView] = Field(description="newest first")
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page; null at the end")
+
+
+class LogPage(BaseModel):
+    run_id: str
+    attempt: int = Field(description="the attempt whose output this is (0: the run has not started)")
+    text: str
+    next_cursor: str | None = Field(
+        default=None, description="pass as ?cursor= for what follows; null only when complete"
+    )
+    complete: bool = Field(
+        description="every chunk of this attempt has been read and no more will come (the attempt or the run ended)"
+    )
+
+
+# ---------------------------------------------------------------- run events, node credentials
+# (infrastructure issue 6: appended; the models above keep their order.)
+
+RUN_EVENT_SOURCE = "runly"
+RUN_STATE_CHANGED = "Run State Changed"  # the EventBridge detail-type
+
+
+class RunStateChanged(BaseModel):
+    """The ``detail`` of a ``Run State Changed`` event on the runly bus (source ``runly``), one per state a run
+    enters. Delivery is at least once and not ordered: order by ``occurred_at``, de-duplicate by
+    (``run_id``, ``state``, ``attempt``)."""
+
+    run_id: str
+    environment: str
+    package: str
+    version: str
+    job: str
+    previous_state: RunState | None = Field(description="null when the run was just created")
+    state: RunState
+    attempt: int = Field(description="the attempt number (0 before the first attempt started)")
+    occurred_at: datetime = Field(description="when the change was written (the table stream's clock, in seconds)")
+
+
+class NodeCredentials(BaseModel):
+    """Short-lived AWS credentials for an on-premises node (``POST /nodes/credentials`` with a node key),
+    limited to its environment's queue, the feed and the run and node items. Refresh before ``expiration``."""
+
+    environment: str
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: datetime
+
+
+# ---------------------------------------------------------------- the calling key
+# (dashboard issue 8: appended; the models above keep their order.)
+
+
+class KeyIdentity(BaseModel):
+    """``GET /me``: the key a request was made with, so a client (the dashboard) knows what it may do."""
+
+    key_id: str
+    scope: Scope = Field(description="admin > write > read; node keys read their environment only")
+    environment: str | None = Field(default=None, description="node keys only: the environment they act for")
+
+
+# ---------------------------------------------------------------- schedules
+# (infrastructure issue 6, schedules: appended; the models above keep their order.)
+
+SCHEDULE_ID = r"^[A-Za-z0-9_.-]{1,64}$"  # also the EventBridge Scheduler schedule's name
+SCHEDULE_EXPRESSION_DOC = (
+    "EventBridge Scheduler syntax: `cron(minutes hours day-of-month month day-of-week year)` (one of day-of-month "
+    "and day-of-week is `?`; day-of-week 1-7 from Sunday or SUN-SAT; `L`, `LW` and `#` supported, `W` after a day "
+    "not) or `rate(value minute|minutes|hour|hours|day|days)` (first fire one interval after it is set)"
+)
+# Context attributes that EventBridge Scheduler fills into a target's input on each invocation.
+SCHEDULED_TIME_ATTRIBUTE = "<aws.scheduler.scheduled-time>"
+EXECUTION_ID_ATTRIBUTE = "<aws.scheduler.execution-id>"
+ATTEMPT_NUMBER_ATTRIBUTE = "<aws.scheduler.attempt-number>"
+
+
+class CreateScheduleRequest(EnqueueRunRequest):
+    """A job template (the run it enqueues: the fields of ``POST /runs``) and when to enqueue it."""
+
+    name: str = Field(pattern=KEY_NAME, description="what the schedule is for, e.g. 'nightly report'")
+    expression: str = Field(min_length=1, max_length=256, description=SCHEDULE_EXPRESSION_DOC)
+    timezone: str = Field(
+        default="UTC", min_length=1, max_length=64, description="IANA time zone the expression is read in"
+    )
+    enabled: bool = True
+
+    def run_request(self) -> EnqueueRunRequest:
+        """The run each fire enqueues."""
+        return EnqueueRunRequest.model_validate(self.model_dump(include=set(EnqueueRunRequest.model_fields)))
+
+
+class UpdateScheduleRequest(Strict):
+    """``PATCH /schedules/{id}``: the fields given change, the others stay. Null leaves a field as it is, except
+    ``version``, where null means "the newest version the environment's pin allows"."""
+
+    name: str | None = Field(default=None, pattern=KEY_NAME)
+    config: dict[str, Any] | None = None
+    version: PackageVersion | None = None
+    timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    max_attempts: int | None = Field(default=None, ge=1, le=10)
+    expression: str | None = Field(default=None, min_length=1, max_length=256, description=SCHEDULE_EXPRESSION_DOC)
+    timezone: str | None = Field(default=None, min_length=1, max_length=64)
+    enabled: bool | None = None
+
+
+class ScheduleView(BaseModel):
+    id: str
+    name: str
+    package: str
+    job: str
+    config: dict[str, Any]
+    environment: str
+    version: str | None = Field(description="the version each run gets; null: the newest the pin allows then")
+    timeout_seconds: int
+    max_attempts: int
+    expression: str = Field(description="as EventBridge Scheduler has it (canonical spelling)")
+    timezone: str
+    enabled: bool
+    next_fire_times: list[datetime] = Field(description="the next times it fires (at most 5; none when disabled)")
+    created_at: datetime
+    created_by: str = Field(description="the API key that created it")
+    updated_at: datetime
+    last_fired_at: datetime | None = Field(
+        default=None, description="the scheduled time of the last fire that enqueued a run"
+    )
+    last_run_id: str | None = Field(default=None, description="the run that fire enqueued")
+    last_error: str | None = Field(
+        default=None,
+        description="why the last fire enqueued nothing (e.g. the package version no longer resolves); cleared by "
+        "the next fire that enqueues",
+    )
+    last_error_at: datetime | None = None
+
+
+class ScheduleList(BaseModel):
+    items: list[ScheduleView]
+
+
+class ScheduleFire(BaseModel):
+    """What EventBridge Scheduler sends the fire function: the target's input (``schedule_input``) with the
+    context attributes filled in. ``scheduled_time`` makes each fire idempotent: a retried invocation carries it
+    again and enqueues nothing more."""
+
+    schedule_id: str = Field(pattern=SCHEDULE_ID)
+    scheduled_time: datetime
+    execution_id: str | None = None
+    attempt: int | None = Field(default=None, ge=1)
+
+    @staticmethod
+    def input_template(schedule_id: str) -> str:
+        """The target input a schedule is created with; EventBridge Scheduler substitutes the attributes."""
+        return json.dumps(
+            {
+                "schedule_id": schedule_id,
+                "scheduled_time": SCHEDULED_TIME_ATTRIBUTE,
+                "execution_id": EXECUTION_ID_ATTRIBUTE,
+                "attempt": ATTEMPT_NUMBER_ATTRIBUTE,
+            }
+        )
+
+
+# ---------------------------------------------------------------- batch enqueue (POST /runs/batch)
+
+MAX_BATCH_RUNS = 100
+
+
+class EnqueueBatchItem(EnqueueRunRequest):
+    """One run of a batch: the body of ``POST /runs``, plus that request's Idempotency-Key header as a field."""
+
+    idempotency_key: str | None = Field(
+        default=None,
+        pattern=IDEMPOTENCY_KEY,
+        description="as the Idempotency-Key header of POST /runs: the same key and run give the same run (24 h, "
+        "per API key); a key POST /runs used names the same run here, and the other way round",
+    )
+
+    def run_request(self) -> EnqueueRunRequest:
+        """The run this item asks for, without its key: what the key's fingerprint covers, as for POST /runs."""
+        return EnqueueRunRequest.model_validate(self.model_dump(exclude={"idempotency_key"}))
+
+
+class EnqueueBatchRequest(Strict):
+    runs: list[EnqueueBatchItem] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_RUNS,
+        description=f"1 to {MAX_BATCH_RUNS} runs, every one checked before any is recorded",
+    )
+
+
+class EnqueueBatchResponse(BaseModel):
+    runs: list[RunView] = Field(description="the runs, in the order of the request")

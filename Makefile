@@ -6,7 +6,8 @@ UV_VERSION := 0.13.8
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export UV_NO_CONFIG := 1
 
-.PHONY: install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser job-user
+
+.PHONY: dist install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser job-user
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,16 @@ $(VENV)/.installed: requirements.txt $(addsuffix /pyproject.toml,$(DISTRIBUTIONS
 	touch $@
 
 install: $(VENV)/.installed
+
+## One wheel per distribution in dist/: runly (the job SDK), runly_core, runly_client, runly_agent and runly_cli.
+dist: install
+	rm -rf dist build/dist && mkdir -p dist build/dist/egg
+	@# setuptools would build in each source directory (build/, *.egg-info): outside the packages instead
+	printf '[build]\nbuild_base = %s/build/dist/build\n[egg_info]\negg_base = %s/build/dist/egg\n' $(CURDIR) $(CURDIR) > build/dist/setup.cfg
+	for source in $(DISTRIBUTIONS); do \
+	  DIST_EXTRA_CONFIG=$(CURDIR)/build/dist/setup.cfg $(BIN)/uv build --wheel --quiet --out-dir dist $$source || exit 1; \
+	done
+	@ls dist
 
 ## The embedded stack, the example job packed, pushed and run: ends with a Succeeded run.
 run: install job-user

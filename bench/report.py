@@ -783,7 +783,8 @@ def _dispatch_advice(f: dict[str, Any], summary: list[dict[str, Any]], celery: d
     api_calls = _calls_in(profile, "API")
     if _authorizer_ttl() in ("0 s", "?") and "KEY/KEY" in api_calls:
         ideas.append(
-            f"**Authorizer results cached** (runly_core/resources.py `AUTHORIZER_RESULT_TTL_SECONDS`, {_authorizer_ttl()} "
+            "**Authorizer results cached** (runly_core/resources.py `AUTHORIZER_RESULT_TTL_SECONDS`, "
+            f"{_authorizer_ttl()} "
             "today): the authorizer Lambda and its key read (dynamodb GetItem KEY/KEY) would run once per key per "
             "TTL, not per request; the price is that a revoked key works until its cached answer expires."
         )

@@ -1,11 +1,17 @@
 """The functions' code asset, bundled on this machine (no Docker).
 
-The asset holds the `functions` and `runly` packages and, unless switched off, their runtime
-dependencies installed by uv as manylinux x86_64 wheels for Python 3.11, the Lambda runtime's platform.
+The asset holds the modules the handlers import and nothing else: the import closure of every module of
+`functions` that defines `lambda_handler`, within our own packages (functions, runly_core and the few modules of the
+runly SDK the core uses), found by reading their import statements, plus the dashboard's files the API serves; and,
+unless switched off, their runtime dependencies installed by uv as manylinux x86_64 wheels for Python 3.11, the
+Lambda runtime's platform. One asset serves every function (one upload, one set of dependencies); its hash covers
+exactly those files, so an edit to the CLI, the agent or a module no handler imports redeploys nothing.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -16,15 +22,72 @@ import jsii
 from aws_cdk import aws_lambda as lambda_
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("functions", "runly")
+PACKAGES = ("functions", "runly_core", "runly")  # where the closure may reach
+STATIC_DIRS = ("functions/dashboard",)  # files read at run time, not imported
 REQUIREMENTS = "requirements-lambda.txt"
 PYTHON_VERSION = "3.11"  # must match the function's runtime (control_plane_api.RUNTIME)
 PYTHON_PLATFORM = "x86_64-manylinux2014"  # must match the function's architecture (x86_64)
 
-# The asset's hash is computed over these files only, so editing tests, docs or the agent
-# does not produce a new asset (and a new function version) on deploy.
+# What CDK may stage from the source directory (it does not: the local bundler reads the files itself).
 SOURCE_PATTERNS = ["*", *(f"!{package}" for package in PACKAGES), f"!{REQUIREMENTS}", "**/__pycache__", "**/*.pyc"]
-_COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def _module_file(source_dir: Path, module: str) -> Path | None:
+    base = source_dir / module.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file may import at run time (lazy imports included, `if TYPE_CHECKING:` blocks not), as dotted
+    names; `from a import b` names a.b too (b may be a module)."""
+    names: set[str] = set()
+    pending: list[ast.AST] = [ast.parse(path.read_text(encoding="utf-8"))]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def handler_modules(source_dir: Path = REPO_ROOT) -> list[str]:
+    return sorted(
+        ".".join(path.relative_to(source_dir).with_suffix("").parts)
+        for path in (source_dir / "functions").rglob("*.py")
+        if "__pycache__" not in path.parts and "def lambda_handler" in path.read_text(encoding="utf-8")
+    )
+
+
+def asset_files(source_dir: Path = REPO_ROOT) -> list[Path]:
+    """The files of the asset, relative to ``source_dir``: the handlers' import closure within PACKAGES, each
+    package's __init__ on the way, and the static files."""
+    pending = handler_modules(source_dir)
+    seen: set[str] = set()
+    files: set[Path] = set()
+    while pending:
+        module = pending.pop()
+        if module in seen or module.split(".")[0] not in PACKAGES:
+            continue
+        seen.add(module)
+        path = _module_file(source_dir, module)
+        if path is None:
+            continue  # a name imported from a module, not a module
+        files.add(path)
+        parts = module.split(".")
+        pending.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # the packages' __init__ run first
+        pending.extend(_imports(path))
+    for directory in STATIC_DIRS:
+        files.update(p for p in (source_dir / directory).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return sorted(path.relative_to(source_dir) for path in files)
 
 
 def _uv() -> str:
@@ -44,11 +107,9 @@ class LocalPythonBundler:
 
     def try_bundle(self, output_dir: str, options: cdk.BundlingOptions) -> bool:
         output = Path(output_dir)
-        for package in PACKAGES:
-            source = self.source_dir / package
-            if not source.is_dir():
-                raise FileNotFoundError(f"cannot bundle the functions: {source} is missing")
-            shutil.copytree(source, output / package, ignore=_COPY_IGNORE, dirs_exist_ok=True)
+        for relative in asset_files(self.source_dir):
+            (output / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.source_dir / relative, output / relative)
         if self.install_dependencies:
             subprocess.run(
                 [
@@ -77,14 +138,15 @@ class LocalPythonBundler:
 
 
 def asset_hash(*, source_dir: Path, install_dependencies: bool) -> str:
-    """Covers the packaged sources, the pins and the bundling mode, so a source-only asset is never
+    """Covers exactly the asset's files, the pins and the bundling mode, so a source-only asset is never
     mistaken for (or reused from the cdk.out cache as) a full one."""
-    return cdk.FileSystem.fingerprint(
-        str(source_dir),
-        exclude=SOURCE_PATTERNS,
-        ignore_mode=cdk.IgnoreMode.DOCKER,
-        extra_hash=f"install_dependencies={install_dependencies};platform={PYTHON_PLATFORM};python={PYTHON_VERSION}",
+    digest = hashlib.sha256(
+        f"install_dependencies={install_dependencies};platform={PYTHON_PLATFORM};python={PYTHON_VERSION}".encode()
     )
+    for relative in [*asset_files(source_dir), Path(REQUIREMENTS)]:
+        digest.update(relative.as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256((source_dir / relative).read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def functions_code(*, install_dependencies: bool, source_dir: Path = REPO_ROOT) -> lambda_.Code:

@@ -157,7 +157,9 @@ class NodeGroup(Construct):
                         iam.PolicyStatement(
                             sid="InstallAgent",
                             actions=["s3:GetObject"],
-                            resources=[feed.bucket.arn_for_objects(f"{AGENT_PREFIX}{fleet.agent_wheel}")],
+                            resources=[
+                                feed.bucket.arn_for_objects(f"{AGENT_PREFIX}{wheel}") for wheel in fleet.agent_wheels
+                            ],
                         ),
                         iam.PolicyStatement(
                             sid="CompleteOwnDrain",
@@ -351,7 +353,7 @@ class NodeGroup(Construct):
         feed: FeedBucket,
     ) -> ec2.UserData:
         region = cdk.Stack.of(self).region
-        wheel = f"/opt/runly/{fleet.agent_wheel}"
+        wheels = [f"/opt/runly/{wheel}" for wheel in fleet.agent_wheels]
         node_settings = {
             "RUNLY_ENVIRONMENT": environment,
             "RUNLY_QUEUE_URL": queue.queue_url,
@@ -388,9 +390,13 @@ class NodeGroup(Construct):
             ),
             f"install -d -m 0750 -o runly -g runly {WORK_DIR}",
             "install -d -m 0755 /etc/runly /opt/runly /etc/systemd/system/runly-node.service.d",
-            f"aws s3 cp --region {region} s3://{feed.bucket.bucket_name}/{AGENT_PREFIX}{fleet.agent_wheel} {wheel}",
+            *(
+                f"aws s3 cp --region {region} s3://{feed.bucket.bucket_name}/{AGENT_PREFIX}{name} {path}"
+                for name, path in zip(fleet.agent_wheels, wheels, strict=True)
+            ),
             "python3.11 -m venv /opt/runly/venv",
-            f"/opt/runly/venv/bin/pip install --quiet '{wheel}[agent]'",
+            # The agent's own wheels and, from PyPI, the rest of what they require (never the CLI).
+            f"/opt/runly/venv/bin/pip install --quiet {' '.join(wheels)}",
             *_env_file("/etc/runly/node.env", node_settings),
             # The node is named after its instance, so a node in the API is found in the console and back.
             "TOKEN=$(curl -sf -X PUT http://169.254.169.254/latest/api/token "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import aws_cdk as cdk
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -78,8 +78,9 @@ class FleetSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     environments: dict[str, NodeGroupSettings] = Field(min_length=1)
-    # The agent's wheel (a file name under the feed's agent/ prefix), installed with its dependencies at boot.
-    agent_wheel: str = Field(pattern=r"^[A-Za-z0-9_.+!-]+\.whl$")
+    # The agent's wheels (file names under the feed's agent/ prefix: runly-agent, runly-core and the runly SDK, as
+    # `make dist` builds them), installed together with their other dependencies from PyPI at boot.
+    agent_wheels: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+!-]+\.whl$")]] = Field(min_length=1, max_length=10)
     vpc_cidr: str = "10.80.0.0/22"
     # How long a node being scaled in lets its running runs finish (RUNLY_DRAIN_TIMEOUT_SECONDS of the agent).
     drain_timeout_seconds: int = Field(default=3600, ge=60, le=MAX_DRAIN_SECONDS)

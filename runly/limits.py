@@ -14,7 +14,8 @@ from __future__ import annotations
 # retried. Each limit is one constant here: the checks (runly.sizes) and the documents (docs/jobs.md,
 # docs/agent.md) name it, so raising one (when large values move out of the run item) changes it here only.
 DYNAMODB_MAX_ITEM_BYTES = 400 * 1024
-# What the run item holds at most, which the limits below add up to: config 64 KiB (runly_core.contracts.MAX_CONFIG_BYTES)
+# What the run item holds at most, which the limits below add up to: config 64 KiB
+# (runly_core.contracts.MAX_CONFIG_BYTES)
 # + output 128 + error 21 + progress 16 + attempts 40 x 1.2 + the fixed attributes: about 275 KiB, under 70% of the
 # limit (tests/unit/test_sizes.py builds that item and counts it as DynamoDB does).
 # The job's return value (output_json of the run item). Larger results belong in S3, the output naming them.

@@ -5,7 +5,7 @@
 - ``resources``: names and settings of the AWS resources (the CDK stack and the embedded stack read both);
 - ``bundle``: the package format a node installs offline;
 - ``keys``: API keys' format and hashing; ``strict_json``: the JSON every request body is parsed as;
-  ``schedule_expression``: cron and rate expressions; ``backoff``: the one retry delay formula.
+  ``backoff``: the one retry delay formula.
 """
 
 __version__ = "0.1.0"

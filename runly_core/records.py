@@ -532,7 +532,7 @@ class ScheduleRecord(BaseModel):
     version: str | None = None
     timeout_seconds: int
     max_attempts: int
-    expression: str  # canonical (runly_core.schedule_expression)
+    expression: str  # canonical (functions.logic.schedule_expression)
     timezone: str
     enabled: bool
     start_at: str | None = None  # rate schedules: the first occurrence (EventBridge's StartDate)

@@ -1,7 +1,8 @@
 """Use cases of schedules: create, list, get, change and delete them (the API), and fire one (EventBridge Scheduler).
 
 A schedule is a job template (what ``POST /runs`` takes) and a recurrence. Everything is checked before anything is
-saved: the recurrence as EventBridge Scheduler reads it (``runly_core.schedule_expression``), the template as enqueue
+saved: the recurrence as EventBridge Scheduler reads it (``functions.logic.schedule_expression``), the template as
+enqueue
 checks a run (``runs.resolve_job``: environment, version and pin, job, config schema). Saving writes the item, then
 the EventBridge Scheduler schedule; when EventBridge refuses, the item is taken back (or restored), so the two do
 not disagree.
@@ -21,6 +22,7 @@ from typing import Any
 from functions.dal.queue import RunQueue
 from functions.dal.schedules import ScheduleChanged, ScheduleExists, Scheduler, SchedulerRefused, ScheduleStore
 from functions.dal.store import Store
+from functions.logic.schedule_expression import InvalidSchedule, Recurrence, parse
 from runly_core.contracts import (
     CreateScheduleRequest,
     EnqueueRunRequest,
@@ -30,7 +32,6 @@ from runly_core.contracts import (
     UpdateScheduleRequest,
 )
 from runly_core.records import ScheduleRecord, iso, utcnow
-from runly_core.schedule_expression import InvalidSchedule, Recurrence, parse
 
 from . import runs
 from .errors import BadRequest, Conflict, DomainError, NotFound, TooLarge, Unavailable, Unprocessable

@@ -1,7 +1,9 @@
 """Invoked by EventBridge Scheduler at each fire of a schedule, with the target input the API gave it
-(``runly_core.contracts.ScheduleFire``: the schedule's id and ``<aws.scheduler.scheduled-time>``). Enqueues the schedule's
+(``runly_core.contracts.ScheduleFire``: the schedule's id and ``<aws.scheduler.scheduled-time>``). Enqueues the
+schedule's
 run once per scheduled time (``functions.logic.schedules.fire``); raising makes EventBridge Scheduler retry, which is
-safe for that reason. The embedded stack's scheduler (``runly_cli.embedded.scheduler``) invokes it with the same event."""
+safe for that reason. The embedded stack's scheduler (``runly_cli.embedded.scheduler``) invokes it with the same
+event."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,7 +16,6 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-import runly
 from runly.wire import JobSpec
 from runly_cli.common import (
     EXIT_OK,
@@ -427,12 +425,6 @@ def node_command(settings: dict[str, Any], extra: list[str]) -> tuple[list[str],
         if not sep or not name:
             raise CliError(f"--set takes NAME=VALUE (an agent setting: lease_seconds=60), not {pair!r}", EXIT_USAGE)
         env[f"RUNLY_{name.upper().removeprefix('RUNLY_')}"] = value
-    # The agent ships in runly's source tree beside the runly package, not in the runly wheel.
-    source_root = str(Path(runly.__file__).resolve().parent.parent)
-    if importlib.util.find_spec("node_agent") is None:
-        if not (Path(source_root) / "node_agent").is_dir():
-            raise CliError("the node agent (package node_agent) is not installed: run runly from its source checkout")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
     return [sys.executable, "-m", "node_agent"], env
 
 

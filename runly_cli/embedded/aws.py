@@ -87,7 +87,8 @@ def create_resources(
             "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
         },
     )
-    # Schedules: moto keeps them (the API creates them in this group) but never fires one; runly_cli.embedded.scheduler does.
+    # Schedules: moto keeps them (the API creates them in this group) but never fires one;
+    # runly_cli.embedded.scheduler does.
     session.client("scheduler", endpoint_url=endpoint_url).create_schedule_group(Name=names.scheduler_group)
     return urls
 

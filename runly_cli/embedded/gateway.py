@@ -745,7 +745,8 @@ def write_ready_file(path: Path, url: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m runly_cli.embedded.gateway", description="Local API Gateway (HTTP API) in front of a Lambda handler."
+        prog="python -m runly_cli.embedded.gateway",
+        description="Local API Gateway (HTTP API) in front of a Lambda handler.",
     )
     parser.add_argument("--handler", default=API_FUNCTION_HANDLER, help="dotted path of the Lambda handler")
     parser.add_argument(

@@ -2,14 +2,14 @@
 
 The API creates, changes and deletes schedules in moto's scheduler exactly as on AWS. Every few seconds this reads
 them back from there (what AWS would fire from, so a change the API failed to pass on shows here too) and, at each
-time one is due by the same evaluation the API previews with (``runly_core.schedule_expression``), invokes the fire
+time one is due by the same evaluation the API previews with (``functions.logic.schedule_expression``), invokes the fire
 handler with the event EventBridge Scheduler would send: the schedule's target input with its context attributes
 (``<aws.scheduler.scheduled-time>``...) filled in. A failed invocation is retried on the next checks, as
 EventBridge retries, up to ``MAX_ATTEMPTS``. Occurrences before it started, or before a schedule was last changed,
 are not fired (EventBridge does not catch up either).
 
     python -m runly_cli.embedded.scheduler --group G --target-arn ARN               # the loop (EmbeddedStack starts it)
-    python -m runly_cli.embedded.scheduler --group G --target-arn ARN --fire ID     # fire one schedule now, print the outcome
+    python -m runly_cli.embedded.scheduler --group G --target-arn ARN --fire ID     # fire one schedule now
 
 ``--fire`` is how a test (or a person) sees a schedule fire without waiting for its next time: the same event, the
 current second as its scheduled time (or ``--at``).
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from functions.logic.schedule_expression import InvalidSchedule, parse
 from runly_core.contracts import ATTEMPT_NUMBER_ATTRIBUTE, EXECUTION_ID_ATTRIBUTE, SCHEDULED_TIME_ATTRIBUTE
-from runly_core.schedule_expression import InvalidSchedule, parse
 
 log = logging.getLogger("runly_cli.embedded.scheduler")
 
@@ -187,7 +187,9 @@ def _invoker(handler_path: str) -> Callable[[Event], Any]:
 def main(argv: list[str] | None = None) -> int:
     import boto3
 
-    parser = argparse.ArgumentParser(prog="python -m runly_cli.embedded.scheduler", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m runly_cli.embedded.scheduler", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--group", required=True, help="the schedule group (runly_core.resources.ResourceNames)")
     parser.add_argument("--target-arn", required=True, help="fire the schedules that target this function")
     parser.add_argument("--handler", default=FIRE_HANDLER, help="the handler that ARN stands for")

@@ -25,13 +25,11 @@ from typing import IO
 
 import boto3
 
-import runly
 from runly_cli.embedded.aws import create_resources, schedule_settings
 from runly_core import resources
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(runly.__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG = 1
 
 
@@ -99,7 +97,6 @@ class EmbeddedStack:
                 "AWS_SECRET_ACCESS_KEY": "local",
                 "AWS_DEFAULT_REGION": resources.LOCAL_REGION,
                 "AWS_EC2_METADATA_DISABLED": "true",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -120,7 +117,7 @@ class EmbeddedStack:
         with open(log_path, "ab") as out:
             process = subprocess.Popen(
                 args,
-                cwd=REPO_ROOT,
+                cwd=self.run_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -231,7 +228,7 @@ class EmbeddedStack:
         fire function returned."""
         completed = subprocess.run(
             self._scheduler_command("--fire", schedule_id, *(["--at", at] if at else [])),
-            cwd=REPO_ROOT,
+            cwd=self.run_dir,
             env=self._scheduler_env(),
             capture_output=True,
             text=True,

@@ -25,7 +25,11 @@ def synth_context() -> dict[str, Any]:
 # The second stage the suite synthesizes: everything optional switched on (every run state published). Staging's
 # nodes never shrink to zero and run on Graviton, so both scaling shapes and both architectures are in one template.
 FLEET_STAGE = "fleet"
-AGENT_WHEEL = "runly-0.1.0-py3-none-any.whl"
+AGENT_WHEELS = [
+    "runly_agent-0.1.0-py3-none-any.whl",
+    "runly_core-0.1.0-py3-none-any.whl",
+    "runly-0.1.0-py3-none-any.whl",
+]
 ALARM_EMAIL = "ops@example.com"
 
 
@@ -39,7 +43,7 @@ def fleet_synth_context() -> dict[str, Any]:
                 "alarms": {"topic": True, "emails": [ALARM_EMAIL]},
                 "run_events": "all",
                 "fleet": {
-                    "agent_wheel": AGENT_WHEEL,
+                    "agent_wheels": AGENT_WHEELS,
                     "environments": {
                         "production": {"max_nodes": 8, "runs_per_node": 4},
                         "staging": {"instance_type": "t4g.small", "min_nodes": 1},

@@ -62,6 +62,7 @@ def test_asset_hash_follows_the_packaged_sources_pins_and_bundling_mode_only(tmp
     (source / "README.md").write_text("docs\n")
     (source / "runly" / "__pycache__").mkdir(exist_ok=True)
     (source / "runly" / "__pycache__" / "stale.pyc").write_bytes(b"\0")
+    (source / "runly" / "items.py").write_text("# the SDK's item machinery: no handler imports it\n")
     assert asset_hash(source_dir=source, install_dependencies=True) == original
 
     # A source-only bundle never shares the hash (and the cdk.out cache) of a full one.
@@ -70,9 +71,24 @@ def test_asset_hash_follows_the_packaged_sources_pins_and_bundling_mode_only(tmp
     (source / REQUIREMENTS).write_text("pydantic==0\n")
     assert asset_hash(source_dir=source, install_dependencies=True) != original
 
+    # A module no handler imports is not in the asset: adding one changes nothing.
+    before_edit = asset_hash(source_dir=source, install_dependencies=True)
     (source / "functions" / "new_module.py").write_text("y = 1\n")
-    changed = asset_hash(source_dir=source, install_dependencies=True)
-    assert changed != original
+    assert asset_hash(source_dir=source, install_dependencies=True) == before_edit
+
+    # A module a handler imports (here through the platform core) is: editing it makes a new asset.
+    contracts = source / "runly_core" / "contracts.py"
+    contracts.write_text(contracts.read_text() + "\n# edited\n")
+    assert asset_hash(source_dir=source, install_dependencies=True) != before_edit
+
+
+def test_the_asset_holds_the_handlers_import_closure_and_nothing_else() -> None:
+    files = {path.as_posix() for path in lambda_asset.asset_files()}
+
+    assert {"functions/api/app.py", "functions/authorizer/app.py", "runly_core/contracts.py", "runly/wire.py"} <= files
+    # the job SDK's machinery, the CLI, the embedded stack, the client and the agent are not imported by any handler
+    assert not {"runly/job.py", "runly/items.py", "runly/runner.py", "runly/fork_server.py"} & files
+    assert not [file for file in files if file.split("/")[0] in {"runly_cli", "runly_client", "node_agent", "tests"}]
 
 
 def test_uv_is_found_beside_the_python_running_the_app() -> None:

@@ -24,7 +24,7 @@ from infrastructure.settings import StageSettings
 from runly_core import resources
 from tests.infrastructure.cfn import as_list, render, resources_of_type
 from tests.infrastructure.iam import assert_no_wildcard_action, feed_bucket_id, grants, logical_id, role_statements
-from tests.infrastructure.synth import AGENT_WHEEL
+from tests.infrastructure.synth import AGENT_WHEELS
 from tests.infrastructure.test_node_access import assert_items_limited_to_runs_and_nodes, expected_node_grants
 
 FLEET_TYPES = (
@@ -144,7 +144,7 @@ def test_each_instance_role_holds_its_environment_node_policy_and_its_own_drain_
         )
         assert grants(statements) == {
             *expected_node_grants(fleet_template_json, queue_id, environment),
-            ("s3:GetObject", f"<{feed}.Arn>/{AGENT_PREFIX}{AGENT_WHEEL}"),
+            *(("s3:GetObject", f"<{feed}.Arn>/{AGENT_PREFIX}{wheel}") for wheel in AGENT_WHEELS),
             ("autoscaling:CompleteLifecycleAction", drain_arn),
             *{(action, "*") for action in SESSION_MANAGER_ACTIONS},
         }
@@ -164,7 +164,8 @@ def test_user_data_installs_the_agent_and_the_shipped_units_and_starts_them(
     for environment, (_, group) in groups.items():
         script = _user_data(fleet_template_json, group)
         assert "python3.11 -m venv /opt/runly/venv" in script
-        assert f"/{AGENT_PREFIX}{AGENT_WHEEL} " in script
+        assert all(f"/{AGENT_PREFIX}{wheel} " in script for wheel in AGENT_WHEELS)
+        assert "pip install --quiet " + " ".join(f"/opt/runly/{wheel}" for wheel in AGENT_WHEELS) in script
         # The units are the files in deploy/systemd, verbatim: on-premises installs use the same ones.
         for shipped in (NODE_UNIT, DRAIN_UNIT, DRAIN_SCRIPT):
             assert shipped.read_text().rstrip("\n") in script

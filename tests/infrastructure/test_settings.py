@@ -54,7 +54,7 @@ def test_account_and_region_pin_the_stack_environment() -> None:
 
 # --- optional parts: the EC2 fleet, the alarm topic --------------------------------------------------------------
 
-FLEET = {"agent_wheel": "runly-0.1.0-py3-none-any.whl", "environments": {"production": {}}}
+FLEET = {"agent_wheels": ["runly_agent-0.1.0-py3-none-any.whl"], "environments": {"production": {}}}
 
 
 def _stage(**values: object) -> dict[str, object]:
@@ -80,7 +80,8 @@ def test_a_fleet_group_with_more_minimum_than_maximum_nodes_is_refused() -> None
 @pytest.mark.parametrize(
     ("override", "field"),
     [
-        ({"agent_wheel": "runly.tar.gz"}, "agent_wheel"),
+        ({"agent_wheels": ["runly.tar.gz"]}, "agent_wheels"),
+        ({"agent_wheels": []}, "agent_wheels"),
         ({"vpc_cidr": "10.0.0.0/24"}, "vpc_cidr"),
         ({"drain_timeout_seconds": 7200}, "drain_timeout_seconds"),  # the lifecycle hook waits at most 7200 s
         ({"enviroments": {}}, "enviroments"),

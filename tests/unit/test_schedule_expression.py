@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runly_core.schedule_expression import InvalidSchedule, parse
+from functions.logic.schedule_expression import InvalidSchedule, parse
 
 NOW = datetime(2026, 3, 4, 12, 0, 30, tzinfo=UTC)  # a Wednesday
 

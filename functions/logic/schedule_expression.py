@@ -1,7 +1,8 @@
 """EventBridge Scheduler's recurring schedule expressions, evaluated here as EventBridge Scheduler evaluates them.
 
 One evaluation serves the API (the next fire times it shows, and refusing what it cannot evaluate before anything is
-saved) and the embedded stack's scheduler (``runly_cli.embedded.scheduler``, which fires what moto keeps but never fires), so
+saved) and the embedded stack's scheduler (``runly_cli.embedded.scheduler``, which fires what moto keeps but never
+fires), so
 a schedule fires locally when it would on AWS.
 
 - ``cron(minutes hours day-of-month month day-of-week year)``: six fields; exactly one of day-of-month and

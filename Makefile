@@ -84,7 +84,7 @@ lint: install
 	$(BIN)/ruff check .
 
 typecheck: install
-	$(BIN)/mypy runly functions node_agent infrastructure app.py
+	$(BIN)/mypy runly runly_core runly_client runly_cli functions node_agent infrastructure app.py
 
 synth: install
 	$(BIN)/python app.py

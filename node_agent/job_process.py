@@ -10,6 +10,10 @@ can be mistaken for a message:
 The process is a new interpreter (``python -I -u -m runly.runner run``) or, when the package has a
 warm host (node_agent.fork_servers), a child that host forks; either way the same environment,
 descriptors, session and log file, and the agent watches and signals it alike.
+
+This is the one way a job process is started: on a node by the supervisor, and on a developer's machine by
+``runly run-local`` (runly_cli.run_local), which imports the project from source instead of a package's
+environment (``env`` with its PYTHONPATH, ``isolated_interpreter=False``) and follows the log file as it grows.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from node_agent.channel import AgentChannel, CheckpointHandler, Violation
 from node_agent.fork_servers import HostedProcess, WarmHost, WarmHostError
 from node_agent.isolation import Isolation
 from node_agent.process_tree import RunLimits, RunTree
-from runly.wire import ErrorMessage, LeaseMessage, Progress, ResultMessage, RunSpec
+from runly.wire import ACK_ENV, CHANNEL_ENV, SPEC_ENV, ErrorMessage, LeaseMessage, Progress, ResultMessage, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,10 @@ class JobProcess:
     on_warm_host_failure: Callable[[WarmHost], None] | None = None
     isolation: Isolation | None = None  # None: as the agent's user, no limits, the process group alone
     limits: RunLimits | None = None  # None: the node's (isolation's)
+    env: dict[str, str] | None = None  # the job's environment; None: the agent's without its own (job_environment)
+    isolated_interpreter: bool = True  # python -I: a package's environment; False: a project imported from source
+    spec_dir: Path | None = None  # where the RunSpec file goes; None: the work directory
+    parent_death_signal: int | None = None  # without isolation: this signal when the starting thread ends
     _process: subprocess.Popen[bytes] | HostedProcess | None = None
     _channel: AgentChannel | None = None
     _killed: bool = False
@@ -76,14 +84,14 @@ class JobProcess:
             self._tree = isolation.tree(name, self.limits)
         else:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = self.work_dir / "spec.json"
+        spec_path = (self.spec_dir or self.work_dir) / "spec.json"
         spec_path.write_text(self.spec.model_dump_json())
         if isolation is not None:
             isolation.user.give(spec_path)
         channel_read, channel_write = os.pipe()
         ack_read, ack_write = os.pipe()
-        env = job_environment()
-        env["RUNLY_RUN_SPEC"] = str(spec_path)
+        env = dict(self.env) if self.env is not None else job_environment()
+        env[SPEC_ENV] = str(spec_path)
         user = isolation.user if isolation is not None else None
         if self._tree is not None and self._tree.uses_rlimits:
             # Under RLIMIT_AS each thread's malloc arena reserves 64 MiB of address space: keep them few.
@@ -93,10 +101,11 @@ class JobProcess:
                 if self.warm_host is not None:
                     self._process = self._spawn_warm(self.warm_host, env, log_file.fileno(), channel_write, ack_read)
                 if self._process is None:
-                    env.update({"RUNLY_CHANNEL_FD": str(channel_write), "RUNLY_ACK_FD": str(ack_read)})
+                    env.update({CHANNEL_ENV: str(channel_write), ACK_ENV: str(ack_read)})
+                    # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered.
+                    flags = ["-I", "-u"] if self.isolated_interpreter else ["-u"]
                     self._process = subprocess.Popen(
-                        # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered.
-                        [str(self.python), "-I", "-u", "-m", "runly.runner", "run"],
+                        [str(self.python), *flags, "-m", "runly.runner", "run"],
                         cwd=self.work_dir,
                         env=env,
                         stdin=subprocess.DEVNULL,
@@ -130,9 +139,17 @@ class JobProcess:
         log.info("run %s attempt %d: job process %d started (%s)", self.spec.run_id, self.spec.attempt, self.pid, how)
 
     def _child_setup(self) -> Callable[[], None] | None:
-        """What the job process does before exec (process_tree.child_setup); None without isolation."""
+        """What the job process does before exec (process_tree.child_setup); without isolation, at most the
+        parent-death signal."""
         if self.isolation is None or self._tree is None:
-            return None
+            if self.parent_death_signal is None:
+                return None
+            signum = self.parent_death_signal
+
+            def setup() -> None:
+                process_tree.prctl(process_tree.PR_SET_PDEATHSIG, signum)  # async-signal-safe: one system call
+
+            return setup
         return process_tree.child_setup(self.limits, rlimits=self._tree.uses_rlimits)
 
     def _spawn_warm(

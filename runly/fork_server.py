@@ -35,7 +35,8 @@ import traceback
 from importlib.metadata import entry_points
 from typing import Any
 
-from runly.runner import ACK_ENV, CHANNEL_ENV, ENTRY_POINT_GROUP, EXIT_HOST_ERROR, load_job_class, run_main
+from runly.runner import ENTRY_POINT_GROUP, EXIT_HOST_ERROR, load_job_class, run_main
+from runly.wire import ACK_ENV, CHANNEL_ENV
 
 READY = b"ready\n"
 MAX_REQUEST_BYTES = 1 << 20

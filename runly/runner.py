@@ -36,6 +36,9 @@ from runly.limits import (
     MAX_ERROR_TYPE_BYTES,
 )
 from runly.wire import (
+    ACK_ENV,
+    CHANNEL_ENV,
+    SPEC_ENV,
     AckMessage,
     CheckpointMessage,
     ErrorMessage,
@@ -59,9 +62,6 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "runly.jobs"
-SPEC_ENV = "RUNLY_RUN_SPEC"
-CHANNEL_ENV = "RUNLY_CHANNEL_FD"
-ACK_ENV = "RUNLY_ACK_FD"
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1

@@ -33,6 +33,12 @@ __all__ = [
 
 JOB_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
 
+# The job process's environment variables that carry the run to it (the agent and `runly run-local` set them; the
+# job process's runner reads them): the RunSpec's JSON file, the job -> agent channel's fd, the agent -> job fd.
+SPEC_ENV = "RUNLY_RUN_SPEC"
+CHANNEL_ENV = "RUNLY_CHANNEL_FD"
+ACK_ENV = "RUNLY_ACK_FD"
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -1,5 +1,5 @@
-"""Run a job on this machine as a node would: ``python -m runly.runner run`` in a process (and
-process group) of its own, talking over the same channel, with this module playing the agent.
+"""Run a job on this machine as a node would: started by the node's own spawn path (node_agent.job_process), a
+process (and process group) of its own talking over the same channel, with this module playing the agent.
 
 ``runly run-local`` uses it (with a live view); so do the tests of the host's channel. Unlike a
 node it installs nothing: the job project's source and the current environment's packages are used.
@@ -14,14 +14,16 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from node_agent.channel import AgentChannel
+from node_agent.channel import Violation
+from node_agent.job_process import JobProcess, Outcome
 from runly import sizes
 from runly.limits import LOG_CHUNK_BYTES
 from runly.runner import ENTRY_POINT_GROUP
@@ -93,10 +95,11 @@ class Project:
 
 @dataclass
 class LocalRun:
-    """One job process and the agent's side of its channel.
+    """One job process, started as a node starts it (node_agent.job_process: the one spawn path), with the project
+    imported from source.
 
-    ``on_output`` gets each line the job prints (stdout and stderr); ``on_checkpoint`` each
-    checkpoint before it is acknowledged (return a reason to refuse it, as on a lost lease).
+    ``on_output`` gets each line the job prints (stdout and stderr, followed in the log file as on a node);
+    ``on_checkpoint`` each checkpoint before it is acknowledged (return a reason to refuse it, as on a lost lease).
     """
 
     spec: RunSpec
@@ -107,51 +110,50 @@ class LocalRun:
     on_checkpoint: Callable[[Checkpoint], str | None] = lambda checkpoint: None
     checkpoints: list[Checkpoint] = field(default_factory=list)
     exit_code: int | None = None
-    _process: subprocess.Popen[bytes] | None = None
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _channel: AgentChannel | None = None
-    _spec_dir: tempfile.TemporaryDirectory[str] | None = None
+    _job: JobProcess | None = None
+    _outcome: Outcome | None = None
+    _tail: threading.Thread | None = None
+    _ended: threading.Event = field(default_factory=threading.Event)
+    _scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self) -> LocalRun:
-        self._spec_dir = tempfile.TemporaryDirectory(prefix="runly-local-")
-        spec_path = Path(self._spec_dir.name) / "spec.json"
-        spec_path.write_text(self.spec.model_dump_json(), encoding="utf-8")
-        channel_read, channel_write = os.pipe()
-        ack_read, ack_write = os.pipe()
-        env = {
-            **self.env,
-            "RUNLY_RUN_SPEC": str(spec_path),
-            "RUNLY_CHANNEL_FD": str(channel_write),
-            "RUNLY_ACK_FD": str(ack_read),
-        }
-        try:
-            self._process = subprocess.Popen(
-                [self.python, "-u", "-m", "runly.runner", "run"],
-                cwd=self.cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(channel_write, ack_read),
-                start_new_session=True,  # as on a node: Ctrl-C reaches us, and we pass it on as SIGTERM
-                preexec_fn=_terminate_with_parent,
-            )
-        finally:
-            os.close(channel_write)
-            os.close(ack_read)
-        self._channel = AgentChannel(
-            channel_read, ack_write, self._checkpoint, on_unreadable=self._unreadable, name="runly-local-channel"
+        self._scratch = tempfile.TemporaryDirectory(prefix="runly-local-")
+        scratch = Path(self._scratch.name)
+        log_path = scratch / "output.log"
+        log_path.touch()
+        self._job = JobProcess(
+            spec=self.spec,
+            python=Path(self.python),
+            work_dir=Path(self.cwd),
+            log_path=log_path,
+            on_checkpoint=self._checkpoint,
+            env=self.env,
+            isolated_interpreter=False,  # the project comes from source, through the env's PYTHONPATH
+            spec_dir=scratch,
+            parent_death_signal=signal.SIGTERM,  # a cancel when the CLI dies: no job outlives it
         )
-        assert self._process.stdout is not None
-        output = threading.Thread(target=self._read_output, args=(self._process.stdout,), daemon=True)
-        output.start()
-        self._threads.append(output)
+        self._job.start()
+        self._tail = threading.Thread(target=self._follow, args=(log_path,), daemon=True, name="runly-local-output")
+        self._tail.start()
         return self
 
-    def _read_output(self, stream: IO[bytes]) -> None:
+    def _follow(self, log_path: Path) -> None:
         # A line at most LOG_CHUNK_BYTES at a time: a job printing one huge line costs the CLI no more than that.
-        for raw in iter(lambda: stream.readline(LOG_CHUNK_BYTES), b""):
-            self.on_output(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        with open(log_path, "rb") as stream:
+            pending = b""
+            while True:
+                chunk = stream.readline(LOG_CHUNK_BYTES)
+                if chunk:
+                    pending += chunk
+                    if pending.endswith(b"\n") or len(pending) >= LOG_CHUNK_BYTES:
+                        self.on_output(pending.decode("utf-8", errors="replace").rstrip("\n"))
+                        pending = b""
+                    continue
+                if self._ended.is_set():
+                    break
+                time.sleep(0.02)
+            if pending:
+                self.on_output(pending.decode("utf-8", errors="replace").rstrip("\n"))
 
     def _checkpoint(self, message: CheckpointMessage) -> str | None:
         checkpoint = Checkpoint(
@@ -167,55 +169,56 @@ class LocalRun:
             self.checkpoints.append(checkpoint)
         return refused
 
-    def _unreadable(self, line: str) -> None:
-        self.on_output(f"[runly] unreadable message from the job process: {line[:200]!r}")
+    def _require(self) -> JobProcess:
+        assert self._job is not None, "not started"
+        return self._job
 
     @property
     def latest_progress(self) -> Progress | None:
-        return self._channel.latest_progress if self._channel is not None else None
+        return self._job.latest_progress if self._job is not None else None
+
+    @property
+    def violation(self) -> Violation | None:
+        """Set once the job sent what a node would refuse to store: a node stops the job then (so may the caller)."""
+        return self._job.violation if self._job is not None else None
 
     @property
     def result(self) -> ResultMessage | None:
-        return self._channel.result if self._channel is not None else None
+        return self._outcome.result if self._outcome is not None else None
 
     @property
     def error(self) -> ErrorMessage | None:
-        channel = self._channel
-        if channel is not None and channel.violation is not None:
-            return ErrorMessage(type=channel.violation.reason.value, message=channel.violation.message, traceback="")
-        return channel.error if channel is not None else None
+        outcome = self._outcome
+        if outcome is not None and outcome.violation is not None:
+            return ErrorMessage(type=outcome.violation.reason.value, message=outcome.violation.message, traceback="")
+        return outcome.error if outcome is not None else None
 
     @property
     def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
+        return self._require().pid
 
     def poll(self) -> int | None:
-        assert self._process is not None
-        return self._process.poll()
+        return self._require().poll()
 
     def cancel(self) -> None:
         """What the agent does on cancel: SIGTERM to the job's process group."""
-        self._signal(signal.SIGTERM)
+        self._require().signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, signum: int) -> None:
-        try:
-            os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            pass
+        self._require().signal(signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> int:
-        assert self._process is not None
-        self.exit_code = self._process.wait(timeout)
-        for thread in self._threads:
-            thread.join(timeout=5)
-        if self._channel is not None:
-            self._channel.close()
-        if self._spec_dir is not None:
-            self._spec_dir.cleanup()
+        job = self._require()
+        if self._outcome is None:
+            if timeout is not None and job.wait(timeout) is None:
+                raise subprocess.TimeoutExpired(f"run {self.spec.run_id}", timeout)
+            self._outcome = job.outcome()
+            self._ended.set()
+            if self._tail is not None:
+                self._tail.join(timeout=5)
+            if self._scratch is not None:
+                self._scratch.cleanup()
+        self.exit_code = self._outcome.exit_code
         return self.exit_code
 
     @property
@@ -223,7 +226,7 @@ class LocalRun:
         """succeeded, failed, cancelled, lost or crashed (from the exit code and the last message)."""
         from runly.runner import EXIT_CANCELLED, EXIT_LEASE_LOST, EXIT_OK
 
-        if self._channel is not None and self._channel.violation is not None:
+        if self._outcome is not None and self._outcome.violation is not None:
             return "failed"  # the job sent what a node would refuse to store (see violation)
         if self.exit_code == EXIT_OK and self.result is not None:
             return "succeeded"
@@ -234,16 +237,6 @@ class LocalRun:
         if self.error is not None:
             return "failed"
         return "crashed"
-
-
-def _terminate_with_parent() -> None:
-    """In the child: SIGTERM (a cancel) when the process that started it dies, so no job outlives its CLI."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the job may outlive a killed CLI
 
 
 def read_checkpoint(path: Path) -> Checkpoint | None:

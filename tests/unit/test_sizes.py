@@ -93,7 +93,7 @@ def _local(job: str, config: dict[str, Any]) -> LocalRun:
 
 def _finished(run: LocalRun, timeout: float = 20) -> LocalRun:
     deadline = time.monotonic() + timeout
-    while run.poll() is None and (run._channel is None or run._channel.violation is None):
+    while run.poll() is None and run.violation is None:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
     if run.poll() is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 from pydantic import ValidationError
 
-from node_agent.agent import Agent
+from node_agent.agent import EXIT_CANNOT_RECEIVE, Agent
 from node_agent.aws import AgentAws
 from node_agent.credentials import node_key_session
 from node_agent.fork_servers import WarmHosts
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     agent.install_signal_handlers()
     release_startup_memory()
     agent.run()
+    if agent.fatal_error is not None:
+        print(f"runly agent stopped: {agent.fatal_error}", file=sys.stderr)
+        return EXIT_CANNOT_RECEIVE
     return 0
 
 

@@ -69,6 +69,12 @@ class Clock:
 
 
 FIRST_RENEWAL_SLACK_SECONDS = 1  # see receive_visibility
+# A refusal of the receive call that is not transient (access denied, no such queue, a bad token) is tried again
+# this many times in a row, with backoff (about a minute in all: a policy or queue may be being fixed), then the
+# agent stops taking work, lets its runs finish and exits with EXIT_CANNOT_RECEIVE, saying why, instead of
+# polling a queue it may not read forever. Transient errors (network, throttling, 5xx) are retried without end.
+MAX_REFUSED_RECEIVES = 6
+EXIT_CANNOT_RECEIVE = 3
 
 
 def now_ms(clock: Clock | None = None) -> int:
@@ -130,6 +136,9 @@ class Agent:
         self._stopped = threading.Event()
         self._slot_freed = threading.Event()
         self._polling = False  # in a long poll, holding no message: a stop may interrupt it
+        self.fatal_error: str | None = None  # why the agent stopped on its own (it exits EXIT_CANNOT_RECEIVE)
+        # The pause after the n-th failed receive in a row (tests make it 0).
+        self.receive_backoff: Callable[[int], float] = lambda failures: backoff_delay(failures, base=0.5, cap=30.0)
 
     @property
     def runs_dir(self) -> Path:
@@ -157,6 +166,7 @@ class Agent:
 
     def _take_work(self) -> None:
         failures = 0
+        refused = 0  # consecutive non-transient failures
         while not self._draining.is_set():
             self._slot_freed.clear()  # before counting: a run ending after the count wakes the wait below
             free = self.settings.capacity - self.running_count()
@@ -177,13 +187,25 @@ class Agent:
             except Exception as exc:
                 self._polling = False
                 if not is_transient(exc):
-                    log.exception("receiving from the queue failed")
-                pause = backoff_delay(failures, base=0.5, cap=30.0)
+                    refused += 1
+                    log.error("receiving from the queue failed (%d of %d in a row): %s", refused,
+                              MAX_REFUSED_RECEIVES, exc, exc_info=refused == 1)  # fmt: skip
+                    if refused >= MAX_REFUSED_RECEIVES:
+                        self.fatal_error = (
+                            f"the queue {self.settings.queue_url} refused {refused} receives in a row ({exc}): "
+                            "check the node's credentials and policy and the queue URL; runs in progress finish"
+                        )
+                        log.critical("stopping: %s", self.fatal_error)
+                        self._draining.set()
+                        return
+                else:
+                    refused = 0
+                pause = self.receive_backoff(failures)
                 failures += 1
                 log.warning("receive failed (%s); polling again in %.1f s", exc, pause)
                 self._draining.wait(pause)
                 continue
-            failures = 0
+            failures = refused = 0
             # The messages were handed out at the latest now: the claims' leases count from here, so each
             # ends before its message could reappear, however long the claims of the batch take.
             received_monotonic = self.clock.monotonic()

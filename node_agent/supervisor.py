@@ -63,6 +63,9 @@ class RunSupervisor:
     lease: LeaseMessage | None = None
     isolation: Isolation | None = None  # the job user, the run's process tree and limits; None: none of them
     started: float = field(default_factory=time.monotonic)
+    # When the job process started (monotonic): the run's timeout counts from here, per attempt, so the package's
+    # download and install (bounded by the package cache itself) never count against the job's timeout_seconds.
+    job_started: float | None = None
     process: JobProcess | None = None
     spool: LogSpool | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
@@ -165,6 +168,7 @@ class RunSupervisor:
                 )  # fmt: skip
                 try:
                     self.process.start()
+                    self.job_started = time.monotonic()
                 except OSError as exc:  # the node's fault (permissions, resources), not the package's: retried
                     self._fail(FailureReason.PROCESS_CRASH, {"message": f"the job process could not start: {exc}"})
                     return
@@ -222,7 +226,7 @@ class RunSupervisor:
     def _wait(self) -> bool:
         """Wait for the job process; stop it on cancel, lost lease, timeout or cold shutdown. True if it timed out."""
         assert self.process is not None
-        deadline = self.started + self.record.timeout_seconds
+        deadline = (self.job_started or time.monotonic()) + self.record.timeout_seconds
         # Woken by the exit itself, so a short run's outcome is recorded at once; checks every 50 ms meanwhile.
         while self.process.wait(0.05) is None:
             if self.lease_lost.is_set() or self.process.violation is not None:

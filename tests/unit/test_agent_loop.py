@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
-from node_agent.agent import Agent, Clock, receive_visibility
+from node_agent.agent import MAX_REFUSED_RECEIVES, Agent, Clock, receive_visibility
 from node_agent.aws import ClaimRefused, Delivery, LeaseLost, LeaseRenewal, lease_until
 from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
@@ -314,6 +314,52 @@ def test_receive_errors_back_off_and_the_loop_goes_on(settings: AgentSettings) -
         supervisor.release.set()
     thread.join(5)
     assert [s.run_id for s in started] == ["a"]
+
+
+def _refused(code: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "refused"}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+                       "ReceiveMessage")  # fmt: skip
+
+
+def test_a_queue_that_keeps_refusing_the_agent_stops_it_saying_why(settings: AgentSettings) -> None:
+    # Given a queue the node may not read (its policy denies it), and a run it had already started
+    refusals: list[object] = [_refused("AccessDenied")] * MAX_REFUSED_RECEIVES
+    aws = FakeAws(batches=[[_delivery("a")], *refusals])
+    agent, started = _agent(settings, aws)
+    agent.receive_backoff = lambda failures: 0.0
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+
+    # When it has been refused MAX_REFUSED_RECEIVES times in a row, it takes nothing more, lets its run finish
+    deadline = time.monotonic() + 5
+    while agent.fatal_error is None:
+        assert time.monotonic() < deadline, "the agent went on polling a queue that refuses it"
+        time.sleep(0.01)
+    assert thread.is_alive()  # draining: the run it holds is not abandoned
+    (supervisor,) = started
+    supervisor.release.set()
+    thread.join(5)
+
+    # Then it stopped, naming the error and the queue (main exits EXIT_CANNOT_RECEIVE with this message)
+    assert not thread.is_alive()
+    assert "AccessDenied" in agent.fatal_error and settings.queue_url in agent.fatal_error
+    assert len(aws.asked) == 1 + MAX_REFUSED_RECEIVES
+
+
+def test_transient_receive_errors_never_stop_the_agent(settings: AgentSettings) -> None:
+    # Given more throttling and connection errors in a row than refusals would be allowed, then a run
+    transient: list[object] = [_refused("ThrottlingException"), EndpointConnectionError(endpoint_url="http://sqs")]
+    aws = FakeAws(batches=[*(transient * MAX_REFUSED_RECEIVES), [_delivery("a")]])
+    agent, started = _agent(settings, aws)
+    agent.receive_backoff = lambda failures: 0.0
+    thread = _run_until_idle(agent, aws)
+
+    # Then the agent is still taking work: the run was started
+    assert agent.fatal_error is None and [s.run_id for s in started] == ["a"]
+    agent.request_stop()
+    for supervisor in started:
+        supervisor.release.set()
+    thread.join(5)
 
 
 @pytest.mark.parametrize(

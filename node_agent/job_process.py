@@ -20,7 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,9 @@ class JobProcess:
     on_warm_host_failure: Callable[[WarmHost], None] | None = None
     isolation: Isolation | None = None  # None: as the agent's user, no limits, the process group alone
     limits: RunLimits | None = None  # None: the node's (isolation's)
+    # The job's declared variables and secrets (node_agent.job_values): in this process's environment and nowhere
+    # else; a warm host's child gets them in its spawn request, the host itself never.
+    values: Mapping[str, str] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | HostedProcess | None = None
     _channel: AgentChannel | None = None
     _killed: bool = False
@@ -93,6 +96,7 @@ class JobProcess:
                 if self.warm_host is not None:
                     self._process = self._spawn_warm(self.warm_host, env, log_file.fileno(), channel_write, ack_read)
                 if self._process is None:
+                    env.update(self.values)  # names never start RUNLY_ (runly.resources.value_name_problem)
                     env.update({"RUNLY_CHANNEL_FD": str(channel_write), "RUNLY_ACK_FD": str(ack_read)})
                     self._process = subprocess.Popen(
                         # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered.
@@ -140,8 +144,9 @@ class JobProcess:
     ) -> HostedProcess | None:
         try:
             hosted = host.spawn(
-                cwd=self.work_dir, env=env, log_fd=log_fd, channel_fd=channel_fd, ack_fd=ack_fd, limits=self.limits
-            )
+                cwd=self.work_dir, env=env, log_fd=log_fd, channel_fd=channel_fd, ack_fd=ack_fd, limits=self.limits,
+                values=self.values,
+            )  # fmt: skip
             if self.limits is not None and self._tree is not None and self._tree.uses_rlimits:
                 # The host's child sets these itself before job code; the agent makes sure, from outside.
                 process_tree.apply_rlimits(hosted.pid, self.limits)

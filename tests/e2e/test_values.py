@@ -142,8 +142,14 @@ def test_a_job_gets_its_variable_and_secret_and_the_secret_is_nowhere_else(
         "region": region,
         "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
         "pid": run.output["pid"],
+        "ppid": run.output["ppid"],
         "others": [],
     }
+    # Forked by the warm host in the default environment (the memfd path), a new interpreter in staging
+    started = f"run {run.id} attempt 1: job process {run.output['pid']} started"
+    agent_log = "".join(c.log_path.read_text() for c in stack.children if c.name.startswith("local-node"))
+    how = "warm host" if AGENT_SETTINGS[environment]["warm_hosts"] == "true" else "new interpreter"
+    assert f"{started} ({how})" in agent_log
     # And the secret it printed, twice (once whole, once in two writes), is masked in the log the agent shipped
     shipped = _shipped_logs(stack, run.id).decode()
     assert f"region={region} token=***" in shipped and "again: ***" in shipped, shipped

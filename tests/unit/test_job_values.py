@@ -59,7 +59,8 @@ def test_a_job_gets_its_declared_values_from_its_own_environment() -> None:
         f"{ROOT}/prod/secrets/API_TOKEN": ["old", SECRET],
         f"{ROOT}/staging/secrets/API_TOKEN": ["staging's"],
     })  # fmt: skip
-    resolved = resolve(job(variables=["REGION"], secrets=["API_TOKEN"]), environment="prod", values_path=ROOT, fetch=ssm)
+    declared = job(variables=["REGION"], secrets=["API_TOKEN"])
+    resolved = resolve(declared, environment="prod", values_path=ROOT, fetch=ssm)
     assert resolved.env == {"REGION": "eu-west-1", "API_TOKEN": SECRET}
     assert resolved.secrets == (SECRET,)
     assert resolved.pins == (SecretPin(f"{ROOT}/prod/secrets/API_TOKEN", 2),)
@@ -87,7 +88,7 @@ def test_an_ssm_failure_is_worth_another_attempt_and_says_no_more_than_its_kind(
     def failing(names: Sequence[str]) -> tuple[dict[str, tuple[str, int]], list[str]]:
         raise RuntimeError(f"AccessDenied for {names}")
 
-    with pytest.raises(ValuesUnavailable, match="^reading the job's variables and secrets failed: RuntimeError$"):
+    with pytest.raises(ValuesUnavailable, match=r"^reading the job's variables and secrets failed: RuntimeError$"):
         resolve(job(secrets=["API_TOKEN"]), environment="prod", values_path=ROOT, fetch=failing)
 
 
@@ -120,7 +121,8 @@ def test_a_manifest_declaring_bad_names_is_refused(values: dict[str, list[str]],
 def test_text_and_json_are_redacted_longest_value_first() -> None:
     redactor = Redactor(["abc", "abcdef", ""])
     assert redactor.text("x abcdef y abc z") == f"x {MASK} y {MASK} z"
-    assert redactor.json({"abc": ["abcdef", 1, None, {"k": "--abc--"}]}) == {MASK: [MASK, 1, None, {"k": f"--{MASK}--"}]}
+    redacted = redactor.json({"abc": ["abcdef", 1, None, {"k": "--abc--"}]})
+    assert redacted == {MASK: [MASK, 1, None, {"k": f"--{MASK}--"}]}
     assert not Redactor([]) and Redactor(["a"])
 
 
@@ -169,7 +171,8 @@ def test_leftovers_of_a_dead_agent_are_redacted_with_the_secrets_read_again(tmp_
     spool.protect(Redactor([SECRET]), (SecretPin(f"{ROOT}/prod/secrets/T", 1),))
     spool.log_path.write_bytes(f"using {SECRET}\n".encode())
     state = (runs / "run-1" / logs.STATE_FILE).read_text()
-    assert SECRET not in state and json.loads(state)["secrets"] == [{"parameter": f"{ROOT}/prod/secrets/T", "version": 1}]
+    assert SECRET not in state
+    assert json.loads(state)["secrets"] == [{"parameter": f"{ROOT}/prod/secrets/T", "version": 1}]
     # When the next agent ships it, the secret having changed since
     ssm = FakeSsm({f"{ROOT}/prod/secrets/T": [SECRET, "rotated"]})
     shipped: list[bytes] = []

@@ -303,6 +303,7 @@ class Credentials(Job[CredentialsConfig]):
             "region": os.environ["E2E_REGION"],
             "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
             "pid": os.getpid(),
+            "ppid": os.getppid(),
             "others": sorted(k for k in os.environ if k.startswith("E2E_") and k not in ("E2E_REGION", "E2E_TOKEN")),
         }
         if self.config.leak_in == "output":

@@ -27,7 +27,7 @@ from pathlib import Path
 from node_agent import process_tree
 from node_agent.isolation import Isolation
 from node_agent.process_tree import RunLimits, RunTree
-from node_agent.warm_hosts import HostedProcess, WarmHost, WarmHostError
+from node_agent.warm_hosts import CAN_PASS_VALUES, HostedProcess, WarmHost, WarmHostError
 from runly.agent_channel import AgentChannel, CheckpointHandler, Violation
 from runly.wire import ErrorMessage, LeaseMessage, Progress, ResultMessage, RunSpec
 
@@ -93,7 +93,7 @@ class JobProcess:
             env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
             with open(self.log_path, "ab") as log_file, process_tree.spawning():
-                if self.warm_host is not None:
+                if self.warm_host is not None and (CAN_PASS_VALUES or not self.values):
                     self._process = self._spawn_warm(self.warm_host, env, log_file.fileno(), channel_write, ack_read)
                 if self._process is None:
                     env.update(self.values)  # names never start RUNLY_ (runly.resources.value_name_problem)

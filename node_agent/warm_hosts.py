@@ -269,6 +269,10 @@ class WarmHost:
             self.socket_path.unlink(missing_ok=True)
 
 
+# A run's values reach a warm host's child in a memfd (Linux); where there is none, such a run gets a new interpreter.
+CAN_PASS_VALUES = hasattr(os, "memfd_create")
+
+
 def _memfd(values: Mapping[str, str]) -> int:
     """A memory-only file holding ``values`` as JSON, positioned at its start (it is never on a disk)."""
     fd = os.memfd_create("runly-values", os.MFD_CLOEXEC)

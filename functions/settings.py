@@ -7,6 +7,8 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runly_core.resources import values_path_of_table
+
 
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
@@ -20,6 +22,13 @@ class ApiSettings(BaseSettings):
         min_length=20, description="the role EventBridge Scheduler assumes to invoke the fire function"
     )
     schedule_fire_function_arn: str = Field(min_length=20, description="the function every schedule invokes")
+    # Variables and secrets (functions/dal/values.py): the SSM path of this deployment's; None: the one its table
+    # name implies (runly_core.resources.values_path_of_table), as the stack names both.
+    values_path: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9_.-]{1,64}$")
+
+    @property
+    def values_root(self) -> str:
+        return self.values_path or values_path_of_table(self.table_name)
 
 
 @lru_cache(maxsize=1)

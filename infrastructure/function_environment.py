@@ -13,9 +13,19 @@ QUEUE_URLS = "RUNLY_QUEUE_URLS"  # JSON object: environment name -> queue URL
 SCHEDULER_GROUP = "RUNLY_SCHEDULER_GROUP"
 SCHEDULER_ROLE_ARN = "RUNLY_SCHEDULER_ROLE_ARN"
 SCHEDULE_FIRE_FUNCTION_ARN = "RUNLY_SCHEDULE_FIRE_FUNCTION_ARN"
+# Variables and secrets (infrastructure/job_values.py): the SSM path they live under.
+VALUES_PATH = "RUNLY_VALUES_PATH"
 
 SETTINGS_VARIABLES = frozenset(
-    {TABLE_NAME, FEED_BUCKET, QUEUE_URLS, SCHEDULER_GROUP, SCHEDULER_ROLE_ARN, SCHEDULE_FIRE_FUNCTION_ARN}
+    {
+        TABLE_NAME,
+        FEED_BUCKET,
+        QUEUE_URLS,
+        SCHEDULER_GROUP,
+        SCHEDULER_ROLE_ARN,
+        SCHEDULE_FIRE_FUNCTION_ARN,
+        VALUES_PATH,
+    }
 )
 
 POWERTOOLS_ENVIRONMENT: dict[str, str] = {
@@ -42,6 +52,7 @@ def api_function_environment(
     scheduler_group: str,
     scheduler_role_arn: str,
     schedule_fire_function_arn: str,
+    values_path: str,
 ) -> dict[str, str]:
     return {
         TABLE_NAME: table_name,
@@ -50,6 +61,7 @@ def api_function_environment(
         SCHEDULER_GROUP: scheduler_group,
         SCHEDULER_ROLE_ARN: scheduler_role_arn,
         SCHEDULE_FIRE_FUNCTION_ARN: schedule_fire_function_arn,
+        VALUES_PATH: values_path,
         **POWERTOOLS_ENVIRONMENT,
     }
 

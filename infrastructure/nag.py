@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import aws_cdk as cdk
@@ -44,3 +45,20 @@ def _as_nag_renders(value: Any) -> str:
         separator, parts = value["Fn::Join"]
         return str(separator).join(_as_nag_renders(part) for part in parts)
     raise ValueError(f"cannot render {value!r} as cdk-nag does")
+
+
+def acknowledge_wildcard_actions(construct: Construct, *, actions: Iterable[str], reason: str) -> None:
+    """Acknowledge AwsSolutions-IAM5 for exactly these wildcard actions (e.g. ``sqs:*Message``)."""
+    for action in actions:
+        if "*" in action:
+            cdk.Validations.of(construct).acknowledge(
+                cdk.Acknowledgment(id=f"AwsSolutions-IAM5[Action::{action}]", reason=reason)
+            )
+
+
+# The node policy's queue actions (functions.nodes.policy.QUEUE_ACTIONS), spelt short to fit STS's session-policy limit.
+NODE_QUEUE_ACTIONS_REASON = (
+    "sqs:*Message and sqs:Change* match exactly ReceiveMessage, DeleteMessage, SendMessage and ChangeMessageVisibility "
+    "among IAM's SQS actions (tests/infrastructure/test_node_access.py), on the node's own queue only; spelt short so "
+    "that the node's session policy fits STS's 2,048 characters."
+)

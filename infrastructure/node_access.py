@@ -17,11 +17,17 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from functions.nodes.credentials import ROUTE, SERVICE
-from functions.nodes.policy import node_policy_document
+from functions.nodes.policy import QUEUE_ACTIONS, node_policy_document, values_arn
 from infrastructure.environment_queues import EnvironmentQueues
 from infrastructure.feed_bucket import FeedBucket
+from infrastructure.job_values import PARAMETERS_ARN
 from infrastructure.lambda_function import RunlyFunction
-from infrastructure.nag import acknowledge_scoped_wildcard
+from infrastructure.nag import (
+    NODE_QUEUE_ACTIONS_REASON,
+    acknowledge_scoped_wildcard,
+    acknowledge_wildcard_actions,
+    acknowledge_wildcard_arn,
+)
 from infrastructure.run_store import RunStore
 from runly_core.records import environment_logs_prefix
 from runly_core.resources import PACKAGES_PREFIX
@@ -46,6 +52,7 @@ class OnPremisesAccess(Construct):
         feed: FeedBucket,
         queues: EnvironmentQueues,
         http_api: apigateway.HttpApi | None,
+        parameters_arn: str,
         authorizer: apigateway.IHttpRouteAuthorizer | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -59,6 +66,7 @@ class OnPremisesAccess(Construct):
             environment={
                 TABLE_ARN: store.table.table_arn,
                 FEED_BUCKET_ARN: feed.bucket.bucket_arn,
+                PARAMETERS_ARN: parameters_arn,
                 "POWERTOOLS_SERVICE_NAME": SERVICE,
                 "POWERTOOLS_LOG_LEVEL": "INFO",
             },
@@ -80,9 +88,17 @@ class OnPremisesAccess(Construct):
                             queue_arn=queue.queue_arn,
                             feed_bucket_arn=feed.bucket.bucket_arn,
                             table_arn=store.table.table_arn,
+                            parameters_arn=parameters_arn,
                         )
                     )
                 },
+            )
+            acknowledge_wildcard_actions(role, actions=QUEUE_ACTIONS, reason=NODE_QUEUE_ACTIONS_REASON)
+            acknowledge_wildcard_arn(
+                role,
+                arn=values_arn(parameters_arn, environment),
+                reason="A node reads the variables and secrets its runs' jobs declare (names known at run time); "
+                "reads are confined to its environment's values path.",
             )
             acknowledge_scoped_wildcard(
                 role,

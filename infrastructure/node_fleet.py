@@ -30,10 +30,16 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from functions.nodes.policy import node_policy_document
+from functions.nodes.policy import QUEUE_ACTIONS, node_policy_document, parameters_arn, values_arn
 from infrastructure.environment_queues import EnvironmentQueues
 from infrastructure.feed_bucket import FeedBucket
-from infrastructure.nag import acknowledge_scoped_wildcard, acknowledge_wildcard_arn
+from infrastructure.job_values import VALUES_PATH
+from infrastructure.nag import (
+    NODE_QUEUE_ACTIONS_REASON,
+    acknowledge_scoped_wildcard,
+    acknowledge_wildcard_actions,
+    acknowledge_wildcard_arn,
+)
 from infrastructure.run_store import RunStore
 from infrastructure.settings import (
     DRAIN_HOOK_MARGIN_SECONDS,
@@ -138,6 +144,9 @@ class NodeGroup(Construct):
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
 
+        values = parameters_arn(
+            partition=stack.partition, region=stack.region, account=stack.account, values_path=names.values_path
+        )
         self.role = iam.Role(
             self,
             "InstanceRole",
@@ -150,6 +159,7 @@ class NodeGroup(Construct):
                         queue_arn=queue.queue_arn,
                         feed_bucket_arn=feed.bucket.bucket_arn,
                         table_arn=store.table.table_arn,
+                        parameters_arn=values,
                     )
                 ),
                 "fleet": iam.PolicyDocument(
@@ -185,6 +195,13 @@ class NodeGroup(Construct):
             suffix=f"/{environment_logs_prefix(environment)}*",
             reason="A node uploads the log chunks of the runs it executes (logs/<environment>/<run>/<attempt>/"
             "<seq>.log, keys known at run time); writes are confined to its environment's logs prefix.",
+        )
+        acknowledge_wildcard_actions(self.role, actions=QUEUE_ACTIONS, reason=NODE_QUEUE_ACTIONS_REASON)
+        acknowledge_wildcard_arn(
+            self.role,
+            arn=values_arn(values, environment),
+            reason="A node reads the variables and secrets its runs' jobs declare (names known at run time); "
+            "reads are confined to its environment's values path.",
         )
         acknowledge_wildcard_arn(
             self.role,
@@ -226,7 +243,8 @@ class NodeGroup(Construct):
                 )
             ],
             user_data=self._user_data(
-                environment=environment, settings=settings, fleet=fleet, queue=queue, store=store, feed=feed
+                environment=environment, settings=settings, fleet=fleet, queue=queue, store=store, feed=feed,
+                values_path=names.values_path,
             ),
         )
 
@@ -351,6 +369,7 @@ class NodeGroup(Construct):
         queue: sqs.IQueue,
         store: RunStore,
         feed: FeedBucket,
+        values_path: str,
     ) -> ec2.UserData:
         region = cdk.Stack.of(self).region
         wheels = [f"/opt/runly/{wheel}" for wheel in fleet.agent_wheels]
@@ -359,6 +378,7 @@ class NodeGroup(Construct):
             "RUNLY_QUEUE_URL": queue.queue_url,
             "RUNLY_TABLE_NAME": store.table.table_name,
             "RUNLY_FEED_BUCKET": feed.bucket.bucket_name,
+            VALUES_PATH: values_path,
             "RUNLY_CAPACITY": str(settings.runs_per_node),
             "RUNLY_DRAIN_TIMEOUT_SECONDS": str(fleet.drain_timeout_seconds),
             "RUNLY_WORK_DIR": WORK_DIR,

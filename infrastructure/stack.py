@@ -15,6 +15,7 @@ from infrastructure.function_environment import (
     authorizer_function_environment,
     fire_function_environment,
 )
+from infrastructure.job_values import JobValues
 from infrastructure.lambda_asset import functions_code
 from infrastructure.maintenance import Maintenance
 from infrastructure.node_access import OnPremisesAccess
@@ -35,6 +36,7 @@ class RunlyStack(cdk.Stack):
         store = RunStore(self, "RunStore", table_name=names.table)
         feed = FeedBucket(self, "Feed", bucket_name=names.feed_bucket)
         queues = EnvironmentQueues(self, "Queues", names=names)
+        values = JobValues(self, "JobValues", names=names)
         # One asset for every function: each one is a handler in it.
         code = functions_code(install_dependencies=settings.bundle_dependencies)
         queue_urls_json = self.to_json_string(queues.queue_urls())
@@ -52,6 +54,7 @@ class RunlyStack(cdk.Stack):
             table_name=store.table.table_name,
             feed_bucket=feed.bucket.bucket_name,
             queue_urls_json=queue_urls_json,
+            values_path=values.values_path,
             **schedules.api_environment(),
         )
         api = ControlPlaneApi(
@@ -70,6 +73,7 @@ class RunlyStack(cdk.Stack):
         feed.grant_package_read_write(api.function)
         queues.grant_send(api.function)
         schedules.grant_manage_schedules(api.function)
+        values.grant_manage(api.function)
 
         maintenance = Maintenance(
             self, "Maintenance", code=code, environment=api_environment, store=store, queues=queues
@@ -88,6 +92,7 @@ class RunlyStack(cdk.Stack):
             queues=queues,
             http_api=api.http_api,
             authorizer=api.authorizer,
+            parameters_arn=values.parameters_arn,
         )
         if settings.fleet is not None:
             NodeFleet(self, "Fleet", settings=settings.fleet, names=names, store=store, feed=feed, queues=queues)

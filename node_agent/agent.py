@@ -146,7 +146,7 @@ class Agent:
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
-        ship_leftovers(self.runs_dir, self.aws.put_log_chunk)
+        ship_leftovers(self.runs_dir, self.aws.put_log_chunk, self.aws.get_parameters)
         # Registered as idle: it polls next, and a record written as 'starting' would need another write at once.
         self.state = AgentState.IDLE
         self.register()

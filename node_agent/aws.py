@@ -62,6 +62,7 @@ from runly_core.resources import (
     RUNS_BY_LEASE,
     SQS_MAX_DELAY_SECONDS,
     SQS_MAX_IN_FLIGHT_SECONDS,
+    SSM_GET_PARAMETERS_BATCH,
 )
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,7 @@ class AgentAws:
         # Built on first use (an idle node downloads nothing and ships no log): it is the largest client.
         self._s3_client: Any = None
         self._s3_lock = threading.Lock()
+        self._ssm_client: Any = None  # built on the first run that declares variables or secrets
         self._deletes: DeleteBatcher | None = None  # started on the first delete_soon
         self._deletes_lock = threading.Lock()
         self._table = session.resource("dynamodb", config=BOTO_CONFIG).Table(table_name)
@@ -775,6 +777,34 @@ class AgentAws:
 
     def delete_node(self, environment: str, node_id: str) -> None:
         self._table.delete_item(Key=node_key(environment, node_id))
+
+    # ------------------------------------------------------------ variables and secrets
+    def get_parameters(self, names: Sequence[str]) -> tuple[dict[str, tuple[str, int]], list[str]]:
+        """SSM parameters by name (or ``name:version``), secrets decrypted: ({name as asked: (value, version)},
+        the names SSM does not have). GetParameters takes 10 names a call; one call per 10."""
+        with self._s3_lock:
+            if self._ssm_client is None:
+                self._ssm_client = self._session.client("ssm", config=BOTO_CONFIG)
+            ssm = self._ssm_client
+        found: dict[str, tuple[str, int]] = {}
+        invalid: list[str] = []
+        for start in range(0, len(names), SSM_GET_PARAMETERS_BATCH):
+            batch = list(names[start : start + SSM_GET_PARAMETERS_BATCH])
+            answer = ssm.get_parameters(Names=batch, WithDecryption=True)
+            for parameter in answer.get("Parameters", []):
+                # Named as asked: "name:version" comes back with its Selector (":version"; moto gives none), the
+                # name alone without one. The agent never asks for both forms of one name in a call.
+                name, version = str(parameter["Name"]), int(parameter["Version"])
+                selector = parameter.get("Selector")
+                if selector:
+                    asked = f"{name}{selector}"
+                elif name not in batch and f"{name}:{version}" in batch:
+                    asked = f"{name}:{version}"
+                else:
+                    asked = name
+                found[asked] = (str(parameter["Value"]), version)
+            invalid += [str(name) for name in answer.get("InvalidParameters", [])]
+        return found, invalid
 
     # ------------------------------------------------------------ feed
     def download(self, key: str, destination: Path) -> None:

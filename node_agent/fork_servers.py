@@ -219,8 +219,12 @@ class WarmHost:
         channel_fd: int,
         ack_fd: int,
         limits: RunLimits | None = None,
+        values: Mapping[str, str] | None = None,
     ) -> HostedProcess:
+        """Fork a run's child with this environment; ``values`` (the run's variables and secrets) reach the child
+        alone, in a memfd only it reads (runly.fork_server), never the host's memory."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        values_fd = _memfd(values) if values else None
         try:
             conn.settimeout(REQUEST_TIMEOUT_SECONDS)
             conn.connect(str(self.socket_path))
@@ -228,11 +232,15 @@ class WarmHost:
             if limits is not None:
                 body["limits"] = {"memory_bytes": limits.memory_bytes, "max_processes": limits.max_processes}
             request = json.dumps(body).encode()
-            socket.send_fds(conn, [request], [log_fd, channel_fd, ack_fd])
+            fds = [log_fd, channel_fd, ack_fd] + ([values_fd] if values_fd is not None else [])
+            socket.send_fds(conn, [request], fds)
             reply = json.loads(conn.recv(4096) or b"{}")
         except (OSError, ValueError) as exc:
             conn.close()
             raise WarmHostError(f"warm host for {self.sha256[:12]} did not answer: {exc}") from exc
+        finally:
+            if values_fd is not None:
+                os.close(values_fd)
         if "pid" not in reply:
             conn.close()
             raise WarmHostError(f"warm host for {self.sha256[:12]} refused the run: {reply.get('error', reply)}")
@@ -259,6 +267,22 @@ class WarmHost:
                 self.hold.close()  # the cache may evict the environment again
                 self.hold = None
             self.socket_path.unlink(missing_ok=True)
+
+
+# A run's values reach a warm host's child in a memfd (Linux); where there is none, such a run gets a new interpreter.
+CAN_PASS_VALUES = hasattr(os, "memfd_create")
+
+
+def _memfd(values: Mapping[str, str]) -> int:
+    """A memory-only file holding ``values`` as JSON, positioned at its start (it is never on a disk)."""
+    fd = os.memfd_create("runly-values", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, json.dumps(dict(values)).encode())
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class WarmHosts:

@@ -24,13 +24,13 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_agent import process_tree
 from node_agent.channel import AgentChannel, CheckpointHandler, Violation
-from node_agent.fork_servers import HostedProcess, WarmHost, WarmHostError
+from node_agent.fork_servers import CAN_PASS_VALUES, HostedProcess, WarmHost, WarmHostError
 from node_agent.isolation import Isolation
 from node_agent.process_tree import RunLimits, RunTree
 from runly.wire import ACK_ENV, CHANNEL_ENV, SPEC_ENV, ErrorMessage, LeaseMessage, Progress, ResultMessage, RunSpec
@@ -69,6 +69,9 @@ class JobProcess:
     isolated_interpreter: bool = True  # python -I: a package's environment; False: a project imported from source
     spec_dir: Path | None = None  # where the RunSpec file goes; None: the work directory
     parent_death_signal: int | None = None  # without isolation: this signal when the starting thread ends
+    # The job's declared variables and secrets (node_agent.job_values): in this process's environment and nowhere
+    # else; a warm host's child gets them in its spawn request, the host itself never.
+    values: Mapping[str, str] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | HostedProcess | None = None
     _channel: AgentChannel | None = None
     _killed: bool = False
@@ -98,9 +101,10 @@ class JobProcess:
             env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
             with open(self.log_path, "ab") as log_file, process_tree.spawning():
-                if self.warm_host is not None:
+                if self.warm_host is not None and (CAN_PASS_VALUES or not self.values):
                     self._process = self._spawn_warm(self.warm_host, env, log_file.fileno(), channel_write, ack_read)
                 if self._process is None:
+                    env.update(self.values)  # names never start RUNLY_ (runly.limits.value_name_problem)
                     env.update({CHANNEL_ENV: str(channel_write), ACK_ENV: str(ack_read)})
                     # -I: neither PYTHONPATH nor the working directory can shadow the packaged code; -u: unbuffered.
                     flags = ["-I", "-u"] if self.isolated_interpreter else ["-u"]
@@ -157,8 +161,9 @@ class JobProcess:
     ) -> HostedProcess | None:
         try:
             hosted = host.spawn(
-                cwd=self.work_dir, env=env, log_fd=log_fd, channel_fd=channel_fd, ack_fd=ack_fd, limits=self.limits
-            )
+                cwd=self.work_dir, env=env, log_fd=log_fd, channel_fd=channel_fd, ack_fd=ack_fd, limits=self.limits,
+                values=self.values,
+            )  # fmt: skip
             if self.limits is not None and self._tree is not None and self._tree.uses_rlimits:
                 # The host's child sets these itself before job code; the agent makes sure, from outside.
                 process_tree.apply_rlimits(hosted.pid, self.limits)

@@ -20,6 +20,7 @@ from runly_core.resources import (
     LEASE_MARGIN_MS,
     MESSAGE_IN_FLIGHT_LIMIT_SECONDS,
     SQS_MAX_IN_FLIGHT_SECONDS,
+    values_path_of_table,
 )
 
 ENV_PREFIX = "RUNLY_"
@@ -70,6 +71,12 @@ class AgentSettings(BaseModel):
     queue_url: str = Field(description="URL of the environment's run queue")
     table_name: str
     feed_bucket: str
+    values_path: str | None = Field(
+        default=None,
+        pattern=r"^/[A-Za-z0-9_.-]{1,64}$",
+        description="the SSM path of the deployment's variables and secrets (default: the one table_name implies,"
+        " /runly-{stage} for runly-{stage}-store)",
+    )
     node_id: str = Field(default_factory=_default_node_id)
     api_url: str | None = Field(default=None, description="the runly API; with node_key, the source of AWS credentials")
     node_key: SecretStr | None = Field(
@@ -125,6 +132,10 @@ class AgentSettings(BaseModel):
         default="runly-job",
         description="the unprivileged user job processes run as (empty: the agent's own user, which exposes it)",
     )
+
+    @property
+    def values_root(self) -> str:
+        return self.values_path or values_path_of_table(self.table_name)
 
     @classmethod
     def load(cls, env_file: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentSettings:

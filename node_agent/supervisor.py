@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from node_agent import job_values
 from node_agent.aws import AgentAws, Delivery, LeaseLost
 from node_agent.backoff import retry
 from node_agent.fork_servers import EXIT_STATUS_UNKNOWN, WarmHosts
 from node_agent.isolation import Isolation
 from node_agent.job_process import JobProcess, Outcome
+from node_agent.job_values import Redactor
 from node_agent.logs import LogSpool
 from node_agent.package_cache import PackageCache, PackageDownloadError
 from node_agent.process_tree import RunLimits
@@ -71,6 +73,8 @@ class RunSupervisor:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     lease_lost: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
+    # The secrets the job got, masked in whatever of the run the agent records (node_agent.job_values).
+    redactor: Redactor = field(default_factory=lambda: Redactor(()))
     _last_progress_sent: Progress | None = None
     _lease_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,7 +93,12 @@ class RunSupervisor:
         if latest is None or latest == self._last_progress_sent:
             return None
         self._last_progress_sent = latest
-        return latest
+        return self._redacted_progress(latest)
+
+    def _redacted_progress(self, progress: Progress | None) -> Progress | None:
+        if progress is None or not self.redactor:
+            return progress
+        return Progress.model_validate(self.redactor.json(progress.model_dump(mode="json")))
 
     def lease_renewed(self, lease: LeaseMessage) -> None:
         """A renewal was written durably: the job may now stop later (it stops by itself if none comes)."""
@@ -142,6 +151,22 @@ class RunSupervisor:
             record.run_id, record.package, record.version, time.monotonic() - phase_started,
             "cached" if installed.cached else ", ".join(f"{k} {v:.2f}s" for k, v in installed.timings.items()),
         )  # fmt: skip
+        job = next((job for job in installed.manifest.jobs if job.name == record.job), None)
+        try:
+            values = job_values.resolve(
+                job, environment=self.settings.environment, values_path=self.settings.values_root,
+                fetch=self.aws.get_parameters,
+            )  # fmt: skip
+        except job_values.MissingValues as exc:
+            self._finish(RunState.FAILED, FailureReason.VALUE_ERROR, {"message": str(exc)})
+            return
+        except job_values.ValuesUnavailable as exc:
+            self._fail(FailureReason.VALUE_ERROR, {"message": str(exc)}, retriable=True)
+            return
+        if values.secrets:
+            self.redactor = values.redactor
+            assert self.spool is not None
+            self.spool.protect(self.redactor, values.pins)
         spec = RunSpec(
             run_id=record.run_id,
             attempt=record.attempt,
@@ -164,7 +189,7 @@ class RunSupervisor:
                     spec=spec, python=installed.python, work_dir=work_dir, log_path=self.spool.log_path,
                     on_checkpoint=self._on_checkpoint, warm_host=host,
                     on_warm_host_failure=hosts.broken if hosts is not None else None, isolation=self.isolation,
-                    limits=self._limits(installed.manifest.jobs),
+                    limits=self._limits(job), values=values.env,
                 )  # fmt: skip
                 try:
                     self.process.start()
@@ -190,17 +215,18 @@ class RunSupervisor:
         self._ship_log()
         self._record(outcome, timed_out)
 
-    def _limits(self, jobs: list[JobSpec]) -> RunLimits | None:
+    def _limits(self, job: JobSpec | None) -> RunLimits | None:
         """The node's limits, lowered to what the job declares in its package's manifest."""
         if self.isolation is None:
             return None
-        return self.isolation.limits(next((job for job in jobs if job.name == self.record.job), None))
+        return self.isolation.limits(job)
 
     def _ship_log(self) -> None:
         spool = self.spool
         assert spool is not None
         try:
-            retry(lambda: spool.ship(self.aws.put_log_chunk), what="shipping the log")
+            # The job has ended: nothing more is written to its log, so no tail is held back.
+            retry(lambda: spool.ship(self.aws.put_log_chunk, final=True), what="shipping the log")
         except Exception:  # the log stays spooled; never let it change the run's outcome
             log.exception("could not ship the log of run %s", self.run_id)
 
@@ -320,6 +346,12 @@ class RunSupervisor:
             self._finish(RunState.FAILED, reason, error, progress=progress)
 
     def _end(self, state: RunState, reason: FailureReason | None, error: dict[str, Any] | None, **kwargs: Any) -> None:
+        if self.redactor:  # a secret the job printed into its error, progress or output is masked there too
+            error = self.redactor.json(error)
+            if "output" in kwargs:
+                kwargs["output"] = self.redactor.json(kwargs["output"])
+            if "progress" in kwargs:
+                kwargs["progress"] = self._redacted_progress(kwargs["progress"])
         retry(
             lambda: self.aws.end_attempt(self.record, self.node_id, state=state, reason=reason, error=error, **kwargs),
             what="recording the attempt",

@@ -10,7 +10,9 @@ The protocol, over a Unix SOCK_SEQPACKET socket (one connection per run, message
 
 - agent -> host: one JSON message ``{"cwd": ..., "env": {...}}`` carrying three file
   descriptors (SCM_RIGHTS): the log file (the child's stdout and stderr), the channel's write
-  end and the ack pipe's read end;
+  end and the ack pipe's read end; and a fourth when the run gets variables and secrets (a memfd holding them as a
+  JSON object, node_agent.job_values), which only the run's child reads: the host never holds a run's values, so a
+  later run it forks cannot find them in the memory it inherits;
 - host -> agent: ``{"pid": N}`` once the child has its own process group (so the group can be
   signalled at once), then ``{"exit": code}`` when the child is reaped (negative: killed by
   that signal, as in ``subprocess``).
@@ -41,6 +43,7 @@ from runly.wire import ACK_ENV, CHANNEL_ENV
 READY = b"ready\n"
 MAX_REQUEST_BYTES = 1 << 20
 REQUEST_FDS = 3  # log, channel (write end), acks (read end)
+MAX_REQUEST_FDS = REQUEST_FDS + 1  # and the run's values (a memfd), if it has any
 LISTEN_FD_ENV = "RUNLY_HOST_LISTEN_FD"  # a listening socket bound by the agent (else the host binds SOCKET itself)
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
@@ -151,13 +154,13 @@ class HostServer:
         with conn:
             conn.settimeout(10)
             try:
-                data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, REQUEST_FDS)
+                data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, MAX_REQUEST_FDS)
             except OSError as exc:
                 print(f"warm host: reading a request failed: {exc}", file=sys.stderr)
                 return
             try:
-                if len(fds) != REQUEST_FDS:
-                    raise ValueError(f"expected {REQUEST_FDS} file descriptors, got {len(fds)}")
+                if len(fds) not in (REQUEST_FDS, MAX_REQUEST_FDS):
+                    raise ValueError(f"expected {REQUEST_FDS} or {MAX_REQUEST_FDS} file descriptors, got {len(fds)}")
                 request = json.loads(data)
                 pid = self._fork(request, fds, conn)
             except Exception as exc:  # noqa: BLE001 - the agent falls back to a new interpreter
@@ -220,7 +223,7 @@ class HostServer:
                 _, hard = resource.getrlimit(which)
                 value = limits[key] if hard == resource.RLIM_INFINITY else min(limits[key], hard)
                 resource.setrlimit(which, (value, value))
-        log_fd, channel_fd, ack_fd = fds
+        log_fd, channel_fd, ack_fd, *values_fd = fds
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -230,6 +233,9 @@ class HostServer:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if values_fd:  # the run's variables and secrets, read here in the child only
+            with os.fdopen(values_fd[0], "rb") as values:
+                os.environ.update({str(k): str(v) for k, v in json.loads(values.read()).items()})
         # The descriptors arrive under numbers of the host's choosing: tell the run which.
         os.environ[CHANNEL_ENV] = str(channel_fd)
         os.environ[ACK_ENV] = str(ack_fd)

@@ -121,6 +121,11 @@ def _timing(checkpoint_interval: float | None, progress_interval: float | None) 
     return {name: float(value) for name, value in options.items() if value is not None}
 
 
+def _values(variables: Iterable[str], secrets: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The names of the environment's variables and secrets the job gets (Job.variables, Job.secrets)."""
+    return {"variables": tuple(variables), "secrets": tuple(secrets)}
+
+
 # ---------------------------------------------------------------- one action
 
 
@@ -166,7 +171,11 @@ def job(function: Callable[..., Any], /) -> type[FunctionJob]: ...
 
 @overload
 def job(
-    *, checkpoint_interval: float | None = None, progress_interval: float | None = None
+    *,
+    checkpoint_interval: float | None = None,
+    progress_interval: float | None = None,
+    variables: Iterable[str] = (),
+    secrets: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], type[FunctionJob]]: ...
 
 
@@ -176,12 +185,15 @@ def job(
     *,
     checkpoint_interval: float | None = None,
     progress_interval: float | None = None,
+    variables: Iterable[str] = (),
+    secrets: Iterable[str] = (),
 ) -> type[FunctionJob] | Callable[[Callable[..., Any]], type[FunctionJob]]:
     """Make a one-action job of a function (``@runly.job`` or ``@runly.job(checkpoint_interval=5)``).
 
     ``function(config)`` or ``function(config, job)``, sync or ``async def``; what it returns (JSON) is the run's
     output. The intervals are those of :class:`~runly.job.Job` (seconds between checkpoints and progress reports
-    sent to the agent, at most).
+    sent to the agent, at most); ``variables`` and ``secrets`` name the environment's values the job gets as
+    environment variables of its process (:attr:`~runly.job.Job.variables`).
     """
 
     def make(target: Callable[..., Any]) -> type[FunctionJob]:
@@ -190,6 +202,7 @@ def job(
         attributes = {
             **_class_attributes(target, model),
             **_timing(checkpoint_interval, progress_interval),
+            **_values(variables, secrets),
             "_takes_config": given == 1,
             "_takes_job": _arity(target, given, "the job") if given else False,
         }
@@ -265,6 +278,8 @@ def item_job(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     checkpoint_interval: float | None = None,
     progress_interval: float | None = None,
+    variables: Iterable[str] = (),
+    secrets: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], type[FunctionItemJob]]:
     """Make an item job of a function that processes one item: ``process(config, item)`` (or
     ``process(config, item, job)``), sync on threads or ``async def`` on one event loop.
@@ -296,6 +311,7 @@ def item_job(
         attributes: dict[str, Any] = {
             **_class_attributes(process, model),
             **_timing(checkpoint_interval, progress_interval),
+            **_values(variables, secrets),
             "items_function": staticmethod(items),
             "item_id_function": staticmethod(item_id) if item_id is not None else None,
             "finalize_function": staticmethod(finalize) if finalize is not None else None,

@@ -254,6 +254,11 @@ class Job(Generic[ConfigT]):
     # node's. Recorded in the package's manifest by ``runly pack``; a run over its memory limit ends memory_limit.
     memory_limit_mb: ClassVar[int | None] = None
     max_processes: ClassVar[int | None] = None
+    # The environment's variables and secrets a run of this job gets, by name, as environment variables of its process
+    # (``os.environ["API_TOKEN"]``). Recorded in the package's manifest by ``runly pack``; the agent resolves them
+    # when the run starts, and a run whose secret is missing fails before the job starts (docs/jobs.md).
+    variables: ClassVar[tuple[str, ...]] = ()
+    secrets: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -6,6 +6,8 @@ serves them: one constant each, here, in the SDK that all three install.
 
 from __future__ import annotations
 
+import re
+
 # Every value a job produces ends up in a DynamoDB item, and an item holds at most 400 KB (attribute names and
 # values, in UTF-8 bytes); a write over it fails, and a run whose completing write fails is re-run. So each value
 # has a byte limit, counted as it is stored: compact JSON in UTF-8 (runly.sizes.stored_json), never characters.
@@ -57,3 +59,28 @@ MAX_CHANNEL_MESSAGE_BYTES = (
     max(MAX_OUTPUT_BYTES, MAX_CHECKPOINT_BYTES, MAX_ERROR_BYTES, MAX_PROGRESS_BYTES) + CHANNEL_ENVELOPE_BYTES
 )
 LOG_CHUNK_BYTES = 1024 * 1024
+
+
+# ---------------------------------------------------------------- the variables and secrets a job declares
+# A name becomes an environment variable of the job process (its values: runly_core.resources, in SSM).
+VALUE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Names the agent sets or that change how the job's interpreter starts: a variable or secret may not take them.
+RESERVED_VALUE_PREFIXES = ("RUNLY_", "PYTHON", "LD_", "OTEL_")
+RESERVED_VALUE_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR", "TRACEPARENT", "MALLOC_ARENA_MAX"}
+)
+# What a job may declare (JobSpec.variables + JobSpec.secrets), and what its resolved values may take together: they
+# travel in the job's environment (Linux caps one string at 128 KiB, the whole environment at a quarter of the
+# stack limit) and, for a warm host's child, in one socket message (node_agent.fork_servers).
+MAX_JOB_VALUES = 32
+MAX_JOB_VALUE_BYTES = 128 * 1024
+
+
+def value_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a variable's or a secret's name, or None when it can."""
+    if not VALUE_NAME.match(name):
+        return f"must match {VALUE_NAME.pattern} (it becomes an environment variable of the job)"
+    if name.upper().startswith(RESERVED_VALUE_PREFIXES) or name.upper() in RESERVED_VALUE_NAMES:
+        starts = ", ".join(RESERVED_VALUE_PREFIXES)
+        return f"is reserved (names starting {starts}, and {', '.join(sorted(RESERVED_VALUE_NAMES))})"
+    return None

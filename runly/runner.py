@@ -107,6 +107,8 @@ def describe_jobs(declared: dict[str, str] | None = None) -> list[JobSpec]:
                 default_config=cls.default_config(),
                 memory_limit_mb=cls.memory_limit_mb,
                 max_processes=cls.max_processes,
+                variables=list(cls.variables),
+                secrets=list(cls.secrets),
             )
         )
     return specs

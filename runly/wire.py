@@ -11,7 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runly.limits import MAX_JOB_VALUES, value_name_problem
 
 __all__ = [
     "JOB_NAME",
@@ -63,6 +65,31 @@ class JobSpec(Strict):
         le=1 << 22,
         description="the most processes a run of this job may have at once (null: the node's limit; never above it)",
     )
+    variables: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_JOB_VALUES,
+        description="names of the environment's variables the job gets as environment variables of its process",
+    )
+    secrets: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_JOB_VALUES,
+        description="names of the environment's secrets the job gets as environment variables of its process (a run"
+        " fails before the job starts when one is missing)",
+    )
+
+    @model_validator(mode="after")
+    def _value_names(self) -> JobSpec:
+        names = [*self.variables, *self.secrets]
+        if len(names) > MAX_JOB_VALUES:
+            raise ValueError(f"a job declares at most {MAX_JOB_VALUES} variables and secrets together")
+        for field_name in ("variables", "secrets"):
+            for name in getattr(self, field_name):
+                problem = value_name_problem(name)
+                if problem is not None:
+                    raise ValueError(f"{field_name}: {name!r} {problem}")
+        if len(set(names)) != len(names):
+            raise ValueError("a name is declared twice (among variables and secrets: each is one environment variable)")
+        return self
 
 
 class Progress(BaseModel):

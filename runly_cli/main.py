@@ -16,6 +16,7 @@ import typer
 from runly_cli.commands.authoring import init, jobs, node_start, run_local
 from runly_cli.commands.keys import keys_app
 from runly_cli.commands.runs import cancel, logs, nodes_app, print_run, requeue, runs_app, runs_show, watch_run
+from runly_cli.commands.values import secrets_app, vars_app
 from runly_cli.common import (
     EXIT_CODES_HELP,
     ApiOption,
@@ -50,6 +51,8 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(node_app, name="node")
 app.add_typer(profile_app, name="profile")
+app.add_typer(vars_app, name="vars")
+app.add_typer(secrets_app, name="secrets")
 
 # Writing and testing jobs on this machine.
 app.command("init")(init)

@@ -78,9 +78,14 @@ from runly_core.contracts import (
     RunView,
     ScheduleList,
     ScheduleView,
+    SecretList,
+    SecretView,
     UpdateScheduleRequest,
     UploadRequest,
     UploadTicket,
+    ValueRequest,
+    VariableList,
+    VariableView,
 )
 
 __all__ = [
@@ -212,8 +217,8 @@ class _Request(Generic[T]):
     method: str
     path: str  # below the API's base URL; an absolute URL when ``api`` is False
     parse: Callable[[httpx.Response], T]
-    json: Any = None
-    content: bytes | None = None
+    json: Any = field(default=None, repr=False)  # may hold a secret's value (set_secret): never in a repr
+    content: bytes | None = field(default=None, repr=False)
     params: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     api: bool = True  # False: not the runly API (a presigned S3 URL): no API key is sent
@@ -553,6 +558,40 @@ class _Operations:
     def delete_pin(self, environment: str, package: str) -> Operation[None]:
         yield _Request("DELETE", f"/environments/{_q(environment)}/pins/{_q(package)}", _nothing)
 
+    # variables and secrets of an environment
+    def list_variables(self, environment: str) -> Operation[list[VariableView]]:
+        path = f"/environments/{_q(environment)}/variables"
+        return (yield _Request("GET", path, _model(VariableList))).items  # type: ignore[no-any-return]
+
+    def get_variable(self, environment: str, name: str) -> Operation[VariableView]:
+        return (yield _Request("GET", f"/environments/{_q(environment)}/variables/{_q(name)}", _model(VariableView)))
+
+    def set_variable(self, environment: str, name: str, value: str) -> Operation[VariableView]:
+        """Set a variable (a plain value, readable back) of an environment; needs an admin key."""
+        body = ValueRequest(value=value).model_dump()
+        path = f"/environments/{_q(environment)}/variables/{_q(name)}"
+        return (yield _Request("PUT", path, _model(VariableView), json=body))
+
+    def delete_variable(self, environment: str, name: str) -> Operation[None]:
+        yield _Request("DELETE", f"/environments/{_q(environment)}/variables/{_q(name)}", _nothing)
+
+    def list_secrets(self, environment: str) -> Operation[list[SecretView]]:
+        """The environment's secrets: names, versions and update times (the API never returns a value)."""
+        path = f"/environments/{_q(environment)}/secrets"
+        return (yield _Request("GET", path, _model(SecretList))).items  # type: ignore[no-any-return]
+
+    def get_secret(self, environment: str, name: str) -> Operation[SecretView]:
+        return (yield _Request("GET", f"/environments/{_q(environment)}/secrets/{_q(name)}", _model(SecretView)))
+
+    def set_secret(self, environment: str, name: str, value: str) -> Operation[SecretView]:
+        """Set a secret (write-only: its value is never returned) of an environment; needs an admin key."""
+        body = ValueRequest(value=value).model_dump()
+        path = f"/environments/{_q(environment)}/secrets/{_q(name)}"
+        return (yield _Request("PUT", path, _model(SecretView), json=body))
+
+    def delete_secret(self, environment: str, name: str) -> Operation[None]:
+        yield _Request("DELETE", f"/environments/{_q(environment)}/secrets/{_q(name)}", _nothing)
+
     # schedules
     def create_schedule(self, request: CreateScheduleRequest) -> Operation[ScheduleView]:
         body = request.model_dump(mode="json", exclude_none=True)
@@ -726,6 +765,14 @@ class RunlyClient(_ClientBase):
     get_pin = _sync(_Operations.get_pin)
     set_pin = _sync(_Operations.set_pin)
     delete_pin = _sync(_Operations.delete_pin)
+    list_variables = _sync(_Operations.list_variables)
+    get_variable = _sync(_Operations.get_variable)
+    set_variable = _sync(_Operations.set_variable)
+    delete_variable = _sync(_Operations.delete_variable)
+    list_secrets = _sync(_Operations.list_secrets)
+    get_secret = _sync(_Operations.get_secret)
+    set_secret = _sync(_Operations.set_secret)
+    delete_secret = _sync(_Operations.delete_secret)
     create_schedule = _sync(_Operations.create_schedule)
     list_schedules = _sync(_Operations.list_schedules)
     get_schedule = _sync(_Operations.get_schedule)
@@ -844,6 +891,14 @@ class AsyncRunlyClient(_ClientBase):
     get_pin = _async(_Operations.get_pin)
     set_pin = _async(_Operations.set_pin)
     delete_pin = _async(_Operations.delete_pin)
+    list_variables = _async(_Operations.list_variables)
+    get_variable = _async(_Operations.get_variable)
+    set_variable = _async(_Operations.set_variable)
+    delete_variable = _async(_Operations.delete_variable)
+    list_secrets = _async(_Operations.list_secrets)
+    get_secret = _async(_Operations.get_secret)
+    set_secret = _async(_Operations.set_secret)
+    delete_secret = _async(_Operations.delete_secret)
     create_schedule = _async(_Operations.create_schedule)
     list_schedules = _async(_Operations.list_schedules)
     get_schedule = _async(_Operations.get_schedule)

@@ -22,7 +22,7 @@ from runly.wire import (
     Progress,
     Strict,
 )
-from runly_core.resources import ENVIRONMENT_NAME
+from runly_core.resources import ENVIRONMENT_NAME, MAX_VALUE_BYTES
 
 PACKAGE_NAME = r"^[a-z0-9]([a-z0-9._-]{0,98}[a-z0-9])?$"
 SHA256_HEX = r"^[0-9a-f]{64}$"
@@ -95,6 +95,9 @@ class FailureReason(StrEnum):
     PROGRESS_TOO_LARGE = "progress_too_large"
     MESSAGE_TOO_LARGE = "message_too_large"  # a line on the job's channel over MAX_CHANNEL_MESSAGE_BYTES
     MEMORY_LIMIT = "memory_limit"  # the run went over its memory limit (RUNLY_MEMORY_LIMIT_BYTES, memory_limit_mb)
+    # A variable or secret the job declares is not set in its environment (not retried), or SSM could not be read
+    # (retried): either way before the job started (node_agent.job_values).
+    VALUE_ERROR = "value_error"
 
 
 # ---------------------------------------------------------------- packages
@@ -524,3 +527,43 @@ class EnqueueBatchRequest(Strict):
 
 class EnqueueBatchResponse(BaseModel):
     runs: list[RunView] = Field(description="the runs, in the order of the request")
+
+
+# ---------------------------------------------------------------- variables and secrets of an environment
+# Stored in SSM Parameter Store (runly_core.resources: VALUE_NAME, MAX_VALUE_BYTES); a job names those it needs in its
+# manifest (JobSpec.variables, JobSpec.secrets) and gets them as environment variables of its process.
+
+
+class ValueRequest(Strict):
+    value: str = Field(
+        min_length=1,
+        description=f"the value: UTF-8 text of 1 to {MAX_VALUE_BYTES} bytes, no NUL character (it becomes an"
+        " environment variable of the job process)",
+    )
+
+
+class VariableView(BaseModel):
+    """A variable: a plain value, readable by every key that may read the environment."""
+
+    environment: str
+    name: str
+    value: str
+    version: int = Field(description="SSM's version of the parameter: 1 when created, +1 on each change")
+    updated_at: datetime
+
+
+class VariableList(BaseModel):
+    items: list[VariableView] = Field(description="by name")
+
+
+class SecretView(BaseModel):
+    """A secret, as the API shows it: never its value (only the job process that declares it gets that)."""
+
+    environment: str
+    name: str
+    version: int = Field(description="SSM's version of the parameter: 1 when created, +1 on each change")
+    updated_at: datetime
+
+
+class SecretList(BaseModel):
+    items: list[SecretView] = Field(description="by name")

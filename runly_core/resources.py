@@ -181,7 +181,44 @@ class ResourceNames(BaseModel):
         """The EventBridge Scheduler schedule group that holds the deployment's schedules (one per runly schedule)."""
         return self.prefix
 
+    @property
+    def values_path(self) -> str:
+        """The SSM Parameter Store path under which the environments' variables and secrets live
+        (``{values_path}/{environment}/{kind}/{name}``: runly_core.resources.value_parameter)."""
+        return f"/{self.prefix}"
+
     def queues(self, environment: str) -> QueueNames:
         if environment not in self.environments:
             raise KeyError(f"unknown environment {environment!r}")
         return QueueNames(queue=f"{self.prefix}-{environment}", dead_letter_queue=f"{self.prefix}-{environment}-dlq")
+
+
+# ---------------------------------------------------------------- variables and secrets of an environment
+# Both live in SSM Parameter Store, one parameter each, ``{values_path}/{environment}/{kind}/{name}`` (a variable is a
+# String, a secret a SecureString encrypted with the AWS-managed key aws/ssm: docs/api.md). A name becomes an
+# environment variable of the job process, so it is one: letters, digits and "_", not starting with a digit, at
+# most 128 characters (SSM allows 1,011 for the whole name; the path takes at most 1 + 27 + 1 + 31 + 8 + 1).
+VALUE_KINDS = ("variables", "secrets")
+# SSM's value limits: 4 KB for a standard parameter, 8 KB for an advanced one. Parameters are written with the
+# Intelligent-Tiering tier: standard (free) up to 4 KB, advanced (charged per parameter and month) above it.
+MAX_VALUE_BYTES = 8 * 1024
+SSM_STANDARD_VALUE_BYTES = 4 * 1024
+SSM_TIER = "Intelligent-Tiering"
+# SSM GetParameters takes at most 10 names a call.
+SSM_GET_PARAMETERS_BATCH = 10
+
+
+def value_parameter(values_path: str, environment: str, kind: str, name: str) -> str:
+    """The SSM parameter of one variable or secret (``kind``: one of VALUE_KINDS)."""
+    return f"{environment_values_path(values_path, environment)}{kind}/{name}"
+
+
+def environment_values_path(values_path: str, environment: str) -> str:
+    """``{values_path}/{environment}/``: every value of the environment; a node's credentials reach this path only."""
+    return f"{values_path.rstrip('/')}/{environment}/"
+
+
+def values_path_of_table(table_name: str) -> str:
+    """The values path of the deployment whose table is ``table_name`` (ResourceNames: ``runly-{stage}-store`` ->
+    ``/runly-{stage}``), for settings that do not name it."""
+    return "/" + table_name.removesuffix("-store")

@@ -11,6 +11,7 @@ from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.schedules import Scheduler, ScheduleStore
 from functions.dal.store import Store
+from functions.dal.values import ValueStore
 from functions.settings import get_settings
 
 
@@ -53,6 +54,11 @@ def scheduler() -> Scheduler:
         role_arn=settings.scheduler_role_arn,
         target_arn=settings.schedule_fire_function_arn,
     )
+
+
+@lru_cache(maxsize=1)
+def value_store() -> ValueStore:
+    return ValueStore(get_settings().values_root)
 
 
 def environments() -> frozenset[str]:

@@ -50,6 +50,9 @@ class CredentialsSettings(BaseSettings):
 
     table_arn: str = Field(min_length=20)
     feed_bucket_arn: str = Field(min_length=16)
+    parameters_arn: str = Field(
+        min_length=20, description="the ARN of the deployment's values path (functions.nodes.policy.parameters_arn)"
+    )
     node_roles: dict[str, NodeRoleTarget] = Field(
         min_length=1, description="environment name -> its NodeRole and run queue (JSON)"
     )
@@ -81,6 +84,7 @@ def session_policy(environment: str, settings: CredentialsSettings) -> str:
         queue_arn=target.queue_arn,
         feed_bucket_arn=settings.feed_bucket_arn,
         table_arn=settings.table_arn,
+        parameters_arn=settings.parameters_arn,
     )
     return json.dumps(without_sids(document), separators=(",", ":"))
 

@@ -16,7 +16,20 @@ only for the node's own environment (docs/store.md):
   attributes of attribute-level conditions); delete node registrations. No PutItem (a put replaces every attribute,
   those a node may not write included). So the API alone writes a run's definition (package, entry point, config,
   environment, ``api_created``) and its search index keys, and a node writes nothing under its environment's own
-  ``ENV#{environment}`` partition (its pins), no API key, package or schedule, and no other environment's items.
+  ``ENV#{environment}`` partition (its pins), no API key, package or schedule, and no other environment's items;
+- the environment's variables and secrets: ``ssm:GetParameters`` on ``{values_path}/{environment}/*`` (SSM
+  Parameter Store; runly_core.resources.environment_values_path). Secrets are SecureStrings under the AWS-managed key
+  ``aws/ssm``, whose key policy lets every principal of the account decrypt through SSM: the parameter path in
+  this statement is the whole bound, so no kms statement is needed (nor would one fit: below).
+
+STS refuses a session policy over 2,048 characters (tests/infrastructure/test_node_policy_cases.py measures it at the
+longest names). To make room for the values, four spellings are shorter than they were, each granting exactly what
+it did: the queue's actions are ``sqs:*Message`` and ``sqs:Change*`` (IAM's SQS actions of those forms are exactly
+ReceiveMessage, DeleteMessage, SendMessage and ChangeMessageVisibility; the batch calls are authorized as these);
+the write statements' ReturnValues condition is a string, not a one-element list; the reads name the environment's
+prefix ``ENV#{environment}#*`` (whose only partitions are its runs and nodes: its pins are ``ENV#{environment}``,
+without the "#"); and the values' grant shares the packages' statement (an action of one service never matches a
+resource of the other, so the pairs across are void).
 """
 
 from __future__ import annotations
@@ -32,12 +45,10 @@ from runly_core.records import (
 )
 from runly_core.resources import ITEMS_BY_KIND, PACKAGES_PREFIX, PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
 
-QUEUE_ACTIONS = (
-    "sqs:ReceiveMessage",
-    "sqs:DeleteMessage",
-    "sqs:ChangeMessageVisibility",
-    "sqs:SendMessage",
-)
+# ReceiveMessage, DeleteMessage and SendMessage (the only SQS actions ending "Message"), and the heartbeat's
+# ChangeMessageVisibility (the only one starting "Change"). SQS's batch calls are authorized as their single forms.
+QUEUE_ACTIONS = ("sqs:*Message", "sqs:Change*")
+VALUE_ACTIONS = ("ssm:GetParameters",)
 READ_ACTIONS = ("dynamodb:GetItem", "dynamodb:ConditionCheckItem")
 # What node_agent.aws names in the updates of a run item and of its checkpoint item (in the same partition): the
 # lease, attempts, progress, outcome, a retry's time, a handed-over message, the checkpoint, and the lease index's
@@ -83,7 +94,7 @@ NODE_ATTRIBUTES = (
 # The attribute-level conditions hold only if a write returns no other attributes (DynamoDB developer guide, "Using
 # IAM policy conditions for fine-grained access control": NONE, UPDATED_OLD or UPDATED_NEW); the agent asks for none.
 # IfExists: a transaction's Update has no ReturnValues.
-WRITE_RETURN_VALUES = ("NONE",)
+WRITE_RETURN_VALUE = "NONE"
 
 
 def run_partitions(environment: str) -> str:
@@ -96,7 +107,7 @@ def node_partitions(environment: str) -> str:
 
 
 def _writes(
-    sid: str, actions: list[str], table_arn: str, partitions: str, attributes: tuple[str, ...]
+    sid: str, actions: str | list[str], table_arn: str, partitions: str, attributes: tuple[str, ...]
 ) -> dict[str, Any]:
     return {
         "Sid": sid,
@@ -107,21 +118,35 @@ def _writes(
             # One operator for both keys (the attribute names hold no wildcard: StringLike is StringEquals on them),
             # so the session policy fits STS's 2,048 characters.
             "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partitions], "dynamodb:Attributes": list(attributes)},
-            "StringEqualsIfExists": {"dynamodb:ReturnValues": list(WRITE_RETURN_VALUES)},
+            "StringEqualsIfExists": {"dynamodb:ReturnValues": WRITE_RETURN_VALUE},
         },
     }
 
 
-def node_policy_document(*, environment: str, queue_arn: str, feed_bucket_arn: str, table_arn: str) -> dict[str, Any]:
+def values_arn(parameters_arn: str, environment: str) -> str:
+    """The ARN pattern of the environment's variables and secrets; ``parameters_arn`` names the deployment's values
+    path (``arn:aws:ssm:{region}:{account}:parameter/runly-{stage}``:
+    runly_core.resources.ResourceNames.values_path)."""
+    return f"{parameters_arn}/{environment}/*"
+
+
+def parameters_arn(*, partition: str, region: str, account: str, values_path: str) -> str:
+    # A hierarchical parameter's ARN is "parameter" followed by its name, whose leading "/" it keeps.
+    return f"arn:{partition}:ssm:{region}:{account}:parameter{values_path}"
+
+
+def node_policy_document(
+    *, environment: str, queue_arn: str, feed_bucket_arn: str, table_arn: str, parameters_arn: str
+) -> dict[str, Any]:
     return {
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "RunQueue", "Effect": "Allow", "Action": list(QUEUE_ACTIONS), "Resource": queue_arn},
             {
-                "Sid": "ReadPackages",
+                "Sid": "ReadPackagesAndValues",
                 "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": f"{feed_bucket_arn}/{PACKAGES_PREFIX}*",
+                "Action": ["s3:GetObject", *VALUE_ACTIONS],
+                "Resource": [f"{feed_bucket_arn}/{PACKAGES_PREFIX}*", values_arn(parameters_arn, environment)],
             },
             {
                 "Sid": "WriteRunLogs",
@@ -134,13 +159,12 @@ def node_policy_document(*, environment: str, queue_arn: str, feed_bucket_arn: s
                 "Effect": "Allow",
                 "Action": list(READ_ACTIONS),
                 "Resource": table_arn,
+                # Its runs and nodes: the only partitions under the prefix (see the module's docstring).
                 "Condition": {
-                    "ForAllValues:StringLike": {
-                        "dynamodb:LeadingKeys": [run_partitions(environment), node_partitions(environment)]
-                    }
+                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{environment_prefix(environment)}*"]}
                 },
             },
-            _writes("WriteRuns", ["dynamodb:UpdateItem"], table_arn, run_partitions(environment), RUN_ATTRIBUTES),
+            _writes("WriteRuns", "dynamodb:UpdateItem", table_arn, run_partitions(environment), RUN_ATTRIBUTES),
             _writes(
                 "WriteNodes",
                 ["dynamodb:UpdateItem", "dynamodb:DeleteItem"],

@@ -174,6 +174,7 @@ class EmbeddedStack:
                 "RUNLY_FEED_BUCKET": self.names.feed_bucket,
                 "RUNLY_QUEUE_URLS": json.dumps(self.queue_urls),
                 **schedule_settings(self.names),
+                "RUNLY_VALUES_PATH": self.names.values_path,  # variables and secrets: SSM parameters in moto
                 "POWERTOOLS_SERVICE_NAME": "runly-api",
                 "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray locally
                 "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
@@ -250,6 +251,7 @@ class EmbeddedStack:
                 "RUNLY_QUEUE_URL": self.queue_urls[environment],
                 "RUNLY_TABLE_NAME": self.names.table,
                 "RUNLY_FEED_BUCKET": self.names.feed_bucket,
+                "RUNLY_VALUES_PATH": self.names.values_path,
                 "RUNLY_NODE_ID": node_id,
                 "RUNLY_WORK_DIR": str(self.run_dir / node_id),
                 **self.agent_env,

@@ -7,6 +7,7 @@ import pytest
 
 from functions.nodes.credentials import ROUTE as NODE_CREDENTIALS_ROUTE
 from infrastructure import function_environment
+from infrastructure.job_values import API_ACTIONS as JOB_VALUES_API_ACTIONS
 from infrastructure.settings import StageSettings
 from infrastructure.stack import queue_url_output_id
 from runly_core import resources
@@ -134,15 +135,16 @@ def test_function_is_told_the_table_bucket_and_every_environment_queue(
 # --- least privilege ----------------------------------------------------------------------------------------
 
 
-def test_function_role_has_no_wildcard_action_nor_resource_but_for_tracing(
+def test_function_role_has_no_wildcard_action_nor_resource_but_for_tracing_and_describing_values(
     role_statements: list[dict[str, Any]],
 ) -> None:
     for statement in role_statements:
         assert statement["Effect"] == "Allow"
         assert not [action for action in as_list(statement["Action"]) if "*" in action], statement
         if "*" in as_list(statement["Resource"]):
-            # X-Ray has no resource-level permissions: "*" is the only way, and only for its two write actions.
-            assert set(as_list(statement["Action"])) == XRAY_ACTIONS, statement
+            # X-Ray and ssm:DescribeParameters have no resource-level permissions: "*" is the only way, and only for
+            # X-Ray's two write actions and the secrets' metadata (functions/dal/values.py filters it by path).
+            assert set(as_list(statement["Action"])) in (XRAY_ACTIONS, {"ssm:DescribeParameters"}), statement
         assert "NotAction" not in statement and "NotResource" not in statement
 
 
@@ -297,3 +299,23 @@ def test_stack_outputs_the_api_url_table_bucket_and_each_queue_url(template_json
     assert len(queue_outputs) == len(TEST_ENVIRONMENTS)
     for output_id in queue_outputs:
         assert template_json["Resources"][outputs[output_id]["Value"]["Ref"]]["Type"] == "AWS::SQS::Queue"
+
+
+def test_the_api_manages_values_under_the_deployments_values_path_only(
+    role_statements: list[dict[str, Any]], function: tuple[str, dict[str, Any]]
+) -> None:
+    # Variables and secrets (infrastructure/job_values.py): set, read, list, delete under /runly-test/*; secrets'
+    # metadata through DescribeParameters; never GetParameters (the call that decrypts several at once) nor kms.
+    ssm = {
+        (action, render(resource))
+        for statement in role_statements
+        for action in as_list(statement["Action"])
+        if action.startswith(("ssm:", "kms:"))
+        for resource in as_list(statement["Resource"])
+    }
+    values = "arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter/runly-test/*"
+    assert ssm == {
+        *((action, values) for action in JOB_VALUES_API_ACTIONS),
+        ("ssm:DescribeParameters", "*"),
+    }
+    assert function[1]["Environment"]["Variables"][function_environment.VALUES_PATH] == "/runly-test"

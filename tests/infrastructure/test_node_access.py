@@ -3,13 +3,14 @@ POST /nodes/credentials route to that function behind the API key authorizer."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import Any
 
 import pytest
 
 from functions.nodes.credentials import ROUTE
-from functions.nodes.policy import NODE_ATTRIBUTES, RUN_ATTRIBUTES, WRITE_RETURN_VALUES
+from functions.nodes.policy import NODE_ATTRIBUTES, QUEUE_ACTIONS, RUN_ATTRIBUTES, WRITE_RETURN_VALUE
 from infrastructure.node_access import CREDENTIALS_HANDLER, ROLE_MAX_SESSION_SECONDS
 from infrastructure.settings import StageSettings
 from infrastructure.stack import environment_output_id
@@ -38,6 +39,43 @@ NODE_QUEUE_ACTIONS = {
     "sqs:ChangeMessageVisibility",
     "sqs:SendMessage",
 }
+# Every action IAM knows for SQS (Service Authorization Reference; the batch calls are authorized as their single
+# forms): the node policy's wildcard actions must match exactly NODE_QUEUE_ACTIONS among them.
+SQS_ACTIONS = {
+    *NODE_QUEUE_ACTIONS,
+    *(
+        f"sqs:{name}"
+        for name in (
+            "AddPermission", "CancelMessageMoveTask", "CreateQueue", "DeleteQueue", "GetQueueAttributes",
+            "GetQueueUrl", "ListDeadLetterSourceQueues", "ListMessageMoveTasks", "ListQueueTags", "ListQueues",
+            "PurgeQueue", "RemovePermission", "SetQueueAttributes", "StartMessageMoveTask", "TagQueue", "UntagQueue",
+        )
+    ),
+}  # fmt: skip
+
+
+def test_the_queue_wildcards_match_exactly_the_nodes_queue_actions() -> None:
+    matched = {action for action in SQS_ACTIONS if any(fnmatch.fnmatchcase(action, p) for p in QUEUE_ACTIONS)}
+    assert matched == NODE_QUEUE_ACTIONS
+
+
+def assert_only_the_queue_wildcards(statements: list[dict[str, Any]]) -> None:
+    """No wildcard action but the queue's two (each matching exactly the SQS actions above)."""
+    assert_no_wildcard_action(
+        [{**s, "Action": [a for a in as_list(s["Action"]) if a not in QUEUE_ACTIONS]} for s in statements]
+    )
+
+
+def expand_queue_actions(pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    return {
+        (action, resource)
+        for pattern, resource in pairs
+        for action in (
+            {a for a in NODE_QUEUE_ACTIONS if fnmatch.fnmatchcase(a, pattern)}
+            if pattern in QUEUE_ACTIONS
+            else {pattern}
+        )
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +93,19 @@ def node_roles(template_json: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def expected_node_grants(template_json: dict[str, Any], queue_id: str, environment: str) -> set[tuple[str, str]]:
+def expected_node_grants(
+    template_json: dict[str, Any], queue_id: str, environment: str, values_path: str
+) -> set[tuple[str, str]]:
     """What a node of one environment may do, wherever its credentials come from (EC2 role or NodeRole); which
     items, and which of their attributes, the conditions say (assert_items_limited_to_runs_and_nodes, and the
     case table of test_node_policy_cases.py)."""
     table_id = logical_id(template_json, "AWS::DynamoDB::Table")
     feed = feed_bucket_id(template_json)
+    values = f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{values_path}/{environment}/*"
     return {
         *{(action, f"<{queue_id}.Arn>") for action in NODE_QUEUE_ACTIONS},
-        ("s3:GetObject", f"<{feed}.Arn>/packages/*"),
+        # One statement for both (functions.nodes.policy): the pairs across services are void.
+        *{(a, r) for a in ("s3:GetObject", "ssm:GetParameters") for r in (f"<{feed}.Arn>/packages/*", values)},
         ("s3:PutObject", f"<{feed}.Arn>/logs/{environment}/*"),
         *{(action, f"<{table_id}.Arn>") for action in NODE_ITEM_ACTIONS},
     }
@@ -71,15 +113,15 @@ def expected_node_grants(template_json: dict[str, Any], queue_id: str, environme
 
 def assert_items_limited_to_runs_and_nodes(statements: list[dict[str, Any]], environment: str) -> None:
     """Every table statement is bounded to the environment's partitions; writes name only the node's attributes."""
-    runs, nodes = f"ENV#{environment}#RUN#*", f"ENV#{environment}#NODE#*"
+    runs, nodes, both = f"ENV#{environment}#RUN#*", f"ENV#{environment}#NODE#*", f"ENV#{environment}#*"
     table = [s for s in statements if any(str(a).startswith("dynamodb:") for a in as_list(s["Action"]))]
     by_sid = {s["Sid"]: s for s in table}
     assert set(by_sid) == {"ReadItems", "WriteRuns", "WriteNodes"}
-    assert by_sid["ReadItems"]["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [runs, nodes]}}
+    assert by_sid["ReadItems"]["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [both]}}
     for sid, partitions, attributes in (("WriteRuns", runs, RUN_ATTRIBUTES), ("WriteNodes", nodes, NODE_ATTRIBUTES)):
         assert by_sid[sid]["Condition"] == {
             "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partitions], "dynamodb:Attributes": list(attributes)},
-            "StringEqualsIfExists": {"dynamodb:ReturnValues": list(WRITE_RETURN_VALUES)},
+            "StringEqualsIfExists": {"dynamodb:ReturnValues": WRITE_RETURN_VALUE},
         }
 
 
@@ -90,9 +132,11 @@ def test_each_node_role_may_use_only_its_environment_queue_the_feed_prefixes_and
     assert len(set(node_roles.values())) == len(TEST_ENVIRONMENTS)
     for environment, role_id in node_roles.items():
         statements = role_statements(template_json, role_id)
-        assert_no_wildcard_action(statements)
+        assert_only_the_queue_wildcards(statements)
         queue_id = logical_id(template_json, "AWS::SQS::Queue", QueueName=names.queues(environment).queue)
-        assert grants(statements) == expected_node_grants(template_json, queue_id, environment)
+        assert expand_queue_actions(grants(statements)) == expected_node_grants(
+            template_json, queue_id, environment, names.values_path
+        )
         assert_items_limited_to_runs_and_nodes(statements, environment)
 
 

@@ -23,9 +23,14 @@ from infrastructure.node_fleet import (
 from infrastructure.settings import StageSettings
 from runly_core import resources
 from tests.infrastructure.cfn import as_list, render, resources_of_type
-from tests.infrastructure.iam import assert_no_wildcard_action, feed_bucket_id, grants, logical_id, role_statements
+from tests.infrastructure.iam import feed_bucket_id, grants, logical_id, role_statements
 from tests.infrastructure.synth import AGENT_WHEELS
-from tests.infrastructure.test_node_access import assert_items_limited_to_runs_and_nodes, expected_node_grants
+from tests.infrastructure.test_node_access import (
+    assert_items_limited_to_runs_and_nodes,
+    assert_only_the_queue_wildcards,
+    expand_queue_actions,
+    expected_node_grants,
+)
 
 FLEET_TYPES = (
     "AWS::AutoScaling::AutoScalingGroup",
@@ -136,14 +141,14 @@ def test_each_instance_role_holds_its_environment_node_policy_and_its_own_drain_
     feed = feed_bucket_id(fleet_template_json)
     for environment, (_, group) in groups.items():
         statements = role_statements(fleet_template_json, _instance_role(fleet_template_json, group))
-        assert_no_wildcard_action(statements)
+        assert_only_the_queue_wildcards(statements)
         queue_id = logical_id(fleet_template_json, "AWS::SQS::Queue", QueueName=names.queues(environment).queue)
         drain_arn = (
             "arn:<AWS::Partition>:autoscaling:<AWS::Region>:<AWS::AccountId>:autoScalingGroup:*:"
             f"autoScalingGroupName/{group_name(names, environment)}"
         )
-        assert grants(statements) == {
-            *expected_node_grants(fleet_template_json, queue_id, environment),
+        assert expand_queue_actions(grants(statements)) == {
+            *expected_node_grants(fleet_template_json, queue_id, environment, names.values_path),
             *(("s3:GetObject", f"<{feed}.Arn>/{AGENT_PREFIX}{wheel}") for wheel in AGENT_WHEELS),
             ("autoscaling:CompleteLifecycleAction", drain_arn),
             *{(action, "*") for action in SESSION_MANAGER_ACTIONS},

@@ -98,6 +98,7 @@ class Arns:
     queues: Mapping[str, str]
     dead_letter_queues: Mapping[str, str]
     bucket: str
+    parameters: str  # the deployment's values path (functions.nodes.policy.parameters_arn)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ def cases(arns: Arns) -> list[Case]:
     pins_a, pins_b = pin_key(A, "pkg")[PARTITION_KEY], pin_key(B, "pkg")[PARTITION_KEY]
     assert pins_a == environment_partition(A)
     log_a = f"{arns.bucket}/logs/{A}/{RUN_A}/0001/00000000.log"
+    secret_a, variable_a = f"{arns.parameters}/{A}/secrets/API_TOKEN", f"{arns.parameters}/{A}/variables/REGION"
+    secret_b, variable_b = f"{arns.parameters}/{B}/secrets/API_TOKEN", f"{arns.parameters}/{B}/variables/REGION"
     log_b = f"{arns.bucket}/logs/{B}/{RUN_B}/0001/00000000.log"
     allow = [
         Case("get its environment's run", True, item("GetItem", arns, run_a)),
@@ -147,6 +150,8 @@ def cases(arns: Arns) -> list[Case]:
             for action in ("ReceiveMessage", "DeleteMessage", "ChangeMessageVisibility")
         ),
         Case("send a run's replacement message to its queue", True, Request("sqs:SendMessage", arns.queues[A])),
+        Case("read its environment's secret", True, Request("ssm:GetParameters", secret_a)),
+        Case("read its environment's variable", True, Request("ssm:GetParameters", variable_a)),
     ]
     deny = [
         Case("get B's run", False, item("GetItem", arns, run_b)),
@@ -229,6 +234,22 @@ def cases(arns: Arns) -> list[Case]:
         Case("send to its dead-letter queue", False, Request("sqs:SendMessage", arns.dead_letter_queues[A])),
         Case("purge its queue", False, Request("sqs:PurgeQueue", arns.queues[A])),
         Case("assume another node role", False, Request("sts:AssumeRole", "arn:aws:iam::123456789012:role/any")),
+        Case("read B's secret", False, Request("ssm:GetParameters", secret_b)),
+        Case("read B's variable", False, Request("ssm:GetParameters", variable_b)),
+        Case("read B's secret one at a time", False, Request("ssm:GetParameter", secret_b)),
+        Case("read its secret one at a time (it calls GetParameters)", False, Request("ssm:GetParameter", secret_a)),
+        Case("list B's values by path", False, Request("ssm:GetParametersByPath", f"{arns.parameters}/{B}/secrets")),
+        Case("list its values by path", False, Request("ssm:GetParametersByPath", f"{arns.parameters}/{A}/secrets")),
+        Case("read a value outside every environment", False, Request("ssm:GetParameters", f"{arns.parameters}/x")),
+        Case("read another deployment's value", False, Request("ssm:GetParameters", f"{arns.parameters}-x/{A}/s/n")),
+        Case("overwrite its environment's secret", False, Request("ssm:PutParameter", secret_a)),
+        Case("delete its environment's secret", False, Request("ssm:DeleteParameter", secret_a)),
+        Case("describe the parameters", False, Request("ssm:DescribeParameters", "*")),
+        Case("decrypt with KMS directly", False, Request("kms:Decrypt", "arn:aws:kms:us-east-1:123456789012:key/k")),
+        *(
+            Case(f"{action} on its queue", False, Request(f"sqs:{action}", arns.queues[A]))
+            for action in ("GetQueueAttributes", "SetQueueAttributes", "StartMessageMoveTask", "ListMessageMoveTasks")
+        ),
     ]
     return allow + deny
 
@@ -266,6 +287,7 @@ def _template_arns(template_json: dict[str, Any], names: ResourceNames) -> Arns:
         queues={e: queue(names.queues(e).queue) for e in TEST_ENVIRONMENTS},
         dead_letter_queues={e: queue(names.queues(e).dead_letter_queue) for e in TEST_ENVIRONMENTS},
         bucket=f"<{feed_bucket_id(template_json)}.Arn>",
+        parameters=f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{names.values_path}",
     )
 
 
@@ -287,6 +309,7 @@ def _swap(arns: Arns, environment: str) -> Arns:
         queues={A: arns.queues[B], B: arns.queues[A]},
         dead_letter_queues={A: arns.dead_letter_queues[B], B: arns.dead_letter_queues[A]},
         bucket=arns.bucket,
+        parameters=arns.parameters,
     )
 
 
@@ -362,6 +385,7 @@ def _session_arns(environment: str, other: str) -> Arns:
         queues={e: queue(names.queues(e).queue) for e in (environment, other)},
         dead_letter_queues={e: queue(names.queues(e).dead_letter_queue) for e in (environment, other)},
         bucket=f"arn:aws:s3:::{names.feed_bucket}",
+        parameters=f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{names.values_path}",
     )
 
 
@@ -369,6 +393,7 @@ def _session_settings(arns: Arns, environments: tuple[str, ...]) -> CredentialsS
     return CredentialsSettings(
         table_arn=arns.table,
         feed_bucket_arn=arns.bucket,
+        parameters_arn=arns.parameters,
         node_roles={
             e: NodeRoleTarget(role_arn=f"arn:aws:iam::{ACCOUNT}:role/node-{e}", queue_arn=arns.queues[e])
             for e in environments
@@ -392,6 +417,7 @@ def test_the_session_policy_allows_exactly_the_case_table_alone_and_with_its_rol
         .replace(template.table, arns.table)
         .replace(template.bucket, arns.bucket)
         .replace(template.queues[A], arns.queues[A])
+        .replace(template.parameters, arns.parameters)
     )
     for case in cases(arns):
         assert (allowed([role_real], case.request) and allowed([policy], case.request)) == case.allowed, case.name
@@ -407,6 +433,8 @@ def test_environment_names_that_prefix_one_another_stay_apart() -> None:
     assert not allowed([policy], item("UpdateItem", arns, other_run, attributes=CLAIM, returns="NONE"))
     assert not allowed([policy], item("GetItem", arns, node_key("prod-eu", NODE)[PARTITION_KEY]))
     assert not allowed([policy], Request("s3:PutObject", f"{arns.bucket}/logs/prod-eu/run_prod-eu_x/0001/0.log"))
+    assert not allowed([policy], Request("ssm:GetParameters", f"{arns.parameters}/prod-eu/secrets/API_TOKEN"))
+    assert allowed([policy], Request("ssm:GetParameters", f"{arns.parameters}/prod/secrets/API_TOKEN"))
     assert allowed([policy], item("GetItem", arns, run_key("run_prod_20250101000000_0123456789ab")[PARTITION_KEY]))
 
 

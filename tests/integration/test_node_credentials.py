@@ -31,7 +31,9 @@ ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/runly-test-NodeRole-default"
 QUEUE_ARN = f"arn:aws:sqs:us-east-1:{ACCOUNT}:runly-test-default"
 TABLE_ARN = f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/runly-test-store"
 BUCKET_ARN = "arn:aws:s3:::runly-test-feed-123456789012-us-east-1"
+PARAMETERS_ARN = f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/runly-test"
 SETTINGS = {
+    "RUNLY_PARAMETERS_ARN": PARAMETERS_ARN,
     "RUNLY_TABLE_ARN": TABLE_ARN,
     "RUNLY_FEED_BUCKET_ARN": BUCKET_ARN,
     "RUNLY_NODE_ROLES": json.dumps({"default": {"role_arn": ROLE_ARN, "queue_arn": QUEUE_ARN}}),
@@ -98,20 +100,20 @@ def _call(context: dict[str, str] | None) -> tuple[int, dict[str, Any]]:
 def test_the_node_policy_allows_its_queue_its_log_prefix_and_its_environment_items_only() -> None:
     # What each request may do is tested case by case in tests/infrastructure/test_node_policy_cases.py.
     document = node_policy_document(
-        environment="default", queue_arn=QUEUE_ARN, feed_bucket_arn=BUCKET_ARN, table_arn=TABLE_ARN
+        environment="default",
+        queue_arn=QUEUE_ARN,
+        feed_bucket_arn=BUCKET_ARN,
+        table_arn=TABLE_ARN,
+        parameters_arn=PARAMETERS_ARN,
     )
     by_sid = {statement["Sid"]: statement for statement in document["Statement"]}
-    assert set(by_sid) == {"RunQueue", "ReadPackages", "WriteRunLogs", "ReadItems", "WriteRuns", "WriteNodes"}
+    assert set(by_sid) == {"RunQueue", "ReadPackagesAndValues", "WriteRunLogs", "ReadItems", "WriteRuns", "WriteNodes"}
     assert by_sid["RunQueue"]["Resource"] == QUEUE_ARN
-    assert set(by_sid["RunQueue"]["Action"]) == {
-        "sqs:ReceiveMessage",
-        "sqs:DeleteMessage",
-        "sqs:ChangeMessageVisibility",
-        "sqs:SendMessage",
-    }
-    assert (by_sid["ReadPackages"]["Action"], by_sid["ReadPackages"]["Resource"]) == (
-        "s3:GetObject",
-        f"{BUCKET_ARN}/packages/*",
+    # Receive, Delete, SendMessage; ChangeMessageVisibility (tests/infrastructure/test_node_policy_cases.py).
+    assert set(by_sid["RunQueue"]["Action"]) == {"sqs:*Message", "sqs:Change*"}
+    assert (by_sid["ReadPackagesAndValues"]["Action"], by_sid["ReadPackagesAndValues"]["Resource"]) == (
+        ["s3:GetObject", "ssm:GetParameters"],
+        [f"{BUCKET_ARN}/packages/*", f"{PARAMETERS_ARN}/default/*"],
     )
     assert (by_sid["WriteRunLogs"]["Action"], by_sid["WriteRunLogs"]["Resource"]) == (
         "s3:PutObject",
@@ -122,12 +124,12 @@ def test_the_node_policy_allows_its_queue_its_log_prefix_and_its_environment_ite
         for sid in ("ReadItems", "WriteRuns", "WriteNodes")
     }
     assert leading == {
-        "ReadItems": ["ENV#default#RUN#*", "ENV#default#NODE#*"],
+        "ReadItems": ["ENV#default#*"],
         "WriteRuns": ["ENV#default#RUN#*"],
         "WriteNodes": ["ENV#default#NODE#*"],
     }
     assert by_sid["ReadItems"]["Action"] == ["dynamodb:GetItem", "dynamodb:ConditionCheckItem"]
-    assert by_sid["WriteRuns"]["Action"] == ["dynamodb:UpdateItem"]
+    assert by_sid["WriteRuns"]["Action"] == "dynamodb:UpdateItem"
     assert by_sid["WriteNodes"]["Action"] == ["dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     assert all(statement["Effect"] == "Allow" for statement in document["Statement"])
 
@@ -140,6 +142,7 @@ def test_the_session_policy_fits_sts_limit_even_with_the_longest_names() -> None
         {
             "table_arn": f"arn:aws-us-gov:dynamodb:ap-southeast-4:{ACCOUNT}:table/runly-{stage}-store",
             "feed_bucket_arn": f"arn:aws-us-gov:s3:::runly-{stage}-feed-{ACCOUNT}-ap-southeast-4",
+            "parameters_arn": f"arn:aws-us-gov:ssm:ap-southeast-4:{ACCOUNT}:parameter/runly-{stage}",
             "node_roles": {environment: {"role_arn": ROLE_ARN, "queue_arn": queue_arn}},
         }
     )
@@ -166,7 +169,11 @@ def test_credentials_come_from_the_environment_role_with_its_policy_for_15_minut
     assert request["DurationSeconds"] == CREDENTIALS_SECONDS == 900
     assert json.loads(request["Policy"]) == without_sids(
         node_policy_document(
-            environment="default", queue_arn=QUEUE_ARN, feed_bucket_arn=BUCKET_ARN, table_arn=TABLE_ARN
+            environment="default",
+            queue_arn=QUEUE_ARN,
+            feed_bucket_arn=BUCKET_ARN,
+            table_arn=TABLE_ARN,
+            parameters_arn=PARAMETERS_ARN,
         )
     )
     assert issued.environment == "default"

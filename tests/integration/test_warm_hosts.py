@@ -3,6 +3,7 @@ environment, forking real runs that talk to the agent's side (JobProcess) over r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -47,7 +48,7 @@ def hosts(tmp_path: Path) -> Iterator[WarmHosts]:
 
 def _run(
     installed: InstalledPackage, hosts: WarmHosts | None, work: Path, job: str, config: dict[str, Any] | None = None,
-    *, then: Any = None, host: WarmHost | None = None,
+    *, then: Any = None, host: WarmHost | None = None, values: dict[str, str] | None = None,
 ) -> tuple[JobProcess, Outcome, str]:  # fmt: skip
     if host is None and hosts is not None:
         host = hosts.acquire(installed.sha256, installed.python)
@@ -59,7 +60,7 @@ def _run(
     log_path = work / f"{run_id}.log"
     process = JobProcess(
         spec=spec, python=installed.python, work_dir=work / run_id, log_path=log_path, warm_host=host,
-        on_warm_host_failure=hosts.broken if hosts is not None else None,
+        on_warm_host_failure=hosts.broken if hosts is not None else None, values=values or {},
     )  # fmt: skip
     try:
         process.start()
@@ -221,3 +222,32 @@ def test_a_warm_host_keeps_its_environment_from_eviction(bundle: Path, tmp_path:
         pool.stop_all()
     assert cache._try_remove(sha), "a stopped host holds nothing"
     assert cache.installed() == []
+
+
+def test_a_runs_values_reach_its_child_alone_never_the_host_nor_the_next_run(
+    installed: InstalledPackage, tmp_path: Path
+) -> None:
+    # Given one warm host, and a run that gets a variable and a secret (node_agent.job_values)
+    token = "tok-warm-host-5d1c9e7a3b"
+    pool = WarmHosts(tmp_path / "pool", env=job_environment(), max_hosts=1, idle_seconds=600)
+    try:
+        values = {"E2E_REGION": "eu-west-1", "E2E_TOKEN": token}
+        _, got, log = _run(installed, pool, tmp_path, "credentials", values=values)
+        # When the next run of the same host gets none
+        _, next_run, _ = _run(installed, pool, tmp_path, "credentials")
+        host = pool.acquire(installed.sha256, installed.python)
+        assert host is not None
+        pool.release(host)
+        host_environ = Path(f"/proc/{host.process.pid}/environ").read_bytes()
+    finally:
+        pool.stop_all()
+    # Then the first run's child had both, forked by the host (not a new interpreter)
+    assert got.exit_code == 0 and got.result is not None, log
+    assert got.result.output["region"] == "eu-west-1"
+    assert got.result.output["token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    assert got.result.output["ppid"] == host.process.pid
+    # And neither the host's environment nor the next run's child has them
+    assert token.encode() not in host_environ
+    assert next_run.error is not None and next_run.error.type == "KeyError", next_run
+    assert "E2E_TOKEN" in next_run.error.message or "E2E_REGION" in next_run.error.message
+

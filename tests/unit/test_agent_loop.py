@@ -145,6 +145,9 @@ class FakeAws:
     def put_log_chunk(self, key: str, data: bytes) -> None:
         pass
 
+    def get_parameters(self, names: list[str]) -> tuple[dict[str, tuple[str, int]], list[str]]:
+        return {}, list(names)  # no variable or secret is set
+
 
 class FakeSupervisor:
     """Holds its slot until released, like a job that is still running."""

@@ -131,6 +131,25 @@ def test_the_host_loads_and_describes_function_jobs_by_entry_point() -> None:
     ]
 
 
+@runly.job(variables=["REGION"], secrets=["API_TOKEN"])
+def uses_values(config: ResizeConfig) -> dict[str, str]:
+    return {}
+
+
+@runly.item_job(items=lambda config: config.words, secrets=("DB_URL",))
+def uses_a_secret(config: WordsConfig, word: str) -> None:
+    pass
+
+
+def test_function_jobs_declare_variables_and_secrets_into_their_manifest_entry() -> None:
+    specs = describe_jobs({"a": f"{__name__}:uses_values", "b": f"{__name__}:uses_a_secret", "c": f"{__name__}:resize"})
+    assert [(s.name, s.variables, s.secrets) for s in specs] == [
+        ("a", ["REGION"], ["API_TOKEN"]),
+        ("b", [], ["DB_URL"]),
+        ("c", [], []),
+    ]
+
+
 def test_runly_job_is_the_decorator_and_runly_job_the_module_still_imports() -> None:
     import sys
 

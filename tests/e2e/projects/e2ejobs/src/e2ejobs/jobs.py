@@ -272,3 +272,50 @@ class Snoop(Job[SnoopConfig]):
         except OSError as exc:
             found["plant"] = f"refused: {type(exc).__name__}"
         return found
+
+
+class CredentialsConfig(BaseModel):
+    leak_in: str = Field(default="", description="'' (only print it), 'error', 'progress' or 'output'")
+
+
+class Credentials(Job[CredentialsConfig]):
+    """Gets a variable and a secret of its environment (runly.job.Job.variables/secrets), prints the secret, and
+    leaks it wherever the config says: for the tests that it reaches no record, event, answer or shipped log."""
+
+    variables = ("E2E_REGION",)
+    secrets = ("E2E_TOKEN",)
+
+    def run(self) -> dict[str, object]:
+        import hashlib
+
+        token = os.environ["E2E_TOKEN"]
+        print(f"region={os.environ['E2E_REGION']} token={token}", flush=True)
+        # The same secret split across two writes: one line in the log, whatever the chunking
+        sys.stdout.write(f"again: {token[:5]}")
+        sys.stdout.flush()
+        sys.stdout.write(f"{token[5:]}\n")
+        if self.config.leak_in == "error":
+            raise RuntimeError(f"cannot connect with token {token}")
+        if self.config.leak_in == "progress":
+            self.report_progress(1, 1, message=f"connected with {token}")
+            time.sleep(3)  # a heartbeat or two writes it
+        found = {
+            "region": os.environ["E2E_REGION"],
+            "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "others": sorted(k for k in os.environ if k.startswith("E2E_") and k not in ("E2E_REGION", "E2E_TOKEN")),
+        }
+        if self.config.leak_in == "output":
+            found["token"] = token
+        return found
+
+
+class NeedsAbsent(Job[EchoConfig]):
+    """Declares a secret its environment does not have: the run fails before it starts."""
+
+    secrets = ("E2E_ABSENT",)
+
+    def run(self) -> dict[str, object]:
+        print("this job should never have started", flush=True)
+        return {}

@@ -282,3 +282,57 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "s", "(no target; the two side by side)", None, p95=latency.get("p95"),
                 runs=latency.get("n"))  # fmt: skip
     return rows
+
+
+# The fewest bytes a run's item holds beside its config or output: keys, job, state, times, attempt, lease owner.
+FLOOR_RUN_ITEM_BYTES = 200
+FLOOR_RECEIVE_BATCH = 10  # messages per ReceiveMessage, DeleteMessageBatch and ChangeMessageVisibilityBatch
+FLOOR_ENQUEUE_BATCH = 100  # runs per POST /runs/batch; SQS sends them 10 to a SendMessageBatch
+
+
+def protocol_floor(prices: dict[str, Any], *, config_bytes: int, output_bytes: int, heartbeat_seconds: float
+                   ) -> dict[str, Any]:  # fmt: skip
+    """What a durable, fenced run cannot do without, and what that costs (the floor beside the measured bill).
+
+    A short run: three writes of its own item (created with its config before the API answers; claimed with a
+    conditional lease write; completed with its output, conditional on the lease), one write of one small index
+    entry (KEYS_ONLY) so the environment's runs can be listed, and its message sent, received and deleted, each in
+    batches of 10 (SQS's most). Reads: none (the claim's write returns the run). A running run: per beat one
+    conditional lease write of an item of at most 1 KB (no index key moves) and a tenth of a
+    ChangeMessageVisibilityBatch. Not counted: API Gateway and Lambda (per HTTP request, 1/100 of a run on the batch
+    path), the authorizer's key read, run events, logs; those are in the measured bill."""
+    from bench.billing import write_units
+
+    writes = {
+        "create (run item with its config)": write_units(config_bytes + FLOOR_RUN_ITEM_BYTES),
+        "claim (conditional lease write)": write_units(FLOOR_RUN_ITEM_BYTES),
+        "complete (conditional, with its output)": write_units(output_bytes + FLOOR_RUN_ITEM_BYTES),
+        "one listing index entry (KEYS_ONLY)": write_units(FLOOR_RUN_ITEM_BYTES),
+    }
+    sqs = {
+        "POST /runs/batch": 3 / FLOOR_RECEIVE_BATCH,  # send, receive, delete: a tenth of a batch each
+        "POST /runs": 1 + 2 / FLOOR_RECEIVE_BATCH,  # one SendMessage per request
+    }
+    wru = prices["dynamodb_on_demand_per_million_wru"]
+    sqs_price = prices["sqs_standard_per_million_requests"]
+    total_writes = sum(writes.values())
+    beat_writes = write_units(FLOOR_RUN_ITEM_BYTES)
+    beat_sqs = 1 / FLOOR_RECEIVE_BATCH
+    beats = 1000 * 3600 / heartbeat_seconds
+    return {
+        "short_run": {
+            "write_units": total_writes,
+            "writes": writes,
+            "read_units": 0.0,
+            "sqs_requests": sqs,
+            "dynamodb_and_sqs_per_million": {
+                path: round(total_writes * wru + requests * sqs_price, 4) for path, requests in sqs.items()
+            },
+        },
+        "running": {
+            "write_units_per_beat": beat_writes,
+            "sqs_requests_per_beat": beat_sqs,
+            "per_thousand_running_hours": round(beats * (beat_writes * wru + beat_sqs * sqs_price) / 1_000_000, 4),
+        },
+        "counted": "DynamoDB write units and SQS requests only (API Gateway, Lambda, run events and logs are not)",
+    }

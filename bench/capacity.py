@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,8 +85,8 @@ class Workload:
 class Mix:
     """What the embedded stack runs (sized for under 5 minutes on 2 cores)."""
 
-    idle_seconds: float = 45.0
-    single_runs: int = 40
+    idle_seconds: float = 40.0
+    single_runs: int = 30
     batch_runs: int = 200
     long_seconds: float = 30.0  # the heartbeat window counted
     long_heartbeat_seconds: float = 2.0
@@ -97,6 +97,11 @@ class Mix:
     def short_only(cls) -> Mix:
         """make bench's bill: the short runs of both paths, no long run."""
         return cls(long_seconds=0.0)
+
+    @classmethod
+    def quick_bill(cls) -> Mix:
+        """make bench --quick's bill: fewer runs, a shorter idle window (not for quoting)."""
+        return cls(idle_seconds=25.0, single_runs=15, batch_runs=100, long_seconds=0.0)
 
 
 # ---------------------------------------------------------------- partition key patterns
@@ -304,11 +309,14 @@ def measure(state_dir: Path, mix: Mix) -> dict[str, Any]:
                 package=PACKAGE, job="echo", config={"payload": payload, "seconds": seconds}, environment=environment
             )
 
-        def wait_terminal(run_ids: set[str], timeout: float = 240.0) -> float:
+        def wait_terminal(run_ids: set[str], timeout: float = 400.0) -> float:
             ok = agent_log.wait(lambda: all(agent_log.terminal(r) for r in run_ids), timeout=timeout, interval=0.05)
             if not ok:
-                done = sum(1 for r in run_ids if agent_log.terminal(r))
-                raise RuntimeError(f"{done} of {len(run_ids)} runs ended:\n{short_agent.tail()}")
+                missing = sorted(r for r in run_ids if not agent_log.terminal(r))
+                raise RuntimeError(
+                    f"{len(run_ids) - len(missing)} of {len(run_ids)} runs ended; not: {', '.join(missing[:5])}; "
+                    f"logs in {stack.run_dir / 'logs'}"
+                )
             return max(e.t for r in run_ids if (e := agent_log.terminal(r)) is not None)
 
         # Warm up: the package installed and a warm job host up on each agent, before anything is counted.
@@ -442,7 +450,7 @@ def _between(records: Iterable[Mapping[str, Any]], start: float, end: float) -> 
 
 
 def _handler_ms(
-    records: list[Mapping[str, Any]], http: list[tuple[float, float]]
+    records: Sequence[Mapping[str, Any]], http: list[tuple[float, float]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per enqueue request: the authorizer = request start -> end of its API key read (the GetItem of a KEY#
     partition); the API function = the rest of the round trip (an upper bound: the local gateway's own time is in)."""
@@ -466,7 +474,7 @@ def _handler_ms(
 
 
 def _tally_json(t: Tally) -> dict[str, Any]:
-    partitions = [
+    partitions: list[dict[str, Any]] = [
         {
             "service": service,
             "target": target,
@@ -628,33 +636,12 @@ def sqs_at_workload(measured: Mapping[str, Any], workload: Workload = WORKLOAD) 
     }
 
 
-def requests_for_bill(path: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """A path's measurement in the shape bench.derive.bill reads (what make bench's own counts give it)."""
-    rows = []
-    for key, per_run in (path.get("billed_requests") or {}).items():
-        service, operation = key.split(" ", 1)
-        if service != "dynamodb":  # DynamoDB is billed by its units, given apart
-            rows.append({"role": "all", "service": service, "operation": operation, "item": "", "per_run": per_run})
-    return {
-        "path": name,
-        "runs": path["runs"],
-        "http_requests_per_run": path["http_requests"] / path["runs"],
-        "calls_per_run": rows,
-        "read_units_per_run": path["read_units"],
-        "write_units_per_run": path["write_units"],
-        "index_write_units_per_run": path["index_write_units"],
-        "authorizer_ms": path["authorizer_ms"],
-        "api_function_ms": path["api_function_ms"],
-        "gateway_log_bytes_per_http_request": path["gateway_log_bytes_per_http_request"],
-    }
-
-
 def bills(measured: Mapping[str, Any], prices: Mapping[str, Any]) -> dict[str, Any]:
     """Dollars per million short runs of each path, all-in (bench.derive.bill: the same lines as make bench)."""
     run_events = derive.run_events_default()
     out = {}
     for name, path in measured["paths"].items():
-        requests = requests_for_bill(path, name)
+        requests = derive.requests_for_bill(path, name)
         out[name] = derive.bill(
             requests,
             gateway_log_bytes_per_request=requests["gateway_log_bytes_per_http_request"],
@@ -719,7 +706,7 @@ def figures(measured: Mapping[str, Any], prices: Mapping[str, Any], workload: Wo
         "cost_per_million_short_runs_by_path": {name: round(b["all_in_total"], 4) for name, b in bill.items()},
         "cost_per_thousand_running_hours": round(running["total"], 4) if running else None,
         "floor": derive.protocol_floor(
-            prices,
+            dict(prices),
             config_bytes=workload.config_bytes,
             output_bytes=workload.output_bytes,
             heartbeat_seconds=workload.heartbeat_seconds,
@@ -798,10 +785,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.state.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="capacity-", dir=args.state))
-        try:
-            measured = measure(scratch, Mix())
-        finally:
-            shutil.rmtree(scratch / "stack", ignore_errors=True)
+        measured = measure(scratch, Mix())  # on failure the scratch (logs of every process) stays for a look
+        shutil.rmtree(scratch / "stack", ignore_errors=True)
         (scratch / "measured.json").write_text(json.dumps(measured, indent=1, default=str))
         log.info("raw measurement in %s", scratch / "measured.json")
     result = {"commit": _commit(), **figures(measured, prices), "measurement": measured}

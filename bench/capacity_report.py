@@ -215,7 +215,7 @@ def _design_section(name: str, design: Mapping[str, Any]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     paths = measurement.get("paths") or {}
-    batch = paths.get("POST /runs/batch") or next(iter(paths.values()), {})
+    batch: Mapping[str, Any] = paths.get("POST /runs/batch") or next(iter(paths.values()), {})
     beat = measurement.get("heartbeat") or {}
     rows: dict[tuple[str, str], list[float]] = {}
     for source, offset in ((batch, 0), (beat, 2)):

@@ -445,8 +445,25 @@ def _cost_section(f: dict[str, Any]) -> list[str]:
     cost = f.get("cost") or f.get("cost_batch") or {}
     any_requests = single or batch
     sizes = ", ".join(f"{kind} {size} B" for kind, size in any_requests.get("item_sizes", {}).items())
+    recorded = cost.get("counting") == "recorder"
     out = [
         "## 4. AWS requests and dollars per run",
+        "",
+        (
+            '**How the dollars are counted** (docs/store.md, "How the bill is counted"): DynamoDB request units and '
+            "SQS requests come from a run of short runs on a stack of their own behind a recording proxy "
+            "(bench/recorder.py, section `bill`: the counting `make capacity` does, bench/billing.py), which reads "
+            "each item before and after every write and bills the base table by the larger, each global secondary "
+            "index by its own rules (a put when an item enters it, a delete when it leaves, a delete and a put when "
+            "its key moves, an update when a projected attribute changes; by the projected entry's size), failed "
+            "conditional writes included, and SQS per 64 KB chunk; those runs carry a 1 KB config and return a 1 KB "
+            "output (issue 14's workload). Lambda durations and log bytes are this run's own (below, no proxy in "
+            "their path). The hook's counts below are the requests made; its units (base table only, sizes as the "
+            "calls carried them) are shown beside the billed ones, and undercount."
+            if recorded
+            else "**These dollars count base-table units only** (the hook's view: no index writes, sizes as the "
+            "calls carried them): they undercount. Run the `bill` section for the counting `make capacity` does."
+        ),
         "",
         "Counted by a botocore hook (`bench/hooks/sitecustomize.py`, on the PYTHONPATH of the gateway and agent "
         "processes only) on two paths: **one POST /runs per run** (the warm dispatch runs, one at a time) and the "
@@ -469,14 +486,42 @@ def _cost_section(f: dict[str, Any]) -> list[str]:
             "",
             f"{requests['runs']} runs in {requests['window_seconds']:.0f} s, "
             f"{requests.get('runs_per_http_request', 1):.0f} run(s) per HTTP request, {requests['retries']} retries "
-            f"seen. Per run: {requests['read_units_per_run']:.2f} RRU and {requests['write_units_per_run']:.2f} WRU. "
-            f"Per HTTP request: authorizer {fmt(_median(requests.get('authorizer_ms')), 'ms')} (request start -> its "
+            f"seen. Per run, as the hook sees them (base table only): {requests['read_units_per_run']:.2f} RRU and "
+            f"{requests['write_units_per_run']:.2f} WRU"
+            + (
+                f"; billed, with every index write and real item sizes: {bill.get('write_units_per_run', 0):.2f} WRU "
+                f"(of which {bill.get('index_write_units_per_run') or 0:.2f} in indexes) and "
+                f"{bill.get('read_units_per_run', 0):.2f} RRU. "
+                if bill.get("counting") == "recorder"
+                else ". "
+            )
+            + f"Per HTTP request: authorizer {fmt(_median(requests.get('authorizer_ms')), 'ms')} (request start -> its "
             f"key read returned), API function {fmt(_median(requests.get('api_function_ms')), 'ms')} (the rest of "
             "the round trip: an upper bound, the local gateway's own work included).",
             "",
             _requests_table(requests),
             "",
             _cost_table(bill),
+            "",
+        ]
+    floor = f.get("cost_floor") or {}
+    if floor:
+        short = floor["short_run"]
+        out += [
+            "**The protocol's floor** (bench/derive.py `protocol_floor`): what a durable, fenced run cannot do "
+            "without. A short run writes its item three times (created with its config before the API answers; "
+            "claimed by a conditional lease write; completed with its output, conditional on the lease) and one "
+            "small KEYS_ONLY index entry so its environment's runs can be listed: "
+            + ", ".join(f"{name} {units:g}" for name, units in short["writes"].items())
+            + f" = {short['write_units']:g} WRU with a 1 KB config and a 1 KB output (each crosses 1 KB with the "
+            "item's own attributes); its message is sent, received and deleted ten to a request: "
+            + ", ".join(f"{path} {requests:g}" for path, requests in short["sqs_requests"].items())
+            + " SQS requests. In DynamoDB and SQS alone: "
+            + ", ".join(f"{path} ${value:.2f}" for path, value in short["dynamodb_and_sqs_per_million"].items())
+            + " per million runs. A running run: "
+            f"{floor['running']['write_units_per_beat']:g} lease write and "
+            f"{floor['running']['sqs_requests_per_beat']:g} ChangeMessageVisibilityBatch per beat, "
+            f"${floor['running']['per_thousand_running_hours']:.2f} per thousand running run-hours at 15 s.",
             "",
         ]
     events = cost.get("events_per_run")

@@ -490,10 +490,15 @@ def _tally_json(t: Tally) -> dict[str, Any]:
         if w or r
     ]
     dynamo = [p for p in partitions if p["service"] == "dynamodb"]
+    runs = [p for p in dynamo if not p["node_owned"]]
     return {
-        "write_units": sum(p["write_units"] for p in dynamo),
-        "read_units": sum(p["read_units"] for p in dynamo),
-        "index_write_units": sum(p["write_units"] for p in dynamo if "/" in p["target"]),
+        # A run's own units; a node's own record (node-owned families) apart: a busy node writes it once per beat
+        # whatever its number of runs, so it is shared by them (running_hours_cost), not a cost of each run.
+        "write_units": sum(p["write_units"] for p in runs),
+        "read_units": sum(p["read_units"] for p in runs),
+        "index_write_units": sum(p["write_units"] for p in runs if "/" in p["target"]),
+        "node_write_units": sum(p["write_units"] for p in dynamo if p["node_owned"]),
+        "node_read_units": sum(p["read_units"] for p in dynamo if p["node_owned"]),
         "billed_requests": {f"{s} {op}": v for (s, op), v in sorted(t.requests.items()) if v},
         "calls": {f"{s} {op}": v for (s, op), v in sorted(t.calls.items()) if v},
         "partitions": partitions,
@@ -660,23 +665,21 @@ def running_hours_cost(
         return None
     beats = 1000 * 3600 / workload.heartbeat_seconds
     sqs = sum(v for k, v in heartbeat["billed_requests"].items() if k.startswith("sqs "))
+    # Per run and beat: the run's own writes, and its share of its node's record (one write per node per beat).
+    write = heartbeat["write_units"] + heartbeat.get("node_write_units", 0.0) / workload.runs_per_node
+    read = heartbeat["read_units"] + heartbeat.get("node_read_units", 0.0) / workload.runs_per_node
     lines = {
-        "DynamoDB write request units": heartbeat["write_units"]
-        * beats
-        * prices["dynamodb_on_demand_per_million_wru"]
-        / MILLION,
-        "DynamoDB read request units": heartbeat["read_units"]
-        * beats
-        * prices["dynamodb_on_demand_per_million_rru"]
-        / MILLION,
+        "DynamoDB write request units": write * beats * prices["dynamodb_on_demand_per_million_wru"] / MILLION,
+        "DynamoDB read request units": read * beats * prices["dynamodb_on_demand_per_million_rru"] / MILLION,
         "SQS requests": sqs * beats * prices["sqs_standard_per_million_requests"] / MILLION,
     }
     return {
         "beats_per_thousand_hours": beats,
         "per_beat": {
-            "write_units": heartbeat["write_units"],
-            "read_units": heartbeat["read_units"],
+            "write_units": write,
+            "read_units": read,
             "index_write_units": heartbeat["index_write_units"],
+            "node_write_units_per_node": heartbeat.get("node_write_units", 0.0),
             "sqs_requests": sqs,
         },
         "lines": lines,

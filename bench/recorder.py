@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -106,8 +107,10 @@ class Recorder:
         self.records: list[dict[str, Any]] = []
         self._tables: dict[str, billing.TableDef] = {}
         self._records_lock = threading.Lock()
-        # Writes go one at a time, so that the images read around one are the ones it changed.
-        self._write_lock = threading.Lock()
+        # Writes to one item go one at a time (a lock per item), so that the images read around a write are the
+        # ones it changed; writes to different items go on side by side.
+        self._item_locks: dict[str, threading.Lock] = {}
+        self._item_locks_lock = threading.Lock()
         self._on_record = on_record
         self._server: ThreadingHTTPServer | None = None
 
@@ -249,9 +252,11 @@ class Recorder:
         record: dict[str, Any] = {"service": "dynamodb", "operation": operation, "principal": _principal(authorization)}
         arrived = time.time()
         if operation in billing.WRITE_OPERATIONS:
-            with self._write_lock:
-                tables = self._tables_of(operation, params, authorization)
-                targets = billing.write_targets(operation, params, tables)
+            tables = self._tables_of(operation, params, authorization)
+            targets = billing.write_targets(operation, params, tables)
+            with ExitStack() as held_locks:
+                for name in sorted({_item_name(t) for t in targets}):  # in one order: no two writes deadlock
+                    held_locks.enter_context(self._item_lock(name))
                 befores = [self._image(t, authorization) for t in targets]
                 t0 = time.time()
                 status, response_headers, data = self.upstream.request(method, path, body, headers)
@@ -302,12 +307,20 @@ class Recorder:
                 names.add(body["TableName"])
         return {name: self.table(name, authorization) for name in names}
 
+    def _item_lock(self, name: str) -> threading.Lock:
+        with self._item_locks_lock:
+            return self._item_locks.setdefault(name, threading.Lock())
+
     def _image(self, target: billing.WriteTarget, authorization: str | None) -> dict[str, Any] | None:
         answer = self.upstream.dynamodb(
             "GetItem", {"TableName": target.table, "Key": target.key, "ConsistentRead": True}, authorization
         )
         item = answer.get("Item")
         return dict(item) if item else None
+
+
+def _item_name(target: billing.WriteTarget) -> str:
+    return target.table + "\0" + json.dumps(target.key, sort_keys=True)
 
 
 def _json(data: bytes) -> dict[str, Any]:

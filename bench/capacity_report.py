@@ -228,6 +228,14 @@ def _design_section(name: str, design: Mapping[str, Any]) -> list[str]:
     for (target, pattern), values in sorted(rows.items(), key=lambda item: -item[1][0] - item[1][2]):
         label = f"index {target.split('/', 1)[1]}" if "/" in target else "table"
         out.append(f"| {label} | `{pattern}` | " + " | ".join(_num(v, 3) for v in values) + " |")
+    if design.get("bills"):
+        out += [
+            "",
+            "The Lambda duration lines are upper bounds: measured on moto under this machine's load (a batch of 100 "
+            "runs is one TransactWriteItems/BatchWriteItem and some reads on moto, whose transactions copy the "
+            "table), less the time the recorder added; `make bench` bills its own windows' durations, without the "
+            "proxy. The DynamoDB and SQS lines are exact for this code and these item sizes.",
+        ]
     for path_name, bill in (design.get("bills") or {}).items():
         out += [
             "",

@@ -111,6 +111,9 @@ class Recorder:
         # ones it changed; writes to different items go on side by side.
         self._item_locks: dict[str, threading.Lock] = {}
         self._item_locks_lock = threading.Lock()
+        # The image of each item after its last write through here: the image before its next write (every write
+        # passes through the recorder, one at a time per item), so only the image after a write is read from moto.
+        self._mirror: dict[str, dict[str, Any] | None] = {}
         self._on_record = on_record
         self._server: ThreadingHTTPServer | None = None
 
@@ -257,11 +260,13 @@ class Recorder:
             with ExitStack() as held_locks:
                 for name in sorted({_item_name(t) for t in targets}):  # in one order: no two writes deadlock
                     held_locks.enter_context(self._item_lock(name))
-                befores = [self._image(t, authorization) for t in targets]
+                befores = [self._before(t, authorization) for t in targets]
                 t0 = time.time()
                 status, response_headers, data = self.upstream.request(method, path, body, headers)
                 t1 = time.time()
                 afters = [self._image(t, authorization) for t in targets] if status < 300 else befores
+                for target, after in zip(targets, afters, strict=True):
+                    self._mirror[_item_name(target)] = after
             response = _json(data)
             error = _error_code(data) if status >= 300 else None
             charges = billing.dynamodb_write_charges(
@@ -310,6 +315,10 @@ class Recorder:
     def _item_lock(self, name: str) -> threading.Lock:
         with self._item_locks_lock:
             return self._item_locks.setdefault(name, threading.Lock())
+
+    def _before(self, target: billing.WriteTarget, authorization: str | None) -> dict[str, Any] | None:
+        name = _item_name(target)
+        return self._mirror[name] if name in self._mirror else self._image(target, authorization)
 
     def _image(self, target: billing.WriteTarget, authorization: str | None) -> dict[str, Any] | None:
         answer = self.upstream.dynamodb(

@@ -985,7 +985,9 @@ def _cost_advice(f: dict[str, Any]) -> list[str]:
     best = batch or single
     gap = best.get("all_in_total", 0) - 3.0
     if gap > 0:
-        wru = _dollars(best, "DynamoDB write") / max(1e-9, (batch_requests.get("write_units_per_run") or 1))
+        # A write unit's price: the bill's own units (the recorder's, index writes in) where it has them.
+        units = best.get("write_units_per_run") or batch_requests.get("write_units_per_run") or 1
+        wru = _dollars(best, "DynamoDB write") / max(1e-9, units)
         receives = batch_per_run.get("sqs ReceiveMessage", 0.0)
         options = [
             (f"one write fewer per run (${wru:.2f}: the record is written at enqueue, claim and outcome)", wru,
@@ -1017,9 +1019,20 @@ def _cost_advice(f: dict[str, Any]) -> list[str]:
         component = line["component"]
         advice = ""
         if component.startswith("DynamoDB write"):
+            best_bill = batch or single
+            index_units = best_bill.get("index_write_units_per_run")
             advice = (
                 f"the run's record is written {1 + agent_writes:.0f} times (created, claimed, ended: "
-                f"{agent_writes:.0f} UpdateItems by the agent); each under 1 KB is 1 WRU, so only fewer writes save."
+                f"{agent_writes:.0f} UpdateItems by the agent)"
+                + (
+                    f"; of its {best_bill.get('write_units_per_run', 0):.1f} WRU, {index_units:.1f} are index writes "
+                    "(every index projects ALL, so each write of the run is written again into each index it is "
+                    "in, and a claim or outcome moves the lease index's key: a delete and a put) and the rest are "
+                    "the item's own, 1 WRU per KB of the larger of before and after: lean projections and a small "
+                    "hot item (issue 14) take most of it."
+                    if index_units is not None
+                    else "; each under 1 KB is 1 WRU, so only fewer writes save."
+                )
             )
         elif component.startswith("SQS"):
             sqs = {k: v for k, v in batch_per_run.items() if k.startswith("sqs ")}

@@ -372,3 +372,50 @@ def test_scaling_divides_a_family_by_its_partitions() -> None:
     # one run's own item: 2 units every 15 s
     assert rows["ENV#{env}#RUN#{run}"]["wcu_per_second"] == pytest.approx(2 / 15, abs=1e-3)
     assert next(iter(capacity.scale(measured, workload)))["partition_key"] == "LEASED"  # hottest first
+
+
+# ---------------------------------------------------------------- the floor and make bench's bill
+
+
+def test_the_protocol_floor_with_1_kb_config_and_output() -> None:
+    from bench import derive, pricing
+
+    floor = derive.protocol_floor(pricing.load_prices(), config_bytes=1024, output_bytes=1024, heartbeat_seconds=15)
+    # create 2 (1 KB config + the item's own bytes cross 1 KB), claim 1, complete 2, one KEYS_ONLY entry 1
+    assert floor["short_run"]["write_units"] == 6.0
+    assert floor["short_run"]["sqs_requests"]["POST /runs/batch"] == pytest.approx(0.3)
+    assert floor["short_run"]["dynamodb_and_sqs_per_million"]["POST /runs/batch"] == pytest.approx(6 * 0.625 + 0.12)
+    # 240,000 beats per thousand hours: 1 WRU and a tenth of a ChangeMessageVisibilityBatch each
+    assert floor["running"]["per_thousand_running_hours"] == pytest.approx(240_000 * (0.625 + 0.1 * 0.4) / 1e6)
+
+
+def test_make_bench_bills_the_recorders_units_with_its_own_durations() -> None:
+    from bench import derive
+
+    recorded = {
+        "runs": 100,
+        "http_requests": 1,
+        "read_units": 2.0,
+        "write_units": 25.0,
+        "index_write_units": 13.0,
+        "billed_requests": {"sqs SendMessageBatch": 0.1, "dynamodb UpdateItem": 2.0},
+        "authorizer_ms": {"median": 900.0},
+        "api_function_ms": {"median": 20_000.0},
+        "gateway_log_bytes_per_http_request": 10.0,
+    }
+    hooked = {
+        "write_units_per_run": 3.0,
+        "read_units_per_run": 1.0,
+        "authorizer_ms": {"median": 9.0},
+        "api_function_ms": {"median": 300.0},
+        "gateway_log_bytes_per_http_request": 50.0,
+    }
+    counted = derive.billed_requests(hooked, recorded, "POST /runs/batch")
+    assert counted is not None
+    assert (counted["write_units_per_run"], counted["index_write_units_per_run"]) == (25.0, 13.0)
+    assert counted["api_function_ms"] == {"median": 300.0}  # no proxy in the hook's window
+    assert counted["counting"] == "recorder" and counted["hook_write_units_per_run"] == 3.0
+    # DynamoDB is billed by its units, not per request; SQS per request
+    assert [(r["service"], r["operation"]) for r in counted["calls_per_run"]] == [("sqs", "SendMessageBatch")]
+    alone = derive.billed_requests(hooked, None, "POST /runs/batch")
+    assert alone is not None and alone["counting"] == "hook, base table only"

@@ -80,8 +80,8 @@ synth: install
 openapi: install
 	$(BIN)/python -m functions.api.openapi docs/openapi.json
 
-## Benchmarks on the embedded stack beside Celery on SQS (~15 min on 2 cores; not part of `make test`): writes
-## bench/results.json, bench/REPORT.md, bench/latency.png. `make bench BENCH_ARGS=--quick` for a short check.
+## Benchmarks on the embedded stack beside Celery on SQS (~15 min on 2 cores, ~3 more for the bill's own stack; not
+## part of `make test`): writes bench/results.json, bench/REPORT.md, bench/latency.png. `make bench BENCH_ARGS=--quick` for a short check.
 BENCH_VENV := bench/.venv-celery
 bench: install $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench $(BENCH_ARGS)

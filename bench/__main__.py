@@ -325,8 +325,10 @@ def publish(results: dict[str, Any], out: Path, *, chart: bool = True) -> None:
                 prices=prices,
                 run_events=run_events,
             )
+    # The floor for the sizes the bill's runs had (the bench's own runs: a config and an output of a few bytes).
+    measured = figures.get("bill") or {}
     figures["cost_floor"] = derive.protocol_floor(
-        prices, config_bytes=capacity.WORKLOAD.config_bytes, output_bytes=capacity.WORKLOAD.output_bytes,
+        prices, config_bytes=measured.get("config_bytes", 0), output_bytes=measured.get("output_bytes", 0),
         heartbeat_seconds=capacity.WORKLOAD.heartbeat_seconds,
     )  # fmt: skip
     results["summary"] = derive.figures(results)

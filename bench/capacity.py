@@ -92,17 +92,18 @@ class Mix:
     long_heartbeat_seconds: float = 2.0
     long_lease_seconds: int = 10
     short_capacity: int = 10
+    config_bytes: int = 1024  # the short runs' config (JSON); their output is about as large
 
     @classmethod
     def short_only(cls) -> Mix:
-        """make bench's bill: the short runs of both paths, no long run (a run's units vary little from run to run:
-        fewer runs keep make bench's time)."""
-        return cls(single_runs=20, long_seconds=0.0)
+        """make bench's bill: the short runs of both paths, no long run, with a config and an output as small as
+        the bench's own runs' (a run's units vary little from run to run: fewer runs keep make bench's time)."""
+        return cls(single_runs=20, long_seconds=0.0, config_bytes=0)
 
     @classmethod
     def quick_bill(cls) -> Mix:
         """make bench --quick's bill: fewer runs, a shorter idle window (not for quoting)."""
-        return cls(idle_seconds=25.0, single_runs=15, batch_runs=100, long_seconds=0.0)
+        return cls(idle_seconds=25.0, single_runs=15, batch_runs=100, long_seconds=0.0, config_bytes=0)
 
 
 # ---------------------------------------------------------------- partition key patterns
@@ -278,7 +279,8 @@ def measure(state_dir: Path, mix: Mix) -> dict[str, Any]:
 
     environments = (SHORT_ENVIRONMENT, LONG_ENVIRONMENT) if mix.long_seconds else (SHORT_ENVIRONMENT,)
     stack = EmbeddedStack(state_dir=state_dir / "stack", environments=environments, aws_front=front)
-    payload = "x" * (WORKLOAD.config_bytes - 60)  # the config's JSON ({"payload": ..., "seconds": 0}) about 1 KB
+    # The config ({"payload": ..., "seconds": 0}) and the output ({"payload": ...}) of the size asked for.
+    payload = "x" * max(0, mix.config_bytes - len(json.dumps({"payload": "", "seconds": 0.0})))
     began = time.monotonic()
     try:
         stack.start(agents=0)
@@ -427,6 +429,8 @@ def measure(state_dir: Path, mix: Mix) -> dict[str, Any]:
         "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "seconds": time.monotonic() - began,
         "mix": asdict(mix),
+        "config_bytes": len(json.dumps({"payload": payload, "seconds": 0.0})),
+        "output_bytes": len(json.dumps({"payload": payload})),
         "tables": tables,
         "requests_recorded": len(records),
         "idle": {

@@ -33,6 +33,7 @@ def render(document: Mapping[str, Any]) -> str:
         *[d for d in designs if d not in EXPECTED_DESIGNS],
     ]
     first = next(iter(designs.values()), document)
+    floor: Mapping[str, Any] = first.get("floor") or {}
     workload = first.get("workload") or {}
     prices = first.get("prices") or {}
     out = [
@@ -152,9 +153,12 @@ def render(document: Mapping[str, Any]) -> str:
         "writes its item three times (created with its config before the API answers, claimed by a conditional "
         "lease write, completed with its output, conditional on the lease) and one small KEYS_ONLY index entry so "
         "its environment's runs can be listed; its message is sent, received and deleted, ten to a request. With a "
-        "1 KB config and a 1 KB output the create and the completion are 2 write units each (1,024 bytes plus the "
-        "item's own attributes cross 1 KB): 6 write units, $3.75 per million in DynamoDB alone, so the $3.00 "
-        "target is below the floor at this workload's sizes. A running run: one lease write of at most 1 KB and a "
+        f"{floor.get('config_bytes', 0):,} B config and a {floor.get('output_bytes', 0):,} B output: "
+        + ", ".join(f"{name} {units:g}" for name, units in (floor.get("short_run") or {}).get("writes", {}).items())
+        + f" = {(floor.get('short_run') or {}).get('write_units', 0):g} write units "
+        f"(${(floor.get('short_run') or {}).get('write_units', 0) * 0.625:.2f} per million runs in DynamoDB alone at "
+        "$0.625 per million units; a 1,024-byte config or output plus the item's own attributes crosses 1 KB, so "
+        "the create and the completion are 2 units each). A running run: one lease write of at most 1 KB and a "
         "tenth of a ChangeMessageVisibilityBatch per beat.",
         "",
     ]

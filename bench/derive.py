@@ -391,4 +391,6 @@ def protocol_floor(prices: dict[str, Any], *, config_bytes: int, output_bytes: i
             "per_thousand_running_hours": round(beats * (beat_writes * wru + beat_sqs * sqs_price) / 1_000_000, 4),
         },
         "counted": "DynamoDB write units and SQS requests only (API Gateway, Lambda, run events and logs are not)",
+        "config_bytes": config_bytes,
+        "output_bytes": output_bytes,
     }

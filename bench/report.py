@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from bench import derive
 from bench.derive import DISPATCH_RATIO_WARM
 from bench.stats import median, percentile, ratio
 
@@ -513,8 +514,10 @@ def _cost_section(f: dict[str, Any]) -> list[str]:
             "claimed by a conditional lease write; completed with its output, conditional on the lease) and one "
             "small KEYS_ONLY index entry so its environment's runs can be listed: "
             + ", ".join(f"{name} {units:g}" for name, units in short["writes"].items())
-            + f" = {short['write_units']:g} WRU with a 1 KB config and a 1 KB output (each crosses 1 KB with the "
-            "item's own attributes); its message is sent, received and deleted ten to a request: "
+            + f" = {short['write_units']:g} WRU with a {floor.get('config_bytes', 0):,} B config and a "
+            f"{floor.get('output_bytes', 0):,} B output (with {derive.FLOOR_RUN_ITEM_BYTES} B of the item's own "
+            "attributes; `make capacity` gives the floor at 1 KB each); its message is sent, received and deleted ten "
+            "to a request: "
             + ", ".join(f"{path} {requests:g}" for path, requests in short["sqs_requests"].items())
             + " SQS requests. In DynamoDB and SQS alone: "
             + ", ".join(f"{path} ${value:.2f}" for path, value in short["dynamodb_and_sqs_per_million"].items())

@@ -642,7 +642,8 @@ def sqs_at_workload(measured: Mapping[str, Any], workload: Workload = WORKLOAD) 
         "in_flight_limit": SQS_IN_FLIGHT_LIMIT,
         "share_of_in_flight_limit": round(in_flight / SQS_IN_FLIGHT_LIMIT, 4),
         "note": "standard queues have no documented request-rate limit; the limit that applies is in-flight "
-        "messages (running runs hold theirs; short runs for their measured life, enqueue to terminal).",
+        "messages (running runs hold theirs; short runs from their receipt to their delete, claimed to terminal as "
+        "measured; the wait in the queue depends on how many nodes serve it and is not counted).",
     }
 
 

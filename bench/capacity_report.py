@@ -56,8 +56,9 @@ def render(document: Mapping[str, Any]) -> str:
         "DynamoDB $0.625 per million write request units and $0.125 per million read request units, SQS $0.40 per "
         "million requests of 64 KB, Lambda $0.20 per million requests and $0.0000166667 per GB-s, API Gateway HTTP "
         "API $1.00 per million requests, S3 $0.005 per 1,000 PUT and $0.0004 per 1,000 GET, EventBridge $1.00 per "
-        "million events). Not re-read online (this machine reaches package registries only): check them against "
-        "aws.amazon.com/*/pricing before quoting.",
+        "million events). The DynamoDB figures (after its 2024-11-01 on-demand reduction) were checked on 2026-12-02 "
+        "against a published summary of the us-east-1 prices (airbyte.com, July 2025); aws.amazon.com itself is not "
+        "reachable from this machine: check the file against aws.amazon.com/*/pricing before quoting.",
         "",
         "**Limits:** a partition key takes at most 1,000 write units/s and 3,000 read units/s (the issue's target: "
         "at most 50% of each); a standard queue holds at most 120,000 messages in flight.",

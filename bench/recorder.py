@@ -146,6 +146,9 @@ class Recorder:
                 headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
                 try:
                     status, response_headers, data = recorder.forward(self.command, self.path, body, headers)
+                except ConnectionError as exc:  # moto stopped before its clients (the stack's shutdown)
+                    log.warning("recorder: forwarding %s %s failed: %s", self.command, self.path, exc)
+                    status, response_headers, data = 502, [("Content-Type", "text/plain")], str(exc).encode()
                 except Exception as exc:
                     log.exception("recorder: forwarding %s %s failed", self.command, self.path)
                     status, response_headers, data = 502, [("Content-Type", "text/plain")], str(exc).encode()

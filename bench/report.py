@@ -457,8 +457,10 @@ def _cost_section(f: dict[str, Any]) -> list[str]:
             "each item before and after every write and bills the base table by the larger, each global secondary "
             "index by its own rules (a put when an item enters it, a delete when it leaves, a delete and a put when "
             "its key moves, an update when a projected attribute changes; by the projected entry's size), failed "
-            "conditional writes included, and SQS per 64 KB chunk; those runs carry a 1 KB config and return a 1 KB "
-            "output (issue 14's workload). Lambda durations and log bytes are this run's own (below, no proxy in "
+            "conditional writes included, and SQS per 64 KB chunk; those runs are of the bench's own size (a "
+            f"{(f.get('bill') or {}).get('config_bytes', '?')} B config, a "
+            f"{(f.get('bill') or {}).get('output_bytes', '?')} B output; `make capacity`, bench/CAPACITY.md, bills "
+            "issue 14's 1 KB each). Lambda durations and log bytes are this run's own (below, no proxy in "
             "their path). The hook's counts below are the requests made; its units (base table only, sizes as the "
             "calls carried them) are shown beside the billed ones, and undercount."
             if recorded

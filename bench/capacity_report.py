@@ -63,6 +63,11 @@ def render(document: Mapping[str, Any]) -> str:
         "**Limits:** a partition key takes at most 1,000 write units/s and 3,000 read units/s (the issue's target: "
         "at most 50% of each); a standard queue holds at most 120,000 messages in flight.",
         "",
+        "**Not in the mix** (so not in the figures): the reaper (every minute; it queries each environment's lease "
+        "partition for leases expired past the grace, few at steady state), search and the dashboard listing runs, "
+        "clients polling GET /runs/{id}, checkpoints, the run-events publisher's own reads and Lambda invocations "
+        "(its EventBridge events are in the bill, estimated), and retries after throttling (moto never throttles).",
+        "",
         "## The designs side by side",
         "",
         "| figure | " + " | ".join(names) + " |",

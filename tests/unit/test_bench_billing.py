@@ -419,3 +419,55 @@ def test_make_bench_bills_the_recorders_units_with_its_own_durations() -> None:
     assert [(r["service"], r["operation"]) for r in counted["calls_per_run"]] == [("sqs", "SendMessageBatch")]
     alone = derive.billed_requests(hooked, None, "POST /runs/batch")
     assert alone is not None and alone["counting"] == "hook, base table only"
+
+
+# ---------------------------------------------------------------- designs side by side
+
+
+def synthetic_measurement(index_units: float) -> dict[str, Any]:
+    def path(runs: int, http: int) -> dict[str, Any]:
+        return {
+            "runs": runs, "http_requests": http, "read_units": 1.0, "write_units": 4.0 + index_units,
+            "index_write_units": index_units, "billed_requests": {"sqs SendMessageBatch": 0.1},
+            "authorizer_ms": {"median": 10.0}, "api_function_ms": {"median": 100.0},
+            "gateway_log_bytes_per_http_request": 100.0, "run_lifetime_seconds": {"median": 0.3},
+            "partitions": [{"service": "dynamodb", "target": "store/by-env", "pattern": "ENV#{env}#RUNS",
+                            "write_units": index_units, "read_units": 0.0, "shards_seen": 0, "node_owned": False,
+                            "peak_write_units_one_key_one_second": 0.0, "peak_read_units_one_key_one_second": 0.0}],
+        }  # fmt: skip
+
+    return {
+        "paths": {"POST /runs": path(30, 30), "POST /runs/batch": path(100, 1)},
+        "heartbeat": {
+            "write_units": 1.0,
+            "read_units": 0.0,
+            "index_write_units": 0.0,
+            "node_write_units": 0.0,
+            "billed_requests": {"sqs ChangeMessageVisibilityBatch": 0.1},
+            "partitions": [],
+        },
+        "idle": {"partitions": [], "billed_requests": {}},
+        "tables": {},
+        "mix": {},
+    }
+
+
+def test_a_second_design_is_written_beside_the_first(tmp_path: Any) -> None:
+    from bench import pricing
+
+    prices = pricing.load_prices()
+    today = tmp_path / "today"
+    new = tmp_path / "new"
+    capacity.write(today, "today", capacity.figures(synthetic_measurement(9.0), prices))
+    # On the re-keyed checkout: its own measurement as "new", today's taken from the other checkout's file.
+    document = capacity.write(
+        new, "new", capacity.figures(synthetic_measurement(1.0), prices), beside=[today / "capacity.json"]
+    )
+    assert set(document["designs"]) == {"today", "new"}
+    assert document["design"] == "new" and document["write_units_per_short_run"] == 5.0
+    assert document["designs"]["today"]["write_units_per_short_run"] == 13.0
+    text = (new / "CAPACITY.md").read_text()
+    assert "| figure | today | new |" in text
+    assert "| write units per short run (batch path) | 13.00 | 5.00 |" in text
+    # 5,000 runs/s x 9 index units over 10 environments: 4,500 per partition, flagged over half the limit
+    assert "4,500 (450% of the limit)" in text

@@ -7,7 +7,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export UV_NO_CONFIG := 1
 
 
-.PHONY: dist install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser job-user
+.PHONY: dist install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser job-user capacity
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -93,11 +93,17 @@ synth: install
 openapi: install
 	$(BIN)/python -m functions.api.openapi docs/openapi.json
 
-## Benchmarks on the embedded stack beside Celery on SQS (~15 min on 2 cores; not part of `make test`): writes
-## bench/results.json, bench/REPORT.md, bench/latency.png. `make bench BENCH_ARGS=--quick` for a short check.
+## Benchmarks on the embedded stack beside Celery on SQS (~15 min on 2 cores, ~3 more for the bill's own stack; not
+## part of `make test`): writes bench/results.json, bench/REPORT.md, bench/latency.png. `make bench BENCH_ARGS=--quick` for a short check.
 BENCH_VENV := bench/.venv-celery
 bench: install $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## The run store's capacity and bill from every AWS request the real code makes (~4 min on 2 cores; not part of
+## `make test`): writes bench/capacity.json and bench/CAPACITY.md. `make capacity CAPACITY_ARGS="--design new"` on a
+## re-keyed checkout adds its column beside the one already in capacity.json (docs/store.md, "How the bill is counted").
+capacity: install
+	$(BIN)/python -m bench.capacity $(CAPACITY_ARGS)
 
 # Celery and matplotlib live in a venv of their own, never in the project's requirements.
 $(BENCH_VENV)/.installed: bench/requirements-bench.txt $(VENV)/.installed

@@ -13,6 +13,7 @@ Everything in this module is pure (no AWS, no processes): the hook calls :func:`
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections import Counter
@@ -36,9 +37,10 @@ def _is_typed(value: Any) -> bool:
 
 
 def _number_size(text: str) -> int:
-    digits = text.lstrip("-").replace(".", "").lstrip("0") or "0"
-    digits = digits.split("e")[0].split("E")[0]
-    return math.ceil(len(digits) / 2) + 1
+    """DynamoDB: about one byte per two significant digits, plus one; leading and trailing zeros do not count."""
+    mantissa = text.strip().lstrip("+-").lower().split("e")[0]
+    digits = mantissa.replace(".", "").strip("0") if "." in mantissa else mantissa.lstrip("0").rstrip("0")
+    return math.ceil(len(digits or "0") / 2) + 1
 
 
 def value_size(value: Any) -> int:
@@ -55,7 +57,8 @@ def value_size(value: Any) -> int:
         if kind == "N":
             return _number_size(str(inner))
         if kind == "B":
-            return len(inner) if isinstance(inner, bytes | bytearray) else len(str(inner))
+            # On the wire a binary is base64 text; DynamoDB counts the bytes it decodes to.
+            return len(inner) if isinstance(inner, bytes | bytearray) else len(base64.b64decode(str(inner)))
         if kind in ("NULL", "BOOL"):
             return 1
         if kind == "L":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,56 @@ def bill(
         "all_in_total": pricing.total(lines),
         "prices_as_of": prices.get("as_of"),
         "function_memory_mb": memory,
+        "counting": requests.get("counting", "hook, base table only"),
+        "write_units_per_run": requests["write_units_per_run"],
+        "read_units_per_run": requests["read_units_per_run"],
+        "index_write_units_per_run": requests.get("index_write_units_per_run"),
+        "hook_write_units_per_run": requests.get("hook_write_units_per_run"),
     }
+
+
+def requests_for_bill(path: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A path's measurement by the recorder (bench.capacity.measure) in the shape :func:`bill` reads."""
+    rows = []
+    for key, per_run in (path.get("billed_requests") or {}).items():
+        service, operation = key.split(" ", 1)
+        if service != "dynamodb":  # DynamoDB is billed by its units, given apart
+            rows.append({"role": "all", "service": service, "operation": operation, "item": "", "per_run": per_run})
+    return {
+        "path": name,
+        "runs": path["runs"],
+        "http_requests_per_run": path["http_requests"] / path["runs"],
+        "calls_per_run": rows,
+        "read_units_per_run": path["read_units"],
+        "write_units_per_run": path["write_units"],
+        "index_write_units_per_run": path["index_write_units"],
+        "authorizer_ms": path["authorizer_ms"],
+        "api_function_ms": path["api_function_ms"],
+        "gateway_log_bytes_per_http_request": path["gateway_log_bytes_per_http_request"],
+    }
+
+
+def billed_requests(hooked: dict[str, Any] | None, recorded: dict[str, Any] | None, path: str) -> dict[str, Any] | None:
+    """What a path's bill is computed from: the recorder's measurement (bench.recorder: every DynamoDB index write,
+    the item images before and after each write, SQS per 64 KB chunk; the counting of make capacity) where the run
+    has one, with the Lambda durations and log bytes of the hook's own window (no proxy in its path); else the
+    hook's counts alone, base-table units only (which undercount: no index writes, sizes as the calls carried them).
+    """
+    if recorded:
+        counted = requests_for_bill(recorded, path)
+        counted["counting"] = "recorder"
+        if hooked:
+            for key in ("authorizer_ms", "api_function_ms"):
+                if (hooked.get(key) or {}).get("median") is not None:
+                    counted[key] = hooked[key]
+            if hooked.get("gateway_log_bytes_per_http_request") is not None:
+                counted["gateway_log_bytes_per_http_request"] = hooked["gateway_log_bytes_per_http_request"]
+            counted["hook_write_units_per_run"] = hooked.get("write_units_per_run")
+            counted["hook_read_units_per_run"] = hooked.get("read_units_per_run")
+        return counted
+    if hooked:
+        return {**hooked, "counting": "hook, base table only"}
+    return None
 
 
 def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -224,8 +274,14 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
         all_in = cost.get("all_in_total")
         per_request = cost.get("runs_per_http_request") or 1
         path = label if key == "cost" else f"{label}, {per_request:.0f} runs a request"
+        floor = (((f.get("cost_floor") or {}).get("short_run") or {}).get("dynamodb_and_sqs_per_million") or {}).get(
+            cost.get("path")
+        )
+        floor_text = f"; the protocol's floor ${floor:.2f} in DynamoDB + SQS" if floor is not None else ""
+        counting = "" if cost.get("counting") == "recorder" else "; base-table units only: undercounts"
         row(f"4{'' if key == 'cost' else 'b'}. AWS cost per million short runs, {path}, all-in (counted "
-            f"${cost.get('measured_total', 0):.2f} + estimated ${all_in - cost.get('measured_total', 0):.2f})",
+            f"${cost.get('measured_total', 0):.2f} + estimated ${all_in - cost.get('measured_total', 0):.2f}"
+            f"{floor_text}{counting})",
             all_in, "$", f"≤ ${DOLLARS_PER_MILLION:g}", _holds(all_in, lambda v: v <= DOLLARS_PER_MILLION),
             runs=(f.get("requests" if key == "cost" else "requests_batch") or {}).get("runs"))  # fmt: skip
 
@@ -282,3 +338,59 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "s", "(no target; the two side by side)", None, p95=latency.get("p95"),
                 runs=latency.get("n"))  # fmt: skip
     return rows
+
+
+# The fewest bytes a run's item holds beside its config or output: keys, job, state, times, attempt, lease owner.
+FLOOR_RUN_ITEM_BYTES = 200
+FLOOR_RECEIVE_BATCH = 10  # messages per ReceiveMessage, DeleteMessageBatch and ChangeMessageVisibilityBatch
+FLOOR_ENQUEUE_BATCH = 100  # runs per POST /runs/batch; SQS sends them 10 to a SendMessageBatch
+
+
+def protocol_floor(prices: dict[str, Any], *, config_bytes: int, output_bytes: int, heartbeat_seconds: float
+                   ) -> dict[str, Any]:  # fmt: skip
+    """What a durable, fenced run cannot do without, and what that costs (the floor beside the measured bill).
+
+    A short run: three writes of its own item (created with its config before the API answers; claimed with a
+    conditional lease write; completed with its output, conditional on the lease), one write of one small index
+    entry (KEYS_ONLY) so the environment's runs can be listed, and its message sent, received and deleted, each in
+    batches of 10 (SQS's most). Reads: none (the claim's write returns the run). A running run: per beat one
+    conditional lease write of an item of at most 1 KB (no index key moves) and a tenth of a
+    ChangeMessageVisibilityBatch. Not counted: API Gateway and Lambda (per HTTP request, 1/100 of a run on the batch
+    path), the authorizer's key read, run events, logs; those are in the measured bill."""
+    from bench.billing import write_units
+
+    writes = {
+        "create (run item with its config)": write_units(config_bytes + FLOOR_RUN_ITEM_BYTES),
+        "claim (conditional lease write)": write_units(FLOOR_RUN_ITEM_BYTES),
+        "complete (conditional, with its output)": write_units(output_bytes + FLOOR_RUN_ITEM_BYTES),
+        "one listing index entry (KEYS_ONLY)": write_units(FLOOR_RUN_ITEM_BYTES),
+    }
+    sqs = {
+        "POST /runs/batch": 3 / FLOOR_RECEIVE_BATCH,  # send, receive, delete: a tenth of a batch each
+        "POST /runs": 1 + 2 / FLOOR_RECEIVE_BATCH,  # one SendMessage per request
+    }
+    wru = prices["dynamodb_on_demand_per_million_wru"]
+    sqs_price = prices["sqs_standard_per_million_requests"]
+    total_writes = sum(writes.values())
+    beat_writes = write_units(FLOOR_RUN_ITEM_BYTES)
+    beat_sqs = 1 / FLOOR_RECEIVE_BATCH
+    beats = 1000 * 3600 / heartbeat_seconds
+    return {
+        "short_run": {
+            "write_units": total_writes,
+            "writes": writes,
+            "read_units": 0.0,
+            "sqs_requests": sqs,
+            "dynamodb_and_sqs_per_million": {
+                path: round(total_writes * wru + requests * sqs_price, 4) for path, requests in sqs.items()
+            },
+        },
+        "running": {
+            "write_units_per_beat": beat_writes,
+            "sqs_requests_per_beat": beat_sqs,
+            "per_thousand_running_hours": round(beats * (beat_writes * wru + beat_sqs * sqs_price) / 1_000_000, 4),
+        },
+        "counted": "DynamoDB write units and SQS requests only (API Gateway, Lambda, run events and logs are not)",
+        "config_bytes": config_bytes,
+        "output_bytes": output_bytes,
+    }

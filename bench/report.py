@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from bench import derive
 from bench.derive import DISPATCH_RATIO_WARM
 from bench.stats import median, percentile, ratio
 
@@ -445,8 +446,27 @@ def _cost_section(f: dict[str, Any]) -> list[str]:
     cost = f.get("cost") or f.get("cost_batch") or {}
     any_requests = single or batch
     sizes = ", ".join(f"{kind} {size} B" for kind, size in any_requests.get("item_sizes", {}).items())
+    recorded = cost.get("counting") == "recorder"
     out = [
         "## 4. AWS requests and dollars per run",
+        "",
+        (
+            '**How the dollars are counted** (docs/store.md, "How the bill is counted"): DynamoDB request units and '
+            "SQS requests come from a run of short runs on a stack of their own behind a recording proxy "
+            "(bench/recorder.py, section `bill`: the counting `make capacity` does, bench/billing.py), which reads "
+            "each item before and after every write and bills the base table by the larger, each global secondary "
+            "index by its own rules (a put when an item enters it, a delete when it leaves, a delete and a put when "
+            "its key moves, an update when a projected attribute changes; by the projected entry's size), failed "
+            "conditional writes included, and SQS per 64 KB chunk; those runs are of the bench's own size (a "
+            f"{(f.get('bill') or {}).get('config_bytes', '?')} B config, a "
+            f"{(f.get('bill') or {}).get('output_bytes', '?')} B output; `make capacity`, bench/CAPACITY.md, bills "
+            "issue 14's 1 KB each). Lambda durations and log bytes are this run's own (below, no proxy in "
+            "their path). The hook's counts below are the requests made; its units (base table only, sizes as the "
+            "calls carried them) are shown beside the billed ones, and undercount."
+            if recorded
+            else "**These dollars count base-table units only** (the hook's view: no index writes, sizes as the "
+            "calls carried them): they undercount. Run the `bill` section for the counting `make capacity` does."
+        ),
         "",
         "Counted by a botocore hook (`bench/hooks/sitecustomize.py`, on the PYTHONPATH of the gateway and agent "
         "processes only) on two paths: **one POST /runs per run** (the warm dispatch runs, one at a time) and the "
@@ -469,14 +489,44 @@ def _cost_section(f: dict[str, Any]) -> list[str]:
             "",
             f"{requests['runs']} runs in {requests['window_seconds']:.0f} s, "
             f"{requests.get('runs_per_http_request', 1):.0f} run(s) per HTTP request, {requests['retries']} retries "
-            f"seen. Per run: {requests['read_units_per_run']:.2f} RRU and {requests['write_units_per_run']:.2f} WRU. "
-            f"Per HTTP request: authorizer {fmt(_median(requests.get('authorizer_ms')), 'ms')} (request start -> its "
+            f"seen. Per run, as the hook sees them (base table only): {requests['read_units_per_run']:.2f} RRU and "
+            f"{requests['write_units_per_run']:.2f} WRU"
+            + (
+                f"; billed, with every index write and real item sizes: {bill.get('write_units_per_run', 0):.2f} WRU "
+                f"(of which {bill.get('index_write_units_per_run') or 0:.2f} in indexes) and "
+                f"{bill.get('read_units_per_run', 0):.2f} RRU. "
+                if bill.get("counting") == "recorder"
+                else ". "
+            )
+            + f"Per HTTP request: authorizer {fmt(_median(requests.get('authorizer_ms')), 'ms')} (request start -> its "
             f"key read returned), API function {fmt(_median(requests.get('api_function_ms')), 'ms')} (the rest of "
             "the round trip: an upper bound, the local gateway's own work included).",
             "",
             _requests_table(requests),
             "",
             _cost_table(bill),
+            "",
+        ]
+    floor = f.get("cost_floor") or {}
+    if floor:
+        short = floor["short_run"]
+        out += [
+            "**The protocol's floor** (bench/derive.py `protocol_floor`): what a durable, fenced run cannot do "
+            "without. A short run writes its item three times (created with its config before the API answers; "
+            "claimed by a conditional lease write; completed with its output, conditional on the lease) and one "
+            "small KEYS_ONLY index entry so its environment's runs can be listed: "
+            + ", ".join(f"{name} {units:g}" for name, units in short["writes"].items())
+            + f" = {short['write_units']:g} WRU with a {floor.get('config_bytes', 0):,} B config and a "
+            f"{floor.get('output_bytes', 0):,} B output (with {derive.FLOOR_RUN_ITEM_BYTES} B of the item's own "
+            "attributes; `make capacity` gives the floor at 1 KB each); its message is sent, received and deleted ten "
+            "to a request: "
+            + ", ".join(f"{path} {requests:g}" for path, requests in short["sqs_requests"].items())
+            + " SQS requests. In DynamoDB and SQS alone: "
+            + ", ".join(f"{path} ${value:.2f}" for path, value in short["dynamodb_and_sqs_per_million"].items())
+            + " per million runs. A running run: "
+            f"{floor['running']['write_units_per_beat']:g} lease write and "
+            f"{floor['running']['sqs_requests_per_beat']:g} ChangeMessageVisibilityBatch per beat, "
+            f"${floor['running']['per_thousand_running_hours']:.2f} per thousand running run-hours at 15 s.",
             "",
         ]
     events = cost.get("events_per_run")
@@ -941,7 +991,9 @@ def _cost_advice(f: dict[str, Any]) -> list[str]:
     best = batch or single
     gap = best.get("all_in_total", 0) - 3.0
     if gap > 0:
-        wru = _dollars(best, "DynamoDB write") / max(1e-9, (batch_requests.get("write_units_per_run") or 1))
+        # A write unit's price: the bill's own units (the recorder's, index writes in) where it has them.
+        units = best.get("write_units_per_run") or batch_requests.get("write_units_per_run") or 1
+        wru = _dollars(best, "DynamoDB write") / max(1e-9, units)
         receives = batch_per_run.get("sqs ReceiveMessage", 0.0)
         options = [
             (f"one write fewer per run (${wru:.2f}: the record is written at enqueue, claim and outcome)", wru,
@@ -973,9 +1025,20 @@ def _cost_advice(f: dict[str, Any]) -> list[str]:
         component = line["component"]
         advice = ""
         if component.startswith("DynamoDB write"):
+            best_bill = batch or single
+            index_units = best_bill.get("index_write_units_per_run")
             advice = (
                 f"the run's record is written {1 + agent_writes:.0f} times (created, claimed, ended: "
-                f"{agent_writes:.0f} UpdateItems by the agent); each under 1 KB is 1 WRU, so only fewer writes save."
+                f"{agent_writes:.0f} UpdateItems by the agent)"
+                + (
+                    f"; of its {best_bill.get('write_units_per_run', 0):.1f} WRU, {index_units:.1f} are index writes "
+                    "(every index projects ALL, so each write of the run is written again into each index it is "
+                    "in, and a claim or outcome moves the lease index's key: a delete and a put) and the rest are "
+                    "the item's own, 1 WRU per KB of the larger of before and after: lean projections and a small "
+                    "hot item (issue 14) take most of it."
+                    if index_units is not None
+                    else "; each under 1 KB is 1 WRU, so only fewer writes save."
+                )
             )
         elif component.startswith("SQS"):
             sqs = {k: v for k, v in batch_per_run.items() if k.startswith("sqs ")}

@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -66,7 +67,11 @@ class EmbeddedStack:
     agent_env: dict[str, str] = field(default_factory=dict)  # extra RUNLY_* settings for agents (tests: short leases)
     # SQS's in-flight cap, counted from each receipt as SQS does (runly_cli.embedded.moto_server); tests lower it.
     sqs_max_in_flight_seconds: int = resources.SQS_MAX_IN_FLIGHT_SECONDS
+    # Something to put in front of moto (bench.recorder: a proxy that records every AWS request): given moto's
+    # endpoint, it returns the one every component of the stack is pointed at. None: moto itself.
+    aws_front: Callable[[str], str] | None = None
     endpoint: str = ""
+    moto_endpoint: str = ""
     api_url: str = ""
     admin_key: str = ""  # the secret of an admin key made at start (as `runly keys bootstrap` makes one)
     queue_urls: dict[str, str] = field(default_factory=dict)
@@ -146,7 +151,7 @@ class EmbeddedStack:
 
     def _start_aws(self) -> None:
         port = free_port()
-        self.endpoint = f"http://127.0.0.1:{port}"
+        self.moto_endpoint = f"http://127.0.0.1:{port}"
         moto = self._spawn(
             "moto",
             [
@@ -155,7 +160,8 @@ class EmbeddedStack:
             ],
             self.aws_env(),
         )  # fmt: skip
-        _wait_until(lambda: _http_ok(f"{self.endpoint}/moto-api/"), what="moto server", child=moto)
+        _wait_until(lambda: _http_ok(f"{self.moto_endpoint}/moto-api/"), what="moto server", child=moto)
+        self.endpoint = self.aws_front(self.moto_endpoint) if self.aws_front else self.moto_endpoint
         self.queue_urls = create_resources(self.names, self.session(), self.endpoint)
 
     def _bootstrap_admin_key(self) -> None:

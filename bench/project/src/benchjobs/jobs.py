@@ -142,3 +142,18 @@ class Ledger(ItemJob[LedgerConfig, int]):
     def process(self, item: int) -> None:
         time.sleep(self.config.item_seconds)
         note(self.config.ledger, f"{self.context.run_id} item {self.context.attempt} {item} {time.time():.6f}")
+
+
+class EchoConfig(BaseModel):
+    payload: str = Field(default="", max_length=64 * 1024, description="returned as the output (make capacity: 1 KB)")
+    seconds: float = Field(default=0.0, ge=0, le=3600, description="how long to run before returning (heartbeats)")
+
+
+class Echo(Job[EchoConfig]):
+    """A run of a given size and length: returns its config's payload after ``seconds`` (make capacity's runs)."""
+
+    def run(self) -> dict[str, str]:
+        if self.config.seconds:
+            self.cancellation.wait(self.config.seconds)
+            self.cancellation.raise_if_cancelled()
+        return {"payload": self.config.payload}

@@ -162,6 +162,9 @@ def provision(endpoint: str, scratch: Path) -> list[Function]:
         **common,
     }
 
+    # As infrastructure.function_environment.maintenance_function_environment gives them.
+    maintenance_env = {"RUNLY_TABLE_NAME": names.table, "RUNLY_QUEUE_URLS": json.dumps(queue_urls), **common}
+
     def caller(event: dict[str, Any], key_id: str, scope: str, environment: str = "") -> dict[str, Any]:
         event["requestContext"]["authorizer"] = {
             "lambda": {"key_id": key_id, "scope": scope, "environment": environment}
@@ -222,9 +225,10 @@ def provision(endpoint: str, scratch: Path) -> list[Function]:
                  {"RUNLY_TABLE_NAME": names.table, "POWERTOOLS_SERVICE_NAME": "runly-authorizer", **common},
                  build_authorizer_event(authorizer_request, [f"Bearer {admin_secret}"]), "\"isAuthorized\": true"),
         Function("reaper", "functions.maintenance.reaper", "lambda_handler",
-                 {**api_env, "POWERTOOLS_SERVICE_NAME": "runly-reaper"}, _scheduled_event(), "{"),
+                 {**maintenance_env, "POWERTOOLS_SERVICE_NAME": "runly-reaper"}, _scheduled_event(), "{"),
         Function("dead letters", "functions.maintenance.dlq", "lambda_handler",
-                 {**api_env, "RUNLY_DEAD_LETTER_ENVIRONMENT": "default", "POWERTOOLS_SERVICE_NAME": "runly-dlq"},
+                 {**maintenance_env, "RUNLY_DEAD_LETTER_ENVIRONMENT": "default",
+                  "POWERTOOLS_SERVICE_NAME": "runly-dlq"},
                  _sqs_event(dead_letter_body), "batchItemFailures"),
         Function("node credentials", "functions.nodes.credentials", "lambda_handler",
                  {"RUNLY_TABLE_ARN": table_arn, "RUNLY_FEED_BUCKET_ARN": f"arn:aws:s3:::{names.feed_bucket}",
@@ -369,9 +373,7 @@ def section(measured: dict[str, Any], before: dict[str, Any] | None = None) -> l
             _ms(figure["first_cpu_s"]["min"]),
         ]
         if before:
-            row.append(
-                f"{_ms(earlier['import_s']['min'])} / {_ms(earlier['first_s']['min'])}" if earlier else "-"
-            )
+            row.append(f"{_ms(earlier['import_s']['min'])} / {_ms(earlier['first_s']['min'])}" if earlier else "-")
         previous = measured["previous_import_s"].get(name)
         row += [_ms(previous) if previous else "-", str(figure["modules"])]
         lines.append("| " + " | ".join(row) + " |")
@@ -383,8 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.function_cold_start", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--reps", type=int, default=REPS)
-    parser.add_argument("--results", type=Path, default=BENCH_DIR / "results.json",
-                        help="the results file this run's figures go into (figures.function_cold_start)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=BENCH_DIR / "results.json",
+        help="the results file this run's figures go into (figures.function_cold_start)",
+    )
     parser.add_argument("--save", type=Path, help="also write this run's figures alone to this JSON file")
     parser.add_argument("--before", type=Path, help="a file --save wrote earlier: shown as the 'before' column")
     parser.add_argument("--no-write", action="store_true", help="print the section; write no file")

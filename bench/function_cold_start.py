@@ -14,7 +14,13 @@ valid key, a reaper tick, a dead letter, a node's credentials request, a schedul
 
 Both wall time and the interpreter's CPU time are kept: on a loaded machine wall time swells, CPU time much
 less. Bytecode: the interpreters compile into a cache directory of their own (PYTHONPYCACHEPREFIX), filled
-by one warm-up import, so the figures are those of a deployment whose asset carries its .pyc files.
+by one warm-up import, so the figures are those of a deployment whose asset carries its .pyc files. A second,
+smaller measurement imports the API and authorizer modules with no bytecode cache for the project and its
+dependencies (the standard library keeps its .pyc), which is what the Lambda asset pays today: it ships no .pyc
+(infrastructure/lambda_asset.py) and /var/task is read-only, so every cold start compiles them.
+
+``bench/function_cold_start_before.json`` holds the figures measured before issue 15's changes (the report's
+"before" column); ``--save`` writes a run's figures in that form.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 REPS = 5
+FROM_SOURCE_REPS = 3
+FROM_SOURCE_FUNCTIONS = ("api", "authorizer")
+BEFORE_PATH = BENCH_DIR / "function_cold_start_before.json"
 
 # The issue's figures (issue 15, measured before this bench existed): the "previous" column of the report.
 PREVIOUS_IMPORT_S = {"api": 1.47, "authorizer": 0.50}
@@ -276,14 +285,16 @@ def _sqs_event(body: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def measure_one(function: Function, endpoint: str, scratch: Path, pycache: Path) -> dict[str, Any]:
-    """One fresh interpreter: import the handler's module, invoke it once."""
+def measure_one(function: Function, endpoint: str, scratch: Path, pycache: Path | None) -> dict[str, Any]:
+    """One fresh interpreter: import the handler's module, invoke it once. ``pycache`` None: no bytecode is
+    written, so what has no .pyc beside its source (the venv's packages, the project) is compiled on import."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("AWS_", "RUNLY_", "POWERTOOLS_", "PYTHON"))
     }
-    env.update({**_aws_env(endpoint), **function.env, "PYTHONPATH": str(REPO), "PYTHONPYCACHEPREFIX": str(pycache)})
+    env.update({**_aws_env(endpoint), **function.env, "PYTHONPATH": str(REPO)})
+    env.update({"PYTHONPYCACHEPREFIX": str(pycache)} if pycache else {"PYTHONDONTWRITEBYTECODE": "1"})
     out = Path(tempfile.mkstemp(dir=scratch, suffix=".json")[1])
     spec = {"module": function.module, "handler": function.handler, "event": function.event, "out": str(out),
             "function_name": f"runly-{function.name.split()[0]}"}  # fmt: skip
@@ -329,12 +340,20 @@ def measure(reps: int = REPS, scratch: Path | None = None) -> dict[str, Any]:
                    for key in ("import_s", "import_cpu_s", "first_s", "first_cpu_s")},
                 "modules": reps_measured[0]["modules"],
             }  # fmt: skip
+        from_source: dict[str, Any] = {}
+        for function in functions:
+            if function.name in FROM_SOURCE_FUNCTIONS:
+                reps_measured = [measure_one(function, endpoint, scratch, None) for _ in range(FROM_SOURCE_REPS)]
+                from_source[function.name] = {
+                    key: _summary([rep[key] for rep in reps_measured]) for key in ("import_s", "import_cpu_s")
+                }
     return {
         "started": started,
         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
         "reps": reps,
         "python": sys.version.split()[0],
         "functions": figures,
+        "from_source": from_source,
         "previous_import_s": PREVIOUS_IMPORT_S,
         "targets": {"import_s": TARGET_IMPORT_S, "first_invocation_s": TARGET_FIRST_INVOCATION_S},
     }
@@ -344,8 +363,33 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
+def load_before() -> dict[str, Any] | None:
+    return json.loads(BEFORE_PATH.read_text()) if BEFORE_PATH.exists() else None
+
+
+def summary_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the report's "every figure beside its target" table (bench.derive.figures' shape)."""
+    measured = figures.get("function_cold_start") or {}
+    functions = measured.get("functions") or {}
+    rows: list[dict[str, Any]] = []
+    for name, label in (("api", "API"), ("authorizer", "authorizer")):
+        figure = functions.get(name)
+        if figure is None:
+            continue
+        target = TARGET_IMPORT_S[name]
+        imported, first = figure["import_s"]["min"], figure["first_s"]["min"]
+        rows.append({"figure": f"10. Lambda cold start, {label}: import (min of {measured['reps']} interpreters)",
+                     "value": imported, "unit": "s", "target": f"≤ {target * 1000:.0f} ms", "pass": imported <= target,
+                     "runs": measured["reps"]})  # fmt: skip
+        rows.append({"figure": f"10. Lambda cold start, {label}: first invocation after import (min)",
+                     "value": first, "unit": "s", "target": f"≤ {TARGET_FIRST_INVOCATION_S * 1000:.0f} ms more",
+                     "pass": first <= TARGET_FIRST_INVOCATION_S, "runs": measured["reps"]})  # fmt: skip
+    return rows
+
+
 def section(measured: dict[str, Any], before: dict[str, Any] | None = None) -> list[str]:
     """The report's section: each function's figures, beside the issue's and (``before``) an earlier run's."""
+    before = before if before is not None else load_before()
     targets = measured["targets"]
     lines = [
         "## Lambda cold starts: import and first invocation",
@@ -378,7 +422,25 @@ def section(measured: dict[str, Any], before: dict[str, Any] | None = None) -> l
         row += [_ms(previous) if previous else "-", str(figure["modules"])]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    if measured.get("from_source"):
+        lines += [
+            "Without bytecode, as the Lambda asset ships today (no .pyc in it, and /var/task is read-only, so each "
+            "cold start compiles the project and its dependencies; here the standard library keeps its .pyc, "
+            "boto3 and botocore do not, unlike Lambda's runtime): import, min / median wall and CPU min, "
+            f"{FROM_SOURCE_REPS} interpreters: "
+            + "; ".join(
+                f"`{functions_module(measured, name)}` {_ms(figure['import_s']['min'])} / "
+                f"{_ms(figure['import_s']['median'])}, CPU {_ms(figure['import_cpu_s']['min'])}"
+                for name, figure in measured["from_source"].items()
+            )
+            + ".",
+            "",
+        ]
     return lines
+
+
+def functions_module(measured: dict[str, Any], name: str) -> str:
+    return str(measured["functions"][name]["module"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,13 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the results file this run's figures go into (figures.function_cold_start)",
     )
     parser.add_argument("--save", type=Path, help="also write this run's figures alone to this JSON file")
-    parser.add_argument("--before", type=Path, help="a file --save wrote earlier: shown as the 'before' column")
+    parser.add_argument("--before", type=Path, default=BEFORE_PATH,
+                        help="a file --save wrote earlier: the 'before' column (default: %(default)s)")  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print the section; write no file")
     args = parser.parse_args(argv)
     measured = measure(args.reps)
-    if args.before:
-        measured["before"] = json.loads(args.before.read_text())
-    print("\n".join(section(measured, measured.get("before"))))
+    before = json.loads(args.before.read_text()) if args.before and args.before.exists() else None
+    print("\n".join(section(measured, before)))
     if args.save:
         args.save.write_text(json.dumps(measured, indent=1) + "\n")
     if not args.no_write:

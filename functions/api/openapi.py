@@ -179,9 +179,9 @@ def serve(app: APIGatewayHttpResolver, route: str) -> Response[str]:
         escaped,
         (assets / "swagger-ui-bundle.min.js").read_text(encoding="utf-8"),
         (assets / "swagger-ui.min.css").read_text(encoding="utf-8"),
-        None,
-        None,
-        False,
+        "",  # no swagger_base_url: the assets above are inlined
+        None,  # no OAuth2 configuration
+        False,  # persist_authorization off
     )
     return Response(status_code=200, content_type="text/html", body=page)
 

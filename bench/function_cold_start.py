@@ -84,6 +84,61 @@ with open(spec["out"], "w") as out:
 """
 
 
+# Where an import's time goes: the modules a function's import pulls in, imported one after another in a fresh
+# interpreter, each stage's CPU time what it adds to the ones before it.
+_STAGES_CHILD = r"""
+import importlib, json, sys, time
+stages = json.loads(sys.stdin.read())
+spent = []
+for module in stages:
+    cpu = time.process_time()
+    importlib.import_module(module)
+    spent.append(time.process_time() - cpu)
+print(json.dumps(spent))
+"""
+STAGES: dict[str, list[tuple[str, str]]] = {
+    "api": [
+        ("pydantic.main", "pydantic (models, validation)"),
+        ("aws_lambda_powertools.logging", "Powertools (Logger, Metrics)"),
+        ("aws_lambda_powertools.event_handler", "Powertools' HTTP resolvers"),
+        ("aws_lambda_powertools.event_handler.middlewares.openapi_validation", "their request validation"),
+        ("boto3", "boto3 and botocore"),
+        ("runly.contracts", "runly.contracts (its models built at import)"),
+        ("runly.records", "runly.records"),
+        ("functions.settings", "pydantic-settings and the settings models"),
+        ("functions.api.app", "the function's own modules (routers, logic, data access)"),
+    ],
+    "authorizer": [
+        ("pydantic.main", "pydantic (models, validation)"),
+        ("aws_lambda_powertools.logging", "Powertools (Logger, Metrics)"),
+        ("boto3", "boto3 and botocore"),
+        ("runly.contracts", "runly.contracts (its models built at import)"),
+        ("runly.records", "runly.records"),
+        ("functions.settings", "pydantic-settings and the settings models"),
+        ("functions.authorizer.app", "the function's own modules"),
+    ],
+}
+STAGE_REPS = 3
+
+
+def import_stages(name: str, pycache: Path, reps: int = STAGE_REPS) -> list[dict[str, Any]]:
+    """Each stage of STAGES[name]: the least CPU time it added over ``reps`` fresh interpreters."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RUNLY_", "PYTHON"))}
+    env.update({"PYTHONPATH": str(REPO), "PYTHONPYCACHEPREFIX": str(pycache)})
+    modules = [module for module, _ in STAGES[name]]
+    runs = []
+    for _ in range(reps):
+        completed = subprocess.run(
+            [sys.executable, "-c", _STAGES_CHILD], input=json.dumps(modules), cwd=REPO, env=env, text=True,
+            capture_output=True, check=True, timeout=120,
+        )  # fmt: skip
+        runs.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+    return [
+        {"module": module, "what": what, "cpu_s": min(run[index] for run in runs)}
+        for index, (module, what) in enumerate(STAGES[name])
+    ]
+
+
 @dataclass(frozen=True)
 class Function:
     name: str
@@ -340,6 +395,7 @@ def measure(reps: int = REPS, scratch: Path | None = None) -> dict[str, Any]:
                    for key in ("import_s", "import_cpu_s", "first_s", "first_cpu_s")},
                 "modules": reps_measured[0]["modules"],
             }  # fmt: skip
+        stages = {name: import_stages(name, pycache) for name in STAGES}
         from_source: dict[str, Any] = {}
         for function in functions:
             if function.name in FROM_SOURCE_FUNCTIONS:
@@ -354,6 +410,7 @@ def measure(reps: int = REPS, scratch: Path | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "functions": figures,
         "from_source": from_source,
+        "import_stages": stages,
         "previous_import_s": PREVIOUS_IMPORT_S,
         "targets": {"import_s": TARGET_IMPORT_S, "first_invocation_s": TARGET_FIRST_INVOCATION_S},
     }
@@ -436,7 +493,25 @@ def section(measured: dict[str, Any], before: dict[str, Any] | None = None) -> l
             + ".",
             "",
         ]
-    return lines
+    return lines + stages_lines(measured)
+
+
+def stages_lines(measured: dict[str, Any]) -> list[str]:
+    stages = measured.get("import_stages") or {}
+    if not stages:
+        return []
+    lines = [
+        f"Where the import goes (CPU time each stage adds, least of {STAGE_REPS} fresh interpreters, modules imported "
+        "in this order so each stage counts only what the ones before did not bring):",
+        "",
+        "| function | " + " | ".join(f"stage {index}" for index in range(1, max(map(len, stages.values())) + 1)) + " |",
+        "| --- | " + " | ".join("---" for _ in range(max(map(len, stages.values())))) + " |",
+    ]
+    for name, rows in stages.items():
+        cells = [f"{row['what']}: {_ms(row['cpu_s'])}" for row in rows]
+        cells += [""] * (max(map(len, stages.values())) - len(cells))
+        lines.append(f"| {name} (total {_ms(sum(row['cpu_s'] for row in rows))}) | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def functions_module(measured: dict[str, Any], name: str) -> str:

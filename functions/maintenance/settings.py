@@ -6,13 +6,12 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from functions.settings import EnvSettings
 
 
-class MaintenanceSettings(BaseSettings):
+class MaintenanceSettings(EnvSettings):
     """What both maintenance functions read: the table and the run queues (a run is re-queued to its own)."""
-
-    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
 
     table_name: str = Field(min_length=3)
     queue_urls: dict[str, str] = Field(description="environment name -> URL of its run queue (JSON)")
@@ -36,9 +35,9 @@ class DeadLetterSettings(MaintenanceSettings):
 
 @lru_cache(maxsize=1)
 def get_reaper_settings() -> ReaperSettings:
-    return ReaperSettings()  # type: ignore[call-arg]  # filled from the environment
+    return ReaperSettings.from_environ()
 
 
 @lru_cache(maxsize=1)
 def get_dead_letter_settings() -> DeadLetterSettings:
-    return DeadLetterSettings()  # type: ignore[call-arg]  # filled from the environment
+    return DeadLetterSettings.from_environ()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic_settings import BaseSettings
 
+from functions.settings import EnvSettings
 from infrastructure import function_environment
 from infrastructure.maintenance import DEAD_LETTER_HANDLER, REAPER_HANDLER
 from infrastructure.settings import StageSettings
@@ -147,7 +147,7 @@ def test_maintenance_functions_get_exactly_the_settings_they_read(
     from functions.maintenance.settings import DeadLetterSettings, ReaperSettings
 
     _, api = function_with_handler(template_json, resources.API_FUNCTION_HANDLER)
-    maintenance: list[tuple[type[BaseSettings], dict[str, Any]]] = [
+    maintenance: list[tuple[type[EnvSettings], dict[str, Any]]] = [
         (DeadLetterSettings, function) for _, function in dead_letter_handlers.values()
     ]
     maintenance.append((ReaperSettings, function_with_handler(template_json, REAPER_HANDLER)[1]))

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, derive, machine, pricing, report
+from bench import capacity, derive, function_cold_start, machine, pricing, report
 from bench.ours import THROUGHPUT_NODES, THROUGHPUT_REPS, OurBench, Sizes, in_background
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -83,7 +83,7 @@ def draw_chart(results_path: Path, chart_path: Path) -> bool:
 
 SECTIONS = (
     "dispatch", "dispatch_fresh", "batch", "cold_start", "checkpoints", "idle", "recovery", "celery", "throughput",
-    "throughput_fresh", "client", "bill",
+    "throughput_fresh", "client", "bill", "function_cold_start",
 )  # fmt: skip
 
 
@@ -181,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             figures[figure] = value
         return value
 
+    if "function_cold_start" in selected:
+        # First, before the stack and its agents load the machine: fresh interpreters against a moto of its own.
+        log.info("10. Lambda cold starts: each function's import and first invocation, fresh interpreters")
+        reps = 3 if args.quick else function_cold_start.REPS
+        step("Lambda cold starts", functools.partial(function_cold_start.measure, reps, state / "function_cold_start"),
+             figure="function_cold_start")  # fmt: skip
     bench = OurBench(state, sizes)
     try:
         began = time.monotonic()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import pricing
+from bench.function_cold_start import summary_rows
 from bench.stats import median, ratio
 
 REPO = Path(__file__).resolve().parent.parent
@@ -337,6 +338,7 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             row(f"9. Enqueue through RunlyClient, {mode} (sequential, the client's latency)", latency.get("median"),
                 "s", "(no target; the two side by side)", None, p95=latency.get("p95"),
                 runs=latency.get("n"))  # fmt: skip
+    rows += summary_rows(f)
     return rows
 
 

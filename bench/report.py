@@ -217,6 +217,10 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     out += _details(results)
+    if (results["figures"] or {}).get("function_cold_start"):
+        from bench.function_cold_start import section
+
+        out += section(results["figures"]["function_cold_start"])
     out += _recommendations(results)
     out += _method()
     return "\n".join(out) + "\n"

@@ -1,18 +1,76 @@
-"""The functions' environment, validated once at cold start. Nothing else reads os.environ."""
+"""The functions' environment, validated once at cold start. Nothing else reads os.environ.
+
+Each function's settings are a pydantic model read from its environment by ``EnvSettings.from_environ``: field
+``x`` from ``RUNLY_X`` (any case), a field of a structured type (a dict, a list, a model) as JSON, variables
+the model does not name ignored. That is what pydantic-settings' ``BaseSettings`` does with these options; it is
+not used because importing it (its sources, python-dotenv, argparse...) costs a cold start 50 to 150 ms, as much
+as some functions' whole work (bench/REPORT.md, "Lambda cold starts").
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any, Self
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from runly_core.resources import values_path_of_table
 
+ENV_PREFIX = "RUNLY_"
 
-class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
 
+class SettingsError(ValueError):
+    """A variable the settings read holds no valid JSON where JSON is expected."""
+
+
+def _is_structured(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_structured(member) for member in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (dict, list, set, frozenset, tuple):
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+class _SettingsConfig(ConfigDict, total=False):
+    # Where each setting is read from: env_prefix + its name, in any case (as node_agent.settings does it); the
+    # infrastructure tests read it too, to match the stack's variable names to the fields.
+    env_prefix: str
+
+
+class EnvSettings(BaseModel):
+    """A function's environment as a model; ``from_environ`` reads it (see the module's docstring)."""
+
+    model_config = _SettingsConfig(extra="ignore", env_prefix=ENV_PREFIX)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """The settings from ``environ`` (default: os.environ); ValidationError (or SettingsError, for a value
+        that is not JSON where JSON is expected) naming the field."""
+        source = os.environ if environ is None else environ
+        by_name = {name.upper(): value for name, value in source.items()}
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        values: dict[str, Any] = {}
+        for field_name, field in cls.model_fields.items():
+            variable = f"{prefix}{field_name}".upper()
+            if variable not in by_name:
+                continue
+            raw = by_name[variable]
+            if _is_structured(field.annotation):
+                try:
+                    values[field_name] = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise SettingsError(f"{variable} ({field_name}) is not valid JSON: {exc.msg}") from exc
+            else:
+                values[field_name] = raw
+        return cls.model_validate(values)
+
+
+class ApiSettings(EnvSettings):
     table_name: str = Field(min_length=3)
     feed_bucket: str = Field(min_length=3)
     queue_urls: dict[str, str] = Field(description="environment name -> URL of its run queue (JSON)")
@@ -33,26 +91,22 @@ class ApiSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> ApiSettings:
-    return ApiSettings()  # type: ignore[call-arg]  # filled from the environment
+    return ApiSettings.from_environ()
 
 
-class AuthorizerSettings(BaseSettings):
+class AuthorizerSettings(EnvSettings):
     """The authorizer's environment: it reads API keys and nothing else."""
-
-    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
 
     table_name: str = Field(min_length=3)
 
 
 @lru_cache(maxsize=1)
 def get_authorizer_settings() -> AuthorizerSettings:
-    return AuthorizerSettings()  # type: ignore[call-arg]  # filled from the environment
+    return AuthorizerSettings.from_environ()
 
 
-class ScheduleFireSettings(BaseSettings):
+class ScheduleFireSettings(EnvSettings):
     """The schedule fire function's environment (functions/schedules/fire.py): it enqueues runs."""
-
-    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
 
     table_name: str = Field(min_length=3)
     queue_urls: dict[str, str] = Field(description="environment name -> URL of its run queue (JSON)")
@@ -60,4 +114,4 @@ class ScheduleFireSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_fire_settings() -> ScheduleFireSettings:
-    return ScheduleFireSettings()  # type: ignore[call-arg]  # filled from the environment
+    return ScheduleFireSettings.from_environ()

@@ -3,8 +3,8 @@
 Every route but the open ones (runly_core.resources.OPEN_ROUTES: the OpenAPI document, Swagger UI, the dashboard) runs
 the
 authorizer first: a REQUEST authorizer with simple responses whose identity source is the Authorization header
-(so API Gateway answers 401 itself when it is missing) and whose answers are not cached
-(runly_core.resources.AUTHORIZER_RESULT_TTL_SECONDS = 0), so a revoked key fails on the next request.
+(so API Gateway answers 401 itself when it is missing). API Gateway caches its answers per Authorization header
+for runly_core.resources.AUTHORIZER_RESULT_TTL_SECONDS, which bounds how long a revoked key keeps working.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class ControlPlaneApi(Construct):
             authorizer_name=f"{api_name}-keys",
             response_types=[authorizers.HttpLambdaResponseType.SIMPLE],
             identity_source=[f"$request.header.{AUTHORIZATION_HEADER}"],
-            # 0: no caching, so revoking a key takes effect on the very next request.
+            # Cached per Authorization header (the identity source): a revoked key works at most this long more.
             results_cache_ttl=cdk.Duration.seconds(AUTHORIZER_RESULT_TTL_SECONDS),
         )
 

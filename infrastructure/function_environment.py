@@ -1,4 +1,5 @@
-"""Environment variables of the API function: the contract with `functions/settings.py`.
+"""Environment variables of the functions: the contract with their settings models (`functions/settings.py`,
+`functions/maintenance/settings.py`). Each function gets the variables its own model reads, and no others.
 
 The `RUNLY_*` names are read by the functions' settings model (prefix `RUNLY_` + field name);
 the `POWERTOOLS_*` ones are read by Powertools itself.
@@ -82,3 +83,13 @@ FIRE_FUNCTION_VARIABLES = FIRE_SETTINGS_VARIABLES | FIRE_POWERTOOLS_ENVIRONMENT.
 
 def fire_function_environment(*, table_name: str, queue_urls_json: str) -> dict[str, str]:
     return {TABLE_NAME: table_name, QUEUE_URLS: queue_urls_json, **FIRE_POWERTOOLS_ENVIRONMENT}
+
+
+# The maintenance functions (functions/maintenance, settings: functions.maintenance.settings.ReaperSettings and
+# DeadLetterSettings) read the table and the run queues; a dead-letter handler also its environment
+# (infrastructure.maintenance.DEAD_LETTER_ENVIRONMENT). The reaper's grace keeps its default.
+MAINTENANCE_SETTINGS_VARIABLES = frozenset({TABLE_NAME, QUEUE_URLS})
+
+
+def maintenance_function_environment(*, table_name: str, queue_urls_json: str) -> dict[str, str]:
+    return {TABLE_NAME: table_name, QUEUE_URLS: queue_urls_json, "POWERTOOLS_LOG_LEVEL": "INFO"}

@@ -5,8 +5,8 @@
 - One reaper, every minute, re-queues or ends runs whose lease expired with no live owner
   (`functions.maintenance.reaper`).
 
-Both read the API function's settings (`functions.maintenance.settings.MaintenanceSettings` extends
-`functions.settings.ApiSettings`), so they get the same RUNLY_* variables.
+Both read the table and the run queues only (`functions.maintenance.settings.ReaperSettings` and
+`DeadLetterSettings`, environment from `infrastructure.function_environment.maintenance_function_environment`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from runly_core.resources import RUNS_BY_LEASE
 DEAD_LETTER_HANDLER = "functions.maintenance.dlq.lambda_handler"
 REAPER_HANDLER = "functions.maintenance.reaper.lambda_handler"
 DEAD_LETTER_BATCH_SIZE = 10
-# Read by functions.maintenance.settings.MaintenanceSettings.dead_letter_environment.
+# Read by functions.maintenance.settings.DeadLetterSettings.dead_letter_environment.
 DEAD_LETTER_ENVIRONMENT = "RUNLY_DEAD_LETTER_ENVIRONMENT"
 REAPER_RATE = cdk.Duration.minutes(1)
 # What Lambda's SQS poller calls (AWSLambdaSQSQueueExecutionRole holds the same three).

@@ -14,6 +14,7 @@ from infrastructure.function_environment import (
     api_function_environment,
     authorizer_function_environment,
     fire_function_environment,
+    maintenance_function_environment,
 )
 from infrastructure.job_values import JobValues
 from infrastructure.lambda_asset import functions_code
@@ -49,7 +50,7 @@ class RunlyStack(cdk.Stack):
             store=store,
             queues=queues,
         )
-        # The API's settings (functions.settings.ApiSettings), which the maintenance functions read too.
+        # The API's settings (functions.settings.ApiSettings).
         api_environment = api_function_environment(
             table_name=store.table.table_name,
             feed_bucket=feed.bucket.bucket_name,
@@ -76,7 +77,14 @@ class RunlyStack(cdk.Stack):
         values.grant_manage(api.function)
 
         maintenance = Maintenance(
-            self, "Maintenance", code=code, environment=api_environment, store=store, queues=queues
+            self,
+            "Maintenance",
+            code=code,
+            environment=maintenance_function_environment(
+                table_name=store.table.table_name, queue_urls_json=queue_urls_json
+            ),
+            store=store,
+            queues=queues,
         )
         run_events = (
             None

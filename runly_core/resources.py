@@ -83,9 +83,11 @@ FILE_EXPANSION_FLOOR_BYTES = 1024 * 1024
 API_FUNCTION_HANDLER = "functions.api.app.lambda_handler"
 # The HTTP API's Lambda REQUEST authorizer (payload 2.0, simple responses); the local gateway runs it too.
 AUTHORIZER_FUNCTION_HANDLER = "functions.authorizer.app.lambda_handler"
-# API Gateway caches an authorizer's answer per Authorization header for this long. 0: never, so a revoked
-# key stops working on the very next request (the price: one authorizer call and one GetItem per request).
-AUTHORIZER_RESULT_TTL_SECONDS = 0
+# API Gateway (and the local gateway) caches an authorizer's answer, allowed or refused with its context, per
+# Authorization header for this long: the bound on how long a revoked key keeps working (docs/api.md). A key's
+# scope and environment never change, so the cached context cannot go stale; only revocation can. At most 60 s
+# (issue 15); 0 would run the authorizer and its key GetItem on every request.
+AUTHORIZER_RESULT_TTL_SECONDS = 30
 AUTHORIZATION_HEADER = "Authorization"
 # The routes that answer without an API key (method, path as an API Gateway route key: ``{name}`` is one path
 # segment); every other route runs the authorizer first. Read by the CDK construct (routes without an authorizer),

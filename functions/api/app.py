@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.api import openapi
 from functions.api.auth import caller_from_event
-from functions.api.observability import count, logger, publish_metrics, tracer
+from functions.api.observability import capture_lambda_handler, count, logger, publish_metrics
 from functions.api.routers import dashboard, environments, keys, nodes, packages, runs, schedules
 from functions.logic.errors import (
     BadRequest,
@@ -58,13 +58,17 @@ app.include_router(environments.router, prefix="/environments")
 app.include_router(schedules.router, prefix="/schedules")
 app.include_router(dashboard.router)  # the page and its assets (open routes), and GET /me
 # Open routes (runly_core.resources.OPEN_ROUTES): the document and Swagger UI, whose assets Powertools bundles and
-# inlines into the page, so it works with no internet access.
-app.enable_swagger(path="/docs", **openapi.DOCUMENT)
+# inlines into the page, so it works with no internet access. Both are built when asked for, not at import.
 
 
-@app.get("/openapi.json", include_in_schema=False)
+@app.get(openapi.SWAGGER_ROUTE, include_in_schema=False)
+def swagger_ui() -> Response[str]:
+    return openapi.serve(app, openapi.SWAGGER_ROUTE)
+
+
+@app.get(openapi.DOCUMENT_ROUTE, include_in_schema=False)
 def openapi_document() -> Response[str]:
-    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=openapi.document(app))
+    return openapi.serve(app, openapi.DOCUMENT_ROUTE)
 
 
 # Keep after every include_router: documents the errors that every protected route shares.
@@ -225,7 +229,7 @@ def _refused_before_routing(event: dict[str, Any]) -> dict[str, Any] | None:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
-@tracer.capture_lambda_handler
+@capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         return _refused_before_routing(event) or app.resolve(event, context)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from functions.dal.feed import Feed
 from functions.dal.keys import KeyStore
@@ -12,22 +11,33 @@ from functions.dal.queue import RunQueue
 from functions.dal.schedules import Scheduler, ScheduleStore
 from functions.dal.store import Store
 from functions.dal.values import ValueStore
-from functions.settings import get_settings
+from functions.settings import ApiSettings, get_settings
 
 
-@dataclass(frozen=True)
 class Services:
-    store: Store
-    queue: RunQueue
-    feed: Feed
+    """The store, the run queues and the feed, each built on first use: a request pays only for the clients it
+    uses (building a boto3 client or resource loads its service model, tens of milliseconds each on a cold
+    start; ``GET /runs/{id}`` needs the table alone)."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.settings.table_name)
+
+    @cached_property
+    def queue(self) -> RunQueue:
+        return RunQueue(self.settings.queue_urls)
+
+    @cached_property
+    def feed(self) -> Feed:
+        return Feed(self.settings.feed_bucket)
 
 
 @lru_cache(maxsize=1)
 def services() -> Services:
-    settings = get_settings()
-    return Services(
-        store=Store(settings.table_name), queue=RunQueue(settings.queue_urls), feed=Feed(settings.feed_bucket)
-    )
+    return Services(get_settings())  # the settings are validated here, on the first request that needs them
 
 
 @lru_cache(maxsize=1)

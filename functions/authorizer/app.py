@@ -5,8 +5,12 @@ API Gateway calls it before the API function with the request's headers (identit
 answers ``{"isAuthorized": bool, "context": {...}}``; API Gateway answers 403 on false and otherwise passes the
 context to the API function as ``requestContext.authorizer.lambda``, where ``functions.api.auth`` reads it.
 
-Nothing is cached here, and API Gateway caches no answer (``AUTHORIZER_RESULT_TTL_SECONDS`` = 0): each request
-reads the key with a consistent read, so a revoked key fails on the very next request.
+API Gateway caches each answer (allowed or refused, with its context) per Authorization header for
+``runly_core.resources.AUTHORIZER_RESULT_TTL_SECONDS``, and the local gateway does the same: a revoked key keeps
+working at most that long. The answer depends on the key alone, never on the route, so one cached answer is right
+for every route; and a key's scope and environment never change, so the cached context cannot go stale. Nothing
+is cached here besides: a second cache would add its TTL to the bound. Each call reads the key with a consistent
+read.
 """
 
 from __future__ import annotations

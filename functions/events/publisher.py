@@ -15,28 +15,26 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord, DynamoDBStreamEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions.events.bus import EventBus
 from functions.events.changes import publish_changes, sequence_number
 from functions.events.metrics import NAMESPACE, RUN_STATE_METRICS, SERVICE, UNPUBLISHED_METRIC
+from functions.settings import EnvSettings
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
-class EventsSettings(BaseSettings):
+class EventsSettings(EnvSettings):
     """The publisher's environment, validated at cold start."""
-
-    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
 
     event_bus_name: str = Field(min_length=1, description="the custom bus run events are put on")
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> EventsSettings:
-    return EventsSettings()  # type: ignore[call-arg]  # filled from the environment
+    return EventsSettings.from_environ()
 
 
 @lru_cache(maxsize=1)

@@ -33,7 +33,8 @@ def list_keys(*, store: KeyStore) -> KeyList:
 
 
 def revoke(key_id: str, *, store: KeyStore) -> None:
-    """Revoke a key: it stops working on the next request. Revoking a revoked key again changes nothing."""
+    """Revoke a key: it stops working within the authorizer's cache TTL (runly_core.resources.
+    AUTHORIZER_RESULT_TTL_SECONDS). Revoking a revoked key again changes nothing."""
     if not KEY_ID.fullmatch(key_id):
         raise NotFound(f"no key {key_id!r}", field="key_id")
     try:

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.dal.maintenance import MaintenanceStore
 from functions.logic.maintenance import handle_dead_letter
-from functions.maintenance.settings import get_maintenance_settings
+from functions.maintenance.settings import get_dead_letter_settings
 
 logger = Logger(service="runly-dlq")
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -20,16 +20,15 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 @lru_cache(maxsize=1)
 def _store() -> MaintenanceStore:
-    settings = get_maintenance_settings()
+    settings = get_dead_letter_settings()
     return MaintenanceStore(settings.table_name, settings.queue_urls)
 
 
 def _record_handler(record: SQSRecord) -> None:
     count = int(record.attributes.approximate_receive_count or 0)
-    environment = get_maintenance_settings().dead_letter_environment
-    if environment is None:
-        raise RuntimeError("RUNLY_DEAD_LETTER_ENVIRONMENT is not set: this handler does not know its environment")
-    outcome = handle_dead_letter(_store(), record.body, count, environment=environment)
+    store = _store()  # validates the settings: without RUNLY_DEAD_LETTER_ENVIRONMENT, no run is touched
+    environment = get_dead_letter_settings().dead_letter_environment
+    outcome = handle_dead_letter(store, record.body, count, environment=environment)
     logger.info("dead letter handled", extra={"message_id": record.message_id, "outcome": outcome})
 
 

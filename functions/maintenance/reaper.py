@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.dal.maintenance import MaintenanceStore
 from functions.logic.maintenance import reap
-from functions.maintenance.settings import get_maintenance_settings
+from functions.maintenance.settings import get_reaper_settings
 
 logger = Logger(service="runly-reaper")
 metrics = Metrics(namespace="runly", service="runly-reaper")
@@ -20,16 +20,14 @@ metrics = Metrics(namespace="runly", service="runly-reaper")
 
 @lru_cache(maxsize=1)
 def _store() -> MaintenanceStore:
-    settings = get_maintenance_settings()
+    settings = get_reaper_settings()
     return MaintenanceStore(settings.table_name, settings.queue_urls)
 
 
 @metrics.log_metrics
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
-    report = reap(
-        _store(), now_ms=int(time.time() * 1000), grace_seconds=get_maintenance_settings().reaper_grace_seconds
-    )
+    report = reap(_store(), now_ms=int(time.time() * 1000), grace_seconds=get_reaper_settings().reaper_grace_seconds)
     counts = {name: len(ids) for name, ids in vars(report).items()}
     for name, ids in vars(report).items():
         metrics.add_metric(name=f"Reaper{name.capitalize()}", unit=MetricUnit.Count, value=len(ids))

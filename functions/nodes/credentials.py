@@ -22,11 +22,11 @@ from aws_lambda_powertools.event_handler.exceptions import ForbiddenError, Servi
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions.api.auth import require
 from functions.nodes.policy import node_policy_document, without_sids
 from functions.nodes.sts import RoleAssumer
+from functions.settings import EnvSettings
 from runly_core.contracts import ErrorBody, NodeCredentials, Scope
 
 SERVICE = "runly-node-credentials"
@@ -43,10 +43,8 @@ class NodeRoleTarget(BaseModel):
     queue_arn: str = Field(description="the environment's run queue")
 
 
-class CredentialsSettings(BaseSettings):
+class CredentialsSettings(EnvSettings):
     """The credentials function's environment, validated at cold start."""
-
-    model_config = SettingsConfigDict(env_prefix="RUNLY_", extra="ignore")
 
     table_arn: str = Field(min_length=20)
     feed_bucket_arn: str = Field(min_length=16)
@@ -64,7 +62,7 @@ class UnknownEnvironment(Exception):
 
 @lru_cache(maxsize=1)
 def get_settings() -> CredentialsSettings:
-    return CredentialsSettings()  # type: ignore[call-arg]  # filled from the environment
+    return CredentialsSettings.from_environ()
 
 
 @lru_cache(maxsize=1)

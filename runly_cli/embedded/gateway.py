@@ -8,9 +8,12 @@ is turned into the HTTP response by the same rules API Gateway applies.
 With an authorizer (the CDK stack's: ``runly_core.resources.AUTHORIZER_FUNCTION_HANDLER``), every
 request but those of the open routes (``runly_core.resources.OPEN_ROUTES``) goes through it first, as
 on AWS with a Lambda REQUEST authorizer (payload 2.0, simple responses, identity source
-``$request.header.Authorization``, no result caching): no Authorization header -> 401 without
-calling it; ``isAuthorized`` false -> 403; true -> the function gets the authorizer's context at
-``requestContext.authorizer.lambda``. One difference: API Gateway answers those 401/403 with
+``$request.header.Authorization``): no Authorization header -> 401 without calling it;
+``isAuthorized`` false -> 403; true -> the function gets the authorizer's context at
+``requestContext.authorizer.lambda``. Its answers are cached as API Gateway caches them: per value of
+the identity source (the Authorization header), answer and context alike, for
+``runly_core.resources.AUTHORIZER_RESULT_TTL_SECONDS`` from the call that produced them (``AuthorizerCache``);
+a failed call (an exception, a malformed answer) is not cached. One difference: API Gateway answers those 401/403 with
 ``{"message": ...}`` (an HTTP API cannot reshape its own responses); here they are ErrorBody.
 
 Run it as a process::
@@ -52,6 +55,7 @@ from runly_core.resources import (
     API_FUNCTION_HANDLER,
     AUTHORIZATION_HEADER,
     AUTHORIZER_FUNCTION_HANDLER,
+    AUTHORIZER_RESULT_TTL_SECONDS,
     FUNCTIONS_MEMORY_MB,
     FUNCTIONS_TIMEOUT_SECONDS,
     LOCAL_ACCOUNT,
@@ -413,6 +417,49 @@ class _MalformedRequest(Exception):
     pass
 
 
+class AuthorizerCache:
+    """The authorizer's answers by identity-source values, each for ``ttl_seconds`` from when it was produced,
+    as API Gateway caches a Lambda authorizer's results (``AuthorizerResultTtlInSeconds``). A TTL of 0 caches
+    nothing. ``clock`` (monotonic seconds) is injectable so tests can step past the TTL without sleeping.
+
+    At most ``max_entries`` answers are kept (the oldest dropped first): every distinct header a client sends
+    would otherwise be kept until it expired.
+    """
+
+    def __init__(
+        self, ttl_seconds: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000
+    ) -> None:
+        if ttl_seconds < 0:
+            raise ValueError("the authorizer cache TTL cannot be negative")
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self.max_entries = max_entries
+        self._answers: dict[tuple[str, ...], tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, identity: Sequence[str]) -> dict[str, Any] | None:
+        key = tuple(identity)
+        with self._lock:
+            cached = self._answers.get(key)
+            if cached is None:
+                return None
+            expires, answer = cached
+            if self.clock() >= expires:
+                del self._answers[key]
+                return None
+            return answer
+
+    def put(self, identity: Sequence[str], answer: dict[str, Any]) -> None:
+        if self.ttl_seconds <= 0:
+            return
+        now = self.clock()
+        with self._lock:
+            self._answers.pop(tuple(identity), None)  # re-inserted last: the dict's order is the expiry order
+            self._answers[tuple(identity)] = (now + self.ttl_seconds, answer)
+            while len(self._answers) > self.max_entries:
+                del self._answers[next(iter(self._answers))]
+
+
 class Gateway:
     """API Gateway on a local port in front of one Lambda handler.
 
@@ -437,6 +484,8 @@ class Gateway:
         max_invocation_bytes: int = MAX_INVOCATION_PAYLOAD_BYTES,
         serialize_invocations: bool = True,
         api_id: str = LOCAL_API_ID,
+        authorizer_cache_seconds: float = AUTHORIZER_RESULT_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.handler: Handler = resolve_handler(handler) if isinstance(handler, str) else handler
         self.authorizer: Handler | None = resolve_handler(authorizer) if isinstance(authorizer, str) else authorizer
@@ -452,6 +501,7 @@ class Gateway:
         self._invocation_lock: threading.Lock | None = threading.Lock() if serialize_invocations else None
         # The authorizer is a function of its own, with its own execution environment (and lock).
         self._authorizer_lock: threading.Lock | None = threading.Lock() if serialize_invocations else None
+        self.authorizer_cache = AuthorizerCache(authorizer_cache_seconds, clock=clock)
         self._server: _GatewayServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -503,13 +553,28 @@ class Gateway:
         return is_open_route(event["requestContext"]["http"]["method"], event["rawPath"], self.open_routes)
 
     def authorize(self, event: dict[str, Any]) -> Response | None:
-        """Run the authorizer as API Gateway does; None when allowed (the context is then in ``event``),
-        else the response the client gets."""
+        """Run the authorizer as API Gateway does (or take its cached answer for this Authorization header);
+        None when allowed (the context is then in ``event``), else the response the client gets."""
         request_id: str = event["requestContext"]["requestId"]
         identity = (event.get("headers") or {}).get(AUTHORIZATION_HEADER.lower(), "")
         if not identity:
             # A missing identity source: API Gateway answers 401 and does not call the authorizer.
             return error_response(401, "unauthorized", "Unauthorized", request_id=request_id)
+        result = self.authorizer_cache.get([identity])
+        if result is None:
+            called = self._authorizer_answer(event, identity, request_id)
+            if not isinstance(called, dict):
+                return called
+            result = called
+            self.authorizer_cache.put([identity], result)
+        if not result["isAuthorized"]:
+            return error_response(403, "forbidden", "Forbidden", request_id=request_id)
+        event["requestContext"]["authorizer"] = {"lambda": dict(result.get("context") or {})}
+        return None
+
+    def _authorizer_answer(self, event: dict[str, Any], identity: str, request_id: str) -> dict[str, Any] | Response:
+        """The authorizer's answer to ``event``, checked (a boolean isAuthorized, a context object), or the 500
+        the client gets when the call fails or its answer is malformed."""
         context = LocalLambdaContext(
             aws_request_id=str(uuid.uuid4()),
             function_name=LOCAL_AUTHORIZER_NAME,
@@ -525,14 +590,10 @@ class Gateway:
         if not isinstance(result, dict) or not isinstance(result.get("isAuthorized"), bool):
             logger.error("authorizer answered without a boolean isAuthorized (request %s)", request_id)
             return internal_error_response(request_id)
-        if not result["isAuthorized"]:
-            return error_response(403, "forbidden", "Forbidden", request_id=request_id)
-        authorizer_context = result.get("context") or {}
-        if not isinstance(authorizer_context, dict):
+        if not isinstance(result.get("context") or {}, dict):
             logger.error("authorizer context is not an object (request %s)", request_id)
             return internal_error_response(request_id)
-        event["requestContext"]["authorizer"] = {"lambda": authorizer_context}
-        return None
+        return result
 
     def _call_authorizer(self, event: dict[str, Any], context: LocalLambdaContext) -> Any:
         assert self.authorizer is not None
@@ -755,6 +816,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="dotted path of the Lambda REQUEST authorizer run before the handler (except on open routes)",
     )
     parser.add_argument("--no-authorizer", action="store_true", help="call the handler without any authorizer")
+    parser.add_argument(
+        "--authorizer-cache-seconds",
+        type=float,
+        default=AUTHORIZER_RESULT_TTL_SECONDS,
+        help="how long an authorizer answer is reused for the same Authorization header (API Gateway's result "
+        f"TTL; default {AUTHORIZER_RESULT_TTL_SECONDS}, the deployed stack's); 0 calls it on every request",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--ready-file", type=Path, help="where to write the URL once listening")
@@ -784,7 +852,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     gateway = Gateway(
-        handler, authorizer=authorizer, host=args.host, port=args.port, function_name=args.function_name
+        handler,
+        authorizer=authorizer,
+        host=args.host,
+        port=args.port,
+        function_name=args.function_name,
+        authorizer_cache_seconds=args.authorizer_cache_seconds,
     ).start()
     try:
         if args.ready_file is not None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from functions.settings import EnvSettings
 from infrastructure import function_environment
 from infrastructure.maintenance import DEAD_LETTER_HANDLER, REAPER_HANDLER
 from infrastructure.settings import StageSettings
@@ -143,20 +144,24 @@ def test_reaper_queries_the_lease_index_updates_runs_and_sends_to_run_queues_onl
 def test_maintenance_functions_get_exactly_the_settings_they_read(
     template_json: dict[str, Any], dead_letter_handlers: dict[str, tuple[str, dict[str, Any]]]
 ) -> None:
-    from functions.maintenance.settings import MaintenanceSettings
+    from functions.maintenance.settings import DeadLetterSettings, ReaperSettings
 
-    prefix = str(MaintenanceSettings.model_config.get("env_prefix", ""))
-    fields = {f"{prefix}{field}".upper(): info for field, info in MaintenanceSettings.model_fields.items()}
-    required = {name for name, info in fields.items() if info.is_required()}
     _, api = function_with_handler(template_json, resources.API_FUNCTION_HANDLER)
-    maintenance = [function for _, function in dead_letter_handlers.values()]
-    maintenance.append(function_with_handler(template_json, REAPER_HANDLER)[1])
-    for function in maintenance:
+    maintenance: list[tuple[type[EnvSettings], dict[str, Any]]] = [
+        (DeadLetterSettings, function) for _, function in dead_letter_handlers.values()
+    ]
+    maintenance.append((ReaperSettings, function_with_handler(template_json, REAPER_HANDLER)[1]))
+    for model, function in maintenance:
+        prefix = str(model.model_config.get("env_prefix", ""))
+        fields = {f"{prefix}{field}".upper(): info for field, info in model.model_fields.items()}
+        required = {name for name, info in fields.items() if info.is_required()}
         variables = function["Environment"]["Variables"]
         given = {name for name in variables if name.startswith(prefix)}
         # Every variable given is read, every required one is given (optional ones keep their defaults).
-        assert required <= given <= set(fields), given ^ set(fields)
-        # And they are the API's very values: the same table, bucket and queues.
+        assert required <= given <= set(fields), (model.__name__, given ^ set(fields))
+        # Nothing of the API's they do not read: no feed bucket, no scheduler role.
+        assert not given & {function_environment.FEED_BUCKET, function_environment.SCHEDULER_ROLE_ARN}
+        # And they are the API's very values: the same table and queues.
         for name in function_environment.SETTINGS_VARIABLES & given:
             assert variables[name] == api["Environment"]["Variables"][name], name
         assert render(variables["POWERTOOLS_SERVICE_NAME"]) in {"runly-dlq", "runly-reaper"}

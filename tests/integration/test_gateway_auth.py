@@ -86,14 +86,75 @@ def test_an_allowed_key_reaches_the_function_with_the_authorizers_context(
     assert len(authorizer.events) == 1
 
 
-def test_a_revoked_key_stops_working_on_the_next_request(stack: tuple[Gateway, Spy, Spy, str]) -> None:
-    gateway, _, _, admin = stack
+class Clock:
+    """The gateway's monotonic clock, stepped by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_revoked_key_keeps_working_at_most_the_cache_bound_then_is_refused(
+    function_env: dict[str, str],  # noqa: F811
+    names: resources.ResourceNames,
+) -> None:
+    # Given a gateway caching the authorizer's answers for 5 s (the deployed bound is 30 s: same code path)
+    _, admin = bootstrap_admin_key(names.table)
     key_id = admin.split("_")[1]
-    assert _get(gateway, "/keys", f"Bearer {admin}")[0] == 200
+    api, authorizer, clock = Spy(api_handler), Spy(authorizer_handler), Clock()
+    with Gateway(api, authorizer=authorizer, authorizer_cache_seconds=5, clock=clock) as gateway:
+        assert _get(gateway, "/keys", f"Bearer {admin}")[0] == 200
+        assert len(authorizer.events) == 1
 
-    assert _get(gateway, f"/keys/{key_id}", f"Bearer {admin}", method="DELETE")[0] == 204
+        # When the key is revoked (by itself: it is the admin key)
+        clock.now += 1
+        assert _get(gateway, f"/keys/{key_id}", f"Bearer {admin}", method="DELETE")[0] == 204
 
-    assert _get(gateway, "/keys", f"Bearer {admin}")[0] == 403
+        # Then it keeps working, from the cache, until 5 s after the answer was cached, with its scope intact
+        clock.now += 3.9
+        status, listed = _get(gateway, "/keys", f"Bearer {admin}")
+        assert status == 200 and listed["items"][0]["revoked_at"] is not None
+        assert len(authorizer.events) == 1
+        assert api.events[-1]["requestContext"]["authorizer"]["lambda"]["scope"] == "admin"
+
+        # And from the bound on it is refused: the authorizer is asked again and reads the revocation
+        clock.now += 0.1
+        status, body = _get(gateway, "/keys", f"Bearer {admin}")
+        assert (status, body["code"]) == (403, "forbidden")
+        assert len(authorizer.events) == 2
+        calls = len(api.events)
+        # The refusal is cached too: refused again, the authorizer not asked, the function never called
+        clock.now += 4.9
+        assert _get(gateway, "/keys", f"Bearer {admin}")[0] == 403
+        assert len(authorizer.events) == 2 and len(api.events) == calls
+
+
+def test_the_authorizer_runs_once_per_key_per_bound_not_per_request(stack: tuple[Gateway, Spy, Spy, str]) -> None:
+    gateway, api, authorizer, admin = stack
+    # The gateway's default: the deployed stack's bound (runly_core.resources.AUTHORIZER_RESULT_TTL_SECONDS).
+    assert gateway.authorizer_cache.ttl_seconds == resources.AUTHORIZER_RESULT_TTL_SECONDS
+
+    for _ in range(3):
+        assert _get(gateway, "/keys", f"Bearer {admin}")[0] == 200
+    assert _get(gateway, "/runs", f"Bearer {admin}")[0] == 200  # another route: the same cached answer
+
+    assert len(authorizer.events) == 1 and len(api.events) == 4
+    assert _get(gateway, "/keys", "Bearer rly_0123456789abcdef_" + "a" * 43)[0] == 403
+    assert len(authorizer.events) == 2  # another header: asked
+
+
+def test_with_a_bound_of_zero_every_request_runs_the_authorizer(
+    function_env: dict[str, str],  # noqa: F811
+    names: resources.ResourceNames,
+) -> None:
+    _, admin = bootstrap_admin_key(names.table)
+    authorizer = Spy(authorizer_handler)
+    with Gateway(api_handler, authorizer=authorizer, authorizer_cache_seconds=0) as gateway:
+        for _ in range(2):
+            assert _get(gateway, "/keys", f"Bearer {admin}")[0] == 200
+    assert len(authorizer.events) == 2
 
 
 @pytest.mark.parametrize(("method", "path"), resources.OPEN_ROUTES)

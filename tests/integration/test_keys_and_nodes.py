@@ -20,10 +20,21 @@ from tests.support.api import api_event, function_env  # noqa: F401  (fixture)
 from tests.support.runs import queued_run
 
 
+class Clock:
+    """The gateway's monotonic clock (its authorizer cache's), stepped by the tests."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class Api:
     gateway: Gateway
     admin: str
+    clock: Clock
 
     def __call__(self, method: str, path: str, key: str | None, body: Any = None, query: str = "") -> tuple[int, Any]:
         event = api_event(
@@ -43,7 +54,9 @@ class Api:
 def api(function_env: dict[str, str], names: resources.ResourceNames) -> Iterator[Api]:  # noqa: F811
     _, admin = bootstrap_admin_key(names.table)
     # The handlers the stack deploys, chained as API Gateway chains them; no HTTP server needed.
-    yield Api(Gateway(resources.API_FUNCTION_HANDLER, authorizer=resources.AUTHORIZER_FUNCTION_HANDLER), admin)
+    clock = Clock()
+    gateway = Gateway(resources.API_FUNCTION_HANDLER, authorizer=resources.AUTHORIZER_FUNCTION_HANDLER, clock=clock)
+    yield Api(gateway, admin, clock)
 
 
 def _item(names: resources.ResourceNames, key: dict[str, str]) -> dict[str, Any]:
@@ -78,8 +91,10 @@ def test_key_lifecycle_create_use_list_revoke(api: Api, names: resources.Resourc
     assert all("secret" not in key and "secret_sha256" not in key for key in listed["items"])
     assert secret not in json.dumps(listed)
 
-    # When it is revoked, it stops working on the very next request
+    # When it is revoked, it keeps working until its cached authorizer answer expires, then is refused
     assert api("DELETE", f"/keys/{created['id']}", api.admin) == (204, None)
+    assert api("GET", "/runs", secret)[0] == 200
+    api.clock.now += resources.AUTHORIZER_RESULT_TTL_SECONDS
     status, refused = api("GET", "/runs", secret)
     assert (status, refused["code"]) == (403, "forbidden")
     revoked = next(key for key in api("GET", "/keys", api.admin)[1]["items"] if key["id"] == created["id"])

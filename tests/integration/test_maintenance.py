@@ -12,9 +12,8 @@ import pytest
 from functions.dal.maintenance import MaintenanceStore, RunMoved
 from functions.logic.maintenance import reap
 from functions.maintenance import dlq, reaper
-from functions.maintenance.settings import get_maintenance_settings
+from functions.maintenance.settings import get_dead_letter_settings, get_reaper_settings
 from node_agent.aws import AgentAws
-from runly_cli.embedded.aws import schedule_settings
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunMessage, RunState
 from runly_core.records import lease_index_partition, lease_sort_key, run_key
@@ -139,17 +138,14 @@ def maintenance_env(
     aws: dict[str, str], names: resources.ResourceNames, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     monkeypatch.setenv("RUNLY_TABLE_NAME", names.table)
-    monkeypatch.setenv("RUNLY_FEED_BUCKET", names.feed_bucket)
     monkeypatch.setenv("RUNLY_QUEUE_URLS", json.dumps(aws))
-    for name, value in schedule_settings(names).items():  # MaintenanceSettings extends ApiSettings
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("RUNLY_REAPER_GRACE_SECONDS", "60")
     monkeypatch.setenv("RUNLY_DEAD_LETTER_ENVIRONMENT", "default")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "runly")
-    for cached in (get_maintenance_settings, dlq._store, reaper._store):
+    for cached in (get_reaper_settings, get_dead_letter_settings, dlq._store, reaper._store):
         cached.cache_clear()
     yield
-    for cached in (get_maintenance_settings, dlq._store, reaper._store):
+    for cached in (get_reaper_settings, get_dead_letter_settings, dlq._store, reaper._store):
         cached.cache_clear()
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from runly_cli.embedded.gateway import (
     MAX_REQUEST_BODY_BYTES,
+    AuthorizerCache,
     Gateway,
     LocalLambdaContext,
     build_event,
@@ -505,3 +506,43 @@ def test_main_serves_until_signalled_then_exits_cleanly(tmp_path: Path, stop_sig
     assert stdout.splitlines()[0] == url
     assert process.returncode == 0
     assert not ready_file.exists()
+
+
+# ---------------------------------------------------------------- the authorizer's result cache
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_authorizer_answer_is_reused_for_the_same_header_until_its_ttl_has_passed() -> None:
+    clock = _Clock()
+    cache = AuthorizerCache(10, clock=clock)
+    allowed = {"isAuthorized": True, "context": {"key_id": "k1", "scope": "read", "environment": ""}}
+    cache.put(["Bearer a"], allowed)
+
+    assert cache.get(["Bearer a"]) == allowed and cache.get(["Bearer b"]) is None
+    clock.now += 9.999
+    assert cache.get(["Bearer a"]) == allowed
+    clock.now += 0.001
+    assert cache.get(["Bearer a"]) is None  # expired at exactly the TTL, as a bound must
+
+
+def test_a_ttl_of_zero_caches_nothing_and_a_negative_one_is_refused() -> None:
+    cache = AuthorizerCache(0)
+    cache.put(["Bearer a"], {"isAuthorized": False})
+    assert cache.get(["Bearer a"]) is None
+    with pytest.raises(ValueError, match="negative"):
+        AuthorizerCache(-1)
+
+
+def test_the_cache_keeps_at_most_its_entries_dropping_the_oldest() -> None:
+    cache = AuthorizerCache(60, clock=_Clock(), max_entries=2)
+    for header in ("Bearer a", "Bearer b", "Bearer c"):
+        cache.put([header], {"isAuthorized": False})
+    assert cache.get(["Bearer a"]) is None
+    assert cache.get(["Bearer b"]) == cache.get(["Bearer c"]) == {"isAuthorized": False}

@@ -197,6 +197,7 @@ class Chaos:
 
     def refresh(self) -> None:
         self.scan_ended_runs()
+        self._terminal_before = {run_id for run_id, view in self.views.items() if view.state.terminal}
         for plan in self.planned:
             known = self.views.get(plan.run_id)
             if known is not None and known.state.terminal:
@@ -219,7 +220,8 @@ class Chaos:
                 self._watch.remove((killed_at, held))
 
     def scan_ended_runs(self) -> None:
-        """Processes of runs that were terminal already at the previous full refresh (so for a while): none may be."""
+        """Processes of runs that were terminal already at the previous full refresh (so for a while): none may be.
+        Made every round (a scan of /proc is cheap), so that short runs are seen too."""
         ended = self._terminal_before
         found = run_processes(self.stack.run_dir)
         self.report.run_processes_seen = max(self.report.run_processes_seen, len(found))
@@ -227,9 +229,9 @@ class Chaos:
         for pid, owner in found.items():
             if owner.run_id in ended:
                 self.report.processes_after_run_ended.add(pid)
-        self._terminal_before = {run_id for run_id, view in self.views.items() if view.state.terminal}
 
     def refresh_running(self) -> None:
+        self.scan_ended_runs()
         running = {view.id: view for view in self.client.iter_runs(state=RunState.RUNNING.value)}
         for run_id, known in self.views.items():
             if known.state is RunState.RUNNING and run_id not in running:
@@ -255,11 +257,14 @@ class Chaos:
         by_node: dict[str, list[RunView]] = defaultdict(list)
         for view in self.running():
             by_node[view.attempts[-1].node_id].append(view)
-        candidates = [a for a in self.agents() if by_node.get(a.name)]
+        # An agent with job processes running (not only runs claimed, their package still installing): what its
+        # death does to them is measured (orphan lifetime), and their runs resume from where their jobs were.
+        processes = run_processes(self.stack.run_dir)
+        candidates = [a for a in self.agents() if by_node.get(a.name) and _on_node(processes, a.name)]
         if not candidates:
             return
         victim = self.rng.choice(candidates)
-        jobs = [pid for pid, owner in run_processes(self.stack.run_dir).items() if owner.node == victim.name]
+        jobs = _on_node(processes, victim.name)
         victim.process.kill()
         killed_at = time.monotonic()
         victim.process.wait()
@@ -296,11 +301,14 @@ class Chaos:
 
     def freeze_agent(self) -> None:
         busy = {v.attempts[-1].node_id for v in self.running()}
+        processes = run_processes(self.stack.run_dir)
         candidates = [a for a in self.agents() if a.name in busy]
+        # Preferably one whose jobs are running: they must stop themselves before the takeover starts.
+        candidates = [a for a in candidates if _on_node(processes, a.name)] or candidates
         if not candidates:
             return
         victim = self.rng.choice(candidates)
-        if any(owner.node == victim.name for owner in run_processes(self.stack.run_dir).values()):
+        if _on_node(processes, victim.name):
             self.report.faults_on_running_jobs += 1
         os.kill(victim.process.pid, signal.SIGSTOP)
         # Past its lease: another node takes its runs; when it wakes it must be fenced off.
@@ -443,6 +451,10 @@ class Chaos:
                 watermark = attempts[attempt]
                 report.resume_violations += sum(1 for item in items[run_id].get(attempt, []) if item < watermark)
             report.resumed_from_checkpoint += 1 if from_checkpoint else 0
+
+
+def _on_node(processes: dict[int, RunProcess], node: str) -> list[int]:
+    return [pid for pid, owner in processes.items() if owner.node == node]
 
 
 def _resume(child: Child) -> None:

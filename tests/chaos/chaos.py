@@ -65,6 +65,7 @@ class Report:
     succeeded: int = 0
     failed_as_intended: int = 0
     failed_unexpectedly: int = 0
+    unexpected_failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by reason
     cancelled: int = 0
     lost: int = 0
     completed_more_than_once: int = 0
@@ -124,7 +125,10 @@ class Report:
             ("runs enqueued", self.enqueued),
             ("succeeded", self.succeeded),
             ("failed as intended", self.failed_as_intended),
-            ("failed unexpectedly", self.failed_unexpectedly),
+            (
+                "failed unexpectedly",
+                f"{self.failed_unexpectedly} {dict(self.unexpected_failures)}" if self.failed_unexpectedly else 0,
+            ),
             ("cancelled", self.cancelled),
             ("lost", self.lost),
             ("completed more than once", self.completed_more_than_once),
@@ -399,6 +403,8 @@ class Chaos:
                 report.failed_as_intended += 1
             else:
                 report.failed_unexpectedly += 1
+                reason = view.error.reason.value if view.error and view.error.reason else view.state.value
+                report.unexpected_failures[f"{reason} after {len(view.attempts)} attempts"] += 1
         self._tally_ledger()
 
     def _tally_ledger(self) -> None:

@@ -243,7 +243,12 @@ class NodeGroup(Construct):
                 )
             ],
             user_data=self._user_data(
-                environment=environment, settings=settings, fleet=fleet, queue=queue, store=store, feed=feed,
+                environment=environment,
+                settings=settings,
+                fleet=fleet,
+                queue=queue,
+                store=store,
+                feed=feed,
                 values_path=names.values_path,
             ),
         )

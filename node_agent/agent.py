@@ -67,6 +67,10 @@ class Clock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait up to ``seconds`` (of this clock) for ``event``; whether it was set."""
+        return event.wait(seconds)
+
 
 FIRST_RENEWAL_SLACK_SECONDS = 1  # see receive_visibility
 # A refusal of the receive call that is not transient (access denied, no such queue, a bad token) is tried again
@@ -173,7 +177,7 @@ class Agent:
             self.state = AgentState.BUSY if free == 0 else AgentState.IDLE
             if free == 0:
                 # Woken the moment a run ends, so a full node takes its next run at once (bounded, for a drain).
-                self._slot_freed.wait(0.1)
+                self.clock.wait(self._slot_freed, 0.1)
                 continue
             # Never ask for more messages than there are free slots: nothing waits in a node's hands.
             visibility = receive_visibility(self.settings)
@@ -203,7 +207,7 @@ class Agent:
                 pause = self.receive_backoff(failures)
                 failures += 1
                 log.warning("receive failed (%s); polling again in %.1f s", exc, pause)
-                self._draining.wait(pause)
+                self.clock.wait(self._draining, pause)
                 continue
             failures = refused = 0
             # The messages were handed out at the latest now: the claims' leases count from here, so each
@@ -228,10 +232,15 @@ class Agent:
             "draining: %d run(s) to finish (at most %d s)", self.running_count(), self.settings.drain_timeout_seconds
         )
         deadline = self.clock.monotonic() + self.settings.drain_timeout_seconds
-        while self.running_count():
-            if self._cold.wait(0.1) or self.clock.monotonic() > deadline:
-                self._cold.set()  # supervisors SIGTERM their jobs, then record and release
+        while True:
+            self._slot_freed.clear()  # before counting: a run ending after the count ends the wait below
+            if not self.running_count():
                 break
+            if self._cold.is_set() or self.clock.monotonic() > deadline:
+                self._cold.set()  # supervisors SIGTERM their jobs (they watch it too), then record and release
+                break
+            # Woken when a run ends; a second signal is seen within the bound (the supervisors see it at once).
+            self.clock.wait(self._slot_freed, 0.1)
         for _, thread in self._snapshot():
             thread.join(timeout=self.settings.kill_grace_seconds + 30)
 

@@ -25,7 +25,6 @@ ADVISORY_REFRESH_SECONDS = 5 * 60
 MANDATORY_REFRESH_SECONDS = 2 * 60
 
 
-
 def fetch_node_credentials(api_url: str, node_key: str, *, timeout: float = 15.0) -> NodeCredentials:
     request = urllib.request.Request(api_url.rstrip("/") + CREDENTIALS_PATH, data=b"{}", method="POST")
     request.add_header("Authorization", f"Bearer {node_key}")

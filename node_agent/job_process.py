@@ -183,6 +183,11 @@ class JobProcess:
             self._channel.send_lease(lease)
 
     @property
+    def channel(self) -> AgentChannel | None:
+        """The agent's side of the job's channel, once started."""
+        return self._channel
+
+    @property
     def latest_progress(self) -> Progress | None:
         """The job's newest progress (only the newest is kept: the heartbeat writes it)."""
         return self._channel.latest_progress if self._channel is not None else None

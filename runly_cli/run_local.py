@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from node_agent.channel import Violation
+from node_agent.channel import AgentChannel, Violation
 from node_agent.job_process import JobProcess, Outcome
 from runly import sizes
 from runly.limits import LOG_CHUNK_BYTES
@@ -176,6 +176,11 @@ class LocalRun:
     @property
     def latest_progress(self) -> Progress | None:
         return self._job.latest_progress if self._job is not None else None
+
+    @property
+    def channel(self) -> AgentChannel | None:
+        """The agent's side of the job's channel (what the CLI plays), once started."""
+        return self._job.channel if self._job is not None else None
 
     @property
     def violation(self) -> Violation | None:

@@ -38,9 +38,7 @@ def list_nodes(*, store: NodeStore, environment: str | None, now: datetime | Non
     return NodeList(items=[view(record, now=moment) for record in store.list(environment)])
 
 
-def drain(
-    node_id: str, *, store: NodeStore, environment: str | None = None, now: datetime | None = None
-) -> NodeView:
+def drain(node_id: str, *, store: NodeStore, environment: str | None = None, now: datetime | None = None) -> NodeView:
     """Ask a node to drain: it takes no new runs and stops once its running ones end (read on its heartbeat).
     A node's item is keyed by its environment: without ``environment`` the node is looked up in each."""
     if not 0 < len(node_id.encode()) <= _MAX_NODE_ID_BYTES:

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class Report:
     succeeded: int = 0
     failed_as_intended: int = 0
     failed_unexpectedly: int = 0
+    unexpected_failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by reason
     cancelled: int = 0
     lost: int = 0
     completed_more_than_once: int = 0
@@ -82,26 +84,51 @@ class Report:
     overlap_seconds: float = 0.0
     orphan_seconds: list[float] = field(default_factory=list)  # per killed agent: how long its jobs outlived it
     processes_after_run_ended: set[int] = field(default_factory=set)  # pids seen alive with their run terminal
+    # What shows that the checks above looked at something: a check of nothing proves nothing.
+    attempts_resumed_past_a_checkpoint: int = 0  # later attempts owed a watermark above 0 by an acknowledged ckpt
+    lines_of_superseded_attempts: int = 0  # ledger lines of an attempt that a newer attempt of its run followed
+    run_processes_seen: int = 0  # the most processes of runs one scan of /proc found (the scan sees jobs at all)
+    scans_of_ended_runs: int = 0  # scans of /proc made while some planned run had ended a refresh before
+
+    def problems(self) -> list[str]:
+        """Each goal missed, or met only vacuously (the thing it checks never happened): none means OK."""
+        checks = [
+            (self.enqueued > 0, "no run enqueued"),
+            (self.lost == 0, "runs lost"),
+            (self.stuck == 0, "runs stuck non-terminal"),
+            (self.succeeded > 0, "no run succeeded: nothing could complete twice"),
+            (self.completed_more_than_once == 0, "runs completed more than once"),
+            (self.items_processed > 0, "no item processed: the ledger is empty"),
+            (sum(self.faults.values()) > 0, "no fault injected"),
+            (self.faults_on_running_jobs > 0, "no fault hit a running job process"),
+            (self.resumed_runs > 0, "no run resumed on another attempt: nothing to resume from a checkpoint"),
+            (self.attempts_resumed_past_a_checkpoint > 0, "no attempt was owed a checkpoint above 0"),
+            (self.resumed_from_checkpoint == self.resumed_runs, "resumed runs that ignored their checkpoint"),
+            (self.resume_violations == 0, "items before a watermark processed again"),
+            (self.lines_of_superseded_attempts > 0, "no ledger line of an attempt that a newer one followed"),
+            (self.lines_after_newer_attempt == 0, "ledger lines written after a newer attempt started"),
+            (self.run_processes_seen > 0, "the scan of /proc never found a process of a run"),
+            (self.scans_of_ended_runs > 0, "/proc was never scanned for processes of ended runs"),
+            (not self.processes_after_run_ended, "processes of a run alive after it ended"),
+            (bool(self.orphan_seconds), "no agent was killed with a job running: orphans unmeasured"),
+            (max(self.orphan_seconds, default=0.0) <= ORPHAN_GOAL_SECONDS, "a job outlived its killed agent"),
+            (bool(self.takeover_seconds), "no killed node's run was taken over: takeover unmeasured"),
+        ]
+        return [problem for holds, problem in checks if not holds]
 
     @property
     def ok(self) -> bool:
-        return (
-            self.lost == 0
-            and self.completed_more_than_once == 0
-            and self.stuck == 0
-            and self.resume_violations == 0
-            and self.resumed_from_checkpoint == self.resumed_runs
-            and self.lines_after_newer_attempt == 0
-            and not self.processes_after_run_ended
-            and max(self.orphan_seconds, default=0.0) <= ORPHAN_GOAL_SECONDS
-        )
+        return not self.problems()
 
     def table(self) -> str:
         rows = [
             ("runs enqueued", self.enqueued),
             ("succeeded", self.succeeded),
             ("failed as intended", self.failed_as_intended),
-            ("failed unexpectedly", self.failed_unexpectedly),
+            (
+                "failed unexpectedly",
+                f"{self.failed_unexpectedly} {dict(self.unexpected_failures)}" if self.failed_unexpectedly else 0,
+            ),
             ("cancelled", self.cancelled),
             ("lost", self.lost),
             ("completed more than once", self.completed_more_than_once),
@@ -124,7 +151,11 @@ class Report:
                 if self.orphan_seconds
                 else "no agent killed with a job",
             ),
-            ("processes of a run alive after it ended (goal 0)", len(self.processes_after_run_ended)),
+            (
+                "processes of a run alive after it ended (goal 0)",
+                f"{len(self.processes_after_run_ended)} ({self.scans_of_ended_runs} scans of ended runs, "
+                f"up to {self.run_processes_seen} processes of runs seen in one)",
+            ),
         ]
         if self.takeover_seconds:
             rows.append(
@@ -170,6 +201,7 @@ class Chaos:
 
     def refresh(self) -> None:
         self.scan_ended_runs()
+        self._terminal_before = {run_id for run_id, view in self.views.items() if view.state.terminal}
         for plan in self.planned:
             known = self.views.get(plan.run_id)
             if known is not None and known.state.terminal:
@@ -192,14 +224,18 @@ class Chaos:
                 self._watch.remove((killed_at, held))
 
     def scan_ended_runs(self) -> None:
-        """Processes of runs that were terminal already at the previous full refresh (so for a while): none may be."""
+        """Processes of runs that were terminal already at the previous full refresh (so for a while): none may be.
+        Made every round (a scan of /proc is cheap), so that short runs are seen too."""
         ended = self._terminal_before
-        for pid, owner in run_processes(self.stack.run_dir).items():
+        found = run_processes(self.stack.run_dir)
+        self.report.run_processes_seen = max(self.report.run_processes_seen, len(found))
+        self.report.scans_of_ended_runs += 1 if ended else 0
+        for pid, owner in found.items():
             if owner.run_id in ended:
                 self.report.processes_after_run_ended.add(pid)
-        self._terminal_before = {run_id for run_id, view in self.views.items() if view.state.terminal}
 
     def refresh_running(self) -> None:
+        self.scan_ended_runs()
         running = {view.id: view for view in self.client.iter_runs(state=RunState.RUNNING.value)}
         for run_id, known in self.views.items():
             if known.state is RunState.RUNNING and run_id not in running:
@@ -225,11 +261,14 @@ class Chaos:
         by_node: dict[str, list[RunView]] = defaultdict(list)
         for view in self.running():
             by_node[view.attempts[-1].node_id].append(view)
-        candidates = [a for a in self.agents() if by_node.get(a.name)]
+        # An agent with job processes running (not only runs claimed, their package still installing): what its
+        # death does to them is measured (orphan lifetime), and their runs resume from where their jobs were.
+        processes = run_processes(self.stack.run_dir)
+        candidates = [a for a in self.agents() if by_node.get(a.name) and _on_node(processes, a.name)]
         if not candidates:
             return
         victim = self.rng.choice(candidates)
-        jobs = [pid for pid, owner in run_processes(self.stack.run_dir).items() if owner.node == victim.name]
+        jobs = _on_node(processes, victim.name)
         victim.process.kill()
         killed_at = time.monotonic()
         victim.process.wait()
@@ -266,11 +305,14 @@ class Chaos:
 
     def freeze_agent(self) -> None:
         busy = {v.attempts[-1].node_id for v in self.running()}
+        processes = run_processes(self.stack.run_dir)
         candidates = [a for a in self.agents() if a.name in busy]
+        # Preferably one whose jobs are running: they must stop themselves before the takeover starts.
+        candidates = [a for a in candidates if _on_node(processes, a.name)] or candidates
         if not candidates:
             return
         victim = self.rng.choice(candidates)
-        if any(owner.node == victim.name for owner in run_processes(self.stack.run_dir).values()):
+        if _on_node(processes, victim.name):
             self.report.faults_on_running_jobs += 1
         os.kill(victim.process.pid, signal.SIGSTOP)
         # Past its lease: another node takes its runs; when it wakes it must be fenced off.
@@ -302,6 +344,11 @@ class Chaos:
             self.kill_agent, self.kill_job, self.kill_agent, self.freeze_agent, self.cancel, self.kill_job,
             self.kill_warm_host,
         ]  # fmt: skip
+        # Every kind of fault first, in an order the seed picks (a kind that finds no victim yet goes to the back),
+        # so that a short run exercises each; then at random.
+        untried = list(dict.fromkeys(actions))
+        self.rng.shuffle(untried)
+        deferred: dict[Callable[[], None], int] = defaultdict(int)
         deadline = time.monotonic() + timeout
         injected = 0
         rounds = 0
@@ -316,9 +363,15 @@ class Chaos:
                 self.refresh_running()
             rounds += 1
             if injected < faults and self.running():
+                first_of_its_kind = bool(untried)
+                action = untried.pop(0) if first_of_its_kind else self.rng.choice(actions)
                 before = sum(self.report.faults.values())
-                self.rng.choice(actions)()
-                injected += sum(self.report.faults.values()) - before
+                action()
+                landed = sum(self.report.faults.values()) - before
+                if first_of_its_kind and not landed and deferred[action] < 3:
+                    deferred[action] += 1
+                    untried.append(action)  # no victim yet (no warm host, no busy agent): after the others
+                injected += landed
             time.sleep(self.rng.uniform(0.2, 0.8))
         self.refresh()
         time.sleep(1.0)  # past the last run's end: whatever of it is alive now outlived it
@@ -350,6 +403,8 @@ class Chaos:
                 report.failed_as_intended += 1
             else:
                 report.failed_unexpectedly += 1
+                reason = view.error.reason.value if view.error and view.error.reason else view.state.value
+                report.unexpected_failures[f"{reason} after {len(view.attempts)} attempts"] += 1
         self._tally_ledger()
 
     def _tally_ledger(self) -> None:
@@ -360,18 +415,21 @@ class Chaos:
         started_at: dict[str, dict[int, float]] = defaultdict(dict)  # run -> attempt -> when its job code started
         written: list[tuple[str, int, float]] = []  # (run, attempt, wall time) of every line
         for line in lines:
-            run_id, kind, attempt, value, wall = line.split()
-            written.append((run_id, int(attempt), float(wall)))
+            run_id, kind, attempt_field, value_field, wall_field = line.split()
+            number, value, wall = int(attempt_field), int(value_field), float(wall_field)
+            written.append((run_id, number, wall))
             if kind == "start":
-                started_at[run_id][int(attempt)] = min(float(wall), started_at[run_id].get(int(attempt), float(wall)))
-                starts[run_id][int(attempt)] = int(value)
+                started_at[run_id][number] = min(wall, started_at[run_id].get(number, wall))
+                starts[run_id][number] = value
             elif kind == "ckpt":
-                acked[run_id].append((int(attempt), int(value)))
+                acked[run_id].append((number, value))
             else:
-                items[run_id][int(attempt)].append(int(value))
+                items[run_id][number].append(value)
         report = self.report
-        for run_id, attempt, wall in written:
-            newer = [at for number, at in started_at[run_id].items() if number > attempt]
+        for run_id, number, wall in written:
+            newer = [at for later, at in started_at[run_id].items() if later > number]
+            if newer:
+                report.lines_of_superseded_attempts += 1
             if newer and wall > min(newer):
                 report.lines_after_newer_attempt += 1
                 report.overlap_seconds = max(report.overlap_seconds, wall - min(newer))
@@ -394,10 +452,15 @@ class Chaos:
             for attempt in later:
                 earlier = [watermark for (a, watermark) in acked[run_id] if a < attempt]
                 expected = earlier[-1] if earlier else 0
+                report.attempts_resumed_past_a_checkpoint += 1 if expected > 0 else 0
                 from_checkpoint &= attempts[attempt] >= expected
                 watermark = attempts[attempt]
                 report.resume_violations += sum(1 for item in items[run_id].get(attempt, []) if item < watermark)
             report.resumed_from_checkpoint += 1 if from_checkpoint else 0
+
+
+def _on_node(processes: dict[int, RunProcess], node: str) -> list[int]:
+    return [pid for pid, owner in processes.items() if owner.node == node]
 
 
 def _resume(child: Child) -> None:
@@ -529,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout, workdir=Path(scratch), sqs_in_flight_cap=args.sqs_in_flight_cap,
         )  # fmt: skip
     print(report.table())
-    print("OK" if report.ok else "FAILED: see the table")
+    print("OK" if report.ok else "FAILED: " + "; ".join(report.problems()))
     return 0 if report.ok else 1
 
 

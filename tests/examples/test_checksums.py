@@ -69,6 +69,8 @@ def test_a_resumed_run_gathers_the_digests_of_every_attempt() -> None:
     resumed = crashed.resume(run_id="resumed")
 
     assert resumed.succeeded
-    assert resumed.output["resumed_at"] == crashed.last_checkpoint.watermark > 0  # type: ignore[union-attr]
+    checkpoint = crashed.last_checkpoint
+    assert checkpoint is not None and checkpoint.watermark is not None
+    assert resumed.output["resumed_at"] == checkpoint.watermark > 0
     assert resumed.output["sha256sums_digest"] == whole.output["sha256sums_digest"]
     assert resumed.output["succeeded"] == whole.output["succeeded"]

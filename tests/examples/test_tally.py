@@ -72,7 +72,9 @@ def test_word_counts_resumed_after_a_crash_gives_what_a_whole_run_gives() -> Non
     resumed = crashed.resume(run_id="resumed")
 
     assert resumed.succeeded
-    assert resumed.output["resumed_at"] == crashed.last_checkpoint.watermark > 0  # type: ignore[union-attr]
+    checkpoint = crashed.last_checkpoint
+    assert checkpoint is not None and checkpoint.watermark is not None
+    assert resumed.output["resumed_at"] == checkpoint.watermark > 0
     assert {k: resumed.output[k] for k in ("files_counted", "words", "top", "succeeded")} == {
         k: whole.output[k] for k in ("files_counted", "words", "top", "succeeded")
     }

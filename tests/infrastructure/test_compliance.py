@@ -40,7 +40,6 @@ FLEET_ACKNOWLEDGMENTS = {
 }
 
 
-
 def values_acknowledgments(stage: str) -> set[str]:
     """Variables and secrets (infrastructure/job_values.py): the API's grant on the deployment's values path, each
     node's on its environment's, and the node policy's two queue wildcards (sqs:*Message, sqs:Change*: spelt short

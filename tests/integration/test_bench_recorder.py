@@ -32,7 +32,7 @@ def recorder() -> Iterator[Recorder]:
 def client(recorder: Recorder, service: str) -> Any:
     assert recorder._server is not None
     host, port = recorder._server.server_address[:2]
-    return boto3.client(service, endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+    return boto3.client(service, endpoint_url=f"http://{host!s}:{port}", region_name="us-east-1",
                         aws_access_key_id="tester", aws_secret_access_key="x")  # fmt: skip
 
 

@@ -60,7 +60,7 @@ def test_messages_of_runs_ending_together_share_delete_requests(agent_aws: Agent
     assert _left_in_queue(agent_aws) == 0
 
 
-def test_a_lone_message_is_deleted_within_the_batch_delay(agent_aws: AgentAws) -> None:
+def test_a_lone_message_is_deleted_within_the_batch_delay(agent_aws: AgentAws, monkeypatch: pytest.MonkeyPatch) -> None:
     (delivery,) = _received(agent_aws, 1)
     deleted = threading.Event()
     real = agent_aws._delete_batch
@@ -70,7 +70,7 @@ def test_a_lone_message_is_deleted_within_the_batch_delay(agent_aws: AgentAws) -
         deleted.set()
         return failed
 
-    agent_aws._delete_batch = observed  # type: ignore[method-assign]
+    monkeypatch.setattr(agent_aws, "_delete_batch", observed)
     agent_aws.delete_soon(delivery)
     assert deleted.wait(agent_aws_module.DELETE_BATCH_DELAY + 5), "not deleted without a flush"
     assert _left_in_queue(agent_aws) == 0
@@ -92,7 +92,7 @@ def test_a_failed_request_is_retried_and_a_stale_receipt_is_given_up(
             raise ConnectionError("the network dropped")
         return real(batch)
 
-    agent_aws._delete_batch = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(agent_aws, "_delete_batch", flaky)
     for delivery in [*good, stale]:
         agent_aws.delete_soon(delivery)
     agent_aws.flush_deletes()

@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,15 @@ REPO = Path(__file__).resolve().parents[2]
 E2E_PROJECT = REPO / "tests" / "e2e" / "projects" / "e2ejobs"
 
 
+def _copied_from(bundle: Path) -> Callable[[Path], None]:
+    """A fetch for PackageCache.ensure: the bundle, copied from where it was packed."""
+
+    def fetch(path: Path) -> None:
+        shutil.copyfile(bundle, path)
+
+    return fetch
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return pack_project(E2E_PROJECT, tmp_path_factory.mktemp("dist"))
@@ -35,7 +44,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def installed(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledPackage]:
     cache = PackageCache(tmp_path_factory.mktemp("cache"), budget_bytes=10**10)
-    with cache.ensure(sha256_file(bundle), lambda path: shutil.copyfile(bundle, path)) as package:
+    with cache.ensure(sha256_file(bundle), _copied_from(bundle)) as package:
         yield package
 
 
@@ -210,7 +219,7 @@ def test_a_work_directory_too_long_for_a_socket_path_still_gets_warm_hosts(
 def test_a_warm_host_keeps_its_environment_from_eviction(bundle: Path, tmp_path: Path) -> None:
     cache = PackageCache(tmp_path / "cache", budget_bytes=10**10)
     sha = sha256_file(bundle)
-    with cache.ensure(sha, lambda path: shutil.copyfile(bundle, path)) as package:
+    with cache.ensure(sha, _copied_from(bundle)) as package:
         python = package.python
     pool = WarmHosts(tmp_path / "hosts", env=job_environment(), max_hosts=1, idle_seconds=600, hold=cache.hold)
     try:
@@ -250,4 +259,3 @@ def test_a_runs_values_reach_its_child_alone_never_the_host_nor_the_next_run(
     assert token.encode() not in host_environ
     assert next_run.error is not None and next_run.error.type == "KeyError", next_run
     assert "E2E_TOKEN" in next_run.error.message or "E2E_REGION" in next_run.error.message
-

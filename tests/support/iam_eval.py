@@ -71,7 +71,8 @@ def _value_matches(operator: str, policy_values: list[Any], value: str) -> bool:
 def _condition_holds(operator: str, key: str, policy_value: Any, context: Mapping[str, ContextValue]) -> bool:
     policy_values = _listed(policy_value)
     present = key in context
-    request_values = [context[key]] if isinstance(context.get(key), str) else list(context.get(key, []) or [])
+    raw = context.get(key)
+    request_values: list[str] = [raw] if isinstance(raw, str) else list(raw or [])
     if operator == "Null":
         wants_absent = str(policy_values[0]).lower() == "true"
         return (not present) if wants_absent else present

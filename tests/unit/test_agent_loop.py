@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from node_agent.agent import MAX_REFUSED_RECEIVES, Agent, Clock, receive_visibility
+from node_agent.agent import MAX_REFUSED_RECEIVES, Agent, AgentState, Clock, receive_visibility
 from node_agent.aws import ClaimRefused, Delivery, LeaseLost, LeaseRenewal, lease_until
 from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
@@ -185,10 +185,13 @@ def settings(tmp_path: Path) -> AgentSettings:
 
 
 class FakeClock(Clock):
-    """Time that moves only when the test says so."""
+    """Time that moves only when the test says so; the agent's waits on it end when their event is set or the test
+    moved time past them, and a test can wait until the agent is waiting (``waiting``)."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self.now = start
+        self._lock = threading.Lock()
+        self._waiting: dict[int, int] = {}  # id of the event -> how many waits on it began
 
     def time(self) -> float:
         return self.now
@@ -198,6 +201,19 @@ class FakeClock(Clock):
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        deadline = self.now + seconds
+        with self._lock:
+            self._waiting[id(event)] = self._waiting.get(id(event), 0) + 1
+        while not event.wait(0.002):  # the real wait: only to see the test move time
+            if self.now >= deadline:
+                return False
+        return True
+
+    def waits_on(self, event: threading.Event) -> int:
+        with self._lock:
+            return self._waiting.get(id(event), 0)
 
 
 def _agent(settings: AgentSettings, aws: FakeAws, clock: Clock | None = None) -> tuple[Agent, list[FakeSupervisor]]:
@@ -223,14 +239,20 @@ def _run_until_idle(agent: Agent, aws: FakeAws) -> threading.Thread:
 
 def test_never_asks_for_more_messages_than_free_slots(settings: AgentSettings) -> None:
     # Given a node with 2 slots and runs waiting
+    clock = FakeClock()
     aws = FakeAws(batches=[[_delivery("a")], [_delivery("b")]])
-    agent, started = _agent(settings, aws)
+    agent, started = _agent(settings, aws, clock)
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
 
-    # When both slots are taken, it asked for 2, then 1, and then stops asking while full
-    _eventually(lambda: len(started) == 2)
-    threading.Event().wait(0.3)
+    # When both slots are taken, it asked for 2, then 1, and then stops asking while full: it waits for a slot
+    _eventually(lambda: len(started) == 2 and clock.waits_on(agent._slot_freed) > 0)
+    assert aws.asked == [2, 1]
+    # (and goes on waiting, asking nothing, as its waits time out)
+    for _ in range(3):
+        waits = clock.waits_on(agent._slot_freed)
+        clock.advance(0.1)
+        _eventually(lambda: clock.waits_on(agent._slot_freed) > waits)  # noqa: B023 (read at once)
     assert aws.asked == [2, 1]
 
     # And when one run ends, it asks for exactly one more
@@ -309,9 +331,16 @@ def test_messages_received_while_draining_are_released_at_once(settings: AgentSe
 
 
 def test_receive_errors_back_off_and_the_loop_goes_on(settings: AgentSettings) -> None:
+    clock = FakeClock()
     aws = FakeAws(batches=[EndpointConnectionError(endpoint_url="http://sqs"), [_delivery("a")]])
-    agent, started = _agent(settings, aws)
-    thread = _run_until_idle(agent, aws)
+    agent, started = _agent(settings, aws, clock)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    # The failed receive is followed by a pause (capped backoff) before the next, which the clock lets pass
+    _eventually(lambda: clock.waits_on(agent._draining) == 1)
+    assert aws.asked == [2]
+    clock.advance(30)
+    assert aws.on_empty.wait(5), "the agent never polled again"
     agent.request_stop()
     for supervisor in started:
         supervisor.release.set()
@@ -326,7 +355,7 @@ def _refused(code: str) -> ClientError:
 
 def test_a_queue_that_keeps_refusing_the_agent_stops_it_saying_why(settings: AgentSettings) -> None:
     # Given a queue the node may not read (its policy denies it), and a run it had already started
-    refusals: list[object] = [_refused("AccessDenied")] * MAX_REFUSED_RECEIVES
+    refusals: list[list[Delivery] | Exception] = [_refused("AccessDenied")] * MAX_REFUSED_RECEIVES
     aws = FakeAws(batches=[[_delivery("a")], *refusals])
     agent, started = _agent(settings, aws)
     agent.receive_backoff = lambda failures: 0.0
@@ -351,7 +380,10 @@ def test_a_queue_that_keeps_refusing_the_agent_stops_it_saying_why(settings: Age
 
 def test_transient_receive_errors_never_stop_the_agent(settings: AgentSettings) -> None:
     # Given more throttling and connection errors in a row than refusals would be allowed, then a run
-    transient: list[object] = [_refused("ThrottlingException"), EndpointConnectionError(endpoint_url="http://sqs")]
+    transient: list[list[Delivery] | Exception] = [
+        _refused("ThrottlingException"),
+        EndpointConnectionError(endpoint_url="http://sqs"),
+    ]
     aws = FakeAws(batches=[*(transient * MAX_REFUSED_RECEIVES), [_delivery("a")]])
     agent, started = _agent(settings, aws)
     agent.receive_backoff = lambda failures: 0.0
@@ -434,11 +466,14 @@ def test_a_drain_that_outlasts_its_timeout_turns_cold(settings: AgentSettings) -
     agent, started = _agent(drain, aws, clock)
     thread = _run_until_idle(agent, aws)
     agent.request_stop()
-    threading.Event().wait(0.3)
-    assert not agent._cold.is_set()  # the drain waits...
+    _eventually(lambda: agent.state is AgentState.DRAINING)  # the drain waits for its run to end...
+    waits = clock.waits_on(agent._slot_freed)
+    clock.advance(599)
+    _eventually(lambda: clock.waits_on(agent._slot_freed) > waits)
+    assert not agent._cold.is_set()  # ...and, a second short of its timeout, still waits
 
     # When the drain timeout passes (without anyone waiting ten minutes)
-    clock.advance(601)
+    clock.advance(2)
 
     # Then the agent turns cold (its supervisors stop their jobs and hand the runs back)
     _eventually(agent._cold.is_set)

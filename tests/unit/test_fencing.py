@@ -141,7 +141,7 @@ def test_a_job_whose_agent_hangs_up_ends_within_100_ms_and_writes_nothing_after(
         _wait_for_lines(ledger)
 
         # When its agent goes (the pipe from it ends, as when the agent is SIGKILLed)
-        run._channel.hang_up()  # type: ignore[union-attr]
+        run.channel.hang_up()  # type: ignore[union-attr]
         gone = time.time()
         code = run.wait(timeout=5)
 
@@ -164,7 +164,7 @@ def test_a_job_that_hears_no_renewal_ends_before_its_deadline_less_the_margin(tm
     for _ in range(3):
         time.sleep(0.5)
         renewed = _lease(3, margin=1)
-        run._channel.send_lease(renewed)  # type: ignore[union-attr]
+        run.channel.send_lease(renewed)  # type: ignore[union-attr]
     code = run.wait(timeout=10)
     ended = time.monotonic()
 

@@ -274,7 +274,7 @@ def test_mistakes_in_the_functions_are_reported_when_decorating() -> None:
         return []
 
     with pytest.raises(TypeError, match="must be a plain function"):
-        runly.item_job(items=awaited_items)(process)
+        runly.item_job(items=awaited_items)(process)  # type: ignore[arg-type]  # deliberately async: refused
 
     def no_items() -> list[str]:
         return []

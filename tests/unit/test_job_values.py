@@ -27,8 +27,10 @@ ROOT = "/runly-test"
 SECRET = "s3cr3t-value-0123456789"
 
 
-def job(**values: list[str]) -> JobSpec:
-    return JobSpec(name="sync", entry_point="pkg:Sync", config_schema={}, **values)
+def job(variables: list[str] | None = None, secrets: list[str] | None = None) -> JobSpec:
+    return JobSpec(
+        name="sync", entry_point="pkg:Sync", config_schema={}, variables=variables or [], secrets=secrets or []
+    )
 
 
 class FakeSsm:

@@ -78,9 +78,9 @@ class Hostile(Job[RawConfig]):
         time.sleep(30)  # the agent stops it
 
 
-
 # The longest id the API makes: a 31-character environment name (runly_core.resources.ENVIRONMENT_NAME).
 LONGEST_RUN_ID = f"run_{'e' * 31}_20260101000000_0123456789ab"
+
 
 def _local(job: str, config: dict[str, Any]) -> LocalRun:
     spec = RunSpec(

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from functions.dal.feed import Feed
-from functions.dal.keys import KeyStore
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.schedules import Scheduler, ScheduleStore
 from functions.dal.store import Store
 from functions.settings import get_settings
+from runly_core.key_store import KeyStore
 
 
 @dataclass(frozen=True)

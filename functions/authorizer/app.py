@@ -19,8 +19,8 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.dal.keys import KeyStore
 from functions.settings import get_authorizer_settings
+from runly_core.key_store import KeyStore
 from runly_core.keys import key_id_of, secret_matches
 from runly_core.records import KeyRecord
 

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from runly_core.records import NODE_KIND, NodeRecord, node_key, node_kind_sort_key, node_of_partition
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
+from runly_core.table import condition_failed
 
 # BatchGetItem takes 100 keys: a node id is looked up in up to this many environments at once.
 _BATCH_GET_SIZE = 100
@@ -103,7 +104,7 @@ class NodeStore:
                 ReturnValues="ALL_NEW",
             )["Attributes"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if condition_failed(exc):
                 raise NodeNotFound(node_id) from exc
             raise
         record = _record(attributes)

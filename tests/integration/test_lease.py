@@ -16,7 +16,8 @@ from node_agent.aws import AgentAws, ClaimRefused, Delivery, LeaseLost
 from runly.wire import Checkpoint
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunMessage, RunState
-from runly_core.records import MESSAGE_HANDOFF, checkpoint_key, run_key, utcnow
+from runly_core.records import utcnow
+from runly_core.run_store import MESSAGE_HANDOFF, checkpoint_key, run_item, run_key
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 30
@@ -104,14 +105,13 @@ def test_a_takeover_fails_when_the_holder_renewed_after_it_was_judged_expired(
     _queued_run(names)
     first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     later = now_ms() + (LEASE + 2) * 1000
-    take_lease = agent_aws._take_lease
+    take_lease = agent_aws.runs.claim
 
-    def renewed_meanwhile(run_id: str, node_id: str, until: int, *, previous: Any) -> Any:
-        if previous is not None:
-            agent_aws.extend_lease(first, "node-a", later + LEASE * 1000)
-        return take_lease(run_id, node_id, until, previous=previous)
+    def renewed_meanwhile(previous: Any, node_id: str, until: int) -> Any:
+        agent_aws.extend_lease(first, "node-a", later + LEASE * 1000)
+        return take_lease(previous, node_id, until)
 
-    monkeypatch.setattr(agent_aws, "_take_lease", renewed_meanwhile)
+    monkeypatch.setattr(agent_aws.runs, "claim", renewed_meanwhile)
 
     # When B's takeover write lands, it fails: two jobs would run at once otherwise
     with pytest.raises(ClaimRefused):
@@ -243,7 +243,7 @@ def test_a_resumed_requeue_gets_the_copied_checkpoint_on_its_first_attempt(
     # Given a run requeued with --resume: the API put the original's checkpoint on it before dispatching it
     table = boto3.resource("dynamodb").Table(names.table)
     requeued = _queued_run(names, "run_default_2").model_copy(update={"requeued_from": "run_default_1"})
-    table.put_item(Item=requeued.api_item())
+    table.put_item(Item=run_item(requeued))
     copied = Checkpoint(watermark=40, last_item_id="39", attempt=2, written_at=utcnow())
     table.put_item(
         Item={

@@ -1,27 +1,26 @@
-"""DynamoDB access to API keys (items KEY#{key_id} / KEY, listed through the items-by-kind index)."""
+"""API keys on the table (items KEY#{key_id} / KEY, listed through the items-by-kind index): the one access the
+API, the authorizer and the CLI's ``runly keys bootstrap`` (and the embedded stack) share.
+
+The DynamoDB resource is injected, or made on first use: importing this module imports no AWS SDK, so the CLI
+pays for boto3 only when a command uses it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import boto3
-from boto3.dynamodb.conditions import Key
-from botocore.exceptions import ClientError
-
+from runly_core.contracts import Scope
 from runly_core.records import KEY_KIND, KeyRecord, key_key
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
+from runly_core.table import AlreadyExists, condition_failed
 
 
 class KeyNotFound(Exception):
     pass
 
 
-class KeyExists(Exception):
+class KeyExists(AlreadyExists):
     pass
-
-
-def _is_conditional_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
 class KeyStore:
@@ -29,13 +28,18 @@ class KeyStore:
     item_exists = f"attribute_exists({PARTITION_KEY})"
 
     def __init__(self, table_name: str, *, resource: Any = None) -> None:
-        self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        """``resource``: a boto3 DynamoDB service resource (default: one from the caller's AWS configuration)."""
+        if resource is None:
+            import boto3  # here, not at import: the CLI loads this module for every command
+
+            resource = boto3.resource("dynamodb")
+        self._table = resource.Table(table_name)
 
     def put_new(self, record: KeyRecord) -> None:
         try:
             self._table.put_item(Item=record.to_item(), ConditionExpression=self.item_is_new)
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
+        except Exception as exc:
+            if condition_failed(exc):
                 raise KeyExists(record.key_id) from exc
             raise
 
@@ -49,7 +53,9 @@ class KeyStore:
         records: list[KeyRecord] = []
         query: dict[str, Any] = {
             "IndexName": ITEMS_BY_KIND.name,
-            "KeyConditionExpression": Key(ITEMS_BY_KIND.partition_key).eq(KEY_KIND),
+            "KeyConditionExpression": "#kind = :kind",
+            "ExpressionAttributeNames": {"#kind": ITEMS_BY_KIND.partition_key},
+            "ExpressionAttributeValues": {":kind": KEY_KIND},
         }
         while True:
             page = self._table.query(**query)
@@ -57,6 +63,9 @@ class KeyStore:
             if "LastEvaluatedKey" not in page:
                 return records
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def active_admin_keys(self) -> list[KeyRecord]:
+        return [record for record in self.list() if record.scope is Scope.ADMIN and record.active]
 
     def revoke(self, key_id: str, at: str) -> KeyRecord:
         """Mark the key revoked (the first revocation time is kept); KeyNotFound if there is no such key."""
@@ -68,8 +77,8 @@ class KeyStore:
                 ExpressionAttributeValues={":at": at},
                 ReturnValues="ALL_NEW",
             )["Attributes"]
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
+        except Exception as exc:
+            if condition_failed(exc):
                 raise KeyNotFound(key_id) from exc
             raise
         return KeyRecord.from_item(attributes)

@@ -234,6 +234,7 @@ class AgentAws:
         self._table = session.resource("dynamodb", config=BOTO_CONFIG).Table(table_name)
         # Every write to a run item is one of the run store's transitions (runly_core.run_store).
         self.runs = RunStore(self._table)
+        self._dynamodb = self._table.meta.client  # the client every table call goes through
 
     @property
     def _s3(self) -> Any:

@@ -7,6 +7,7 @@ pays for boto3 only when a command uses it.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from runly_core.contracts import Scope
@@ -64,7 +65,7 @@ class KeyStore:
                 return records
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def active_admin_keys(self) -> list[KeyRecord]:
+    def active_admin_keys(self) -> builtins.list[KeyRecord]:
         return [record for record in self.list() if record.scope is Scope.ADMIN and record.active]
 
     def revoke(self, key_id: str, at: str) -> KeyRecord:

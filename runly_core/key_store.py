@@ -1,8 +1,7 @@
 """API keys on the table (items KEY#{key_id} / KEY, listed through the items-by-kind index): the one access the
 API, the authorizer and the CLI's ``runly keys bootstrap`` (and the embedded stack) share.
 
-The DynamoDB resource is injected, or made on first use: importing this module imports no AWS SDK, so the CLI
-pays for boto3 only when a command uses it.
+The DynamoDB resource is injected (functions.dal.keys.key_store, the CLI's own): this module imports no AWS SDK.
 """
 
 from __future__ import annotations
@@ -28,12 +27,8 @@ class KeyStore:
     item_is_new = f"attribute_not_exists({PARTITION_KEY})"
     item_exists = f"attribute_exists({PARTITION_KEY})"
 
-    def __init__(self, table_name: str, *, resource: Any = None) -> None:
-        """``resource``: a boto3 DynamoDB service resource (default: one from the caller's AWS configuration)."""
-        if resource is None:
-            import boto3  # here, not at import: the CLI loads this module for every command
-
-            resource = boto3.resource("dynamodb")
+    def __init__(self, table_name: str, *, resource: Any) -> None:
+        """``resource``: a boto3 DynamoDB service resource, with the caller's credentials."""
         self._table = resource.Table(table_name)
 
     def put_new(self, record: KeyRecord) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from functions.dal.feed import Feed
+from functions.dal.keys import key_store_of
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.schedules import Scheduler, ScheduleStore
@@ -31,7 +32,7 @@ def services() -> Services:
 
 @lru_cache(maxsize=1)
 def key_store() -> KeyStore:
-    return KeyStore(get_settings().table_name)
+    return key_store_of(get_settings().table_name)
 
 
 @lru_cache(maxsize=1)

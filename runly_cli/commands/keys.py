@@ -37,6 +37,10 @@ def bootstrap_admin_key(
     made beside the others, none is revoked. ``dynamodb`` is a boto3 DynamoDB service resource (default: from
     the caller's AWS configuration). The key is written by the API's own key store (runly_core.key_store).
     """
+    if dynamodb is None:
+        import boto3  # here, not at import: the CLI loads this module for every command
+
+        dynamodb = boto3.resource("dynamodb")
     store = KeyStore(table_name, resource=dynamodb)
     if not force:
         existing = store.active_admin_keys()

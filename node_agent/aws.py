@@ -399,7 +399,7 @@ class AgentAws:
                 raise ClaimRefused(run_id, f"waiting for its retry at {record.retry_at}", retry_in=wait_ms // 1000 + 1)
 
         if leased:
-            # Its node was lost: as the reaper would (runly_core.records.abandoned_outcome), a cancel wins and a run
+            # Its node was lost: as the reaper would (runly_core.run_store.abandoned_outcome), a cancel wins and a run
             # out of attempts fails; only a run with attempts left is taken over, as its next attempt.
             state, reason, message = abandoned_outcome(record)
             if state.terminal:

@@ -12,7 +12,7 @@ from typing import Any
 from runly_core.contracts import Scope
 from runly_core.records import KEY_KIND, KeyRecord, key_key
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
-from runly_core.table import AlreadyExists, condition_failed
+from runly_core.table import AlreadyExists, refused_as
 
 
 class KeyNotFound(Exception):
@@ -32,12 +32,8 @@ class KeyStore:
         self._table = resource.Table(table_name)
 
     def put_new(self, record: KeyRecord) -> None:
-        try:
+        with refused_as(lambda: KeyExists(record.key_id)):
             self._table.put_item(Item=record.to_item(), ConditionExpression=self.item_is_new)
-        except Exception as exc:
-            if condition_failed(exc):
-                raise KeyExists(record.key_id) from exc
-            raise
 
     def get(self, key_id: str) -> KeyRecord | None:
         # Consistent: a key revoked a moment ago must not pass on a stale replica.
@@ -65,7 +61,7 @@ class KeyStore:
 
     def revoke(self, key_id: str, at: str) -> KeyRecord:
         """Mark the key revoked (the first revocation time is kept); KeyNotFound if there is no such key."""
-        try:
+        with refused_as(lambda: KeyNotFound(key_id)):
             attributes = self._table.update_item(
                 Key=key_key(key_id),
                 UpdateExpression="SET revoked_at = if_not_exists(revoked_at, :at)",
@@ -73,8 +69,4 @@ class KeyStore:
                 ExpressionAttributeValues={":at": at},
                 ReturnValues="ALL_NEW",
             )["Attributes"]
-        except Exception as exc:
-            if condition_failed(exc):
-                raise KeyNotFound(key_id) from exc
-            raise
         return KeyRecord.from_item(attributes)

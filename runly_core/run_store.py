@@ -48,7 +48,7 @@ from runly_core.records import (
     utcnow,
 )
 from runly_core.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, SORT_KEY
-from runly_core.table import AlreadyExists, batch_write, condition_failed
+from runly_core.table import AlreadyExists, batch_write, condition_failed, refused_as
 
 log = logging.getLogger(__name__)
 
@@ -275,12 +275,8 @@ class RunStore:
         copied checkpoint (a resumed requeue), all or nothing. AlreadyExists if the run id is taken;
         CompanionsRefused([0]) if a companion's own condition failed."""
         if not companions and checkpoint is None:
-            try:
+            with refused_as(lambda: AlreadyExists(record.run_id)):
                 self._table.put_item(Item=run_item(record), ConditionExpression=self.IS_NEW)
-            except Exception as exc:
-                if condition_failed(exc):
-                    raise AlreadyExists(record.run_id) from exc
-                raise
             return
         items = [self._put_new(record), *companions]
         if checkpoint is not None:
@@ -339,7 +335,7 @@ class RunStore:
 
     # ------------------------------------------------------------ cancel (the API)
     def _change_state(self, run_id: str, *, expected: RunState, update: str, values: dict[str, Any]) -> RunRecord:
-        try:
+        with refused_as(lambda: StateChanged(run_id)):
             result = self._table.update_item(
                 Key=run_key(run_id),
                 UpdateExpression=update,
@@ -348,10 +344,6 @@ class RunStore:
                 ExpressionAttributeValues={":expected": expected.value, **values},
                 ReturnValues="ALL_NEW",  # the API's credentials: no attribute bound
             )
-        except Exception as exc:
-            if condition_failed(exc):
-                raise StateChanged(run_id) from exc
-            raise
         return RunRecord.from_item(result["Attributes"])
 
     def cancel_queued(self, run_id: str, *, now: str, error: dict[str, Any]) -> RunRecord:
@@ -422,7 +414,7 @@ class RunStore:
             "#attempts = :attempts",
             *(f"{name} = :{name}" for name in lease_index),
         ]
-        try:
+        with refused_as(lambda: RunChanged(previous.run_id)):
             self._table.update_item(
                 Key=run_key(previous.run_id),
                 UpdateExpression="SET " + ", ".join(sets),
@@ -430,10 +422,6 @@ class RunStore:
                 ExpressionAttributeNames={**_AS_READ_NAMES, "#attempts": "attempts"},
                 ExpressionAttributeValues=values,
             )
-        except Exception as exc:
-            if condition_failed(exc):
-                raise RunChanged(previous.run_id) from exc
-            raise
         return previous.model_copy(
             update={
                 "state": RunState.RUNNING,
@@ -463,7 +451,7 @@ class RunStore:
         if state.terminal:
             sets += ["finished_at = :now", "error_json = :error"]
             values.update({":now": now, ":error": json.dumps({"reason": reason.value, "message": message})})
-        try:
+        with refused_as(lambda: RunChanged(record.run_id)):
             self._table.update_item(
                 Key=run_key(record.run_id),
                 UpdateExpression="SET " + ", ".join(sets) + " " + LEASE_REMOVE,
@@ -471,10 +459,6 @@ class RunStore:
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
-        except Exception as exc:
-            if condition_failed(exc):
-                raise RunChanged(record.run_id) from exc
-            raise
 
     # ------------------------------------------------------------ the lease holder's writes (fenced)
     def _fence(self, record: RunRecord, node_id: str) -> dict[str, Any]:
@@ -559,7 +543,7 @@ class RunStore:
 
     def write_checkpoint(self, record: RunRecord, node_id: str, checkpoint_json: str) -> None:
         """Store the checkpoint only if this attempt still holds the lease, in one transaction; LeaseLost if not."""
-        try:
+        with refused_as(lambda: self._lost(record)):
             self._client.transact_write_items(
                 TransactItems=[
                     {
@@ -583,10 +567,6 @@ class RunStore:
                     },
                 ]
             )
-        except Exception as exc:
-            if condition_failed(exc):
-                raise self._lost(record) from exc
-            raise
 
     def end_attempt(
         self,

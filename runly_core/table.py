@@ -8,7 +8,8 @@ client, so moto (or a node's own credentials) is in place before any exists.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from runly_core import backoff
@@ -83,3 +84,15 @@ def batch_get(client: Any, table_name: str, keys: Sequence[dict[str, str]]) -> l
             found.extend(response.get("Responses", {}).get(table_name, []))
             pending = response.get("UnprocessedKeys", {}).get(table_name, {}).get("Keys", [])
     return found
+
+
+@contextmanager
+def refused_as(refusal: Callable[[], Exception], *, item: int | None = None) -> Iterator[None]:
+    """Within: a DynamoDB call whose failed condition (``condition_failed``, of ``item`` in a transaction) means
+    ``refusal()``, the store's domain exception, raised ``from`` the ClientError; any other error passes through."""
+    try:
+        yield
+    except Exception as exc:
+        if condition_failed(exc, item):
+            raise refusal() from exc
+        raise

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from runly_core.contracts import ScheduleFire
 from runly_core.records import SCHEDULE_KIND, ScheduleRecord, schedule_key, schedule_kind_sort_key
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
-from runly_core.table import condition_failed, error_code
+from runly_core.table import condition_failed, error_code, refused_as
 
 # EventBridge Scheduler retries a failed invocation for this long (and this often); the fire function is idempotent
 # per scheduled time for 24 h (runly_core.records.IDEMPOTENCY_TTL_SECONDS), well beyond it.
@@ -47,12 +47,8 @@ class ScheduleStore:
         self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
 
     def put_new(self, record: ScheduleRecord) -> None:
-        try:
+        with refused_as(lambda: ScheduleExists(record.schedule_id)):
             self._table.put_item(Item=record.to_item(), ConditionExpression=self.item_is_new)
-        except ClientError as exc:
-            if condition_failed(exc):
-                raise ScheduleExists(record.schedule_id) from exc
-            raise
 
     def get(self, schedule_id: str) -> ScheduleRecord | None:
         item = self._table.get_item(Key=schedule_key(schedule_id), ConsistentRead=True).get("Item")
@@ -95,7 +91,7 @@ class ScheduleStore:
             sets.append(f"#k{index} = :k{index}")
         update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         names["#revision"] = "revision"
-        try:
+        with refused_as(lambda: ScheduleChanged(record.schedule_id)):
             self._table.update_item(
                 Key=schedule_key(record.schedule_id),
                 UpdateExpression=update,
@@ -103,10 +99,6 @@ class ScheduleStore:
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
-        except ClientError as exc:
-            if condition_failed(exc):
-                raise ScheduleChanged(record.schedule_id) from exc
-            raise
 
     def delete(self, schedule_id: str) -> bool:
         """Whether there was one to delete."""

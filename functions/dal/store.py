@@ -49,7 +49,7 @@ from runly_core.run_store import (
     run_key,
     runs_index_partition,
 )
-from runly_core.table import AlreadyExists, Unwritten, batch_get, batch_write, condition_failed, error_code
+from runly_core.table import AlreadyExists, Unwritten, batch_get, batch_write, condition_failed, error_code, refused_as
 
 
 class IdempotencyKeyTaken(Exception):
@@ -328,7 +328,7 @@ class Store:
     # ------------------------------------------------------------ packages
     def put_new_package(self, record: PackageRecord) -> None:
         """Register a version and add it to its package's index entry, in one transaction."""
-        try:
+        with refused_as(lambda: AlreadyExists(f"{record.name} {record.version}"), item=0):
             self._client.transact_write_items(
                 TransactItems=[
                     {
@@ -354,10 +354,6 @@ class Store:
                     },
                 ]
             )
-        except ClientError as exc:
-            if condition_failed(exc, 0):
-                raise AlreadyExists(f"{record.name} {record.version}") from exc
-            raise
 
     def get_package(self, name: str, version: str) -> PackageRecord | None:
         """One version, with its jobs' schemas; ``version`` as registered (PEP 440 normal form). From memory if

@@ -23,7 +23,7 @@ from runly_core.run_store import (
     run_item,
     run_key,
 )
-from runly_core.table import AlreadyExists, condition_failed
+from runly_core.table import AlreadyExists, condition_failed, refused_as
 
 
 def _error(code: str, reasons: list[str] | None = None) -> ClientError:
@@ -104,6 +104,21 @@ def test_a_failed_condition_is_recognised_in_a_write_and_in_a_transaction_by_pos
     # Without reasons: a transaction of conditions was cancelled by one of them
     assert condition_failed(_error("TransactionCanceledException", []))
     assert not condition_failed(_error("ConditionalCheckFailedException"), 0)
+
+
+def test_a_refused_condition_becomes_the_stores_domain_exception_and_other_errors_pass_through() -> None:
+    class Missing(Exception):
+        pass
+
+    with pytest.raises(Missing) as raised, refused_as(Missing):
+        raise _error("ConditionalCheckFailedException")
+    assert isinstance(raised.value.__cause__, ClientError)
+    with pytest.raises(Missing), refused_as(Missing, item=1):
+        raise _error("TransactionCanceledException", ["None", "ConditionalCheckFailed"])
+    with pytest.raises(ClientError), refused_as(Missing, item=0):
+        raise _error("TransactionCanceledException", ["None", "ConditionalCheckFailed"])
+    with pytest.raises(ClientError), refused_as(Missing):
+        raise _error("ThrottlingException")
 
 
 # ---------------------------------------------------------------- the layout

@@ -22,8 +22,9 @@ from infrastructure.environment_queues import EnvironmentQueues
 from infrastructure.lambda_function import RunlyFunction
 from infrastructure.nag import acknowledge_wildcard_arn
 from infrastructure.run_store import RunStore
-from runly_core.records import environment_partition, idempotency_key, package_partition, run_key, schedule_key
+from runly_core.records import environment_partition, idempotency_key, package_partition, schedule_key
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY, ResourceNames
+from runly_core.run_store import run_key
 
 FIRE_HANDLER = "functions.schedules.fire.lambda_handler"
 SCHEDULER_SERVICE = "scheduler.amazonaws.com"

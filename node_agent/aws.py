@@ -3,7 +3,10 @@
 Every write a node makes to a run is conditional on still holding its lease
 (``fenced``): the attempt number is the fencing token, so a node that lost its
 lease (paused, partitioned, presumed dead) cannot overwrite the attempt that
-replaced it.
+replaced it. The writes themselves are the run store's transitions
+(runly_core.run_store: claim, renew, hand over, checkpoint, end an attempt or
+an abandoned run); this adapter decides which to make and measures what they
+carry (runly.sizes).
 
 Its writes name only the attributes its policy lets it write (functions.nodes.policy) and ask for no values back
 (ReturnValues NONE): IAM's attribute-level conditions require that, so what a write would have returned is read
@@ -37,33 +40,27 @@ from runly.limits import (
     MAX_RECORDED_ATTEMPTS,
 )
 from runly.wire import Checkpoint, Progress
-from runly_core.contracts import AttemptView, FailureReason, RunMessage, RunState
-from runly_core.records import (
-    API_CREATED,
-    LEASE_REMOVE,
-    MESSAGE_HANDOFF,
-    NodeRecord,
-    RunRecord,
-    abandoned_outcome,
-    abandoned_run_update,
-    checkpoint_key,
-    is_run_id,
-    iso,
-    lease_index_partition,
-    lease_sort_key,
-    node_key,
-    run_environment,
-    run_key,
-    utcnow,
-)
+from runly_core import backoff
+from runly_core.contracts import FailureReason, RunMessage, RunState
+from runly_core.records import NodeRecord, RunRecord, iso, node_key
 from runly_core.resources import (
     FENCE_MARGIN_MS,
     LEASE_MARGIN_MS,
-    RUNS_BY_LEASE,
     SQS_MAX_DELAY_SECONDS,
     SQS_MAX_IN_FLIGHT_SECONDS,
     SSM_GET_PARAMETERS_BATCH,
 )
+from runly_core.run_store import (
+    MESSAGE_HANDOFF,
+    RunChanged,
+    RunStore,
+    abandoned_outcome,
+    checkpoint_key,
+)
+from runly_core.run_store import (
+    LeaseLost as LeaseLost,  # the agent's callers catch it from here
+)
+from runly_core.table import condition_failed
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +93,6 @@ class ClaimRefused(Exception):
         self.terminal = terminal
         self.retry_in = retry_in
         self.leased = leased  # the run as a live lease holder has it: the message may be handed to that node
-
-
-class LeaseLost(Exception):
-    """A fenced write failed: another attempt owns the run, or it was finished."""
 
 
 @dataclass(frozen=True)
@@ -147,18 +140,11 @@ def _progress_json(record: RunRecord, progress: Progress | None) -> str | None:
         return None
 
 
-def _conditional_failed(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
-class _RunChanged(Exception):
-    """A claim's condition failed: the run moved since the claim read it."""
-
-
 DELETE_BATCH_SIZE = 10  # SQS's largest batch
 VISIBILITY_BATCH_SIZE = 10
 DELETE_BATCH_DELAY = 0.5  # seconds a terminal run's message may wait for others to share its request
 DELETE_ATTEMPTS = 5
+DELETE_RETRY_BASE_SECONDS = 0.2
 
 
 def _run_of(delivery: Delivery) -> str:
@@ -213,7 +199,7 @@ class DeleteBatcher:
         except Exception as exc:  # noqa: BLE001 - the whole call failed (network, throttling): all are tried again
             log.warning("deleting %d message(s) failed (%s); trying again", len(batch), exc)
             failed_ids = {id(d) for d in deliveries}
-            time.sleep(min(5.0, 0.2 * 2 ** max(tries for _, tries in batch)))
+            time.sleep(backoff.delay(max(tries for _, tries in batch), base=DELETE_RETRY_BASE_SECONDS, cap=5.0))
         again = []
         for delivery, tries in batch:
             if id(delivery) not in failed_ids:
@@ -225,16 +211,6 @@ class DeleteBatcher:
         if again:
             with self._lock:
                 self._pending[:0] = again
-
-
-_FENCE = "#attempt = :attempt AND #owner = :node AND #state IN (:running, :cancelling)"
-_FENCE_NAMES = {"#attempt": "attempt", "#owner": "lease_owner", "#state": "state"}
-# No message of the run is waiting for this attempt (AgentAws.hand_over writes one).
-_NO_HANDOFF = f"(attribute_not_exists({MESSAGE_HANDOFF}) OR {MESSAGE_HANDOFF}.attempt <> :attempt)"
-
-
-class _Unexpected(Exception):
-    """A fenced write's extra condition failed: the caller reads the item to see why."""
 
 
 class AgentAws:
@@ -258,8 +234,9 @@ class AgentAws:
         self._deletes: DeleteBatcher | None = None  # started on the first delete_soon
         self._deletes_lock = threading.Lock()
         self._table = session.resource("dynamodb", config=BOTO_CONFIG).Table(table_name)
-        # The resource's client takes plain Python values (it serializes them itself).
-        self._dynamodb = self._table.meta.client
+        # Every write to a run item is one of the run store's transitions (runly_core.run_store).
+        self.runs = RunStore(self._table)
+        self._dynamodb = self._table.meta.client  # the client every table call goes through
 
     @property
     def _s3(self) -> Any:
@@ -374,68 +351,19 @@ class AgentAws:
         return str(response["MessageId"])
 
     # ------------------------------------------------------------ runs: the lease protocol
-    def _read_run_item(self, run_id: str) -> dict[str, Any] | None:
-        item = self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item")
-        return dict(item) if item else None
-
     def get_run(self, run_id: str) -> RunRecord | None:
-        """The run, if the API created it (an item under its key that is not marked API_CREATED, or does not
-        validate, was written by a node's credentials: no run to execute)."""
-        if not is_run_id(run_id):
-            return None
-        item = self._read_run_item(run_id)
-        if item is None or item.get(API_CREATED) is not True:
-            return None
-        try:
-            return RunRecord.from_item(item)
-        except ValidationError:
-            log.error("run %s: its item is not a run record; ignored", run_id)
-            return None
+        """The run, if the API created it (runly_core.run_store.api_run): an item under its key that is not
+        marked API_CREATED, or does not validate, was written by a node's credentials: no run to execute."""
+        return self.runs.get(run_id)
 
     def get_checkpoint(self, run_id: str) -> Checkpoint | None:
         item = self._table.get_item(Key=checkpoint_key(run_id), ConsistentRead=True).get("Item")
         return Checkpoint.model_validate_json(item["checkpoint_json"]) if item else None
 
     def write_checkpoint(self, record: RunRecord, node_id: str, checkpoint: Checkpoint) -> None:
-        """Store the checkpoint only if this attempt still holds the lease, in one transaction."""
-        fence_values = {
-            ":attempt": record.attempt,
-            ":node": node_id,
-            ":running": RunState.RUNNING.value,
-            ":cancelling": RunState.CANCELLING.value,
-        }
+        """Store the checkpoint only if this attempt still holds the lease, in one transaction (LeaseLost if not)."""
         # Measured before any write (raises runly.sizes.CheckpointTooLarge or NotJson): never refused by DynamoDB.
-        state = sizes.checkpoint_json(checkpoint)
-        try:
-            self._dynamodb.transact_write_items(
-                TransactItems=[
-                    {
-                        "ConditionCheck": {
-                            "TableName": self._table.name,
-                            "Key": run_key(record.run_id),
-                            "ConditionExpression": _FENCE,
-                            "ExpressionAttributeNames": dict(_FENCE_NAMES),
-                            "ExpressionAttributeValues": fence_values,
-                        }
-                    },
-                    {
-                        # An update, not a put: the node's policy allows no PutItem (a put replaces every
-                        # attribute of an item, those it may not write included).
-                        "Update": {
-                            "TableName": self._table.name,
-                            "Key": checkpoint_key(record.run_id),
-                            "UpdateExpression": "SET checkpoint_json = :checkpoint",
-                            "ExpressionAttributeValues": {":checkpoint": state},
-                        }
-                    },
-                ]
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
-                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-                if "ConditionalCheckFailed" in reasons or not reasons:
-                    raise LeaseLost(f"{record.run_id}: attempt {record.attempt} no longer holds the lease") from exc
-            raise
+        self.runs.write_checkpoint(record, node_id, sizes.checkpoint_json(checkpoint))
 
     def checkpoint_for(self, record: RunRecord) -> Checkpoint | None:
         """The checkpoint a claimed attempt resumes from; read only when there can be one."""
@@ -473,7 +401,7 @@ class AgentAws:
                 raise ClaimRefused(run_id, f"waiting for its retry at {record.retry_at}", retry_in=wait_ms // 1000 + 1)
 
         if leased:
-            # Its node was lost: as the reaper would (runly_core.records.abandoned_outcome), a cancel wins and a run
+            # Its node was lost: as the reaper would (runly_core.run_store.abandoned_outcome), a cancel wins and a run
             # out of attempts fails; only a run with attempts left is taken over, as its next attempt.
             state, reason, message = abandoned_outcome(record)
             if state.terminal:
@@ -486,127 +414,17 @@ class AgentAws:
             self._close_abandoned(record, RunState.FAILED, FailureReason.DEAD_LETTER, message)
             raise ClaimRefused(run_id, message, terminal=True)
         try:
-            return self._take_lease(run_id, node_id, until, previous=record)
-        except _RunChanged as changed:
+            return self.runs.claim(record, node_id, until)
+        except RunChanged as changed:
             raise ClaimRefused(run_id, "another node claimed it first", retry_in=lease_seconds) from changed
 
-    def _take_lease(self, run_id: str, node_id: str, until: int, *, previous: RunRecord) -> RunRecord:
-        """The claim's write, conditional on the run being ``previous`` (its attempt and state); returns the run
-        as the write left it. Raises _RunChanged if the run moved since it was read."""
-        number = previous.attempt + 1
-        moment = utcnow()
-        attempts = list(previous.attempts)
-        last = attempts[-1] if attempts else None
-        if previous.state is RunState.RUNNING and last is not None and last.ended_at is None:
-            # The previous owner's lease ran out: that attempt ended because its node was lost.
-            attempts[-1] = last.model_copy(update={"ended_at": moment, "reason": FailureReason.NODE_LOST})
-        attempts.append(AttemptView(number=number, node_id=node_id, started_at=moment))
-        started_at = previous.started_at or iso(moment)
-        values: dict[str, Any] = {
-            ":prev_attempt": previous.attempt,
-            ":prev_state": previous.state.value,
-            ":running": RunState.RUNNING.value,
-            ":number": number,
-            ":node": node_id,
-            ":until": until,
-            ":leased": lease_index_partition(run_environment(run_id)),
-            ":until_key": lease_sort_key(until),
-            ":started": started_at,
-            # The whole list, as the read saw it, changed: the condition makes that read the current one.
-            ":attempts": [attempt.model_dump(mode="json", exclude_none=True) for attempt in attempts],
-        }
-        sets = [
-            "#state = :running",
-            "#attempt = :number",
-            "lease_owner = :node",
-            "lease_until_ms = :until",
-            f"{RUNS_BY_LEASE.partition_key} = :leased",
-            f"{RUNS_BY_LEASE.sort_key} = :until_key",
-            "started_at = :started",
-            "#attempts = :attempts",
-        ]
-        condition = "#attempt = :prev_attempt AND #state = :prev_state"
-        if previous.state in (RunState.RUNNING, RunState.CANCELLING):
-            # A takeover: the lease must still be the one judged expired. A renewal written since (a slow but live
-            # holder) told its job a later deadline, and that job would run beside ours.
-            if previous.lease_until_ms is None:
-                condition += " AND attribute_not_exists(lease_until_ms)"
-            else:
-                condition += " AND lease_until_ms = :prev_until"
-                values[":prev_until"] = previous.lease_until_ms
-        try:
-            self._table.update_item(
-                Key=run_key(run_id),
-                UpdateExpression="SET " + ", ".join(sets),
-                # Nothing else may have moved the run since: the attempt number is the fencing token.
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#state": "state", "#attempt": "attempt", "#attempts": "attempts"},
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if _conditional_failed(exc):
-                raise _RunChanged() from exc
-            raise
-        return previous.model_copy(
-            update={
-                "state": RunState.RUNNING,
-                "attempt": number,
-                "lease_owner": node_id,
-                "lease_until_ms": until,
-                "started_at": started_at,
-                "attempts": attempts,
-            }
-        )
-
     def _close_abandoned(self, record: RunRecord, state: RunState, reason: FailureReason, message: str) -> None:
-        """End a run whose lease expired, conditional on nobody having moved it since it was read."""
-        update, names, values = abandoned_run_update(record, state, reason, message)
-        names["#attempt"] = "attempt"
-        values.update({":prev_attempt": record.attempt, ":prev_state": record.state.value})
+        """End a run whose lease expired (or that ran out of attempts), unless it moved since it was read: then
+        the claim is refused all the same, and whoever moved it decides."""
         try:
-            self._table.update_item(
-                Key=run_key(record.run_id),
-                UpdateExpression=update,
-                ConditionExpression="#attempt = :prev_attempt AND #state = :prev_state",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if not _conditional_failed(exc):
-                raise
-
-    def _fenced_update(
-        self,
-        record: RunRecord,
-        node_id: str,
-        update: str,
-        values: dict[str, Any],
-        names: dict[str, str],
-        *,
-        also: str = "",
-    ) -> None:
-        """A write conditional on this attempt holding the lease (and on ``also``, if given); LeaseLost if the
-        condition failed (with ``also``: _Unexpected, the caller reads why)."""
-        try:
-            self._table.update_item(
-                Key=run_key(record.run_id),
-                UpdateExpression=update,
-                ConditionExpression=f"{_FENCE} AND {also}" if also else _FENCE,
-                ExpressionAttributeNames={**_FENCE_NAMES, **names},
-                ExpressionAttributeValues={
-                    ":attempt": record.attempt,
-                    ":node": node_id,
-                    ":running": RunState.RUNNING.value,
-                    ":cancelling": RunState.CANCELLING.value,
-                    **values,
-                },
-            )
-        except ClientError as exc:
-            if _conditional_failed(exc):
-                if also:
-                    raise _Unexpected() from exc
-                raise LeaseLost(f"{record.run_id}: attempt {record.attempt} no longer holds the lease") from exc
-            raise
+            self.runs.end_abandoned(record, state, reason, message)
+        except RunChanged:
+            log.info("run %s moved while its claim closed it; left to whoever moved it", record.run_id)
 
     def extend_lease(
         self, record: RunRecord, node_id: str, until_ms: int, progress: Progress | None = None
@@ -626,27 +444,12 @@ class AgentAws:
     ) -> LeaseRenewal:
         """extend_lease, also answering with a message of the run handed over to this attempt (hand_over);
         ``drop_handoff`` clears the one the last renewal answered with, now that it is kept."""
-        update = f"SET lease_until_ms = :until, {RUNS_BY_LEASE.sort_key} = :until_key"
-        values: dict[str, Any] = {":until": until_ms, ":until_key": lease_sort_key(until_ms)}
-        progress_json = _progress_json(record, progress)
-        if progress_json is not None:
-            update += ", progress_json = :progress"
-            values[":progress"] = progress_json
-        if drop_handoff:
-            # Unconditional: a handoff written since the last answer goes too, unseen. Its message is hidden for
-            # the rest of the lease by the node that received it; it comes back and is handed over again.
-            update += f" REMOVE {MESSAGE_HANDOFF}"
-        # The common beat: still Running, no message handed over to this attempt. The write returns nothing (the
-        # node's policy allows no ReturnValues that would), so anything else shows as a failed condition, and the
-        # run is read to see which: a cancel (Cancelling), a handoff, or a lost lease.
-        expected = "#state = :running" if drop_handoff else f"#state = :running AND {_NO_HANDOFF}"
-        try:
-            self._fenced_update(record, node_id, update, values, {}, also=expected)
+        renewal = self.runs.renew(
+            record, node_id, until_ms, progress_json=_progress_json(record, progress), drop_handoff=drop_handoff
+        )
+        if renewal.item is None:
             return LeaseRenewal(RunState.RUNNING)
-        except _Unexpected:
-            pass
-        attributes = self._read_run_item(record.run_id) or {}
-        self._fenced_update(record, node_id, update, values, {})  # LeaseLost if it is not ours any more
+        attributes = renewal.item
         handoff = None if drop_handoff else attributes.get(MESSAGE_HANDOFF)
         delivery = None
         if handoff is not None and int(handoff.get("attempt", -1)) == record.attempt:
@@ -665,34 +468,15 @@ class AgentAws:
         item; its node keeps it on its next heartbeat (renew_lease) and deletes the message it had, so the run
         keeps one message, received afresh (this is how a replacement sent before SQS's in-flight cap reaches
         the run's holder). False: the holder changed, or an offer for this attempt is already waiting."""
-        if leased.lease_owner is None:
-            return False
-        handoff = {
-            "attempt": leased.attempt,
-            "receipt_handle": delivery.receipt_handle,
-            "message_id": delivery.message_id,
-            "received_ms": int(delivery.received_at * 1000),
-            "receive_count": delivery.receive_count,
-        }
-        try:
-            self._table.update_item(
-                Key=run_key(leased.run_id),
-                UpdateExpression=f"SET {MESSAGE_HANDOFF} = :handoff",
-                ConditionExpression=f"{_FENCE} AND {_NO_HANDOFF}",
-                ExpressionAttributeNames=dict(_FENCE_NAMES),
-                ExpressionAttributeValues={
-                    ":attempt": leased.attempt,
-                    ":node": leased.lease_owner,
-                    ":running": RunState.RUNNING.value,
-                    ":cancelling": RunState.CANCELLING.value,
-                    ":handoff": handoff,
-                },
-            )
-        except ClientError as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
+        return self.runs.hand_over(
+            leased,
+            {
+                "receipt_handle": delivery.receipt_handle,
+                "message_id": delivery.message_id,
+                "received_ms": int(delivery.received_at * 1000),
+                "receive_count": delivery.receive_count,
+            },
+        )
 
     def end_attempt(
         self,
@@ -707,42 +491,22 @@ class AgentAws:
         retry_at: datetime | None = None,
     ) -> None:
         """Close this attempt and give up the lease: to a terminal state, or back to Queued for a retry."""
-        index = len(record.attempts) - 1
-        now = iso(utcnow())
-        sets = [
-            "#state = :new_state",
-            f"#attempts[{index}].ended_at = :now",
-            f"#attempts[{index}].outcome = :new_state",
-        ]
-        values: dict[str, Any] = {":new_state": state.value, ":now": now}
-        if state.terminal:
-            # First, before anything is written: an output over its limit (or not JSON) raises here, and the caller
-            # ends the run for that instead (runly.sizes.OutputTooLarge, NotJson).
-            values[":output"] = sizes.output_json(output)
+        # First, before anything is written: an output over its limit (or not JSON) raises here, and the caller
+        # ends the run for that instead (runly.sizes.OutputTooLarge, NotJson).
+        output_json = sizes.output_json(output) if state.terminal else None
         if error is not None:
             error = bounded_error(error)
-        if reason is not None:
-            sets.append(f"#attempts[{index}].reason = :reason")
-            values[":reason"] = reason.value
-        if error is not None:
-            sets.append(f"#attempts[{index}].#error = :error_message")
-            values[":error_message"] = sizes.truncate_utf8(error["message"], MAX_ATTEMPT_ERROR_BYTES)
-        if retry_at is not None:
-            # Shown as the run's queued reason: "waiting for retry ... until T".
-            sets.append("retry_at = :retry_at")
-            values[":retry_at"] = iso(retry_at)
-        progress_json = _progress_json(record, progress)
-        if progress_json is not None:
-            sets.append("progress_json = :progress")
-            values[":progress"] = progress_json
-        if state.terminal:
-            sets += ["finished_at = :now", "output_json = :output"]
-            if error is not None:
-                sets.append("error_json = :error_json")
-                values[":error_json"] = sizes.stored_json(error)
-        update = "SET " + ", ".join(sets) + " " + LEASE_REMOVE
-        names = {"#attempts": "attempts", **({"#error": "error"} if error is not None else {})}
-        self._fenced_update(record, node_id, update, values, names)
+        self.runs.end_attempt(
+            record,
+            node_id,
+            state=state,
+            reason=reason,
+            attempt_error=sizes.truncate_utf8(error["message"], MAX_ATTEMPT_ERROR_BYTES) if error is not None else None,
+            error_json=sizes.stored_json(error) if error is not None else None,
+            output_json=output_json,
+            progress_json=_progress_json(record, progress),
+            retry_at=iso(retry_at) if retry_at is not None else None,
+        )
 
     # ------------------------------------------------------------ nodes
     def put_node(self, node: NodeRecord) -> bool:
@@ -768,7 +532,7 @@ class AgentAws:
             )
             return False
         except ClientError as exc:
-            if not _conditional_failed(exc):
+            if not condition_failed(exc):
                 raise
         self._table.update_item(
             Key=key, UpdateExpression=update, ExpressionAttributeNames=names, ExpressionAttributeValues=values

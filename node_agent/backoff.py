@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from runly_core.backoff import full_jitter
+from runly_core.backoff import delay
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,9 +37,6 @@ def is_transient(exc: BaseException) -> bool:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error.get("Code") in _RETRYABLE_CODES or status >= 500
     return False
-
-
-delay = full_jitter  # the agent's name for it
 
 
 def retry(

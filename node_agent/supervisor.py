@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ from node_agent.settings import AgentSettings
 from runly.runner import EXIT_AGENT_GONE, EXIT_JOB_NOT_LOADED, EXIT_LEASE_EXPIRED, JOB_NOT_LOADED
 from runly.sizes import LIMIT_ERRORS, NotJson, ValueTooLarge
 from runly.wire import Checkpoint, CheckpointMessage, JobSpec, LeaseMessage, Progress, RunSpec
+from runly_core import backoff
 from runly_core.bundle import PackageError
 from runly_core.contracts import FailureReason, RunState
 from runly_core.records import RunRecord, utcnow
@@ -46,9 +46,9 @@ NOT_RETRIED_ERRORS = frozenset({"FailureThresholdExceeded", "ResumeMismatch", No
 
 
 def retry_delay(attempt: int, *, base: int, cap: int) -> int:
-    """Exponential in the attempt number, with jitter so a burst of failures does not retry in step."""
-    ceiling = min(cap, base * 2 ** (attempt - 1))
-    return int(random.uniform(ceiling / 2, ceiling))
+    """Seconds before a run's next attempt after attempt number ``attempt`` (from 1) failed: exponential, capped,
+    with equal jitter (never under half the ceiling), so a burst of failures does not retry in step."""
+    return int(backoff.delay(attempt - 1, base=base, cap=cap, least=0.5))
 
 
 @dataclass

@@ -49,7 +49,7 @@ import httpx
 from pydantic import BaseModel
 
 import runly_core
-from runly_core.backoff import full_jitter
+from runly_core import backoff
 from runly_core.bundle import read_manifest, sha256_file
 from runly_core.contracts import (
     CreatedKey,
@@ -280,14 +280,14 @@ class RetryPolicy:
             never_sent = isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
             if not (never_sent or request.repeatable):
                 return None
-            return full_jitter(attempt, base=self.base_delay, cap=self.max_delay)
+            return backoff.delay(attempt, base=self.base_delay, cap=self.max_delay)
         status = outcome.status_code
         if status != 429 and not (status in _RETRYABLE_STATUSES and request.repeatable):
             return None
         asked = retry_after_seconds(outcome)
         if asked is not None:
             return asked if asked <= self.max_retry_after else None
-        return full_jitter(attempt, base=self.base_delay, cap=self.max_delay)
+        return backoff.delay(attempt, base=self.base_delay, cap=self.max_delay)
 
 
 def _with_retries(operation: Operation[T], policy: RetryPolicy) -> Generator[_Exchange | _Sleep | _Emit[Any], Any, T]:

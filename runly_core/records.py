@@ -1,5 +1,6 @@
 """The items of the DynamoDB table, as both the API functions and the node agent
-read and write them: one shape, one key layout.
+read and write them: one shape, one key layout. A run item's keys, index attributes and
+every write to it are the run store's (runly_core.run_store).
 
 JSON payloads (config, output, error) are stored as JSON strings so that floats
 and nested values round-trip exactly (DynamoDB numbers would come back as Decimal).
@@ -17,7 +18,6 @@ from pydantic import BaseModel, Field, computed_field
 from runly.wire import JobSpec, Progress
 from runly_core.contracts import (
     AttemptView,
-    FailureReason,
     KeyView,
     PackageVersionView,
     Pin,
@@ -32,8 +32,6 @@ from runly_core.resources import (
     ITEMS_BY_KIND,
     LOGS_PREFIX,
     PARTITION_KEY,
-    RUNS_BY_ENVIRONMENT,
-    RUNS_BY_LEASE,
     SORT_KEY,
 )
 
@@ -52,14 +50,7 @@ def iso(moment: datetime) -> str:
 # names match runly_core.resources.ENVIRONMENT_NAME: no "#", "_", "*" or "?", so "ENV#{name}#" prefixes exactly that
 # environment's items and no pattern built from a name matches another's.
 ENVIRONMENT_PREFIX = "ENV#"
-RUN_PARTITION = "RUN#"
 NODE_PARTITION = "NODE#"
-# Index partitions of an environment's runs (issue 14 adds a shard suffix, "#{n}", to both: docs/store.md).
-RUNS_INDEX_PARTITION = "RUNS"
-LEASE_INDEX_PARTITION = "LEASED"
-# Written by the API on every run item it creates and never by a node (the node's policy cannot name it): the
-# reaper and the dead-letter handler act only on runs that carry it.
-API_CREATED = "api_created"
 # ``run_{environment}_{unique}``: the id names its environment, so the API finds a run's item from the id alone.
 # An environment name holds no "_", so the first "_" after "run_" ends it: no two environments share an id.
 RUN_ID = re.compile(r"run_(?P<environment>[a-z][a-z0-9-]{0,30})_(?P<unique>[0-9A-Za-z_-]{1,64})")
@@ -87,46 +78,12 @@ def environment_prefix(environment: str) -> str:
     return f"{ENVIRONMENT_PREFIX}{environment}#"
 
 
-def run_partition(run_id: str) -> str:
-    return f"{environment_prefix(run_environment(run_id))}{RUN_PARTITION}{run_id}"
-
-
 def environment_of_partition(partition: str) -> str | None:
     """The environment of an ``ENV#{environment}#...`` partition key (None for any other key)."""
     if not partition.startswith(ENVIRONMENT_PREFIX):
         return None
     name, sep, _ = partition[len(ENVIRONMENT_PREFIX) :].partition("#")
     return name if sep and ENVIRONMENT_NAME.match(name) else None
-
-
-def run_id_of_partition(partition: str) -> str | None:
-    """The run id of a run's partition key, if it is one and its environment agrees with the id's."""
-    environment = environment_of_partition(partition)
-    if environment is None:
-        return None
-    run_id = partition.removeprefix(f"{environment_prefix(environment)}{RUN_PARTITION}")
-    if run_id == partition or not is_run_id(run_id) or run_environment(run_id) != environment:
-        return None
-    return run_id
-
-
-def run_key(run_id: str) -> dict[str, str]:
-    return {PARTITION_KEY: run_partition(run_id), SORT_KEY: "RUN"}
-
-
-def checkpoint_key(run_id: str) -> dict[str, str]:
-    """The run's last checkpoint: its own item, so the run item stays small; written only by the lease holder."""
-    return {PARTITION_KEY: run_partition(run_id), SORT_KEY: "CHECKPOINT"}
-
-
-def runs_index_partition(environment: str) -> str:
-    """The runs-by-environment index partition of an environment's runs (``gsi1pk``)."""
-    return f"{environment_prefix(environment)}{RUNS_INDEX_PARTITION}"
-
-
-def lease_index_partition(environment: str) -> str:
-    """The runs-by-lease index partition of an environment's leased runs (``gsi2pk``)."""
-    return f"{environment_prefix(environment)}{LEASE_INDEX_PARTITION}"
 
 
 def run_log_prefix(run_id: str, attempt: int) -> str:
@@ -145,11 +102,6 @@ def package_key(name: str, version: str) -> dict[str, str]:
 
 def package_partition(name: str) -> str:
     return f"PKG#{name}"
-
-
-def lease_sort_key(lease_until_ms: int) -> str:
-    # Zero-padded so that string order is time order in the lease index.
-    return f"{lease_until_ms:015d}"
 
 
 class RunRecord(BaseModel):
@@ -180,20 +132,6 @@ class RunRecord(BaseModel):
     requeued_from: str | None = None  # the run this one was requeued from
     retry_at: str | None = None  # when a Queued run that failed an attempt becomes visible again (agent)
     schedule_id: str | None = None  # the schedule that enqueued it
-
-    def to_item(self) -> dict[str, Any]:
-        item = self.model_dump(mode="json", exclude_none=True)
-        item.update(run_key(self.run_id))
-        item[RUNS_BY_ENVIRONMENT.partition_key] = runs_index_partition(self.environment)
-        item[RUNS_BY_ENVIRONMENT.sort_key] = f"{self.created_at}#{self.run_id}"
-        if self.lease_until_ms is not None and not self.state.terminal:
-            item[RUNS_BY_LEASE.partition_key] = lease_index_partition(self.environment)
-            item[RUNS_BY_LEASE.sort_key] = lease_sort_key(self.lease_until_ms)
-        return item
-
-    def api_item(self) -> dict[str, Any]:
-        """The item as the API creates it: marked API_CREATED (no node can write that attribute)."""
-        return {**self.to_item(), API_CREATED: True}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> RunRecord:
@@ -259,48 +197,6 @@ class PackageRecord(BaseModel):
             jobs=self.jobs,
             created_at=datetime.fromisoformat(self.created_at),
         )
-
-
-# Written by a node that received a message of a run another attempt holds: the holder keeps that message (agent).
-MESSAGE_HANDOFF = "message_handoff"
-# Ending a lease: the attributes that name its owner and put the run in the lease index go, and a message offered
-# to the attempt that held it.
-LEASE_REMOVE = (
-    f"REMOVE lease_owner, lease_until_ms, {RUNS_BY_LEASE.partition_key}, {RUNS_BY_LEASE.sort_key}, {MESSAGE_HANDOFF}"
-)
-
-
-def abandoned_outcome(record: RunRecord) -> tuple[RunState, FailureReason, str]:
-    """Where a run whose node was lost (its lease expired) goes: Cancelled if a cancel was asked, Failed as
-    node_lost when the lost attempt was its last (``max_attempts``), else Queued for another attempt. The reaper
-    and a node taking the lease over both decide by it, so a run never gets more attempts than it allows."""
-    if record.state is RunState.CANCELLING:
-        return RunState.CANCELLED, FailureReason.CANCELLED, "cancelled; its node was lost"
-    if record.attempt >= record.max_attempts:
-        message = f"its node was lost during attempt {record.attempt} of {record.max_attempts}"
-        return RunState.FAILED, FailureReason.NODE_LOST, message
-    return RunState.QUEUED, FailureReason.NODE_LOST, "lease expired"
-
-
-def abandoned_run_update(
-    record: RunRecord, state: RunState, reason: FailureReason, message: str
-) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """UpdateExpression, names and values that move a run whose node was lost to ``state`` (Queued for another
-    attempt, or terminal with ``reason`` and ``message`` as its error): its open attempt ends as node_lost and
-    its lease goes. The caller adds its condition (and that condition's names and values)."""
-    now = iso(utcnow())
-    sets = ["#state = :new_state"]
-    names = {"#state": "state"}
-    values: dict[str, Any] = {":new_state": state.value}
-    index = len(record.attempts) - 1
-    if index >= 0 and record.attempts[index].ended_at is None:
-        sets += [f"#attempts[{index}].ended_at = :now", f"#attempts[{index}].reason = :node_lost"]
-        names["#attempts"] = "attempts"
-        values.update({":now": now, ":node_lost": FailureReason.NODE_LOST.value})
-    if state.terminal:
-        sets += ["finished_at = :now", "error_json = :error"]
-        values.update({":now": now, ":error": json.dumps({"reason": reason.value, "message": message})})
-    return "SET " + ", ".join(sets) + " " + LEASE_REMOVE, names, values
 
 
 def node_partition(environment: str, node_id: str) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from functools import cached_property, lru_cache
 
 from functions.dal.feed import Feed
-from functions.dal.keys import KeyStore
+from functions.dal.keys import key_store_of
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.schedules import Scheduler, ScheduleStore
 from functions.dal.store import Store
 from functions.dal.values import ValueStore
 from functions.settings import ApiSettings, get_settings
+from runly_core.key_store import KeyStore
 
 
 class Services:
@@ -42,7 +43,7 @@ def services() -> Services:
 
 @lru_cache(maxsize=1)
 def key_store() -> KeyStore:
-    return KeyStore(get_settings().table_name)
+    return key_store_of(get_settings().table_name)
 
 
 @lru_cache(maxsize=1)

@@ -23,8 +23,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.dal.keys import KeyStore
+from functions.dal.keys import key_store_of
 from functions.settings import get_authorizer_settings
+from runly_core.key_store import KeyStore
 from runly_core.keys import key_id_of, secret_matches
 from runly_core.records import KeyRecord
 
@@ -35,7 +36,7 @@ metrics = Metrics(namespace="runly", service=SERVICE)
 
 @lru_cache(maxsize=1)
 def key_store() -> KeyStore:
-    return KeyStore(get_authorizer_settings().table_name)
+    return key_store_of(get_authorizer_settings().table_name)
 
 
 def bearer_secret(event: dict[str, Any]) -> str | None:

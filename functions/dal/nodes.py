@@ -12,10 +12,10 @@ from typing import Any
 
 import boto3
 from boto3.dynamodb.conditions import Key
-from botocore.exceptions import ClientError
 
 from runly_core.records import NODE_KIND, NodeRecord, node_key, node_kind_sort_key, node_of_partition
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
+from runly_core.table import refused_as
 
 # BatchGetItem takes 100 keys: a node id is looked up in up to this many environments at once.
 _BATCH_GET_SIZE = 100
@@ -94,7 +94,7 @@ class NodeStore:
         """Set ``drain_requested`` on an existing node's item and nothing else; NodeNotFound if it has none,
         NodeAmbiguous if nodes of several environments have this id and ``environment`` does not say which."""
         environment = self.find(node_id, environment)
-        try:
+        with refused_as(lambda: NodeNotFound(node_id)):
             attributes = self._table.update_item(
                 Key=node_key(environment, node_id),
                 UpdateExpression="SET drain_requested = :yes",
@@ -102,10 +102,6 @@ class NodeStore:
                 ExpressionAttributeValues={":yes": True},
                 ReturnValues="ALL_NEW",
             )["Attributes"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise NodeNotFound(node_id) from exc
-            raise
         record = _record(attributes)
         if record is None:  # cannot be: the key is a node's
             raise NodeNotFound(node_id)

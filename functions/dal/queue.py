@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,13 +9,16 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from runly_core import backoff
 from runly_core.contracts import RunMessage
+from runly_core.records import run_environment
 
 # SendMessageBatch takes at most 10 entries, and SQS bills a batch as one request.
 MAX_BATCH_ENTRIES = 10
 # Calls per group of entries, the first included; what SQS refuses is retried with capped backoff and jitter.
 BATCH_SEND_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.05
+RETRY_CAP_SECONDS = 1.0
 
 
 class RunQueue:
@@ -36,10 +38,16 @@ class RunQueue:
         return environment in self._urls
 
     def dispatch(self, message: RunMessage) -> str:
+        """Send a run's message to its environment's queue; returns its message id."""
         response = self._sqs.send_message(
             QueueUrl=self._urls[message.environment], MessageBody=message.model_dump_json()
         )
         return str(response["MessageId"])
+
+    def dispatch_run(self, run_id: str) -> str:
+        """``dispatch`` of a run's message to the queue of the environment its id names (so its table key does):
+        never one named by an attribute or an index key a node can write (the reaper's rule, docs/store.md)."""
+        return self.dispatch(RunMessage(run_id=run_id, environment=run_environment(run_id)))
 
     def dispatch_many(self, messages: Sequence[RunMessage]) -> set[int]:
         """Send the messages, 10 per call per environment's queue, retrying what SQS refused (entries or a whole
@@ -58,7 +66,7 @@ class RunQueue:
         remaining = list(group)
         for attempt in range(BATCH_SEND_ATTEMPTS):
             if attempt:
-                self._sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+                self._sleep(backoff.delay(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
             entries = [
                 {"Id": str(position), "MessageBody": messages[position].model_dump_json()} for position in remaining
             ]

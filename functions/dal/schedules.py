@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from runly_core.contracts import ScheduleFire
 from runly_core.records import SCHEDULE_KIND, ScheduleRecord, schedule_key, schedule_kind_sort_key
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
+from runly_core.table import condition_failed, error_code, refused_as
 
 # EventBridge Scheduler retries a failed invocation for this long (and this often); the fire function is idempotent
 # per scheduled time for 24 h (runly_core.records.IDEMPOTENCY_TTL_SECONDS), well beyond it.
@@ -38,10 +39,6 @@ class SchedulerRefused(Exception):
     """EventBridge Scheduler refused the schedule as invalid (ValidationException)."""
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 class ScheduleStore:
     item_is_new = f"attribute_not_exists({PARTITION_KEY})"
     item_exists = f"attribute_exists({PARTITION_KEY})"
@@ -50,12 +47,8 @@ class ScheduleStore:
         self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
 
     def put_new(self, record: ScheduleRecord) -> None:
-        try:
+        with refused_as(lambda: ScheduleExists(record.schedule_id)):
             self._table.put_item(Item=record.to_item(), ConditionExpression=self.item_is_new)
-        except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                raise ScheduleExists(record.schedule_id) from exc
-            raise
 
     def get(self, schedule_id: str) -> ScheduleRecord | None:
         item = self._table.get_item(Key=schedule_key(schedule_id), ConsistentRead=True).get("Item")
@@ -98,7 +91,7 @@ class ScheduleStore:
             sets.append(f"#k{index} = :k{index}")
         update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         names["#revision"] = "revision"
-        try:
+        with refused_as(lambda: ScheduleChanged(record.schedule_id)):
             self._table.update_item(
                 Key=schedule_key(record.schedule_id),
                 UpdateExpression=update,
@@ -106,17 +99,13 @@ class ScheduleStore:
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
-        except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                raise ScheduleChanged(record.schedule_id) from exc
-            raise
 
     def delete(self, schedule_id: str) -> bool:
         """Whether there was one to delete."""
         try:
             self._table.delete_item(Key=schedule_key(schedule_id), ConditionExpression=self.item_exists)
         except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
+            if condition_failed(exc):
                 return False
             raise
         return True
@@ -148,7 +137,7 @@ class ScheduleStore:
                 ExpressionAttributeValues=values,
             )
         except ClientError as exc:
-            if _error_code(exc) != "ConditionalCheckFailedException":
+            if not condition_failed(exc):
                 raise
 
 
@@ -171,7 +160,7 @@ class Scheduler:
         try:
             self._call(self._client.update_schedule, record)
         except ClientError as exc:
-            if _error_code(exc) != "ResourceNotFoundException":
+            if error_code(exc) != "ResourceNotFoundException":
                 raise
             self._call(self._client.create_schedule, record)
 
@@ -180,14 +169,14 @@ class Scheduler:
         try:
             self._client.delete_schedule(GroupName=self.group, Name=schedule_id)
         except ClientError as exc:
-            if _error_code(exc) != "ResourceNotFoundException":
+            if error_code(exc) != "ResourceNotFoundException":
                 raise
 
     def get(self, schedule_id: str) -> dict[str, Any] | None:
         try:
             return dict(self._client.get_schedule(GroupName=self.group, Name=schedule_id))
         except ClientError as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
+            if error_code(exc) == "ResourceNotFoundException":
                 return None
             raise
 
@@ -215,7 +204,7 @@ class Scheduler:
         try:
             operation(**parameters)
         except ClientError as exc:
-            if _error_code(exc) == "ValidationException":
+            if error_code(exc) == "ValidationException":
                 message = str(exc.response.get("Error", {}).get("Message", "")) or "invalid schedule"
                 raise SchedulerRefused(message) from exc
             raise

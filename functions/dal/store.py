@@ -1,15 +1,14 @@
 """DynamoDB access for the API: runs, packages, pins, idempotency keys. boto3 lives here, not in logic.
 
 The store owns the protocol (conditions, states); logic decides what to ask for. Every
-state change the API makes to a run is conditional on the state it read, so it cannot
-overwrite what an agent wrote in between (the agent's writes are conditional too, see
-node_agent/aws.py): a lost race surfaces as ``StateChanged`` and logic reads again.
+write to a run is a transition of the run store (runly_core.run_store), which the agent
+and the maintenance functions use too: each state change the API makes is conditional on
+the state it read, so it cannot overwrite what an agent wrote in between; a lost race
+surfaces as ``StateChanged`` and logic reads again.
 """
 
 from __future__ import annotations
 
-import json
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -22,16 +21,13 @@ from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
 from runly.wire import Checkpoint
-from runly_core.contracts import RunState
 from runly_core.records import (
-    API_CREATED,
     PACKAGE_INDEX_PARTITION,
     IdempotencyRecord,
     PackageIndexRecord,
     PackageRecord,
     PinRecord,
     RunRecord,
-    checkpoint_key,
     environment_partition,
     idempotency_key,
     is_run_id,
@@ -39,16 +35,21 @@ from runly_core.records import (
     package_key,
     package_partition,
     pin_key,
-    run_environment,
-    run_id_of_partition,
+)
+from runly_core.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, SORT_KEY, TTL_ATTRIBUTE
+from runly_core.run_store import (
+    CHECKPOINT_SORT_KEY,
+    RUN_SORT_KEY,
+    CompanionsRefused,
+    RunStore,
+    StateChanged,
+    api_run,
+    checkpoint_key,
+    run_id_of_search_sort_key,
     run_key,
     runs_index_partition,
 )
-from runly_core.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, SORT_KEY, TTL_ATTRIBUTE
-
-
-class AlreadyExists(Exception):
-    pass
+from runly_core.table import AlreadyExists, Unwritten, batch_get, batch_write, condition_failed, error_code, refused_as
 
 
 class IdempotencyKeyTaken(Exception):
@@ -63,41 +64,14 @@ class IdempotencyKeysTaken(Exception):
         self.positions = positions
 
 
-class Unwritten(Exception):
-    """A batch write left items unprocessed after every retry (throttling): some of it may have been written."""
-
-
-class StateChanged(Exception):
-    """A conditional state change found the run in another state than the one it was read in."""
-
-
 class InvalidStartKey(Exception):
     """DynamoDB refused a query's start position (a cursor that does not fit the query)."""
 
 
-# BatchWriteItem takes 25 requests, BatchGetItem 100 keys, TransactWriteItems 100 actions.
-BATCH_WRITE_SIZE = 25
-BATCH_GET_SIZE = 100
-TRANSACTION_SIZE = 100
-# Calls per batch write, the first included, before what DynamoDB left unprocessed is given up on.
-BATCH_WRITE_ATTEMPTS = 5
-BATCH_RETRY_BASE_SECONDS = 0.05
+# Re-exported: logic catches them from the API's store.
+__all__ = ["AlreadyExists", "StateChanged", "Unwritten"]
 # Version items a Store keeps in memory (least recently used dropped first): see ``Store.get_package``.
 PACKAGE_CACHE_SIZE = 256
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _is_conditional_failure(exc: ClientError) -> bool:
-    return _error_code(exc) == "ConditionalCheckFailedException"
-
-
-def _cancelled_by_condition(exc: ClientError) -> list[bool]:
-    """For a cancelled transaction: which of its items failed their condition, in request order."""
-    reasons = exc.response.get("CancellationReasons") or []
-    return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
 
 
 @dataclass(frozen=True)
@@ -120,27 +94,14 @@ class RunQueryPage:
 
 
 def _start_key(environment: str, sort_key: str) -> dict[str, str]:
-    # The index sort key is "{created_at}#{run_id}" (runly_core.records.RunRecord.to_item); a start key names both
+    # The index sort key is "{created_at}#{run_id}" (runly_core.run_store.search_sort_key); a start key names both
     # the index's keys and the table's keys of the item to start after.
-    run_id = sort_key.split("#", 1)[1]
+    run_id = run_id_of_search_sort_key(sort_key)
     return {
         RUNS_BY_ENVIRONMENT.partition_key: runs_index_partition(environment),
         RUNS_BY_ENVIRONMENT.sort_key: sort_key,
         **run_key(run_id),
     }
-
-
-def api_run(item: dict[str, Any] | None) -> RunRecord | None:
-    """The run an item holds, if the API created it: marked API_CREATED, under the partition its id names. Any
-    other item under a run's key (one a node could have written with its own credentials) is no run."""
-    if not item or item.get(API_CREATED) is not True:
-        return None
-    record = RunRecord.from_item(item)
-    if run_id_of_partition(str(item[PARTITION_KEY])) != record.run_id or run_environment(record.run_id) != (
-        record.environment
-    ):
-        return None
-    return record
 
 
 class Store:
@@ -150,6 +111,7 @@ class Store:
         self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
         # The resource's client takes plain Python values, as the Table does (transactions, batch reads).
         self._client = self._table.meta.client
+        self.runs = RunStore(self._table)  # every write to a run item
         # Version items read, by (name, version): a version item is written once, conditionally on being new
         # (``put_new_package``), and never changed nor deleted, so a copy read once stays true for the process.
         # Only items found are kept (a version may be registered after a miss). Pins and the index never are.
@@ -158,12 +120,7 @@ class Store:
 
     # ------------------------------------------------------------ runs
     def put_new_run(self, record: RunRecord) -> None:
-        try:
-            self._table.put_item(Item=record.api_item(), ConditionExpression=self.item_is_new)
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                raise AlreadyExists(record.run_id) from exc
-            raise
+        self.runs.create(record)
 
     def create_run(
         self,
@@ -178,51 +135,25 @@ class Store:
         The key's condition lets an expired item (TTL deletion lags) be taken over; a live one
         raises ``IdempotencyKeyTaken``: two concurrent requests with one key make one run.
         """
-        if idempotency is None and checkpoint is None:
-            self.put_new_run(record)
-            return
-        items: list[dict[str, Any]] = [
-            {"Put": {"TableName": self._table.name, "Item": record.api_item(), "ConditionExpression": self.item_is_new}}
-        ]
+        companions = []
         if idempotency is not None:
-            items.append(self._new_key_put(idempotency, int(time.time()) if now_epoch is None else now_epoch))
-        if checkpoint is not None:
-            items.append(
-                {
-                    "Put": {
-                        "TableName": self._table.name,
-                        "Item": {**checkpoint, **checkpoint_key(record.run_id)},
-                        "ConditionExpression": self.item_is_new,
-                    }
-                }
-            )
+            companions.append(self._new_key_put(idempotency, int(time.time()) if now_epoch is None else now_epoch))
         try:
-            self._client.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            if _error_code(exc) != "TransactionCanceledException":
-                raise
-            failed = _cancelled_by_condition(exc)
-            if idempotency is not None and len(failed) > 1 and failed[1]:
-                raise IdempotencyKeyTaken(idempotency.key) from exc
-            if failed and failed[0]:
-                raise AlreadyExists(record.run_id) from exc
-            raise
+            self.runs.create(record, companions=companions, checkpoint=checkpoint)
+        except CompanionsRefused as exc:
+            raise IdempotencyKeyTaken(idempotency.key if idempotency is not None else "") from exc
 
     def discard_run(self, run_id: str, *, idempotency: IdempotencyRecord | None = None) -> None:
         """Take back a run that was never dispatched, with its checkpoint copy and its Idempotency-Key."""
-        self._table.delete_item(Key=run_key(run_id))
-        self._table.delete_item(Key=checkpoint_key(run_id))
+        self.runs.discard(run_id)
         if idempotency is not None:
             self._delete_own_key(idempotency)
 
     # ------------------------------------------------------------ runs, many at a time (POST /runs/batch)
     def put_new_runs(self, records: Sequence[RunRecord]) -> None:
-        """Record new runs that have no Idempotency-Key, 25 per call.
-
-        Unconditional, unlike ``put_new_run``: a run id is new by construction (time + 48 random bits), and
-        BatchWriteItem takes no condition. Raises ``Unwritten`` if some stay unprocessed after every retry.
-        """
-        self._batch_write([{"PutRequest": {"Item": record.api_item()}} for record in records])
+        """Record new runs that have no Idempotency-Key (``RunStore.create_many``); ``Unwritten`` if some stay
+        unprocessed after every retry."""
+        self.runs.create_many(records)
 
     def create_runs_with_keys(self, pairs: Sequence[tuple[RunRecord, IdempotencyRecord]], *, now_epoch: int) -> None:
         """Record runs with their Idempotency-Keys, each run with its key, in transactions of up to 50 pairs.
@@ -231,31 +162,10 @@ class Store:
         read), that transaction writes nothing and ``IdempotencyKeysTaken`` names the positions of such keys;
         the transactions before it stay written (the caller takes them back).
         """
-        per_transaction = TRANSACTION_SIZE // 2
-        for start in range(0, len(pairs), per_transaction):
-            chunk = pairs[start : start + per_transaction]
-            items: list[dict[str, Any]] = []
-            for record, key in chunk:
-                items.append(
-                    {
-                        "Put": {
-                            "TableName": self._table.name,
-                            "Item": record.api_item(),
-                            "ConditionExpression": self.item_is_new,
-                        }
-                    }
-                )
-                items.append(self._new_key_put(key, now_epoch))
-            try:
-                self._client.transact_write_items(TransactItems=items)
-            except ClientError as exc:
-                if _error_code(exc) != "TransactionCanceledException":
-                    raise
-                failed = _cancelled_by_condition(exc)
-                taken = [start + index // 2 for index, hit in enumerate(failed) if hit and index % 2 == 1]
-                if taken:
-                    raise IdempotencyKeysTaken(taken) from exc
-                raise
+        try:
+            self.runs.create_many_with([(record, self._new_key_put(key, now_epoch)) for record, key in pairs])
+        except CompanionsRefused as exc:
+            raise IdempotencyKeysTaken(exc.positions) from exc
 
     def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
         """The runs that exist among ``run_ids``, strongly consistent, 100 per call."""
@@ -273,13 +183,15 @@ class Store:
         Unconditional, unlike ``mark_dispatched``: these keys were written by this request moments ago and stay
         live for 24 h, so no other request can have taken them over.
         """
-        self._batch_write(
-            [{"PutRequest": {"Item": record.model_copy(update={"dispatched": True}).to_item()}} for record in records]
+        batch_write(
+            self._client,
+            self._table.name,
+            [{"PutRequest": {"Item": record.model_copy(update={"dispatched": True}).to_item()}} for record in records],
         )
 
     def discard_runs(self, records: Sequence[RunRecord], keys: Sequence[IdempotencyRecord] = ()) -> None:
         """``discard_run`` for runs a batch recorded but did not dispatch (they have no checkpoint copy)."""
-        self._batch_write([{"DeleteRequest": {"Key": run_key(record.run_id)}} for record in records])
+        self.runs.discard_many([record.run_id for record in records])
         for key in keys:
             self._delete_own_key(key)
 
@@ -304,42 +216,15 @@ class Store:
                 ExpressionAttributeValues={":run_id": idempotency.run_id},
             )
         except ClientError as exc:
-            if not _is_conditional_failure(exc):
+            if not condition_failed(exc):
                 raise
 
-    def _batch_write(self, requests: list[dict[str, Any]]) -> None:
-        for start in range(0, len(requests), BATCH_WRITE_SIZE):
-            pending = requests[start : start + BATCH_WRITE_SIZE]
-            for attempt in range(BATCH_WRITE_ATTEMPTS):
-                if attempt:
-                    time.sleep(BATCH_RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-                response = self._client.batch_write_item(RequestItems={self._table.name: pending})
-                pending = response.get("UnprocessedItems", {}).get(self._table.name, [])
-                if not pending:
-                    break
-            if pending:
-                raise Unwritten(f"{len(pending)} items left unprocessed after {BATCH_WRITE_ATTEMPTS} attempts")
-
     def _batch_get(self, keys: list[dict[str, str]]) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(keys), BATCH_GET_SIZE):
-            pending = keys[start : start + BATCH_GET_SIZE]
-            while pending:
-                response = self._client.batch_get_item(
-                    RequestItems={self._table.name: {"Keys": pending, "ConsistentRead": True}}
-                )
-                found.extend(response.get("Responses", {}).get(self._table.name, []))
-                pending = response.get("UnprocessedKeys", {}).get(self._table.name, {}).get("Keys", [])
-        return found
-
-    def delete_run(self, run_id: str) -> None:
-        self._table.delete_item(Key=run_key(run_id))
+        return batch_get(self._client, self._table.name, keys)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run, or None: no such run, an id no run can have, or an item the API did not create."""
-        if not is_run_id(run_id):
-            return None
-        return api_run(self._table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item"))
+        return self.runs.get(run_id)
 
     def get_run_and_checkpoint(self, run_id: str) -> tuple[RunRecord | None, Checkpoint | None]:
         """The run and its last checkpoint in one strongly consistent call.
@@ -349,16 +234,9 @@ class Store:
         """
         if not is_run_id(run_id):
             return None, None
-        keys: list[dict[str, str]] = [run_key(run_id), checkpoint_key(run_id)]
-        found: list[dict[str, Any]] = []
-        while keys:
-            response = self._client.batch_get_item(
-                RequestItems={self._table.name: {"Keys": keys, "ConsistentRead": True}}
-            )
-            found.extend(response.get("Responses", {}).get(self._table.name, []))
-            keys = response.get("UnprocessedKeys", {}).get(self._table.name, {}).get("Keys", [])
-        run = next((item for item in found if item[SORT_KEY] == "RUN"), None)
-        checkpoint = next((item for item in found if item[SORT_KEY] == "CHECKPOINT"), None)
+        found = self._batch_get([run_key(run_id), checkpoint_key(run_id)])
+        run = next((item for item in found if item[SORT_KEY] == RUN_SORT_KEY), None)
+        checkpoint = next((item for item in found if item[SORT_KEY] == CHECKPOINT_SORT_KEY), None)
         record = api_run(run)
         return (
             record,
@@ -374,39 +252,13 @@ class Store:
             return None
         return {name: value for name, value in item.items() if name not in (PARTITION_KEY, SORT_KEY)}
 
-    def _change_state(self, run_id: str, *, expected: RunState, update: str, values: dict[str, Any]) -> RunRecord:
-        try:
-            result = self._table.update_item(
-                Key=run_key(run_id),
-                UpdateExpression=update,
-                ConditionExpression="#state = :expected",
-                ExpressionAttributeNames={"#state": "state"},
-                ExpressionAttributeValues={":expected": expected.value, **values},
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                raise StateChanged(run_id) from exc
-            raise
-        return RunRecord.from_item(result["Attributes"])
-
     def cancel_queued(self, run_id: str, *, now: str, error: dict[str, Any]) -> RunRecord:
-        """Queued -> Cancelled, only if still Queued: an agent that claims it later sees a terminal run."""
-        return self._change_state(
-            run_id,
-            expected=RunState.QUEUED,
-            update="SET #state = :cancelled, finished_at = :now, error_json = :error",
-            values={":cancelled": RunState.CANCELLED.value, ":now": now, ":error": json.dumps(error)},
-        )
+        """Queued -> Cancelled, only if still Queued (``RunStore.cancel_queued``); StateChanged if not."""
+        return self.runs.cancel_queued(run_id, now=now, error=error)
 
     def request_cancel(self, run_id: str, *, now: str, requested_by: str) -> RunRecord:
-        """Running -> Cancelling, only if still Running; the lease holder sees it on its next heartbeat."""
-        return self._change_state(
-            run_id,
-            expected=RunState.RUNNING,
-            update="SET #state = :cancelling, cancel_requested_at = :now, cancel_requested_by = :by",
-            values={":cancelling": RunState.CANCELLING.value, ":now": now, ":by": requested_by},
-        )
+        """Running -> Cancelling, only if still Running (``RunStore.request_cancel``); StateChanged if not."""
+        return self.runs.request_cancel(run_id, now=now, requested_by=requested_by)
 
     def query_runs(
         self,
@@ -450,7 +302,7 @@ class Store:
         try:
             page = self._table.query(**query)
         except ClientError as exc:
-            if _error_code(exc) == "ValidationException" and start_after is not None:
+            if error_code(exc) == "ValidationException" and start_after is not None:
                 raise InvalidStartKey(str(exc)) from exc
             raise
         last = page.get("LastEvaluatedKey")
@@ -476,7 +328,7 @@ class Store:
     # ------------------------------------------------------------ packages
     def put_new_package(self, record: PackageRecord) -> None:
         """Register a version and add it to its package's index entry, in one transaction."""
-        try:
+        with refused_as(lambda: AlreadyExists(f"{record.name} {record.version}"), item=0):
             self._client.transact_write_items(
                 TransactItems=[
                     {
@@ -502,10 +354,6 @@ class Store:
                     },
                 ]
             )
-        except ClientError as exc:
-            if _error_code(exc) == "TransactionCanceledException" and any(_cancelled_by_condition(exc)[:1]):
-                raise AlreadyExists(f"{record.name} {record.version}") from exc
-            raise
 
     def get_package(self, name: str, version: str) -> PackageRecord | None:
         """One version, with its jobs' schemas; ``version`` as registered (PEP 440 normal form). From memory if
@@ -586,7 +434,7 @@ class Store:
                 Key=pin_key(environment, package), ConditionExpression=f"attribute_exists({PARTITION_KEY})"
             )
         except ClientError as exc:
-            if _is_conditional_failure(exc):
+            if condition_failed(exc):
                 return False
             raise
         return True

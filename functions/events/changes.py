@@ -7,7 +7,6 @@ its ``state`` attribute differs between the old and the new image, or when it is
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,17 +22,18 @@ from pydantic import ValidationError
 
 from functions.events.bus import MAX_ENTRIES_PER_CALL, BusEntry, BusUnavailable, EventBus
 from functions.events.metrics import SERVICE
+from runly_core import backoff
 from runly_core.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, RunState, RunStateChanged
-from runly_core.records import API_CREATED, ENVIRONMENT_PREFIX, run_id_of_partition
+from runly_core.records import ENVIRONMENT_PREFIX
 from runly_core.resources import PARTITION_KEY, SORT_KEY
+from runly_core.run_store import API_CREATED, RUN_SORT_KEY, run_id_of_partition
 
 logger = Logger(service=SERVICE)
 
 # Calls per chunk of entries, the first included; the waits between them stay well inside the function's timeout.
 PUT_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.2
-
-_RUN_SORT_KEY = "RUN"  # runly_core.records.run_key
+RETRY_CAP_SECONDS = 2.0
 
 
 def stream_filter(states: Iterable[RunState]) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def stream_filter(states: Iterable[RunState]) -> dict[str, Any]:
         "dynamodb": {
             "Keys": {
                 PARTITION_KEY: {"S": [{"prefix": ENVIRONMENT_PREFIX}]},
-                SORT_KEY: {"S": [_RUN_SORT_KEY]},
+                SORT_KEY: {"S": [RUN_SORT_KEY]},
             },
             "NewImage": {"state": {"S": sorted(state.value for state in states)}},
         },
@@ -68,7 +68,7 @@ def state_change(record: DynamoDBRecord) -> RunStateChanged | None:
     if stream is None or record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY):
         return None
     keys = stream.keys
-    is_run = run_id_of_partition(str(keys.get(PARTITION_KEY, ""))) is not None and keys.get(SORT_KEY) == _RUN_SORT_KEY
+    is_run = run_id_of_partition(str(keys.get(PARTITION_KEY, ""))) is not None and keys.get(SORT_KEY) == RUN_SORT_KEY
     new = stream.new_image
     if not is_run or new.get(API_CREATED) is not True:
         # Not a run, or not one the API created (a node's credentials can write under a run's key): no event,
@@ -116,7 +116,7 @@ def _put_chunk(
     remaining = list(chunk)
     for attempt in range(PUT_ATTEMPTS):
         if attempt:
-            sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            sleep(backoff.delay(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
         try:
             refused = bus.put([_entry(change) for _, change in remaining])
         except BusUnavailable:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from functions.dal.keys import KeyExists, KeyNotFound, KeyStore
 from runly_core.contracts import CreatedKey, CreateKeyRequest, KeyList
+from runly_core.key_store import KeyExists, KeyNotFound, KeyStore
 from runly_core.keys import KEY_ID, InvalidKeyRequest, new_key
 from runly_core.records import iso, utcnow
 

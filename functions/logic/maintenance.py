@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from functions.dal.maintenance import MaintenanceStore, RunMoved
+from functions.dal.maintenance import MaintenanceStore
 from runly_core.contracts import FailureReason, RunMessage, RunState
-from runly_core.records import RunRecord, abandoned_outcome, run_environment
+from runly_core.records import RunRecord, run_environment
+from runly_core.run_store import RunChanged, abandoned_outcome
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ def _reap_one(store: MaintenanceStore, record: RunRecord, report: ReapReport) ->
     # The same decision as a node's takeover of an expired lease (node_agent.aws claim): one function decides.
     state, reason, message = abandoned_outcome(record)
     try:
-        store.end_abandoned(record, state, reason, message)
-    except RunMoved:
+        store.runs.end_abandoned(record, state, reason, message)
+    except RunChanged:
         report.skipped.append(record.run_id)
         return
     if state is RunState.CANCELLED:
@@ -63,7 +64,7 @@ def _reap_one(store: MaintenanceStore, record: RunRecord, report: ReapReport) ->
         report.failed.append(record.run_id)
     else:
         # A second message is harmless: a claim is conditional, and a terminal run's message is deleted.
-        store.dispatch(record)
+        store.queue.dispatch_run(record.run_id)
         report.requeued.append(record.run_id)
 
 
@@ -85,7 +86,7 @@ def handle_dead_letter(store: MaintenanceStore, body: str, receive_count: int, *
     if named != environment:
         log.warning("dead letter in %s names run %s of %s: dropped", environment, message.run_id, named)
         return f"dropped: a run of environment {named}, not {environment}"
-    record = store.get_run(message.run_id)
+    record = store.runs.get(message.run_id)
     if record is None:
         return "dropped: no run the API created"
     if record.state.terminal:
@@ -95,7 +96,7 @@ def handle_dead_letter(store: MaintenanceStore, body: str, receive_count: int, *
         return "ignored: run is leased; the reaper watches its lease"
     reason = f"its message was received {receive_count} times without an outcome and moved to the dead-letter queue"
     try:
-        store.end_abandoned(record, RunState.FAILED, FailureReason.DEAD_LETTER, reason)
-    except RunMoved:
+        store.runs.end_abandoned(record, RunState.FAILED, FailureReason.DEAD_LETTER, reason)
+    except RunChanged:
         return "ignored: run moved on"
     return "failed the run"

@@ -65,7 +65,7 @@ def allow_any(environment: str) -> None:
 
 def new_run_id(environment: str) -> str:
     """``run_{environment}_{time}_{random}``: time-ordered enough to eyeball, unique without coordination, and
-    naming its environment, whose partition holds the run's items (runly_core.records.run_key)."""
+    naming its environment, whose partition holds the run's items (runly_core.run_store.run_key)."""
     return f"run_{environment}_{utcnow().strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:12]}"
 
 

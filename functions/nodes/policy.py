@@ -36,14 +36,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runly_core.records import (
-    MESSAGE_HANDOFF,
-    NODE_PARTITION,
-    RUN_PARTITION,
-    environment_logs_prefix,
-    environment_prefix,
-)
+from runly_core.records import NODE_PARTITION, environment_logs_prefix, environment_prefix
 from runly_core.resources import ITEMS_BY_KIND, PACKAGES_PREFIX, PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
+from runly_core.run_store import MESSAGE_HANDOFF, RUN_PARTITION
 
 # ReceiveMessage, DeleteMessage and SendMessage (the only SQS actions ending "Message"), and the heartbeat's
 # ChangeMessageVisibility (the only one starting "Change"). SQS's batch calls are authorized as their single forms.

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from runly_core.contracts import Scope
+from runly_core.key_store import KeyStore
 from runly_core.keys import BOOTSTRAP_CREATOR, new_key
-from runly_core.records import KEY_KIND, KeyRecord
-from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
+from runly_core.records import KeyRecord
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: bootstrap the first admin key of a deployment.")
 
@@ -28,23 +28,6 @@ class AdminKeyExists(Exception):
         self.key_ids = key_ids
 
 
-def active_admin_keys(table: Any) -> list[KeyRecord]:
-    from boto3.dynamodb.conditions import Key
-
-    records: list[KeyRecord] = []
-    query: dict[str, Any] = {
-        "IndexName": ITEMS_BY_KIND.name,
-        "KeyConditionExpression": Key(ITEMS_BY_KIND.partition_key).eq(KEY_KIND),
-    }
-    while True:
-        page = table.query(**query)
-        records.extend(KeyRecord.model_validate(item) for item in page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            break
-        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-    return [record for record in records if record.scope is Scope.ADMIN and record.active]
-
-
 def bootstrap_admin_key(
     table_name: str, *, dynamodb: Any = None, name: str = BOOTSTRAP_KEY_NAME, force: bool = False
 ) -> tuple[KeyRecord, str]:
@@ -52,19 +35,19 @@ def bootstrap_admin_key(
 
     Refuses (AdminKeyExists) when an active admin key exists, unless ``force``: a second admin key is then
     made beside the others, none is revoked. ``dynamodb`` is a boto3 DynamoDB service resource (default: from
-    the caller's AWS configuration).
+    the caller's AWS configuration). The key is written by the API's own key store (runly_core.key_store).
     """
     if dynamodb is None:
-        import boto3
+        import boto3  # here, not at import: the CLI loads this module for every command
 
         dynamodb = boto3.resource("dynamodb")
-    table = dynamodb.Table(table_name)
+    store = KeyStore(table_name, resource=dynamodb)
     if not force:
-        existing = active_admin_keys(table)
+        existing = store.active_admin_keys()
         if existing:
             raise AdminKeyExists([record.key_id for record in existing])
     record, secret = new_key(name=name, scope=Scope.ADMIN, environment=None, created_by=BOOTSTRAP_CREATOR)
-    table.put_item(Item=record.to_item(), ConditionExpression=f"attribute_not_exists({PARTITION_KEY})")
+    store.put_new(record)
     return record, secret
 
 

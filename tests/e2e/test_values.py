@@ -21,7 +21,7 @@ from functions.events.changes import state_change
 from runly_cli.embedded.stack import EmbeddedStack, print_tail
 from runly_client.client import RunlyClient
 from runly_core.contracts import EnqueueRunRequest, RunState, RunView
-from runly_core.records import run_key
+from runly_core.run_store import run_key
 from tests.e2e.conftest import FAST_AGENT
 
 # Per environment: its region and its secret (each long and unlike anything else a run writes).

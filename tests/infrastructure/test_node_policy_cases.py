@@ -27,8 +27,9 @@ from moto.core import set_initial_no_auth_action_count
 from functions.nodes.credentials import CredentialsSettings, NodeRoleTarget, session_policy
 from infrastructure.settings import StageSettings
 from infrastructure.stack import environment_output_id
-from runly_core.records import checkpoint_key, environment_partition, key_key, node_key, package_key, pin_key, run_key
+from runly_core.records import environment_partition, key_key, node_key, package_key, pin_key
 from runly_core.resources import PARTITION_KEY, ResourceNames
+from runly_core.run_store import checkpoint_key, run_key
 from tests.infrastructure.cfn import render
 from tests.infrastructure.iam import feed_bucket_id, logical_id
 from tests.infrastructure.synth import TEST_ENVIRONMENTS

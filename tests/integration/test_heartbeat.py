@@ -19,7 +19,8 @@ from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
 from runly_core import resources
 from runly_core.contracts import RunMessage, RunState
-from runly_core.records import MESSAGE_HANDOFF, RunRecord, run_key
+from runly_core.records import RunRecord
+from runly_core.run_store import MESSAGE_HANDOFF, run_key
 from tests.support.runs import queued_run
 
 

@@ -16,7 +16,8 @@ from node_agent.aws import AgentAws, ClaimRefused, Delivery, LeaseLost
 from runly.wire import Checkpoint
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunMessage, RunState
-from runly_core.records import MESSAGE_HANDOFF, checkpoint_key, run_key, utcnow
+from runly_core.records import utcnow
+from runly_core.run_store import MESSAGE_HANDOFF, checkpoint_key, run_item, run_key
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 30
@@ -104,14 +105,13 @@ def test_a_takeover_fails_when_the_holder_renewed_after_it_was_judged_expired(
     _queued_run(names)
     first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
     later = now_ms() + (LEASE + 2) * 1000
-    take_lease = agent_aws._take_lease
+    take_lease = agent_aws.runs.claim
 
-    def renewed_meanwhile(run_id: str, node_id: str, until: int, *, previous: Any) -> Any:
-        if previous is not None:
-            agent_aws.extend_lease(first, "node-a", later + LEASE * 1000)
-        return take_lease(run_id, node_id, until, previous=previous)
+    def renewed_meanwhile(previous: Any, node_id: str, until: int) -> Any:
+        agent_aws.extend_lease(first, "node-a", later + LEASE * 1000)
+        return take_lease(previous, node_id, until)
 
-    monkeypatch.setattr(agent_aws, "_take_lease", renewed_meanwhile)
+    monkeypatch.setattr(agent_aws.runs, "claim", renewed_meanwhile)
 
     # When B's takeover write lands, it fails: two jobs would run at once otherwise
     with pytest.raises(ClaimRefused):
@@ -243,7 +243,7 @@ def test_a_resumed_requeue_gets_the_copied_checkpoint_on_its_first_attempt(
     # Given a run requeued with --resume: the API put the original's checkpoint on it before dispatching it
     table = boto3.resource("dynamodb").Table(names.table)
     requeued = _queued_run(names, "run_default_2").model_copy(update={"requeued_from": "run_default_1"})
-    table.put_item(Item=requeued.api_item())
+    table.put_item(Item=run_item(requeued))
     copied = Checkpoint(watermark=40, last_item_id="39", attempt=2, written_at=utcnow())
     table.put_item(
         Item={
@@ -362,3 +362,35 @@ def test_a_retry_is_not_claimed_before_its_time_whichever_message_brings_it(
     # And at that time, it is taken as attempt 2
     at_retry = int(retry_at.timestamp() * 1000) + 1
     assert agent_aws.claim("run_default_1", "node-b", LEASE, at_retry).attempt == 2
+
+
+def test_a_claim_does_not_close_a_cancelled_run_whose_holder_renewed_after_it_was_judged_lost(
+    agent_aws: AgentAws, names: resources.ResourceNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given node A's lease of a run being cancelled, judged expired by node B, and A renewing it just before B's write
+    _queued_run(names)
+    first = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
+    boto3.resource("dynamodb").Table(names.table).update_item(
+        Key=run_key("run_default_1"),
+        UpdateExpression="SET #s = :c",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":c": RunState.CANCELLING.value},
+    )
+    later = now_ms() + (LEASE + 2) * 1000
+    end_abandoned = agent_aws.runs.end_abandoned
+
+    def renewed_meanwhile(record: Any, state: RunState, reason: FailureReason, message: str) -> None:
+        agent_aws.extend_lease(first, "node-a", later + LEASE * 1000)
+        end_abandoned(record, state, reason, message)
+
+    monkeypatch.setattr(agent_aws.runs, "end_abandoned", renewed_meanwhile)
+
+    # When B's claim closes it as cancelled (its node lost), the close's condition fails: the claim is refused
+    with pytest.raises(ClaimRefused) as refused:
+        agent_aws.claim("run_default_1", "node-b", LEASE, later)
+    assert refused.value.terminal
+
+    # Then A, still alive, holds the run, still Cancelling: it ends it itself, with its job's own outcome
+    run = agent_aws.get_run("run_default_1")
+    assert run is not None and run.state is RunState.CANCELLING
+    assert (run.attempt, run.lease_owner, run.lease_until_ms) == (1, "node-a", later + LEASE * 1000)

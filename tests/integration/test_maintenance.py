@@ -9,14 +9,14 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from functions.dal.maintenance import MaintenanceStore, RunMoved
+from functions.dal.maintenance import MaintenanceStore
 from functions.logic.maintenance import reap
 from functions.maintenance import dlq, reaper
 from functions.maintenance.settings import get_dead_letter_settings, get_reaper_settings
 from node_agent.aws import AgentAws
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunMessage, RunState
-from runly_core.records import lease_index_partition, lease_sort_key, run_key
+from runly_core.run_store import RunChanged, lease_index_partition, lease_sort_key, run_item, run_key
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 10
@@ -111,8 +111,8 @@ def test_a_node_renewing_between_read_and_write_wins(
         UpdateExpression="SET lease_until_ms = :l",
         ExpressionAttributeValues={":l": now_ms() + 60_000},
     )
-    with pytest.raises(RunMoved):
-        store.end_abandoned(stale, RunState.QUEUED, FailureReason.NODE_LOST, "lease expired")
+    with pytest.raises(RunChanged):
+        store.runs.end_abandoned(stale, RunState.QUEUED, FailureReason.NODE_LOST, "lease expired")
     run = agent.get_run("run_default_race")
     assert run is not None and run.state is RunState.RUNNING and run.attempt == claimed.attempt
 
@@ -261,7 +261,7 @@ def test_a_run_item_forged_with_node_credentials_is_never_requeued(
             "lease_until_ms": now_ms() - 3_600_000,
         }
     )
-    table.put_item(Item=whole.to_item())
+    table.put_item(Item=run_item(whole, api_created=False))
 
     # When the reaper runs
     report = reap(store, now_ms=now_ms(), grace_seconds=60)
@@ -300,7 +300,7 @@ def test_a_dead_letter_fails_only_an_api_created_run_of_its_own_environment(
     # Given a queued staging run, and a default DLQ holding messages that name it, a forged run and a bad id
     staging = _queued_run(names, "run_staging_victim").model_copy(update={"environment": "staging"})
     table = boto3.resource("dynamodb").Table(names.table)
-    table.put_item(Item=staging.api_item())
+    table.put_item(Item=run_item(staging))
     table.update_item(
         Key=run_key("run_default_forged"),
         UpdateExpression="SET #state = :queued",

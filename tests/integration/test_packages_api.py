@@ -17,7 +17,8 @@ from functions.dal.feed import Feed
 from runly_core import resources
 from runly_core.bundle import sha256_file
 from runly_core.contracts import Scope
-from runly_core.records import RunRecord, package_key, run_key
+from runly_core.records import RunRecord, package_key
+from runly_core.run_store import run_key
 from tests.support.bundles import make_bundle
 from tests.support.run_api import NAMES, Api, api_fixtures, error_field
 from tests.support.zip_bombs import bomb_bundle, zeros

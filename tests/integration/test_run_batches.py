@@ -24,6 +24,7 @@ from runly_cli.embedded.gateway import Gateway
 from runly_client.client import ApiError, RunlyClient
 from runly_core.contracts import EnqueueRunRequest, RunMessage, Scope
 from runly_core.records import IdempotencyRecord, PackageRecord, iso, utcnow
+from runly_core.run_store import run_item
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter
 
 stack, aws, api = api_fixtures()
@@ -179,7 +180,7 @@ def test_a_keyed_run_whose_batch_died_before_sending_is_dispatched_on_replay(
         expires_at=int(time.time()) + 3600,
     )
     table = boto3.resource("dynamodb").Table(NAMES.table)
-    table.put_item(Item=record.api_item())
+    table.put_item(Item=run_item(record))
     table.put_item(Item=key.to_item())
 
     # When the client retries the batch

@@ -25,7 +25,8 @@ from runly_cli.embedded.gateway import Gateway
 from runly_client.client import ApiError, RunlyClient
 from runly_core import resources
 from runly_core.contracts import EnqueueRunRequest, FailureReason, RunMessage, RunState, Scope
-from runly_core.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_key, run_log_prefix, utcnow
+from runly_core.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_log_prefix, utcnow
+from runly_core.run_store import run_item, run_key
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter, serialized_dynamodb
 
 LEASE = 30
@@ -91,7 +92,7 @@ def put_run(
         created_at=iso(created_at or utcnow()),
         finished_at=iso(utcnow()) if state.terminal else None,
     )
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.api_item())
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=run_item(record))
     return record
 
 

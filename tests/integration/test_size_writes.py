@@ -16,7 +16,8 @@ from runly import limits, sizes
 from runly.wire import Checkpoint, Progress
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunState
-from runly_core.records import RunRecord, checkpoint_key, run_key, utcnow
+from runly_core.records import RunRecord, utcnow
+from runly_core.run_store import checkpoint_key, run_item, run_key
 from tests.support.runs import queued_run
 
 LEASE = 30
@@ -134,7 +135,7 @@ def test_a_checkpoint_over_its_limit_in_bytes_is_refused_before_the_write(
 
 def _run_allowing(names: resources.ResourceNames, max_attempts: int) -> None:
     record = queued_run(names).model_copy(update={"max_attempts": max_attempts})
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.api_item())
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=run_item(record))
 
 
 def test_an_expired_lease_of_a_run_on_its_last_attempt_is_not_taken_over(

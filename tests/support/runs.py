@@ -9,6 +9,7 @@ import boto3
 from runly_core import resources
 from runly_core.contracts import RunState
 from runly_core.records import RunRecord, iso, utcnow
+from runly_core.run_store import run_item
 
 
 def queued_run(names: resources.ResourceNames, run_id: str = "run_default_1") -> RunRecord:
@@ -27,5 +28,5 @@ def queued_run(names: resources.ResourceNames, run_id: str = "run_default_1") ->
         bundle_sha256="0" * 64,
         created_at=iso(utcnow()),
     )
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=record.api_item())
+    boto3.resource("dynamodb").Table(names.table).put_item(Item=run_item(record))
     return record

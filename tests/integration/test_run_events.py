@@ -17,7 +17,13 @@ from moto.events.models import EventPattern
 
 from functions.events import publisher
 from functions.events.bus import BusEntry, BusUnavailable, EventBus
-from functions.events.changes import publish_changes, state_change, stream_filter
+from functions.events.changes import (
+    RETRY_BASE_SECONDS,
+    RETRY_CAP_SECONDS,
+    publish_changes,
+    state_change,
+    stream_filter,
+)
 from runly_core import resources
 from runly_core.contracts import RUN_EVENT_SOURCE, RUN_STATE_CHANGED, TERMINAL_STATES, RunState, RunStateChanged
 
@@ -203,13 +209,16 @@ def test_refused_entries_are_retried_alone_and_reported_only_if_still_refused() 
 
     report = publish_changes(_state_changes(3).records, bus, sleep=waits.append)
 
-    # Then each retry carries only what was refused, with a growing backoff, and what is left is reported
+    # Then each retry carries only what was refused, after a backoff under its growing ceiling (full jitter: uniform
+    # in [0, min(cap, base * 2**attempt)]), and what is left is reported
     assert [[json.loads(e.detail_json)["run_id"] for e in call] for call in bus.calls] == [
         ["run-0", "run-1", "run-2"],
         ["run-1", "run-2"],
         ["run-2"],
     ]
-    assert len(waits) == 2 and 0 < waits[0] < waits[1] * 2
+    assert len(waits) == 2
+    for attempt, wait in enumerate(waits, start=1):
+        assert 0 <= wait <= min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt)
     assert report.unpublished == {f"{2:021d}"}
     assert [change.run_id for change in report.published] == ["run-0", "run-1"]
 

@@ -148,13 +148,24 @@ def _open_zip(bundle_path: Path, shown: Path | None = None) -> zipfile.ZipFile:
         raise PackageError(f"{label} cannot be read: {exc.strerror or type(exc).__name__}") from exc
     try:
         _check_directory(stream, MAX_BUNDLE_WHEELS + 1, str(label))
-        return zipfile.ZipFile(stream)  # closing the archive closes the stream
+        archive = zipfile.ZipFile(stream)  # closing the archive closes the stream
+        _check_offsets(archive, os.fstat(stream.fileno()).st_size, label)
+        return archive
     except PackageError:
         stream.close()
         raise
     except (*_ZIP_ERRORS, OSError) as exc:
         stream.close()
         raise PackageError(f"{label} is not a readable zip archive: {exc}") from exc
+
+
+def _check_offsets(archive: zipfile.ZipFile, size: int, label: Path) -> None:
+    """Every member's local header inside the file: a damaged directory entry can point before its start, where
+    zipfile's seek fails with an OSError instead of a zip error."""
+    for info in archive.infolist():
+        if not 0 <= info.header_offset < size:
+            archive.close()
+            raise PackageError(f"{label} is not a readable zip archive: member {info.filename!r} lies outside it")
 
 
 def _manifest_from_zip(archive: zipfile.ZipFile, bundle_path: Path) -> PackageManifest:

@@ -28,6 +28,7 @@ The run item's layout, its keys and index attributes, is here too (``run_key``, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -74,6 +75,20 @@ LEASE_ATTRIBUTES = (
     MESSAGE_HANDOFF,
 )
 LEASE_REMOVE = "REMOVE " + ", ".join(LEASE_ATTRIBUTES)
+
+
+# Index partitions of an environment's runs are spread over this many shards (docs/store.md, "The indexes"): a
+# partition key takes at most 1,000 write units/s, so one environment's runs may be created at up to
+# 0.5 * 1,000 * RUN_INDEX_SHARDS / (index writes per run) a second with every shard under half its limit.
+# Changing it re-keys every run index entry: it is part of the table's key design, not a setting.
+RUN_INDEX_SHARDS = 16
+
+
+def index_shard(run_id: str) -> int:
+    """The index shard of a run, from its id alone: every writer (the API creating it, the node claiming it, the
+    timer releasing it) computes the same one without a read. A stable hash (not Python's salted ``hash``)."""
+    digest = hashlib.blake2b(run_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % RUN_INDEX_SHARDS
 
 
 def run_partition(run_id: str) -> str:

@@ -15,11 +15,13 @@ from runly_core.records import RunRecord, utcnow
 from runly_core.run_store import (
     API_CREATED,
     LEASE_ATTRIBUTES,
+    RUN_INDEX_SHARDS,
     LeaseLost,
     RunChanged,
     RunStore,
     StateChanged,
     api_run,
+    index_shard,
     run_item,
     run_key,
 )
@@ -278,3 +280,14 @@ def test_backoff_is_capped_exponential_with_the_callers_jitter() -> None:
     assert all(d <= 30.0 for d in (backoff.delay(20, base=0.5, cap=30.0) for _ in range(50)))
     with pytest.raises(ValueError, match="least"):
         backoff.delay(1, base=1, cap=1, least=2)
+
+
+def test_index_shard_is_stable_and_spreads_runs_evenly() -> None:
+    # Every writer computes a run's shard from its id alone, so the value must not depend on the process (Python's
+    # str hash is salted per process): a fixed id maps to a fixed shard, and ids spread over all shards.
+    # A changed function would re-key every index entry of an existing table: this value is part of the key design.
+    assert index_shard("run_prod_20261202120000_0123456789ab") == 3
+    counts = [0] * RUN_INDEX_SHARDS
+    for n in range(16_000):
+        counts[index_shard(f"run_prod_20261202120000_{n:012x}")] += 1
+    assert min(counts) > 800 and max(counts) < 1200, counts

@@ -40,9 +40,12 @@ def _module_file(source_dir: Path, module: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, module: str) -> set[str]:
     """Every module a file may import at run time (lazy imports included, `if TYPE_CHECKING:` blocks not), as dotted
-    names; `from a import b` names a.b too (b may be a module)."""
+    names; `from a import b` names a.b too (b may be a module). Relative imports (`from .errors import X`, `from .
+    import runs`) are resolved against ``module``, the file's own dotted name: missing one would leave out a module
+    the handler needs, and the function would fail at its first import in Lambda."""
+    is_package = path.name == "__init__.py"
     names: set[str] = set()
     pending: list[ast.AST] = [ast.parse(path.read_text(encoding="utf-8"))]
     while pending:
@@ -53,9 +56,19 @@ def _imports(path: Path) -> set[str]:
         pending.extend(ast.iter_child_nodes(node))
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if not node.module:
+                    continue
+                base = node.module
+            else:
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                anchor = package[: len(package) - (node.level - 1)]
+                if node.level - 1 > len(package) or not anchor:
+                    raise ValueError(f"{path}: a relative import goes above its top-level package")
+                base = ".".join([*anchor, node.module] if node.module else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -84,7 +97,7 @@ def asset_files(source_dir: Path = REPO_ROOT) -> list[Path]:
         files.add(path)
         parts = module.split(".")
         pending.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # the packages' __init__ run first
-        pending.extend(_imports(path))
+        pending.extend(_imports(path, module))
     for directory in STATIC_DIRS:
         files.update(p for p in (source_dir / directory).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return sorted(path.relative_to(source_dir) for path in files)

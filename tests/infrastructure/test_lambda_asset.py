@@ -159,3 +159,28 @@ def test_lambda_requirements_hold_every_module_the_handlers_import(template_json
         if module in distributions and not {canonicalize_name(d) for d in distributions[module]} & provided
     }
     assert ours and unprovided == {}
+
+
+def test_every_handler_imports_from_the_asset_alone(tmp_path: Path) -> None:
+    # What Lambda runs: the asset's files and the installed dependencies, no checkout on the path. `-S` keeps the
+    # editable installs' .pth files (this checkout) out; site-packages stands in for the asset's dependencies.
+    import subprocess
+    import sys
+    import sysconfig
+
+    asset = tmp_path / "asset"
+    for relative in lambda_asset.asset_files():
+        (asset / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / relative, asset / relative)
+    handlers = lambda_asset.handler_modules()
+    assert "functions.api.app" in handlers and "functions.authorizer.app" in handlers
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", script, *handlers],
+        cwd=asset,
+        env={"PYTHONPATH": f"{asset}:{sysconfig.get_paths()['purelib']}", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -19,7 +19,7 @@ def _pins(path: Path) -> dict[str, str]:
 def test_lambda_dependencies_are_pinned_as_in_requirements_txt() -> None:
     lambda_pins = _pins(REPO_ROOT / REQUIREMENTS)
     project_pins = _pins(REPO_ROOT / "requirements.txt")
-    assert {"aws-lambda-powertools", "pydantic", "pydantic-settings", "packaging"} <= set(lambda_pins)
+    assert {"aws-lambda-powertools", "pydantic", "packaging"} <= set(lambda_pins)
     assert {name: project_pins.get(name) for name in lambda_pins} == lambda_pins
 
 
@@ -184,3 +184,47 @@ def test_every_handler_imports_from_the_asset_alone(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# The extras the handlers use of a pinned distribution, and the distributions a standard module needs at run time.
+HANDLER_EXTRAS = {"aws-lambda-powertools": {"tracer"}}
+STDLIB_NEEDS = {"zoneinfo": "tzdata"}
+
+
+def test_lambda_requirements_pin_nothing_the_handlers_do_not_load() -> None:
+    # Every pin ships in every function's asset and costs its cold start: one no handler's import reaches (directly,
+    # or through a dependency of what it imports) is dead weight, as pydantic-settings and python-dotenv were.
+    import ast
+    from importlib.metadata import packages_distributions, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    imported: set[str] = set()
+    for relative in lambda_asset.asset_files():
+        if relative.suffix != ".py":
+            continue
+        for node in ast.walk(ast.parse((REPO_ROOT / relative).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    by_module = packages_distributions()
+    # The asset's own packages are in it as source: their distributions' requirements are not the handlers' imports.
+    third_party = imported - set(PACKAGES)
+    needed = {canonicalize_name(d) for module in third_party for d in by_module.get(module, [])}
+    needed |= {canonicalize_name(d) for module, d in STDLIB_NEEDS.items() if module in third_party}
+    pending = list(needed)
+    while pending:
+        name = pending.pop()
+        extras = HANDLER_EXTRAS.get(name, set())
+        for requirement in map(Requirement, requires(name) or []):
+            applies = requirement.marker is None or any(
+                requirement.marker.evaluate({"extra": extra}) for extra in {"", *extras}
+            )
+            dependency = canonicalize_name(requirement.name)
+            if applies and dependency not in needed:
+                needed.add(dependency)
+                pending.append(dependency)
+    pinned = {canonicalize_name(name) for name in _pins(REPO_ROOT / REQUIREMENTS)}
+    assert pinned - needed == set()

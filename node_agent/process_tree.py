@@ -83,6 +83,10 @@ def prctl(option: int, value: int) -> bool:
     return bool(_LIBC.prctl(option, value, 0, 0, 0) == 0)
 
 
+def stop_being_subreaper() -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 0)
+
+
 def become_subreaper() -> bool:
     """Orphans below this process are re-parented to it (Linux 3.4+), not to init."""
     return prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -214,6 +218,31 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def below_self() -> dict[int, int]:
+    """pid -> start time of every process now below this one."""
+    return descendants_of([os.getpid()])
+
+
+def end_leftovers(before: dict[int, int]) -> int:
+    """SIGKILL every process below this one that ``before`` (a :func:`below_self` taken earlier) does not hold,
+    chasing what forks meanwhile, and reap those that were ours; return how many were killed. For a caller that is
+    a subreaper (:func:`become_subreaper`) while a job ran: what the job left behind was re-parented to it."""
+    killed: dict[int, int] = {}
+    for _ in range(SWEEP_ROUNDS):
+        live = {
+            pid: started for pid, started in below_self().items() if before.get(pid) != started and alive(pid, started)
+        }
+        if not live:
+            break
+        for pid in live:
+            _kill(pid)
+        killed.update(live)
+        time.sleep(0.01)
+    for pid in killed:
+        _reap_soon(pid)
+    return len(killed)
 
 
 # ---------------------------------------------------------------- cgroup v2

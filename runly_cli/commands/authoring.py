@@ -16,6 +16,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from node_agent import process_tree
 from runly.wire import JobSpec
 from runly_cli.common import (
     EXIT_OK,
@@ -332,6 +333,9 @@ def run_local(
     if checkpoint and checkpoint.watermark:
         output_console.print(f"resuming from {checkpoint_file}: {checkpoint.watermark:,} items done", markup=False)
     run = LocalRun(spec=spec, cwd=project.root, env=project.env(), on_output=on_output, on_checkpoint=on_checkpoint)
+    # As a node: what the job leaves running when it ends is re-parented to this process (a subreaper) and ended.
+    subreaper = process_tree.become_subreaper()
+    present = process_tree.below_self()
     started = time.monotonic()
     run.start()
     view = LiveRunView(f"{project.name} / {job} (pid {run.pid})")
@@ -365,6 +369,13 @@ def run_local(
         if live is not None:
             live.stop()
     run.wait()
+    left = process_tree.end_leftovers(present)
+    if subreaper:
+        process_tree.stop_being_subreaper()
+    if left:
+        _stderr_console().print(
+            f"the job left {left} process(es) running after it ended: ended them, as a node would", markup=False
+        )
     elapsed = time.monotonic() - started
     outcome = run.outcome
     if outcome == "succeeded" and checkpoint_file is not None:

@@ -386,3 +386,59 @@ def test_ctrl_c_cancels_run_local_and_the_next_run_resumes(tmp_path: Path) -> No
     output = json.loads(second.stdout)["output"]
     assert output["resumed_at"] == watermark and output["succeeded"] == 300 and output["attempts"] == [1, 2]
     assert not checkpoint_file.exists()
+
+
+STRAY_JOB = '''
+import subprocess
+import sys
+
+from pydantic import BaseModel
+
+from runly import Job
+
+
+class NoConfig(BaseModel):
+    pass
+
+
+class Stray(Job[NoConfig]):
+    """Starts a process in a session of its own and ends without waiting for it."""
+
+    def run(self) -> dict[str, int]:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        return {"left": child.pid}
+'''
+
+
+def test_run_local_ends_the_processes_a_job_leaves_behind(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from node_agent.process_tree import state_of
+
+    # Given a job that leaves a process running in a session of its own (no process group signal reaches it)
+    project = tmp_path / "stray"
+    (project / "src" / "stray").mkdir(parents=True)
+    (project / "src" / "stray" / "__init__.py").write_text("")
+    (project / "src" / "stray" / "jobs.py").write_text(STRAY_JOB)
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "stray"\nversion = "1.0.0"\ndependencies = ["runly"]\n\n'
+        '[project.entry-points."runly.jobs"]\nstray = "stray.jobs:Stray"\n'
+    )
+
+    # When it runs locally, as its author would
+    result = subprocess.run(
+        [sys.executable, "-m", "runly_cli.main", "run-local", str(project), "stray", "--json"],
+        env={**os.environ, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    # Then the run succeeds, and the process it left is gone with it (and the author is told)
+    assert result.returncode == 0, result.stdout + result.stderr
+    left = json.loads(result.stdout)["output"]["left"]
+    try:
+        assert state_of(left) in (None, "Z", "X"), f"process {left} outlived its local run"
+    finally:
+        if state_of(left) not in (None, "Z", "X"):
+            os.kill(left, 9)
+    assert "the job left 1 process(es) running" in result.stderr

@@ -7,7 +7,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export UV_NO_CONFIG := 1
 
 
-.PHONY: dist install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser job-user capacity
+.PHONY: dist install run up test test-fast lint typecheck synth openapi lock clean chaos bench bench-lock bench-system-deps browser job-user capacity screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ browser:
 	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 	    || echo "chromium could not be installed: the browser tests will be skipped"; \
 	fi
+
+## The dashboard's screenshots in docs/screenshots/ (the README shows them), retaken by its browser tests.
+screenshots: install browser job-user
+	RUNLY_SCREENSHOTS=docs $(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_dashboard.py
 
 test-fast: install
 	$(BIN)/pytest -q -m "not e2e" -p no:cacheprovider

@@ -1,14 +1,17 @@
 """The dashboard in a real browser: headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) against
 the embedded stack (moto server, the local gateway calling the API function, a node agent), as a user would use it.
 
-Each view is saved as a screenshot under docs/screenshots/ (overwritten on every run; the README shows them).
+Each view is saved as a screenshot: under docs/screenshots/ (what the README shows) with RUNLY_SCREENSHOTS=docs
+(`make screenshots`), elsewhere in a temporary directory, so a test run leaves the checkout as it found it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +35,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = REPO / "docs" / "screenshots"
+DOCS_SCREENSHOTS = REPO / "docs" / "screenshots"
 LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 WAIT_MS = 30_000  # the longest any step waits: runs take seconds on the embedded stack
@@ -127,9 +130,16 @@ def go_to(page: Any, view: str) -> None:
     page.get_by_role("navigation", name="Main").get_by_role("link", name=view).click()
 
 
+@functools.cache
+def screenshots_dir() -> Path:
+    if os.environ.get("RUNLY_SCREENSHOTS") == "docs":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SCREENSHOTS
+    return Path(tempfile.mkdtemp(prefix="runly-screenshots-"))
+
+
 def screenshot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True, animations="disabled")
+    page.screenshot(path=screenshots_dir() / f"{name}.png", full_page=True, animations="disabled")
 
 
 def wait_for_state(page: Any, state: str) -> None:

@@ -6,7 +6,8 @@ Alarms (5-minute periods, missing data is not breaching):
 - age of the oldest message of each run queue above `alarms.oldest_message_age_seconds` (runs waiting for a node
   that never comes; set it above your longest run, whose message stays in the queue while it runs);
 - API 5xx answers; every function's errors and throttles; DynamoDB throttled reads and writes;
-- run events that could not be published after every retry.
+- run events that could not be published after every retry;
+- the reaper refused a lease index entry that is no run the API created (written with a node's credentials).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ PERIOD = cdk.Duration.minutes(5)
 # Emitted by functions.maintenance.reaper (namespace runly, service runly-reaper): one per ReapReport field.
 REAPER_SERVICE = "runly-reaper"
 REAPER_METRICS = ("ReaperRequeued", "ReaperFailed", "ReaperCancelled", "ReaperSkipped", "ReaperRefused")
+REAPER_REFUSED_METRIC = "ReaperRefused"
 # Emitted by the API function (functions.api.observability), once per run POST /runs or POST /runs/batch creates.
 API_SERVICE = "runly-api"
 API_ENQUEUED_METRIC = "RunsEnqueued"
@@ -138,6 +140,22 @@ class Observability(Construct):
             metric=table_throttles,
             threshold=1,
             comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        )
+        self._alarm(
+            "ReaperRefused",
+            name="reaper-refused",
+            description="The reaper found lease index entries that are no run the API created: items written with "
+            "a node's credentials (a node bug, or a stolen node key writing inside its environment). They were left "
+            "alone; the reaper's log names their keys.",
+            metric=cloudwatch.Metric(
+                namespace=run_metrics.NAMESPACE,
+                metric_name=REAPER_REFUSED_METRIC,
+                dimensions_map={"service": REAPER_SERVICE},
+                statistic="Sum",
+                period=PERIOD,
+            ),
+            threshold=0,
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
         )
         if undeliverable_events is not None:
             self._alarm(

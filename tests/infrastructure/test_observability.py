@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from functions.events.metrics import NAMESPACE, RUN_STATE_METRICS, SERVICE
-from infrastructure.observability import API_ENQUEUED_METRIC, API_SERVICE, REAPER_METRICS
+from infrastructure.observability import API_ENQUEUED_METRIC, API_SERVICE, REAPER_METRICS, REAPER_SERVICE
 from infrastructure.settings import StageSettings
 from runly_core import resources
 from runly_core.contracts import TERMINAL_STATES
@@ -198,3 +198,20 @@ def test_the_enqueue_count_on_the_dashboard_is_the_one_the_api_emits() -> None:
     from functions.api.observability import SERVICE as API_FUNCTION_SERVICE
 
     assert (METRICS_NAMESPACE, API_FUNCTION_SERVICE) == (NAMESPACE, API_SERVICE)
+
+
+def test_reaper_metrics_are_the_reaper_reports_fields_and_a_refused_entry_alarms(
+    alarms: dict[str, dict[str, Any]],
+) -> None:
+    import dataclasses
+
+    from functions.logic.maintenance import ReapReport
+    from functions.maintenance import reaper
+
+    # The reaper emits one metric per ReapReport field, under its own service: the names the dashboard and the
+    # alarm read must be exactly those (a renamed field would leave a graph, or the alarm, on a metric never sent).
+    assert REAPER_METRICS == tuple(f"Reaper{field.name.capitalize()}" for field in dataclasses.fields(ReapReport))
+    assert (reaper.metrics.namespace, reaper.metrics.service) == (NAMESPACE, REAPER_SERVICE)
+    alarm = alarms["reaper-refused"]
+    assert _metrics(alarm) == {"metric": (NAMESPACE, "ReaperRefused", REAPER_SERVICE)}
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")

@@ -16,8 +16,9 @@ Both wall time and the interpreter's CPU time are kept: on a loaded machine wall
 less. Bytecode: the interpreters compile into a cache directory of their own (PYTHONPYCACHEPREFIX), filled
 by one warm-up import, so the figures are those of a deployment whose asset carries its .pyc files. A second,
 smaller measurement imports the API and authorizer modules with no bytecode cache for the project and its
-dependencies (the standard library keeps its .pyc), which is what the Lambda asset pays today: it ships no .pyc
-(infrastructure/lambda_asset.py) and /var/task is read-only, so every cold start compiles them.
+dependencies (the standard library keeps its .pyc), which is what an asset without bytecode would pay: /var/task
+is read-only, so every cold start would compile them. The asset ships unchecked-hash .pyc files compiled for the
+runtime's Python (infrastructure/lambda_asset.compile_bytecode), so the first figures are the deployed ones.
 
 ``bench/function_cold_start_before.json`` holds the figures measured before issue 15's changes (the report's
 "before" column); ``--save`` writes a run's figures in that form.

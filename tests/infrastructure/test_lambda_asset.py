@@ -40,7 +40,26 @@ def test_asset_holds_the_handler_and_the_packages_but_no_tests_or_caches(
     # The dashboard the API function serves (functions/api/routers/dashboard.py) ships in the same asset.
     assert {"functions/dashboard/index.html", "functions/dashboard/app.js", "functions/dashboard/app.css"} <= files
     assert not [file for file in files if file.split("/")[0] in {"tests", ".venv", "node_agent", "infrastructure"}]
-    assert not [file for file in files if "__pycache__" in file or file.endswith(".pyc")]
+    # Every module ships compiled for the runtime (its /var/task is read-only: nothing is compiled there), as an
+    # unchecked-hash pyc of exactly the asset's source (never a stale one from the checkout), naming /var/task.
+    import importlib.util
+    import marshal
+    import sys
+
+    sources = sorted(file for file in files if file.endswith(".py"))
+    assert sources
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != lambda_asset.PYTHON_VERSION:
+        assert not [file for file in files if file.endswith(".pyc")]  # another Python's pycs would be dead weight
+        return
+    for source in sources:
+        pyc = importlib.util.cache_from_source(source)
+        assert pyc in files, f"{source} ships no bytecode"
+        data = (asset_dir / pyc).read_bytes()
+        flags = int.from_bytes(data[4:8], "little")
+        assert data[:4] == importlib.util.MAGIC_NUMBER and flags == 0b01, f"{pyc}: not an unchecked-hash pyc"
+        assert data[8:16] == importlib.util.source_hash((asset_dir / source).read_bytes()), f"{pyc} is stale"
+        assert marshal.loads(data[16:]).co_filename == f"{lambda_asset.TASK_ROOT}/{source}"
+    assert {file for file in files if file.endswith(".pyc")} == {importlib.util.cache_from_source(f) for f in sources}
 
 
 def _copy_of_repo(tmp_path: Path) -> Path:

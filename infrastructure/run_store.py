@@ -8,7 +8,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infrastructure.nag import acknowledge_scoped_wildcard
-from runly_core.resources import PARTITION_KEY, SORT_KEY, TABLE_INDEXES, TTL_ATTRIBUTE, IndexSpec
+from runly_core.resources import TTL_ATTRIBUTE, IndexSpec, table_definition
 
 # Lambda's stream poller calls these (AWSLambdaDynamoDBExecutionRole holds the same four).
 STREAM_READ_ACTIONS = ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"]
@@ -18,16 +18,23 @@ def _string(name: str) -> dynamodb.Attribute:
     return dynamodb.Attribute(name=name, type=dynamodb.AttributeType.STRING)
 
 
+def _key(schema: list[dict[str, str]], kind: str) -> dynamodb.Attribute:
+    # Every key attribute of the table is a string (runly_core.resources.table_definition).
+    return _string(next(key["AttributeName"] for key in schema if key["KeyType"] == kind))
+
+
 class RunStore(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, table_name: str) -> None:
         super().__init__(scope, construct_id)
+        # Keys, indexes, projections and billing from the one definition the embedded stack creates its table from.
+        definition = table_definition(table_name)
         self.table = dynamodb.Table(
             self,
             "Table",
-            table_name=table_name,
-            partition_key=_string(PARTITION_KEY),
-            sort_key=_string(SORT_KEY),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            table_name=definition["TableName"],
+            partition_key=_key(definition["KeySchema"], "HASH"),
+            sort_key=_key(definition["KeySchema"], "RANGE"),
+            billing_mode=dynamodb.BillingMode(definition["BillingMode"]),
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
@@ -39,12 +46,14 @@ class RunStore(Construct):
             deletion_protection=True,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
-        for index in TABLE_INDEXES:
+        for index in definition["GlobalSecondaryIndexes"]:
+            projection = index["Projection"]
             self.table.add_global_secondary_index(
-                index_name=index.name,
-                partition_key=_string(index.partition_key),
-                sort_key=_string(index.sort_key),
-                projection_type=dynamodb.ProjectionType.ALL,
+                index_name=index["IndexName"],
+                partition_key=_key(index["KeySchema"], "HASH"),
+                sort_key=_key(index["KeySchema"], "RANGE"),
+                projection_type=dynamodb.ProjectionType(projection["ProjectionType"]),
+                non_key_attributes=projection.get("NonKeyAttributes"),
             )
 
     def grant_read_write(self, grantee: iam.IGrantable) -> None:

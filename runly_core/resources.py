@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
@@ -21,21 +22,72 @@ TTL_ATTRIBUTE = "expires_at"
 
 
 class IndexSpec(BaseModel):
+    """A global secondary index: its keys and what it projects (docs/store.md, "The indexes"). Every index write is
+    billed by the size of its projected entry, so an index projects only what its query reads: KEYS_ONLY (the
+    reader reads the items it needs from the table) or INCLUDE of ``non_key_attributes``."""
+
     model_config = ConfigDict(frozen=True)
 
     name: str
     partition_key: str
     sort_key: str
+    projection: Literal["KEYS_ONLY", "INCLUDE", "ALL"] = "KEYS_ONLY"
+    non_key_attributes: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _attributes_only_with_include(self) -> IndexSpec:
+        if (self.projection == "INCLUDE") != bool(self.non_key_attributes):
+            raise ValueError(f"index {self.name}: non_key_attributes go with (and only with) an INCLUDE projection")
+        return self
+
+    @property
+    def projected(self) -> dict[str, Any]:
+        """The index's Projection as DynamoDB's CreateTable takes it."""
+        projection: dict[str, Any] = {"ProjectionType": self.projection}
+        if self.non_key_attributes:
+            projection["NonKeyAttributes"] = list(self.non_key_attributes)
+        return projection
 
 
 # Runs of an environment, newest first (search, dashboard).
-RUNS_BY_ENVIRONMENT = IndexSpec(name="runs-by-environment", partition_key="gsi1pk", sort_key="gsi1sk")
+RUNS_BY_ENVIRONMENT = IndexSpec(name="runs-by-environment", partition_key="gsi1pk", sort_key="gsi1sk", projection="ALL")
 # Runs that hold a lease, by lease expiry (the reaper's query). Sparse: only leased runs carry it.
-RUNS_BY_LEASE = IndexSpec(name="runs-by-lease", partition_key="gsi2pk", sort_key="gsi2sk")
+RUNS_BY_LEASE = IndexSpec(name="runs-by-lease", partition_key="gsi2pk", sort_key="gsi2sk", projection="ALL")
 # Small sets of items listed whole, by kind (API keys, nodes), so listing them never scans the runs.
 # Sparse: only the items that list themselves carry it (see runly_core.records).
-ITEMS_BY_KIND = IndexSpec(name="items-by-kind", partition_key="gsi3pk", sort_key="gsi3sk")
+ITEMS_BY_KIND = IndexSpec(name="items-by-kind", partition_key="gsi3pk", sort_key="gsi3sk", projection="ALL")
 TABLE_INDEXES: tuple[IndexSpec, ...] = (RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, ITEMS_BY_KIND)
+TABLE_BILLING_MODE = "PAY_PER_REQUEST"
+
+
+def table_definition(table_name: str) -> dict[str, Any]:
+    """The table's keys, indexes and billing as DynamoDB's CreateTable takes them: the embedded stack creates the
+    table from it (runly_cli.embedded.aws) and the CDK construct builds its table from it (infrastructure.run_store),
+    so the two cannot disagree on a key, an index or a projection. Every key attribute is a string."""
+    attributes = {PARTITION_KEY, SORT_KEY}
+    for index in TABLE_INDEXES:
+        attributes |= {index.partition_key, index.sort_key}
+    return {
+        "TableName": table_name,
+        "BillingMode": TABLE_BILLING_MODE,
+        "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"} for name in sorted(attributes)],
+        "KeySchema": [
+            {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
+            {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": index.name,
+                "KeySchema": [
+                    {"AttributeName": index.partition_key, "KeyType": "HASH"},
+                    {"AttributeName": index.sort_key, "KeyType": "RANGE"},
+                ],
+                "Projection": index.projected,
+            }
+            for index in TABLE_INDEXES
+        ],
+    }
+
 
 # SQS: one queue and one dead-letter queue per environment.
 QUEUE_VISIBILITY_TIMEOUT_SECONDS = 60  # the first lease; agents extend it by heartbeat

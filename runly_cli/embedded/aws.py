@@ -16,30 +16,7 @@ def create_resources(
 ) -> dict[str, str]:
     """Create table, queues and bucket; returns environment name -> queue URL."""
     dynamodb = session.client("dynamodb", endpoint_url=endpoint_url)
-    attributes = {r.PARTITION_KEY, r.SORT_KEY}
-    for index in r.TABLE_INDEXES:
-        attributes |= {index.partition_key, index.sort_key}
-    dynamodb.create_table(
-        TableName=names.table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
-        KeySchema=[
-            {"AttributeName": r.PARTITION_KEY, "KeyType": "HASH"},
-            {"AttributeName": r.SORT_KEY, "KeyType": "RANGE"},
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": index.name,
-                "KeySchema": [
-                    {"AttributeName": index.partition_key, "KeyType": "HASH"},
-                    {"AttributeName": index.sort_key, "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-            for index in r.TABLE_INDEXES
-        ],
-        SSESpecification={"Enabled": True},
-    )
+    dynamodb.create_table(**r.table_definition(names.table), SSESpecification={"Enabled": True})
     dynamodb.update_time_to_live(
         TableName=names.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": r.TTL_ATTRIBUTE}
     )

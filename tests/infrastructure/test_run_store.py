@@ -9,44 +9,30 @@ from runly_core import resources
 from tests.infrastructure.cfn import resources_of_type
 
 
-def test_table_has_the_keys_indexes_and_ttl_of_runly_resources(
-    template: Template, stage_settings: StageSettings
+def test_table_is_built_from_the_one_table_definition(
+    template_json: dict[str, Any], stage_settings: StageSettings
 ) -> None:
+    # The embedded stack creates its table from resources.table_definition too
+    # (tests/integration/test_table_definition.py): the deployed keys, indexes and projections are exactly those.
     names = stage_settings.resource_names(account="any", region="any")
-    template.has_resource_properties(
-        "AWS::DynamoDB::Table",
-        {
-            "TableName": names.table,
-            "KeySchema": [
-                {"AttributeName": resources.PARTITION_KEY, "KeyType": "HASH"},
-                {"AttributeName": resources.SORT_KEY, "KeyType": "RANGE"},
-            ],
-            "GlobalSecondaryIndexes": Match.array_equals(
-                [
-                    {
-                        "IndexName": index.name,
-                        "KeySchema": [
-                            {"AttributeName": index.partition_key, "KeyType": "HASH"},
-                            {"AttributeName": index.sort_key, "KeyType": "RANGE"},
-                        ],
-                        "Projection": {"ProjectionType": "ALL"},
-                    }
-                    for index in resources.TABLE_INDEXES
-                ]
-            ),
-            "TimeToLiveSpecification": {"AttributeName": resources.TTL_ATTRIBUTE, "Enabled": True},
-        },
-    )
-
-
-def test_every_key_attribute_is_a_string_as_in_the_embedded_stack(template_json: dict[str, Any]) -> None:
-    # runly_cli.embedded.aws creates the same table with every key attribute typed S; the two must not drift.
-    key_attributes = {resources.PARTITION_KEY, resources.SORT_KEY}
-    for index in resources.TABLE_INDEXES:
-        key_attributes |= {index.partition_key, index.sort_key}
+    definition = resources.table_definition(names.table)
     [table] = resources_of_type(template_json, "AWS::DynamoDB::Table").values()
-    definitions = table["Properties"]["AttributeDefinitions"]
-    assert {d["AttributeName"]: d["AttributeType"] for d in definitions} == dict.fromkeys(key_attributes, "S")
+    properties = table["Properties"]
+    assert properties["TableName"] == definition["TableName"]
+    assert properties["BillingMode"] == definition["BillingMode"]
+    assert properties["KeySchema"] == definition["KeySchema"]
+    assert (
+        sorted(properties["AttributeDefinitions"], key=lambda a: a["AttributeName"])
+        == (definition["AttributeDefinitions"])
+    )
+    assert properties["GlobalSecondaryIndexes"] == definition["GlobalSecondaryIndexes"]
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": resources.TTL_ATTRIBUTE, "Enabled": True}
+
+
+def test_every_index_projects_only_what_its_readers_read(template_json: dict[str, Any]) -> None:
+    [table] = resources_of_type(template_json, "AWS::DynamoDB::Table").values()
+    projections = {index["IndexName"]: index["Projection"] for index in table["Properties"]["GlobalSecondaryIndexes"]}
+    assert projections == {index.name: index.projected for index in resources.TABLE_INDEXES}
 
 
 def test_table_is_on_demand_recoverable_encrypted_and_protected(template: Template) -> None:

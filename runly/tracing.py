@@ -128,11 +128,13 @@ class Traced:
         if self.span is not None:
             self.span.set_attribute(key, value)
 
-    def fail(self, description: str) -> None:
-        """Mark the span as failed (OpenTelemetry status ERROR), with why."""
+    def fail(self, description: str, exception: BaseException | None = None) -> None:
+        """Mark the span as failed (OpenTelemetry status ERROR), with why (and the exception, as an event)."""
         if self.span is not None:
             from opentelemetry.trace import Status, StatusCode
 
+            if exception is not None:
+                self.span.record_exception(exception)
             self.span.set_status(Status(StatusCode.ERROR, description))
 
 
@@ -149,6 +151,15 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def in_span() -> bool:
+    """Whether this thread's context has a span (a span started on another thread is not current here)."""
+    if "opentelemetry.trace" not in sys.modules:
+        return False
+    from opentelemetry import trace
+
+    return bool(trace.get_current_span().get_span_context().is_valid)
 
 
 def _parent_context(parent: TraceParent | None) -> Any:

@@ -162,6 +162,16 @@ def in_span() -> bool:
     return bool(trace.get_current_span().get_span_context().is_valid)
 
 
+def current_traceparent() -> TraceParent | None:
+    """The trace context of the span current on this thread, if OpenTelemetry is in use here (an application's
+    request handler): what a client hands on when the caller gives none."""
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    from opentelemetry import trace
+
+    return traceparent_of(trace.get_current_span())
+
+
 def _parent_context(parent: TraceParent | None) -> Any:
     """An OpenTelemetry context whose current span is ``parent`` (remote), or the current context."""
     if parent is None:

@@ -21,6 +21,7 @@ from node_agent.isolation import Isolation
 from node_agent.job_process import job_environment
 from node_agent.package_cache import PackageCache
 from node_agent.settings import AgentSettings
+from runly import tracing
 
 
 def release_startup_memory() -> None:
@@ -77,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
             user=isolation.user,
             limits=isolation.node_limits if isolation.mechanism.cgroups is None else None,
         )
+    # The runs' spans (queued, claim, package ready, job run), exported where OTEL_* asks (runly.tracing).
+    flush_spans = tracing.configure("runly-agent")
     agent = Agent(settings, aws, cache, hosts=hosts, isolation=isolation)
     agent.install_signal_handlers()
     release_startup_memory()
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        flush_spans()
     if agent.fatal_error is not None:
         print(f"runly agent stopped: {agent.fatal_error}", file=sys.stderr)
         return EXIT_CANNOT_RECEIVE

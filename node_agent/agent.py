@@ -30,8 +30,8 @@ from node_agent.logs import ship_leftovers
 from node_agent.package_cache import PackageCache
 from node_agent.run_messages import MessageKeeper, hold_message
 from node_agent.settings import AgentSettings
-from node_agent.supervisor import RunSupervisor
-from runly import __version__
+from node_agent.supervisor import RunSupervisor, run_attributes
+from runly import __version__, tracing
 from runly.wire import LeaseMessage
 from runly_core.contracts import RunState
 from runly_core.records import NodeRecord, RunRecord, iso, utcnow
@@ -345,6 +345,7 @@ class Agent:
             self.aws.set_visibility(delivery, 30)
             return
         run_id = delivery.message.run_id
+        claim_started_ns = time.time_ns()
         try:
             # A lease as long as the message stays hidden, counted from when it was handed out: it ends
             # (LEASE_MARGIN_MS) before the message can reappear. The first heartbeat extends both.
@@ -366,6 +367,7 @@ class Agent:
             log.exception("claiming %s failed; it comes back after its visibility timeout", run_id)
             return
         log.info("run %s: claimed as attempt %d", run_id, record.attempt)
+        self._trace_claim(record, claim_started_ns, time.time_ns())
         supervisor = self._new_supervisor(
             settings=self.settings,
             aws=self.aws,
@@ -383,6 +385,26 @@ class Agent:
         with self._lock:
             self._active[run_id] = (supervisor, thread)
         thread.start()
+
+    def _trace_claim(self, record: RunRecord, claim_started_ns: int, claimed_ns: int) -> None:
+        """The run's time in the queue (from its creation, or its previous attempt's end, to this claim) and the
+        claim itself, as spans of the run's trace: known only once the claim has read the run, so recorded after."""
+        trace = record.trace
+        if trace is None or not tracing.available():
+            return
+        attributes = run_attributes(record, self.settings.node_id)
+        previous = record.attempts[-2] if len(record.attempts) > 1 else None
+        # Since its previous attempt ended (a retry), or started (a lost node's, ended by this takeover).
+        waited_from = (previous.ended_at or previous.started_at) if previous is not None else None
+        queued_since = waited_from or datetime.fromisoformat(record.created_at)
+        tracing.record_span(
+            "queued", parent=trace, start_time_ns=int(queued_since.timestamp() * 1e9), end_time_ns=claim_started_ns,
+            attributes=attributes, tracer_name="runly-agent",
+        )  # fmt: skip
+        tracing.record_span(
+            "claim", parent=trace, start_time_ns=claim_started_ns, end_time_ns=claimed_ns, attributes=attributes,
+            tracer_name="runly-agent",
+        )  # fmt: skip
 
     def _hand_over(self, leased: RunRecord, delivery: Delivery) -> None:
         """A message of a run that a live attempt holds (a replacement sent before SQS's in-flight cap, or a

@@ -33,7 +33,17 @@ from node_agent.channel import AgentChannel, CheckpointHandler, Violation
 from node_agent.fork_servers import CAN_PASS_VALUES, HostedProcess, WarmHost, WarmHostError
 from node_agent.isolation import Isolation
 from node_agent.process_tree import RunLimits, RunTree
-from runly.wire import ACK_ENV, CHANNEL_ENV, SPEC_ENV, ErrorMessage, LeaseMessage, Progress, ResultMessage, RunSpec
+from runly.wire import (
+    ACK_ENV,
+    CHANNEL_ENV,
+    SPEC_ENV,
+    TRACEPARENT_ENV,
+    ErrorMessage,
+    LeaseMessage,
+    Progress,
+    ResultMessage,
+    RunSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,9 @@ class JobProcess:
     # The job's declared variables and secrets (node_agent.job_values): in this process's environment and nowhere
     # else; a warm host's child gets them in its spawn request, the host itself never.
     values: Mapping[str, str] = field(default_factory=dict)
+    # The trace context the job continues (TRACEPARENT): the agent's span of this job run. None: the job gets none,
+    # not even one the agent itself was started with.
+    traceparent: str | None = None
     _process: subprocess.Popen[bytes] | HostedProcess | None = None
     _channel: AgentChannel | None = None
     _killed: bool = False
@@ -95,6 +108,11 @@ class JobProcess:
         ack_read, ack_write = os.pipe()
         env = dict(self.env) if self.env is not None else job_environment()
         env[SPEC_ENV] = str(spec_path)
+        env.pop(TRACEPARENT_ENV, None)
+        if self.traceparent is not None:
+            env[TRACEPARENT_ENV] = self.traceparent
+            # The job's spans are its package's service, not the agent's (whose OTEL_SERVICE_NAME it inherits).
+            env["OTEL_SERVICE_NAME"] = self.spec.package
         user = isolation.user if isolation is not None else None
         if self._tree is not None and self._tree.uses_rlimits:
             # Under RLIMIT_AS each thread's malloc arena reserves 64 MiB of address space: keep them few.

@@ -27,6 +27,7 @@ from node_agent.package_cache import PackageCache, PackageDownloadError
 from node_agent.process_tree import RunLimits
 from node_agent.run_messages import hold_message
 from node_agent.settings import AgentSettings
+from runly import tracing
 from runly.runner import EXIT_AGENT_GONE, EXIT_JOB_NOT_LOADED, EXIT_LEASE_EXPIRED, JOB_NOT_LOADED
 from runly.sizes import LIMIT_ERRORS, NotJson, ValueTooLarge
 from runly.wire import Checkpoint, CheckpointMessage, JobSpec, LeaseMessage, Progress, RunSpec
@@ -49,6 +50,19 @@ def retry_delay(attempt: int, *, base: int, cap: int) -> int:
     """Seconds before a run's next attempt after attempt number ``attempt`` (from 1) failed: exponential, capped,
     with equal jitter (never under half the ceiling), so a burst of failures does not retry in step."""
     return int(backoff.delay(attempt - 1, base=base, cap=cap, least=0.5))
+
+
+def run_attributes(record: RunRecord, node_id: str) -> dict[str, str | int]:
+    """What the agent's spans of a run say about it (OpenTelemetry attributes, ``runly.*``)."""
+    return {
+        "runly.run_id": record.run_id,
+        "runly.attempt": record.attempt,
+        "runly.environment": record.environment,
+        "runly.package": record.package,
+        "runly.version": record.version,
+        "runly.job": record.job,
+        "runly.node_id": node_id,
+    }
 
 
 @dataclass
@@ -131,12 +145,17 @@ class RunSupervisor:
     def _run(self, work_dir: Any) -> None:
         record = self.record
         phase_started = time.monotonic()
+        attributes = run_attributes(record, self.node_id)
         try:
             # Checked file by file unless a warm host already runs from it (it was checked when that host started).
             verify = self.hosts is None or not self.hosts.live(record.bundle_sha256)
-            installed = self.cache.ensure(
-                record.bundle_sha256, lambda path: self.aws.download(record.bundle_key, path), verify=verify
-            )
+            with tracing.span(
+                "package ready", parent=record.trace, attributes=attributes, tracer_name="runly-agent"
+            ) as ready:
+                installed = self.cache.ensure(
+                    record.bundle_sha256, lambda path: self.aws.download(record.bundle_key, path), verify=verify
+                )
+                ready.set_attribute("runly.package.cached", installed.cached)
         except PackageDownloadError as exc:
             # The feed, not the package, failed: worth another attempt.
             self._fail(
@@ -185,24 +204,33 @@ class RunSupervisor:
             hosts = self.hosts
             host = hosts.acquire(installed.sha256, installed.python) if hosts is not None else None
             try:
-                self.process = JobProcess(
-                    spec=spec, python=installed.python, work_dir=work_dir, log_path=self.spool.log_path,
-                    on_checkpoint=self._on_checkpoint, warm_host=host,
-                    on_warm_host_failure=hosts.broken if hosts is not None else None, isolation=self.isolation,
-                    limits=self._limits(job), values=values.env,
-                )  # fmt: skip
-                try:
-                    self.process.start()
-                    self.job_started = time.monotonic()
-                except OSError as exc:  # the node's fault (permissions, resources), not the package's: retried
-                    self._fail(FailureReason.PROCESS_CRASH, {"message": f"the job process could not start: {exc}"})
-                    return
-                with self._lease_lock:
-                    lease = self.lease
-                if lease is not None and lease != spec.lease:
-                    self.process.send_lease(lease)  # renewed between the spec and the process
-                timed_out = self._wait()
-                outcome = self.process.outcome()
+                # The job process continues the trace from this span (TRACEPARENT): its own span is its child.
+                with tracing.span(
+                    "job run", parent=record.trace, attributes=attributes, tracer_name="runly-agent"
+                ) as run:
+                    self.process = JobProcess(
+                        spec=spec, python=installed.python, work_dir=work_dir, log_path=self.spool.log_path,
+                        on_checkpoint=self._on_checkpoint, warm_host=host,
+                        on_warm_host_failure=hosts.broken if hosts is not None else None, isolation=self.isolation,
+                        limits=self._limits(job), values=values.env,
+                        traceparent=str(run.traceparent) if run.traceparent else None,
+                    )  # fmt: skip
+                    try:
+                        self.process.start()
+                        self.job_started = time.monotonic()
+                    except OSError as exc:  # the node's fault (permissions, resources), not the package's: retried
+                        run.fail(f"the job process could not start: {exc}")
+                        self._fail(FailureReason.PROCESS_CRASH, {"message": f"the job process could not start: {exc}"})
+                        return
+                    with self._lease_lock:
+                        lease = self.lease
+                    if lease is not None and lease != spec.lease:
+                        self.process.send_lease(lease)  # renewed between the spec and the process
+                    timed_out = self._wait()
+                    outcome = self.process.outcome()
+                    run.set_attribute("runly.exit_code", outcome.exit_code)
+                    if timed_out or outcome.exit_code != 0:
+                        run.fail("timed out" if timed_out else describe_exit(outcome.exit_code))
             finally:
                 if host is not None and hosts is not None:
                     hosts.release(host)

@@ -12,15 +12,17 @@ job-defined checkpoints (``self.checkpoint(state)``, returned to a resumed attem
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from runly import sizes
+from runly import sizes, tracing
 from runly.wire import Checkpoint, Progress
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -49,6 +51,9 @@ class JobContext(BaseModel):
     run_id: str
     attempt: int
     checkpoint: Checkpoint | None = None
+    # The W3C trace context of the job's span (runly.tracing), or of the agent's span of the run where nothing
+    # records spans here: hand it on (a ``traceparent`` header) to what the job calls, to keep them in the trace.
+    traceparent: str | None = None
 
 
 class CheckpointRefused(Exception):
@@ -347,6 +352,23 @@ class Job(Generic[ConfigT]):
         if self.limit_exceeded is not None:
             raise self.limit_exceeded
         return written
+
+    @contextlib.contextmanager
+    def span(self, name: str, **attributes: str | int | float | bool) -> Iterator[Any]:
+        """A span of the job's own work (an item, a call), in the run's trace: ``with self.span("resize", item=id):``.
+
+        It is a child of the span current on this thread, or else of the job's span (items processed on threads of
+        their own start from it too). Yields the OpenTelemetry span (None where OpenTelemetry is not installed or
+        exports nothing: then the block runs and nothing is recorded). An exception leaving the block is recorded.
+        """
+        parent = None if tracing.in_span() else self._job_trace
+        with tracing.span(name, parent=parent, attributes=attributes, tracer_name=type(self).__module__) as traced:
+            yield traced.span
+
+    @property
+    def _job_trace(self) -> tracing.TraceParent | None:
+        traceparent = self.context.traceparent
+        return tracing.TraceParent.parse(traceparent) if traceparent else None
 
     def report_progress(self, done: int | None = None, total: int | None = None, message: str | None = None) -> None:
         """For a one-action job: how far it is (sent to the agent at most every ``progress_interval``).

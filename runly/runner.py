@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 
 from pydantic import BaseModel
 
-from runly import sizes
+from runly import sizes, tracing
 from runly.fencing import EXIT_AGENT_GONE, EXIT_LEASE_EXPIRED, AgentLink
 from runly.job import CheckpointRefused, Job, JobCancelled, JobContext
 from runly.limits import (
@@ -39,6 +39,7 @@ from runly.wire import (
     ACK_ENV,
     CHANNEL_ENV,
     SPEC_ENV,
+    TRACEPARENT_ENV,
     AckMessage,
     CheckpointMessage,
     ErrorMessage,
@@ -229,8 +230,11 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
     pass
 
 
-def run_job(spec: RunSpec, channel: Channel, *, handle_signals: bool = False) -> int:
+def run_job(spec: RunSpec, channel: Channel, *, handle_signals: bool = False, traceparent: str | None = None) -> int:
     """Run one job to its end and report it on the channel; return the process's exit code.
+
+    ``traceparent`` (the agent's span of this run, TRACEPARENT): the job's span continues it, where OpenTelemetry is
+    installed (runly.tracing); the job sees it as ``context.traceparent`` either way.
 
     Exit codes: 0 a ResultMessage was sent; 1 the job failed (ErrorMessage); 4 the job stopped
     on cancellation (ErrorMessage of type JobCancelled); 5 a checkpoint was refused (lease lost);
@@ -244,9 +248,37 @@ def run_job(spec: RunSpec, channel: Channel, *, handle_signals: bool = False) ->
         _send_quietly(channel, ErrorMessage(type=JOB_NOT_LOADED, message=message, traceback=traceback.format_exc()))
         traceback.print_exc()
         return EXIT_JOB_NOT_LOADED
+    attributes: dict[str, str | int] = {
+        "runly.run_id": spec.run_id,
+        "runly.attempt": spec.attempt,
+        "runly.job": spec.job,
+    }
+    with tracing.span(f"job {spec.job}", parent=_trace_parent(traceparent), attributes=attributes) as traced:
+        code = _execute(cls, spec, channel, handle_signals=handle_signals, traced=traced)
+        if code not in (EXIT_OK, EXIT_JOB_FAILED):  # a failure has its status already, with the exception
+            traced.fail(f"the job ended with exit code {code}")
+        return code
+
+
+def _trace_parent(traceparent: str | None) -> tracing.TraceParent | None:
+    if traceparent is None:
+        return None
+    try:
+        return tracing.TraceParent.parse(traceparent)
+    except tracing.InvalidTraceParent as exc:
+        logging.getLogger("runly.runner").warning("%s ignored (%s): a new trace", TRACEPARENT_ENV, exc)
+        return None
+
+
+def _execute(
+    cls: type[Job[Any]], spec: RunSpec, channel: Channel, *, handle_signals: bool, traced: tracing.Traced
+) -> int:
     lease_lost = False
     try:
-        context = JobContext(run_id=spec.run_id, attempt=spec.attempt, checkpoint=spec.checkpoint)
+        context = JobContext(
+            run_id=spec.run_id, attempt=spec.attempt, checkpoint=spec.checkpoint,
+            traceparent=str(traced.traceparent) if traced.traceparent else None,
+        )  # fmt: skip
         job = cls(cls.parse_config(spec.config), context)
         if handle_signals:
             install_cancel_handler(job)
@@ -259,6 +291,7 @@ def run_job(spec: RunSpec, channel: Channel, *, handle_signals: bool = False) ->
         print(f"job cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
     except BaseException as exc:  # noqa: BLE001 - every failure of user code is reported, then the process ends
+        traced.fail(f"{type(exc).__name__}: {exc}", exc)
         _send_quietly(channel, error_message(type(exc).__name__, str(exc), traceback.format_exc()))
         traceback.print_exc()
         return EXIT_JOB_FAILED
@@ -305,12 +338,18 @@ def run_main() -> int:
     # From here on, the process ends itself when its agent goes or its lease runs out (runly.fencing).
     link = AgentLink(os.fdopen(int(os.environ[ACK_ENV]), "rb"), spec.lease) if ACK_ENV in os.environ else None
     stream = os.fdopen(int(os.environ[CHANNEL_ENV]), "w", encoding="utf-8")
+    traceparent = os.environ.get(TRACEPARENT_ENV)
+    # Where OpenTelemetry is installed and OTEL_* asks for export (the agent's, inherited): the job's spans, as the
+    # package's service. Flushed below, also before a lease-lost exit; a self-fenced exit (runly.fencing) drops them.
+    flush_spans = tracing.configure(spec.package) if traceparent is not None else None
     try:
         channel = Channel(stream, link)
         if link is not None and spec.lease is not None:
             channel.send(HelloMessage())  # before any job code: every renewal from now on reaches the watchdog
-        code = run_job(spec, channel, handle_signals=True)
+        code = run_job(spec, channel, handle_signals=True, traceparent=traceparent)
     finally:
+        if flush_spans is not None:
+            flush_spans()
         # The agent may be gone, leaving a line a failed send kept in the buffer: closing must not raise over the
         # exit code (it would turn "lease lost" into a crash).
         try:

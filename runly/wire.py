@@ -40,6 +40,9 @@ JOB_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
 SPEC_ENV = "RUNLY_RUN_SPEC"
 CHANNEL_ENV = "RUNLY_CHANNEL_FD"
 ACK_ENV = "RUNLY_ACK_FD"
+# The run's W3C trace context (runly.tracing), whose parent is the agent's span of the job's run: the name
+# OpenTelemetry's proposal for environment-variable carriers uses, so tools the job starts continue the trace too.
+TRACEPARENT_ENV = "TRACEPARENT"
 
 
 class Strict(BaseModel):

@@ -49,6 +49,7 @@ import httpx
 from pydantic import BaseModel
 
 import runly_core
+from runly import tracing
 from runly_core import backoff
 from runly_core.bundle import read_manifest, sha256_file
 from runly_core.contracts import (
@@ -208,6 +209,12 @@ def retry_after_seconds(response: httpx.Response, *, now: datetime | None = None
 
 
 # ---------------------------------------------------------------- the steps of an operation
+
+
+def _with_trace(headers: dict[str, str], traceparent: str | None) -> dict[str, str]:
+    """``headers`` with the trace the runs continue: the caller's, else the current OpenTelemetry span's, if any."""
+    trace = traceparent or (str(current) if (current := tracing.current_traceparent()) else None)
+    return {**headers, tracing.TRACEPARENT_HEADER: trace} if trace else headers
 
 
 @dataclass(frozen=True)
@@ -405,20 +412,30 @@ class _Operations:
         return (yield _Request("GET", f"/packages/{_q(name)}/versions/{_q(version)}", _model(PackageVersionView)))
 
     # runs
-    def enqueue(self, request: EnqueueRunRequest, *, idempotency_key: str | None = None) -> Operation[RunView]:
+    def enqueue(
+        self, request: EnqueueRunRequest, *, idempotency_key: str | None = None, traceparent: str | None = None
+    ) -> Operation[RunView]:
         """Enqueue a run. The same ``idempotency_key`` and request give back the run the first call created (for
         24 h): pass one derived from what asks for the run (a request id, an order id) to make a whole retry of
-        yours safe. Without one, a key is generated for this call, so that the client's own retries are safe."""
+        yours safe. Without one, a key is generated for this call, so that the client's own retries are safe.
+
+        ``traceparent`` (W3C trace context): the trace the run continues; by default the current OpenTelemetry
+        span's where the application uses OpenTelemetry, else none (the run starts a trace: its ``trace_id``)."""
         key = idempotency_key or (new_idempotency_key() if self.generate_idempotency_keys else None)
+        headers = {IDEMPOTENCY_HEADER: key} if key else {}
         return (
             yield _Request(
                 "POST", "/runs", _model(RunView), json=request.model_dump(mode="json", exclude_none=True),
-                headers={IDEMPOTENCY_HEADER: key} if key else {}, idempotent=key is not None,
+                headers=_with_trace(headers, traceparent), idempotent=key is not None,
             )
         )  # fmt: skip
 
     def enqueue_many(
-        self, requests: Sequence[EnqueueRunRequest], *, idempotency_keys: Sequence[str | None] | None = None
+        self,
+        requests: Sequence[EnqueueRunRequest],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+        traceparent: str | None = None,
     ) -> Operation[list[RunView]]:
         """Enqueue up to 100 runs in one request (POST /runs/batch); returns them in the order given.
 
@@ -437,7 +454,7 @@ class _Operations:
         ]
         answer = yield _Request(
             "POST", "/runs/batch", _model(EnqueueBatchResponse), json={"runs": items},
-            idempotent=all(key is not None for key in keys),
+            headers=_with_trace({}, traceparent), idempotent=all(key is not None for key in keys),
         )  # fmt: skip
         return answer.runs  # type: ignore[no-any-return]
 

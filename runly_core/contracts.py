@@ -199,6 +199,11 @@ class RunView(BaseModel):
     queued_reason: str | None = Field(default=None, description="why a Queued run has not started yet")
     requeued_from: str | None = Field(default=None, description="the run this one is a requeue of")
     schedule_id: str | None = Field(default=None, description="the schedule that enqueued it, if one did")
+    trace_id: str | None = Field(
+        default=None,
+        description="the W3C trace id of the run's trace (from the enqueue request's traceparent, else a new one): "
+        "the API's, the agent's and the job's spans are in it",
+    )
 
 
 class RunMessage(BaseModel):

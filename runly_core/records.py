@@ -13,8 +13,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, computed_field, field_validator
 
+from runly.tracing import TraceParent
 from runly.wire import JobSpec, Progress
 from runly_core.contracts import (
     AttemptView,
@@ -132,6 +133,16 @@ class RunRecord(BaseModel):
     requeued_from: str | None = None  # the run this one was requeued from
     retry_at: str | None = None  # when a Queued run that failed an attempt becomes visible again (agent)
     schedule_id: str | None = None  # the schedule that enqueued it
+    # The run's W3C trace context (runly.tracing): written once by the API, read by the agent that claims it; no
+    # node writes it (functions.nodes.policy.RUN_ATTRIBUTES), no heartbeat touches it.
+    traceparent: str | None = None
+
+    @field_validator("traceparent")
+    @classmethod
+    def _trace_context(cls, value: str | None) -> str | None:
+        if value is not None:
+            TraceParent.parse(value)  # an InvalidTraceParent is a ValueError: the item is no valid run record
+        return value
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> RunRecord:
@@ -157,7 +168,13 @@ class RunRecord(BaseModel):
             progress=Progress.model_validate_json(self.progress_json) if self.progress_json else None,
             requeued_from=self.requeued_from,
             schedule_id=self.schedule_id,
+            trace_id=self.trace.trace_id if self.trace else None,
         )
+
+    @property
+    def trace(self) -> TraceParent | None:
+        """The trace context the run continues (None for a run recorded before runs had one)."""
+        return TraceParent.parse(self.traceparent) if self.traceparent else None
 
 
 class PackageRecord(BaseModel):

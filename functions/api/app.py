@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.api import openapi
 from functions.api.auth import caller_from_event
-from functions.api.observability import capture_lambda_handler, count, logger, publish_metrics
+from functions.api.observability import capture_lambda_handler, count, flush_spans, logger, publish_metrics
 from functions.api.routers import dashboard, environments, keys, nodes, packages, runs, schedules
 from functions.logic.errors import (
     BadRequest,
@@ -235,3 +235,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return _refused_before_routing(event) or app.resolve(event, context)
     finally:
         publish_metrics()
+        flush_spans()

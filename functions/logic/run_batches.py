@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from functions.dal.queue import RunQueue
 from functions.dal.store import IdempotencyKeysTaken, Store
+from runly.tracing import TraceParent
 from runly_core.contracts import EnqueueBatchItem, EnqueueRunRequest, RunMessage, RunView
 from runly_core.records import IdempotencyRecord, PackageRecord, RunRecord, utcnow
 
@@ -51,15 +52,23 @@ def _about_item(position: int) -> Iterator[None]:
 
 
 def enqueue_many(
-    requests: Sequence[EnqueueBatchItem], *, store: Store, queue: RunQueue, owner: str
+    requests: Sequence[EnqueueBatchItem],
+    *,
+    store: Store,
+    queue: RunQueue,
+    owner: str,
+    trace: TraceParent | None = None,
 ) -> list[tuple[RunView, bool]]:
     """Record and dispatch the runs; returns each run (in request order) and whether this call created it.
+
+    Every new run continues ``trace``, the batch request's (one request, one trace); None: one new trace for all.
 
     Every item is checked (size, key, environment, version and pin, job, config schema; a key used before: the
     same body, else 409) before any run is written, so a bad item rejects the batch and loses nothing; the first
     bad item is the one named.
     """
     now = utcnow()
+    trace = trace or TraceParent.new()
     items = []
     for position, request in enumerate(requests):
         run_request = request.run_request()
@@ -98,7 +107,7 @@ def enqueue_many(
             if which not in packages:
                 packages[which] = runs.resolve_package(item.request, store=store, queue=queue)
             package, job = runs.resolve_job(item.request, store=store, queue=queue, package=packages[which])
-            item.record = runs.new_run(item.request, package, job, now=now)
+            item.record = runs.new_run(item.request, package, job, now=now, trace=trace)
             if item.key is not None:
                 item.key_record = runs.new_key(owner, item.key, item.fingerprint, item.record.run_id, now=now)
 

@@ -20,6 +20,7 @@ from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.store import IdempotencyKeyTaken, StateChanged, Store
 from runly.sizes import stored_json
+from runly.tracing import TraceParent
 from runly.wire import Checkpoint, JobSpec
 from runly_core.contracts import (
     IDEMPOTENCY_KEY,
@@ -183,8 +184,15 @@ def resolve_package(request: EnqueueRunRequest, *, store: Store, queue: RunQueue
 
 
 def new_run(
-    request: EnqueueRunRequest, package: PackageRecord, job: JobSpec, *, now: datetime, schedule_id: str | None = None
+    request: EnqueueRunRequest,
+    package: PackageRecord,
+    job: JobSpec,
+    *,
+    now: datetime,
+    schedule_id: str | None = None,
+    trace: TraceParent | None = None,
 ) -> RunRecord:
+    """A Queued run of ``request``, continuing ``trace`` (the enqueue's span; None: the root of a new trace)."""
     return RunRecord(
         run_id=new_run_id(request.environment),
         state=RunState.QUEUED,
@@ -200,6 +208,7 @@ def new_run(
         bundle_sha256=package.sha256,
         created_at=iso(now),
         schedule_id=schedule_id,
+        traceparent=str(trace or TraceParent.new()),
     )
 
 
@@ -222,12 +231,15 @@ def enqueue(
     owner: str,
     idempotency_key: str | None = None,
     schedule_id: str | None = None,
+    trace: TraceParent | None = None,
 ) -> tuple[RunView, bool]:
     """Record a run and dispatch it; returns the run and whether this call created it.
 
     With an Idempotency-Key, the first request creates the run and every later one with the same
     key and body (from the same API key, for 24 h) gets that run back; another body is a 409.
     ``schedule_id`` marks a run a schedule enqueued (its owner is then the schedule, its key the fire's time).
+    ``trace``: the trace context the run continues (the enqueue's span); None: a new trace. A replayed key's run
+    keeps the trace it was created in.
 
     The answer has no ``queued_reason``: a run just enqueued is waiting for its message to be received, and
     finding out whether a node could take it would cost a read of the environment's nodes on every enqueue.
@@ -243,7 +255,7 @@ def enqueue(
             return replay(existing, fingerprint, store=store, queue=queue), False
 
     package, job = resolve_job(request, store=store, queue=queue)
-    record = new_run(request, package, job, now=now, schedule_id=schedule_id)
+    record = new_run(request, package, job, now=now, schedule_id=schedule_id, trace=trace)
     key_record = None
     if idempotency_key is not None:
         key_record = new_key(owner, idempotency_key, fingerprint, record.run_id, now=now)
@@ -360,8 +372,10 @@ def requeue(
     queue: RunQueue,
     nodes: NodeStore,
     authorize: Authorize = allow_any,
+    trace: TraceParent | None = None,
 ) -> RunView:
-    """A new run of the same package version, job, config and limits, linked to the original.
+    """A new run of the same package version, job, config and limits, linked to the original, in ``trace`` (the
+    requeue request's; None: a new trace), not the original's: it is another request's work.
 
     With ``resume``, the original's last checkpoint is copied to the new run before its message is
     sent, so its first attempt starts where the original stopped (from scratch if it never checkpointed).
@@ -393,6 +407,7 @@ def requeue(
         bundle_sha256=original.bundle_sha256,
         created_at=iso(utcnow()),
         requeued_from=original.run_id,
+        traceparent=str(trace or TraceParent.new()),
     )
     store.create_run(record, checkpoint=copied)
     _dispatch(record, store=store, queue=queue)

@@ -116,6 +116,10 @@ def test_uv_is_found_beside_the_python_running_the_app() -> None:
 
 # What the Python Lambda runtime provides: boto3 and its dependencies.
 LAMBDA_RUNTIME_PACKAGES = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"}
+# Imported only where installed, never by importing a handler (runly.tracing imports it inside functions, after
+# checking it can; tests/unit/test_distributions.py holds every import of it to that): the asset does not ship it,
+# a layer may bring it (docs/observability.md).
+OPTIONAL_MODULES = {"opentelemetry"}
 
 
 def test_lambda_requirements_list_every_dependency_the_runtime_lacks() -> None:
@@ -174,7 +178,7 @@ def test_lambda_requirements_hold_every_module_the_handlers_import(template_json
     provided = {canonicalize_name(name) for name in [*_pins(REPO_ROOT / REQUIREMENTS), *LAMBDA_RUNTIME_PACKAGES]}
     unprovided = {
         module: distributions[module]
-        for module in imported - set(PACKAGES)
+        for module in imported - set(PACKAGES) - OPTIONAL_MODULES
         if module in distributions and not {canonicalize_name(d) for d in distributions[module]} & provided
     }
     assert ours and unprovided == {}

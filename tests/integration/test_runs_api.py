@@ -20,6 +20,7 @@ from functions.dal.queue import RunQueue
 from functions.dal.store import Store
 from functions.logic import run_logs, run_search, runs
 from node_agent.aws import AgentAws, ClaimRefused
+from runly.tracing import TraceParent
 from runly.wire import Checkpoint
 from runly_cli.embedded.gateway import Gateway
 from runly_client.client import ApiError, RunlyClient
@@ -112,6 +113,72 @@ def put_node(agent: AgentAws, node_id: str, *, environment: str = "default", fre
         **extra,
     }
     agent.put_node(NodeRecord(**fields))
+
+
+# ---------------------------------------------------------------- enqueue: the run's trace (runly.tracing)
+
+CALLER_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def stored_trace(names: resources.ResourceNames, run_id: str) -> TraceParent:
+    item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key(run_id))["Item"]
+    return TraceParent.parse(item["traceparent"])
+
+
+def test_a_run_continues_the_callers_trace(api: Api, greeter: dict[str, Any], names: resources.ResourceNames) -> None:
+    # Given an application request in trace 4bf9...4736
+    # When it enqueues a run with its traceparent
+    created = api("POST", "/runs", GREET, headers={"traceparent": CALLER_TRACE}, scope=Scope.WRITE)
+
+    # Then the run is in that trace: its view says so, and the run item carries a context of that trace to continue
+    assert created.status == 201, created.body
+    assert created.body["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert api("GET", f"/runs/{created.body['id']}").body["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    stored = stored_trace(names, created.body["id"])
+    assert stored.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736" and stored.sampled
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"traceparent": CALLER_TRACE.upper()},
+        {"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"},
+        {"traceparent": "garbage"},
+    ],
+)
+def test_a_run_without_a_valid_traceparent_starts_a_trace_of_its_own(
+    api: Api, greeter: dict[str, Any], names: resources.ResourceNames, headers: dict[str, str]
+) -> None:
+    # A malformed one is ignored, as W3C trace context says: the enqueue does not fail over its tracing.
+    first = api("POST", "/runs", GREET, headers=headers, scope=Scope.WRITE)
+    second = api("POST", "/runs", GREET, headers=headers, scope=Scope.WRITE)
+    assert first.status == second.status == 201, first.body
+    trace_ids = {first.body["trace_id"], second.body["trace_id"]}
+    assert len(trace_ids) == 2 and "4bf92f3577b34da6a3ce929d0e0e4736" not in trace_ids
+    assert stored_trace(names, first.body["id"]).trace_id == first.body["trace_id"]
+
+
+def test_a_batch_is_one_trace_and_a_replayed_key_keeps_its_runs_trace(api: Api, greeter: dict[str, Any]) -> None:
+    batch = api(
+        "POST", "/runs/batch", {"runs": [GREET, {**GREET, "idempotency_key": "k-1"}]},
+        headers={"traceparent": CALLER_TRACE}, scope=Scope.WRITE,
+    )  # fmt: skip
+    assert batch.status == 201, batch.body
+    assert [run["trace_id"] for run in batch.body["runs"]] == ["4bf92f3577b34da6a3ce929d0e0e4736"] * 2
+
+    # The same key in another trace gets the run back as it was: in the trace it was created in.
+    other_trace = "00-11111111111111111111111111111111-2222222222222222-01"
+    again = api("POST", "/runs", GREET, headers={"Idempotency-Key": "k-1", "traceparent": other_trace})
+    assert again.status == 200 and again.body["id"] == batch.body["runs"][1]["id"]
+    assert again.body["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_a_requeued_run_is_in_the_requeue_requests_trace(api: Api, names: resources.ResourceNames) -> None:
+    original = put_run(names, "run_default_traced", state=RunState.FAILED)
+    requeued = api("POST", f"/runs/{original.run_id}/requeue", {}, headers={"traceparent": CALLER_TRACE})
+    assert requeued.status == 201, requeued.body
+    assert requeued.body["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 # ---------------------------------------------------------------- enqueue: idempotency, limits

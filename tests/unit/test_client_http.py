@@ -219,6 +219,23 @@ def test_an_enqueue_without_a_key_is_never_repeated(server: tuple[str, Script], 
         assert raised.value.status == 503  # type: ignore[attr-defined]
 
 
+def test_an_enqueue_hands_on_the_callers_trace_or_the_current_span(server: tuple[str, Script]) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    url, script = server
+    given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with client(url) as api:
+        api.enqueue(REQUEST, traceparent=given)
+        # Within an application's span (its own tracer provider): that span's context, unless told otherwise
+        with TracerProvider().get_tracer("app").start_as_current_span("handle request") as current:
+            api.enqueue(REQUEST)
+    sent = [s.headers.get("traceparent") for s in script.seen]
+    context = current.get_span_context()
+    assert sent == [given, f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"]
+    assert trace.get_current_span().get_span_context().is_valid is False
+
+
 def test_a_batch_is_retried_only_when_every_run_has_a_key(server: tuple[str, Script]) -> None:
     url, script = server
     answer = json.dumps({"runs": [json.loads(run_json("run_1")), json.loads(run_json("run_2"))]}).encode()

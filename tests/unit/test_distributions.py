@@ -7,6 +7,7 @@ import ast
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,9 @@ IMPORT_NAMES = {
     "jsonschema-rs": {"jsonschema_rs"},
     "cronsim": {"cronsim"},
     "tzdata": {"tzdata"},
+    "opentelemetry-api": {"opentelemetry"},
+    "opentelemetry-sdk": {"opentelemetry"},
+    "opentelemetry-exporter-otlp-proto-http": {"opentelemetry"},
 }
 
 
@@ -52,13 +56,32 @@ def _requirements(directory: str) -> set[str]:
     return {Requirement(text).name for text in _project(directory)["dependencies"]}
 
 
-def _imported_top_levels(package: str) -> dict[str, set[str]]:
-    """Every top-level module imported anywhere in the package (lazy imports included) -> the files importing it."""
+def _extra_requirements(directory: str) -> set[str]:
+    """What the distribution's extras add (e.g. ``runly[otel]``): imported only where installed."""
+    extras = _project(directory).get("optional-dependencies", {})
+    return {Requirement(text).name for texts in extras.values() for text in texts} - _requirements(directory)
+
+
+def _imports(tree: ast.AST, *, module_level_only: bool) -> Iterator[ast.AST]:
+    """The import statements of a module: all of them, or those that run when it is imported (not in a function)."""
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if module_level_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        pending.extend(ast.iter_child_nodes(node))
+
+
+def _imported_top_levels(package: str, *, module_level_only: bool = False) -> dict[str, set[str]]:
+    """Every top-level module imported anywhere in the package (lazy imports included, unless
+    ``module_level_only``) -> the files importing it."""
     found: dict[str, set[str]] = {}
     for path in (REPO / package).rglob("*.py"):
         if "__pycache__" in path.parts:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _imports(ast.parse(path.read_text()), module_level_only=module_level_only):
             names = []
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -85,9 +108,25 @@ def test_each_distribution_imports_only_its_own_packages_its_requirements_and_th
     allowed = set(sys.stdlib_module_names) | set(DISTRIBUTIONS[directory])
     for requirement in _requirements(directory):
         allowed |= IMPORT_NAMES[requirement]
+    optional = set().union(*(IMPORT_NAMES[requirement] for requirement in _extra_requirements(directory))) - allowed
     for package in DISTRIBUTIONS[directory]:
-        stray = {name: files for name, files in _imported_top_levels(package).items() if name not in allowed}
+        imported = _imported_top_levels(package)
+        stray = {name: files for name, files in imported.items() if name not in allowed | optional}
         assert stray == {}, f"{package} imports what its distribution ({directory}) does not require"
+        # An extra's modules are imported inside functions only: importing the distribution never needs them.
+        eager = {
+            name: files
+            for name, files in _imported_top_levels(package, module_level_only=True).items()
+            if name in optional
+        }
+        assert eager == {}, f"{package} imports an optional dependency when it is imported"
+
+
+def test_an_import_inside_a_function_is_not_taken_for_a_module_level_one() -> None:
+    tree = ast.parse("import json\ndef f():\n    import opentelemetry\nclass C:\n    import csv\n")
+    eager = {alias.name for node in _imports(tree, module_level_only=True) for alias in node.names}  # type: ignore[attr-defined]
+    every = {alias.name for node in _imports(tree, module_level_only=False) for alias in node.names}  # type: ignore[attr-defined]
+    assert (eager, every) == ({"json", "csv"}, {"json", "csv", "opentelemetry"})
 
 
 def _modules_after(code: str) -> set[str]:

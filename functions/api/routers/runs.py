@@ -10,11 +10,12 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from functions.api.auth import require, require_environment
 from functions.api.dependencies import node_store, services
-from functions.api.observability import count
+from functions.api.observability import count, enqueue_span
 from functions.api.openapi import declare, errors
 from functions.logic import run_batches, run_logs, runs
 from functions.logic.errors import BadRequest
 from functions.logic.run_search import RunSearch, search_runs
+from runly.tracing import TRACEPARENT_HEADER
 from runly.wire import JOB_NAME
 from runly_core.contracts import (
     IDEMPOTENCY_KEY,
@@ -37,6 +38,15 @@ RUN_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 # As a query filter a package name may be spelled in any case or separator (PEP 503 normalisation follows).
 PACKAGE_FILTER = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
 RunId = Annotated[str, Path(pattern=RUN_ID, description="the run's id")]
+TraceParentHeader = Annotated[
+    str | None,
+    Header(
+        alias=TRACEPARENT_HEADER,
+        # Parsed by runly.tracing, not refused by a pattern: a malformed one is ignored (a new trace), as W3C says.
+        description="W3C trace context (version-traceid-parentid-flags) the run's spans continue; absent or "
+        "malformed: the run starts a new trace (its trace_id says which)",
+    ),
+]
 
 
 @router.post(
@@ -64,12 +74,14 @@ def enqueue(
             description="makes retries safe: the same key and body give the same run (24 h, per API key)",
         ),
     ] = None,
+    traceparent: TraceParentHeader = None,
 ) -> tuple[RunView, int]:
     caller = require(router.current_event, Scope.WRITE, environment=body.environment)
     deps = services()
-    run, created = runs.enqueue(
-        body, store=deps.store, queue=deps.queue, owner=caller.key_id, idempotency_key=idempotency_key
-    )
+    with enqueue_span("enqueue run", traceparent) as trace:
+        run, created = runs.enqueue(
+            body, store=deps.store, queue=deps.queue, owner=caller.key_id, idempotency_key=idempotency_key, trace=trace
+        )
     if created:
         count("RunsEnqueued")
     return run, 201 if created else 200
@@ -90,12 +102,15 @@ def enqueue(
     },
     tags=["runs"],
 )
-def enqueue_batch(body: EnqueueBatchRequest) -> tuple[EnqueueBatchResponse, int]:
+def enqueue_batch(body: EnqueueBatchRequest, traceparent: TraceParentHeader = None) -> tuple[EnqueueBatchResponse, int]:
     caller = require(router.current_event, Scope.WRITE)
     for environment in sorted({item.environment for item in body.runs}):
         require_environment(caller, environment)
     deps = services()
-    answers = run_batches.enqueue_many(body.runs, store=deps.store, queue=deps.queue, owner=caller.key_id)
+    with enqueue_span("enqueue runs", traceparent) as trace:
+        answers = run_batches.enqueue_many(
+            body.runs, store=deps.store, queue=deps.queue, owner=caller.key_id, trace=trace
+        )
     created = sum(1 for _, new in answers if new)
     if created:
         count("RunsEnqueued", created)
@@ -187,17 +202,21 @@ def cancel(run_id: RunId) -> RunView:
     responses=declare(201, "The new run", 404, 409, 503),
     tags=["runs"],
 )
-def requeue(run_id: RunId, body: RequeueRunRequest | None = None) -> tuple[RunView, int]:
+def requeue(
+    run_id: RunId, body: RequeueRunRequest | None = None, traceparent: TraceParentHeader = None
+) -> tuple[RunView, int]:
     caller = require(router.current_event, Scope.WRITE)
     deps = services()
-    run = runs.requeue(
-        run_id,
-        body or RequeueRunRequest(),
-        store=deps.store,
-        queue=deps.queue,
-        nodes=node_store(),
-        authorize=partial(require_environment, caller),
-    )
+    with enqueue_span("requeue run", traceparent) as trace:
+        run = runs.requeue(
+            run_id,
+            body or RequeueRunRequest(),
+            store=deps.store,
+            queue=deps.queue,
+            nodes=node_store(),
+            authorize=partial(require_environment, caller),
+            trace=trace,
+        )
     count("RunsRequeued")
     return run, 201
 

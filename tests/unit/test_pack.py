@@ -68,9 +68,10 @@ def test_the_bundled_runly_wheel_holds_the_job_sdk_and_nothing_else(hello_bundle
     # exactly the SDK's modules, as they are in the source tree: no CLI, agent, platform core or embedded stack
     assert modules == {f"runly/{path.name}" for path in (REPO / "runly").glob("*.py")}
     assert {"runly/job.py", "runly/items.py", "runly/runner.py", "runly/wire.py"} <= modules
-    assert [line for line in metadata.splitlines() if line.startswith("Requires-Dist")] == [
-        "Requires-Dist: pydantic<3,>=2.7"
-    ]
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist")]
+    # pydantic is the one dependency every job gets; the rest are optional extras (runly[otel]) a job asks for
+    assert [line for line in requires if "extra ==" not in line] == ["Requires-Dist: pydantic<3,>=2.7"]
+    assert {line.rsplit("extra == ", 1)[1] for line in requires if "extra ==" in line} <= {'"otel"'}
     assert entry_points == []  # no console script that could not run in a bundle
 
 

@@ -22,6 +22,7 @@ from runly_cli.common import (
     ApiOption,
     JsonOption,
     KeyOption,
+    TagOption,
     client,
     console,
     default_environment,
@@ -29,6 +30,7 @@ from runly_cli.common import (
     exit_code_for,
     handle_errors,
     parse_config,
+    parse_tags,
     print_json,
 )
 from runly_core.contracts import EnqueueRunRequest
@@ -109,6 +111,7 @@ def enqueue(
     version: Annotated[str | None, typer.Option(help="an exact version (default: the newest, or the pin)")] = None,
     timeout: Annotated[int | None, typer.Option(min=1, help="seconds the run may take (default: 3600)")] = None,
     max_attempts: Annotated[int | None, typer.Option(min=1, max=10, help="tries before it fails (default: 3)")] = None,
+    tag: TagOption = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", "--watch", help="follow the run until it ends")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -120,6 +123,7 @@ def enqueue(
         config=parse_config(config),
         environment=default_environment(environment),
         version=version,
+        tags=parse_tags(tag),
         **{k: v for k, v in {"timeout_seconds": timeout, "max_attempts": max_attempts}.items() if v is not None},
     )
     run = api_client.enqueue(request)

@@ -208,6 +208,7 @@ def new_run(
         bundle_sha256=package.sha256,
         created_at=iso(now),
         schedule_id=schedule_id,
+        tags=request.tags or None,
         traceparent=str(trace or TraceParent.new()),
     )
 
@@ -407,6 +408,7 @@ def requeue(
         bundle_sha256=original.bundle_sha256,
         created_at=iso(utcnow()),
         requeued_from=original.run_id,
+        tags=original.tags,
         traceparent=str(trace or TraceParent.new()),
     )
     store.create_run(record, checkpoint=copied)

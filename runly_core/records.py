@@ -133,6 +133,7 @@ class RunRecord(BaseModel):
     requeued_from: str | None = None  # the run this one was requeued from
     retry_at: str | None = None  # when a Queued run that failed an attempt becomes visible again (agent)
     schedule_id: str | None = None  # the schedule that enqueued it
+    not_before: str | None = None  # a delayed run starts no earlier than this (the API writes it once)
     # The run's W3C trace context (runly.tracing): written once by the API, read by the agent that claims it; no
     # node writes it (functions.nodes.policy.RUN_ATTRIBUTES), no heartbeat touches it.
     traceparent: str | None = None
@@ -168,6 +169,7 @@ class RunRecord(BaseModel):
             progress=Progress.model_validate_json(self.progress_json) if self.progress_json else None,
             requeued_from=self.requeued_from,
             schedule_id=self.schedule_id,
+            not_before=datetime.fromisoformat(self.not_before) if self.not_before else None,
             trace_id=self.trace.trace_id if self.trace else None,
         )
 

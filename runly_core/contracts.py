@@ -22,7 +22,7 @@ from runly.wire import (
     Progress,
     Strict,
 )
-from runly_core.resources import ENVIRONMENT_NAME, MAX_VALUE_BYTES
+from runly_core.resources import ENVIRONMENT_NAME, MAX_VALUE_BYTES, SQS_MAX_DELAY_SECONDS
 
 # The longest delay a run may be enqueued with (not_before, delay_seconds): a year.
 MAX_DELAY_SECONDS = 366 * 24 * 3600
@@ -447,6 +447,21 @@ class CreateScheduleRequest(EnqueueRunRequest):
         default="UTC", min_length=1, max_length=64, description="IANA time zone the expression is read in"
     )
     enabled: bool = True
+    # A schedule's run may be offset from its fire by an SQS delay (at most 15 minutes: a later run is a later
+    # fire); a fixed not_before makes no sense for a run that recurs.
+    delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=SQS_MAX_DELAY_SECONDS,
+        description="each run starts no earlier than this many seconds after its fire (at most 900)",
+    )
+
+    @field_validator("not_before")
+    @classmethod
+    def _no_fixed_time(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            raise ValueError("a schedule's runs recur: give delay_seconds (after each fire), not not_before")
+        return value
 
     def run_request(self) -> EnqueueRunRequest:
         """The run each fire enqueues."""
@@ -465,6 +480,9 @@ class UpdateScheduleRequest(Strict):
     expression: str | None = Field(default=None, min_length=1, max_length=256, description=SCHEDULE_EXPRESSION_DOC)
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
     enabled: bool | None = None
+    delay_seconds: int | None = Field(
+        default=None, ge=0, le=SQS_MAX_DELAY_SECONDS, description="0: each run starts at its fire"
+    )
 
 
 class ScheduleView(BaseModel):
@@ -477,6 +495,7 @@ class ScheduleView(BaseModel):
     version: str | None = Field(description="the version each run gets; null: the newest the pin allows then")
     timeout_seconds: int
     max_attempts: int
+    delay_seconds: int | None = Field(default=None, description="each run starts this long after its fire")
     expression: str = Field(description="as EventBridge Scheduler has it (canonical spelling)")
     timezone: str
     enabled: bool

@@ -447,6 +447,7 @@ class ScheduleRecord(BaseModel):
     version: str | None = None
     timeout_seconds: int
     max_attempts: int
+    delay_seconds: int | None = None  # each run's SQS delay after its fire
     expression: str  # canonical (functions.logic.schedule_expression)
     timezone: str
     enabled: bool
@@ -489,6 +490,7 @@ class ScheduleRecord(BaseModel):
             version=self.version,
             timeout_seconds=self.timeout_seconds,
             max_attempts=self.max_attempts,
+            delay_seconds=self.delay_seconds,
             expression=self.expression,
             timezone=self.timezone,
             enabled=self.enabled,

@@ -57,6 +57,9 @@ _NOT_TAKING_WORK = frozenset({"draining", "stopped"})
 # How often a state change that lost a race with an agent is read and tried again.
 _STATE_CHANGE_TRIES = 5
 
+# Fields of EnqueueRunRequest added after Idempotency-Keys were first fingerprinted (request_fingerprint).
+_LATER_FIELDS = ("not_before", "delay_seconds")
+
 NodesOf = Callable[[str], list[NodeRecord]]
 Authorize = Callable[[str], None]
 
@@ -107,8 +110,10 @@ def check_idempotency_key(key: str) -> None:
 
 
 def request_fingerprint(request: EnqueueRunRequest) -> str:
-    """What "the same request" means for an Idempotency-Key: the validated body, keys in canonical order."""
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """What "the same request" means for an Idempotency-Key: the validated body, keys in canonical order. Fields
+    added since keys were first stored count only when given, so a key stored before them still matches its body."""
+    unset = {field for field in _LATER_FIELDS if getattr(request, field) is None}
+    canonical = json.dumps(request.model_dump(mode="json", exclude=unset), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -393,6 +393,12 @@ class AgentAws:
                 retry_in=(record.lease_until_ms + FENCE_MARGIN_MS - now_ms) // 1000 + 1,
                 leased=record,
             )
+        if record.state is RunState.QUEUED and record.attempt == 0 and record.not_before is not None:
+            # A delayed run (functions.logic.delays) never starts early: a message received before not_before (SQS's
+            # clock ahead of this node's, a timer that fired early) is hidden again until then, not dropped.
+            early_ms = int(datetime.fromisoformat(record.not_before).timestamp() * 1000) - now_ms
+            if early_ms > 0:
+                raise ClaimRefused(run_id, f"delayed until {record.not_before}", retry_in=-(-early_ms // 1000))
         if record.state is RunState.QUEUED and record.retry_at is not None:
             # A retry delay longer than one message could be hidden for (SQS's cap, or its 15-minute delay on a
             # fresh message) is carried by the run: a message that comes back early is hidden again until then.

@@ -425,6 +425,8 @@ class _Operations:
         24 h): pass one derived from what asks for the run (a request id, an order id) to make a whole retry of
         yours safe. Without one, a key is generated for this call, so that the client's own retries are safe.
 
+        A delayed run: ``request.not_before`` (an aware datetime) or ``request.delay_seconds``, up to a year.
+
         ``traceparent`` (W3C trace context): the trace the run continues; by default the current OpenTelemetry
         span's where the application uses OpenTelemetry, else none (the run starts a trace: its ``trace_id``)."""
         key = idempotency_key or (new_idempotency_key() if self.generate_idempotency_keys else None)

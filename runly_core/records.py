@@ -134,6 +134,7 @@ class RunRecord(BaseModel):
     retry_at: str | None = None  # when a Queued run that failed an attempt becomes visible again (agent)
     schedule_id: str | None = None  # the schedule that enqueued it
     tags: dict[str, str] | None = None  # written once by the API (contracts.Tags); none: no attribute
+    not_before: str | None = None  # a delayed run starts no earlier than this (the API writes it once)
     # The run's W3C trace context (runly.tracing): written once by the API, read by the agent that claims it; no
     # node writes it (functions.nodes.policy.RUN_ATTRIBUTES), no heartbeat touches it.
     traceparent: str | None = None
@@ -170,6 +171,7 @@ class RunRecord(BaseModel):
             requeued_from=self.requeued_from,
             schedule_id=self.schedule_id,
             tags=self.tags or {},
+            not_before=datetime.fromisoformat(self.not_before) if self.not_before else None,
             trace_id=self.trace.trace_id if self.trace else None,
         )
 
@@ -448,6 +450,7 @@ class ScheduleRecord(BaseModel):
     timeout_seconds: int
     max_attempts: int
     tags: dict[str, str] | None = None  # each run's tags
+    delay_seconds: int | None = None  # each run's SQS delay after its fire
     expression: str  # canonical (functions.logic.schedule_expression)
     timezone: str
     enabled: bool
@@ -491,6 +494,7 @@ class ScheduleRecord(BaseModel):
             timeout_seconds=self.timeout_seconds,
             max_attempts=self.max_attempts,
             tags=self.tags or {},
+            delay_seconds=self.delay_seconds,
             expression=self.expression,
             timezone=self.timezone,
             enabled=self.enabled,

@@ -319,10 +319,10 @@ def test_a_run_the_queue_refused_is_taken_back_with_its_key(
     queue_down.set()
     send = RunQueue.dispatch
 
-    def dispatch(self: RunQueue, message: RunMessage) -> str:
+    def dispatch(self: RunQueue, message: RunMessage, *, delay_seconds: int = 0) -> str:
         if queue_down.is_set():
             raise RuntimeError("SQS is down")
-        return send(self, message)
+        return send(self, message, delay_seconds=delay_seconds)
 
     monkeypatch.setattr(RunQueue, "dispatch", dispatch)
     reply = api("POST", "/runs", GREET, headers={"Idempotency-Key": "retry-me"})

@@ -468,3 +468,27 @@ def test_run_local_ends_the_processes_a_job_leaves_behind(tmp_path: Path) -> Non
         if state_of(left) not in (None, "Z", "X"):
             os.kill(left, 9)
     assert "the job left 1 process(es) running" in result.stderr
+
+
+def test_enqueue_sends_a_delay_or_a_not_before(api: FakeApi) -> None:
+    api.routes["POST /runs"] = lambda body, query: (201, run_view("new", "Queued"))
+
+    assert invoke("enqueue", "hello", "hello", "--delay", "90s").exit_code == 0
+    assert invoke("enqueue", "hello", "hello", "--delay", "2h").exit_code == 0
+    assert invoke("enqueue", "hello", "hello", "--not-before", "2030-01-02T03:04:05+02:00").exit_code == 0
+
+    assert api.requests[0][2]["delay_seconds"] == 90 and "not_before" not in api.requests[0][2]
+    assert api.requests[1][2]["delay_seconds"] == 7200
+    assert api.requests[2][2]["not_before"] == "2030-01-02T03:04:05+02:00"
+    assert "delay_seconds" not in api.requests[2][2]
+
+
+def test_a_bad_delay_is_a_usage_error(api: FakeApi) -> None:
+    assert_one_line_error(invoke("enqueue", "hello", "hello", "--delay", "soon"), 2, "--delay: expected seconds")
+    assert_one_line_error(
+        invoke("enqueue", "hello", "hello", "--not-before", "2030-01-02T03:04:05"), 2, "--not-before: give a time zone"
+    )
+    assert_one_line_error(
+        invoke("enqueue", "hello", "hello", "--delay", "5", "--not-before", "2030-01-02T03:04:05Z"), 2, "not both"
+    )
+    assert api.requests == []

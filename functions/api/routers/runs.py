@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Que
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from functions.api.auth import require, require_environment
-from functions.api.dependencies import node_store, services
+from functions.api.dependencies import delays, node_store, services
 from functions.api.observability import count, enqueue_span
 from functions.api.openapi import declare, errors
 from functions.logic import run_batches, run_logs, runs
@@ -55,8 +55,9 @@ TraceParentHeader = Annotated[
     status_code=201,
     description="The config is validated against the job's JSON schema before anything is queued. Without a "
     "version, the newest version the environment's pin allows is run. With an Idempotency-Key, a repeated request "
-    "(same key, same body, same API key, within 24 h) returns the run the first one created, with 200. The answer's "
-    "`queued_reason` is null: GET /runs/{run_id} says why a run still waits.",
+    "(same key, same body, same API key, within 24 h) returns the run the first one created, with 200. With "
+    "`not_before` or `delay_seconds` (up to a year) the run starts no earlier than then. The answer's "
+    "`queued_reason` is null (or says until when a delayed run waits): GET /runs/{run_id} says why a run still waits.",
     responses={
         **declare(201, "The new run", 404, 409, 413, 503),
         200: {"description": "The run an earlier request with this Idempotency-Key created"},
@@ -80,7 +81,13 @@ def enqueue(
     deps = services()
     with enqueue_span("enqueue run", traceparent) as trace:
         run, created = runs.enqueue(
-            body, store=deps.store, queue=deps.queue, owner=caller.key_id, idempotency_key=idempotency_key, trace=trace
+            body,
+            store=deps.store,
+            queue=deps.queue,
+            owner=caller.key_id,
+            idempotency_key=idempotency_key,
+            trace=trace,
+            delays=delays(),
         )
     if created:
         count("RunsEnqueued")
@@ -196,6 +203,7 @@ def cancel(run_id: RunId) -> RunView:
         nodes=node_store(),
         requested_by=caller.key_id,
         authorize=partial(require_environment, caller),
+        delays=delays(),
     )
     count("RunsCancelled")
     return cancelled

@@ -214,8 +214,10 @@ class Scheduler:
 class RunTimers:
     """Delayed runs' timers: a one-time EventBridge Scheduler schedule per run (``at(...)``, in UTC, named after
     the run, in the schedules' group) that invokes the fire function with the run's id once, then deletes itself
-    (ActionAfterCompletion DELETE). A timer costs nothing while it waits; the group holds up to EventBridge
-    Scheduler's schedule quota (1,000,000 per account and region by default, schedules and timers together)."""
+    (ActionAfterCompletion DELETE). A timer costs nothing while it waits (EventBridge Scheduler bills invocations).
+    Quotas relied on, per account and Region, adjustable: at least 1,000,000 schedules (timers and schedules
+    together), CreateSchedule and DeleteSchedule at least 250 requests/s (1,000 in the main Regions); a throttled
+    create is an enqueue that fails with 503 and records nothing (``runs._dispatch``)."""
 
     def __init__(self, *, group: str, role_arn: str, target_arn: str, client: Any = None) -> None:
         self.group = group

@@ -219,7 +219,13 @@ export function runsView(main, ctx) {
       h("td", { "data-label": "Environment" }, run.environment),
       h("td", { "data-label": "State" }, stateBadge(run.state)),
       h("td", { "data-label": "Progress", class: "progress-col" }, progressCell(run, `Progress of run ${run.id}`)),
-      h("td", { "data-label": "Created" }, timeElement(run.created_at)),
+      h(
+        "td",
+        { "data-label": "Created" },
+        timeElement(run.created_at),
+        // A delayed run: when it may start (shown until it has started).
+        run.not_before && !run.started_at ? h("span", { class: "muted small not-before" }, " not before ", timeElement(run.not_before)) : null,
+      ),
       h("td", { "data-label": "Duration" }, runDuration(run)),
     );
   }
@@ -325,6 +331,7 @@ export function runView(main, ctx, runId) {
     if (current.state === "Cancelling") return "the node stops the job on its next heartbeat";
     if (current.finished_at) return `finished ${new Date(current.finished_at).toLocaleString()} after ${runDuration(current)}`;
     if (current.started_at) return `running for ${runDuration(current)}`;
+    if (current.not_before && new Date(current.not_before) > new Date()) return `delayed until ${new Date(current.not_before).toLocaleString()}`;
     return `queued since ${new Date(current.created_at).toLocaleString()}`;
   }
 
@@ -426,6 +433,7 @@ export function runView(main, ctx, runId) {
         ["Job", run.job],
         ["Environment", run.environment],
         ["Created", timeElement(run.created_at)],
+        ["Not before", run.not_before ? timeElement(run.not_before) : null],
         ["Started", run.started_at ? timeElement(run.started_at) : null],
         ["Finished", run.finished_at ? timeElement(run.finished_at) : null],
         ["Duration", runDuration(run)],

@@ -486,3 +486,30 @@ def test_the_form_generator_covers_every_kind_of_field(open_page: Callable[..., 
         "tags": ["x"],
     }
     assert result["broken"] == ["inner"]
+
+
+def test_a_delayed_run_shows_its_not_before_on_its_page_and_in_the_list(
+    open_page: Callable[..., Any], dashboard_stack: EmbeddedStack, admin: RunlyClient, feed: dict[str, Any]
+) -> None:
+    from playwright.sync_api import expect
+
+    # Given a run delayed by an hour (waiting on its timer)
+    run = admin.enqueue(EnqueueRunRequest(package="e2ejobs", job="echo", config={}, delay_seconds=3600))
+    assert run.not_before is not None
+    page = open_page()
+    sign_in(page, dashboard_stack.admin_key)
+    try:
+        # Then its row in the list says when it may start
+        row = page.locator(f'tr[data-run-id="{run.id}"]')
+        expect(row.locator(".not-before time")).to_have_attribute("datetime", re.compile(r"^\d{4}-\d\d-\d\dT"))
+        expect(row.locator(".not-before")).to_contain_text("not before in ")
+
+        # And its page shows it, and why it is still queued
+        row.get_by_role("link", name=run.id).click()
+        wait_for_state(page, "Queued")
+        expect(page.locator(".state-line")).to_contain_text("delayed until")
+        expect(page.locator(".banner-info")).to_contain_text("delayed until ")
+        expect(page.locator("dt", has_text="Not before")).to_be_visible()
+        screenshot(page, "run-delayed")
+    finally:
+        admin.cancel_run(run.id)

@@ -113,6 +113,8 @@ class LeaseRenewal:
     # A newer message of this run that another node (or this one) received while this attempt held the lease,
     # handed over through the run item (AgentAws.hand_over); the holder keeps it and deletes its older one.
     handoff: Delivery | None = None
+    # The lease expiry the lease index now holds for the run (the next renewal's ``indexed_until_ms``).
+    indexed_until_ms: int = 0
 
 
 def bounded_error(error: dict[str, Any]) -> dict[str, Any]:
@@ -447,14 +449,21 @@ class AgentAws:
         progress: Progress | None = None,
         *,
         drop_handoff: bool = False,
+        indexed_until_ms: int | None = None,
     ) -> LeaseRenewal:
         """extend_lease, also answering with a message of the run handed over to this attempt (hand_over);
-        ``drop_handoff`` clears the one the last renewal answered with, now that it is kept."""
+        ``drop_handoff`` clears the one the last renewal answered with, now that it is kept. ``indexed_until_ms``:
+        the lease expiry the lease index holds (RunStore.renew); the answer says what it holds now."""
         renewal = self.runs.renew(
-            record, node_id, until_ms, progress_json=_progress_json(record, progress), drop_handoff=drop_handoff
+            record,
+            node_id,
+            until_ms,
+            progress_json=_progress_json(record, progress),
+            drop_handoff=drop_handoff,
+            indexed_until_ms=indexed_until_ms,
         )
         if renewal.item is None:
-            return LeaseRenewal(RunState.RUNNING)
+            return LeaseRenewal(RunState.RUNNING, indexed_until_ms=renewal.indexed_until_ms)
         attributes = renewal.item
         handoff = None if drop_handoff else attributes.get(MESSAGE_HANDOFF)
         delivery = None
@@ -467,7 +476,9 @@ class AgentAws:
                 received_at=int(handoff["received_ms"]) / 1000,
             )
         state = RunState(attributes.get("state", RunState.RUNNING.value))
-        return LeaseRenewal(state if state is RunState.CANCELLING else RunState.RUNNING, delivery)
+        return LeaseRenewal(
+            state if state is RunState.CANCELLING else RunState.RUNNING, delivery, renewal.indexed_until_ms
+        )
 
     def hand_over(self, leased: RunRecord, delivery: Delivery) -> bool:
         """Offer ``delivery``, a message of a run that a live attempt holds, to that attempt through the run

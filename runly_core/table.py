@@ -18,7 +18,7 @@ from runly_core import backoff
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
 TRANSACTION_SIZE = 100
-# Calls per batch write, the first included, before what DynamoDB left unprocessed is given up on.
+# Calls per batch write or read, the first included, before what DynamoDB left unprocessed is given up on.
 BATCH_WRITE_ATTEMPTS = 5
 BATCH_RETRY_BASE_SECONDS = 0.05
 BATCH_RETRY_CAP_SECONDS = 1.0
@@ -30,6 +30,11 @@ class AlreadyExists(Exception):
 
 class Unwritten(Exception):
     """A batch write left items unprocessed after every retry (throttling): some of it may have been written."""
+
+
+class Unread(Exception):
+    """A batch read left keys unprocessed after every retry (throttling): what was asked for is not all known, so
+    nothing read is answered (the API answers 503; a caller retries)."""
 
 
 def error_code(exc: BaseException) -> str:
@@ -74,15 +79,25 @@ def batch_write(
             raise Unwritten(f"{len(pending)} items left unprocessed after {BATCH_WRITE_ATTEMPTS} attempts")
 
 
-def batch_get(client: Any, table_name: str, keys: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
-    """BatchGetItem, strongly consistent, 100 keys per call, until nothing is left unprocessed."""
+def batch_get(
+    client: Any, table_name: str, keys: Sequence[dict[str, str]], *, sleep: Callable[[float], None] = time.sleep
+) -> list[dict[str, Any]]:
+    """BatchGetItem, strongly consistent, 100 keys per call, retrying what DynamoDB left unprocessed (it does so
+    under throttling, or past 16 MB a call) with backoff; raises ``Unread`` if some keys stay unprocessed after
+    BATCH_WRITE_ATTEMPTS calls: a row is never silently missing. Items come back in no particular order."""
     found: list[dict[str, Any]] = []
     for start in range(0, len(keys), BATCH_GET_SIZE):
         pending = list(keys[start : start + BATCH_GET_SIZE])
-        while pending:
+        for attempt in range(BATCH_WRITE_ATTEMPTS):
+            if attempt:
+                sleep(backoff.delay(attempt, base=BATCH_RETRY_BASE_SECONDS, cap=BATCH_RETRY_CAP_SECONDS))
             response = client.batch_get_item(RequestItems={table_name: {"Keys": pending, "ConsistentRead": True}})
             found.extend(response.get("Responses", {}).get(table_name, []))
             pending = response.get("UnprocessedKeys", {}).get(table_name, {}).get("Keys", [])
+            if not pending:
+                break
+        if pending:
+            raise Unread(f"{len(pending)} keys left unprocessed after {BATCH_WRITE_ATTEMPTS} attempts")
     return found
 
 

@@ -115,7 +115,11 @@ class RunRecord(BaseModel):
     job: str
     entry_point: str
     environment: str
-    config_json: str
+    # The config lives in the run's CONFIG item (runly_core.run_store.config_item), written once beside the run, so
+    # the item every heartbeat rewrites keeps only its size: ``config_json`` is None on a record read from the run
+    # item alone, and set on one the API created or read with its config (RunStore.get_with_config, a claim).
+    config_json: str | None = None
+    config_bytes: int | None = None  # the UTF-8 size of config_json, on the run item
     timeout_seconds: int
     max_attempts: int
     bundle_key: str
@@ -156,7 +160,7 @@ class RunRecord(BaseModel):
             version=self.version,
             job=self.job,
             environment=self.environment,
-            config=json.loads(self.config_json),
+            config=json.loads(self.required_config_json),
             timeout_seconds=self.timeout_seconds,
             max_attempts=self.max_attempts,
             created_at=datetime.fromisoformat(self.created_at),
@@ -170,6 +174,13 @@ class RunRecord(BaseModel):
             schedule_id=self.schedule_id,
             trace_id=self.trace.trace_id if self.trace else None,
         )
+
+    @property
+    def required_config_json(self) -> str:
+        """The config, which a record read from the run item alone does not hold (a caller's mistake, said so)."""
+        if self.config_json is None:
+            raise ValueError(f"run {self.run_id}: its config was not read (the run's CONFIG item)")
+        return self.config_json
 
     @property
     def trace(self) -> TraceParent | None:

@@ -32,6 +32,10 @@ class Unwritten(Exception):
     """A batch write left items unprocessed after every retry (throttling): some of it may have been written."""
 
 
+class Unread(Exception):
+    """A batch read left keys unprocessed after every retry (throttling): what it read is not the whole answer."""
+
+
 def error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
@@ -74,15 +78,25 @@ def batch_write(
             raise Unwritten(f"{len(pending)} items left unprocessed after {BATCH_WRITE_ATTEMPTS} attempts")
 
 
-def batch_get(client: Any, table_name: str, keys: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
-    """BatchGetItem, strongly consistent, 100 keys per call, until nothing is left unprocessed."""
+def batch_get(
+    client: Any, table_name: str, keys: Sequence[dict[str, str]], *, sleep: Callable[[float], None] = time.sleep
+) -> list[dict[str, Any]]:
+    """BatchGetItem, strongly consistent, 100 keys per call, retrying the UnprocessedKeys DynamoDB leaves (over its
+    16 MB answer, or throttled) with backoff; raises ``Unread`` if some stay unprocessed after every attempt, so no
+    key is silently dropped."""
     found: list[dict[str, Any]] = []
     for start in range(0, len(keys), BATCH_GET_SIZE):
         pending = list(keys[start : start + BATCH_GET_SIZE])
-        while pending:
+        for attempt in range(BATCH_WRITE_ATTEMPTS):
+            if attempt:
+                sleep(backoff.delay(attempt, base=BATCH_RETRY_BASE_SECONDS, cap=BATCH_RETRY_CAP_SECONDS))
             response = client.batch_get_item(RequestItems={table_name: {"Keys": pending, "ConsistentRead": True}})
             found.extend(response.get("Responses", {}).get(table_name, []))
             pending = response.get("UnprocessedKeys", {}).get(table_name, {}).get("Keys", [])
+            if not pending:
+                break
+        if pending:
+            raise Unread(f"{len(pending)} keys left unprocessed after {BATCH_WRITE_ATTEMPTS} attempts")
     return found
 
 

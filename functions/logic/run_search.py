@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.store import InvalidStartKey, RunQueryPage, Store
-from runly_core.contracts import RunPage, RunState, RunView, normalize_package_name
+from runly_core.contracts import RunPage, RunState, normalize_package_name
 from runly_core.records import RunRecord, iso
 
 from .errors import BadRequest, NotFound, Unprocessable
@@ -236,9 +236,9 @@ def search_runs(
     ]
     load = _Loader(store, search, filters, _Budget(MAX_EVALUATED_PER_PAGE))
     nodes_of = nodes_lookup(nodes)
-    items: list[RunView] = []
+    records: list[RunRecord] = []
     size = 0
-    while len(items) < search.limit and size < MAX_PAGE_BYTES:
+    while len(records) < search.limit and size < MAX_PAGE_BYTES:
         heads = [(stream.head(load), stream) for stream in streams]
         if any(head is None and not stream.done for head, stream in heads):
             break  # out of read budget before every environment's next run is known: a short page
@@ -247,8 +247,11 @@ def search_runs(
             break
         newest, stream = max(candidates, key=lambda pair: sort_key(pair[0]))
         stream.take()
-        items.append(view(newest, nodes_of=nodes_of))
-        size += len(newest.model_dump_json())
+        records.append(newest)
+        # Its config counts too (config_bytes, on the run item): it is in the page, read below.
+        size += len(newest.model_dump_json()) + (newest.config_bytes or 0)
+    # The page's configs, from their CONFIG items (the run item keeps only their size), in one BatchGetItem.
+    items = [view(record, nodes_of=nodes_of) for record in store.with_configs(records)]
     for stream in streams:
         stream.head(load)  # so that the last page says it is the last, when the budget allows knowing
 

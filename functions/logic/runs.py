@@ -354,14 +354,21 @@ def cancel(
                     "reason": FailureReason.CANCELLED.value,
                     "message": f"cancelled before it started (by key {requested_by})",
                 }
-                return view(store.cancel_queued(run_id, now=now, error=error), nodes_of=nodes_lookup(nodes))
+                cancelled = store.cancel_queued(run_id, now=now, error=error)
+                return view(_config_of(record, cancelled), nodes_of=nodes_lookup(nodes))
             if record.state is RunState.RUNNING:
                 cancelling = store.request_cancel(run_id, now=now, requested_by=requested_by)
-                return view(cancelling, nodes_of=nodes_lookup(nodes))
+                return view(_config_of(record, cancelling), nodes_of=nodes_lookup(nodes))
         except StateChanged:
             continue
         raise Conflict(f"run {run_id} is {record.state.value}; only Queued or Running runs can be cancelled")
     raise Unavailable(f"run {run_id} kept changing state while being cancelled; retry")
+
+
+def _config_of(read: RunRecord, written: RunRecord) -> RunRecord:
+    """``written`` (a run item as a write returned it, without its config) with the config of ``read``, the same
+    run read with it before: a run's config never changes."""
+    return written.model_copy(update={"config_json": read.config_json})
 
 
 def requeue(
@@ -400,7 +407,7 @@ def requeue(
         job=original.job,
         entry_point=original.entry_point,
         environment=original.environment,
-        config_json=original.config_json,
+        config_json=original.required_config_json,
         timeout_seconds=original.timeout_seconds,
         max_attempts=original.max_attempts,
         bundle_key=original.bundle_key,

@@ -17,8 +17,8 @@ from runly.wire import Checkpoint, Progress
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunState
 from runly_core.records import RunRecord, utcnow
-from runly_core.run_store import checkpoint_key, run_item, run_key
-from tests.support.runs import queued_run
+from runly_core.run_store import checkpoint_key, run_key
+from tests.support.runs import put_run, queued_run
 
 LEASE = 30
 MB = 1024 * 1024
@@ -39,7 +39,7 @@ def _item_bytes(names: resources.ResourceNames, key: dict[str, str]) -> int:
 
 
 def _stored(agent_aws: AgentAws, run_id: str = "run_default_1") -> RunRecord:
-    record = agent_aws.get_run(run_id)
+    record = agent_aws.runs.get_with_config(run_id)  # as the API reads it: with its config
     assert record is not None
     return record
 
@@ -135,7 +135,7 @@ def test_a_checkpoint_over_its_limit_in_bytes_is_refused_before_the_write(
 
 def _run_allowing(names: resources.ResourceNames, max_attempts: int) -> None:
     record = queued_run(names).model_copy(update={"max_attempts": max_attempts})
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=run_item(record))
+    put_run(boto3.resource("dynamodb").Table(names.table), record)
 
 
 def test_an_expired_lease_of_a_run_on_its_last_attempt_is_not_taken_over(

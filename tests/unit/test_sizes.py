@@ -358,7 +358,7 @@ def _config_json_at_the_limit() -> str:
     job = JobSpec(name="j", entry_point="m:J", config_schema={})
     package = PackageRecord(name="p", version="1", sha256="0" * 64, size=1, key="k", jobs_json="[]", created_at="")
     request = EnqueueRunRequest(package="p", job="j", config=config)
-    return new_run(request, package, job, now=utcnow()).config_json
+    return new_run(request, package, job, now=utcnow()).required_config_json
 
 
 def test_the_api_stores_a_config_as_it_measured_it() -> None:

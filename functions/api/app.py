@@ -38,6 +38,7 @@ from functions.logic.errors import (
 from runly_core import strict_json
 from runly_core.contracts import ErrorBody
 from runly_core.resources import MAX_API_BODY_BYTES, is_open_route
+from runly_core.table import Unread
 
 
 def read_body(text: str) -> Any:
@@ -141,6 +142,12 @@ def _error_event(status: int, message: str) -> dict[str, Any]:
 @app.exception_handler(DomainError)
 def _domain_error(exc: DomainError) -> Response[Any]:
     return _error(_STATUS.get(type(exc), 400), ErrorBody(code=exc.code, message=exc.message, field=exc.field))
+
+
+@app.exception_handler(Unread)
+def _unread(exc: Unread) -> Response[Any]:
+    # A batch read DynamoDB kept leaving unprocessed (throttling): no answer is made of part of the items.
+    return _error(503, ErrorBody(code="unavailable", message=f"the run store is busy ({exc}); retry"))
 
 
 @app.exception_handler(ServiceError)

@@ -4,6 +4,7 @@ the run item a heartbeat rewrites stays within one write unit (in-process moto).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import boto3
 import pytest
@@ -17,6 +18,7 @@ from runly_core import resources
 from runly_core.contracts import MAX_CONFIG_BYTES, EnqueueRunRequest
 from runly_core.records import PackageRecord, RunRecord, utcnow
 from runly_core.run_store import RunStore, config_key, run_key
+from runly_core.table import BATCH_WRITE_ATTEMPTS, Unread, batch_get
 
 LEASE = 30
 WRITE_UNIT = 1024  # DynamoDB bills a standard write per 1 KB of the item's size (names and values)
@@ -93,3 +95,22 @@ def test_a_run_and_its_config_are_read_together_by_the_api(agent_aws: AgentAws, 
     assert alone is not None and alone.config_json is None
     with pytest.raises(ValueError, match="config was not read"):
         alone.view()
+
+
+class _Throttled:
+    """A DynamoDB client whose BatchGetItem always leaves every key unprocessed (a throttled table)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        ((table, request),) = RequestItems.items()
+        return {"Responses": {table: []}, "UnprocessedKeys": {table: request}}
+
+
+def test_keys_a_batch_read_leaves_unprocessed_are_retried_then_said_never_dropped() -> None:
+    client = _Throttled()
+    with pytest.raises(Unread, match="2 keys left unprocessed"):
+        batch_get(client, "t", [{"pk": "a", "sk": "RUN"}, {"pk": "a", "sk": "CONFIG"}], sleep=lambda _: None)
+    assert client.calls == BATCH_WRITE_ATTEMPTS

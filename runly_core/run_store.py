@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from runly_core.contracts import AttemptView, FailureReason, RunState
 from runly_core.records import (
+    ObjectRef,
     RunRecord,
     environment_of_partition,
     environment_prefix,
@@ -680,11 +681,13 @@ class RunStore:
         attempt_error: str | None = None,
         error_json: str | None = None,
         output_json: str | None = None,
+        output_ref: ObjectRef | None = None,
         progress_json: str | None = None,
         retry_at: str | None = None,
     ) -> None:
-        """Close this attempt and give up the lease (HOLDS_LEASE): to a terminal state (with ``output_json`` and
-        ``error_json``), or back to Queued for a retry (``retry_at``). Values come measured and bounded (the
+        """Close this attempt and give up the lease (HOLDS_LEASE): to a terminal state (with ``output_json``, or
+        ``output_ref`` for an output stored in S3 by runly_core.run_objects, and ``error_json``), or back to
+        Queued for a retry (``retry_at``). Values come measured and bounded (the
         agent's runly.sizes checks): LeaseLost if this attempt no longer holds the lease."""
         index = len(record.attempts) - 1
         now = iso(utcnow())
@@ -709,7 +712,10 @@ class RunStore:
         if progress_json is not None:
             sets.append("progress_json = :progress")
             values[":progress"] = progress_json
-        if state.terminal:
+        if state.terminal and output_ref is not None:
+            sets += ["finished_at = :now", "output_ref = :output_ref"]
+            values[":output_ref"] = output_ref.model_dump()
+        elif state.terminal:
             sets += ["finished_at = :now", "output_json = :output"]
             values[":output"] = output_json if output_json is not None else "null"
             if error_json is not None:

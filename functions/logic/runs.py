@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -41,10 +42,13 @@ from runly_core.records import (
     iso,
     utcnow,
 )
+from runly_core.run_objects import RunObjects, RunObjectUnreadable
 
 from .config_schemas import ConfigInvalid, SchemaRefused, validate_config
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
 from .packages import resolve_in_environment
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY)
@@ -332,9 +336,27 @@ def _dispatch(record: RunRecord, *, store: Store, queue: RunQueue, key_record: I
 # ---------------------------------------------------------------- get, cancel, requeue
 
 
-def get(run_id: str, *, store: Store, nodes: NodeStore, authorize: Authorize = allow_any) -> RunView:
+def get(
+    run_id: str,
+    *,
+    store: Store,
+    nodes: NodeStore,
+    authorize: Authorize = allow_any,
+    objects: Callable[[], RunObjects] | None = None,
+) -> RunView:
+    """The run with its config, checkpoint and output; an output stored out of the run item is read from S3
+    (``objects``, built only then) and checked against its sha256 and length."""
     record, checkpoint = store.get_run_and_checkpoint(run_id)
-    return view(authorized_run(record, run_id, authorize), nodes_of=nodes_lookup(nodes), checkpoint=checkpoint)
+    result = view(authorized_run(record, run_id, authorize), nodes_of=nodes_lookup(nodes), checkpoint=checkpoint)
+    if record is not None and record.output_ref is not None:
+        if objects is None:
+            raise Unavailable(f"run {run_id}: its output is stored out of line and no object store was given")
+        try:
+            result.output = json.loads(objects().get_output(run_id, record.output_ref))
+        except RunObjectUnreadable as exc:
+            log.error("run %s: its output cannot be read: %s", run_id, exc)
+            raise Unavailable(f"run {run_id}: its stored output cannot be read ({exc})") from exc
+    return result
 
 
 def cancel(

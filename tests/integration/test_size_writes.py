@@ -50,15 +50,15 @@ def test_an_output_over_its_limit_is_refused_before_any_write_and_the_run_can_st
     queued_run(names)
     claimed = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
 
-    # When the node records a 1 MB output
+    # When the node records an output over its limit (2 MiB)
     with pytest.raises(sizes.OutputTooLarge):
-        agent_aws.end_attempt(claimed, "node-a", state=RunState.SUCCEEDED, output={"blob": "x" * MB})
+        agent_aws.end_attempt(claimed, "node-a", state=RunState.SUCCEEDED, output={"blob": "x" * (2 * MB)})
 
     # Then nothing was written (the lease is still this attempt's) and the run fails with the reason instead
     assert _stored(agent_aws).state is RunState.RUNNING
     agent_aws.end_attempt(
         claimed, "node-a", state=RunState.FAILED, reason=FailureReason.OUTPUT_TOO_LARGE,
-        error={"reason": "output_too_large", "message": "the job's output is 1048590 bytes as JSON"},
+        error={"reason": "output_too_large", "message": "the job's output is 2097166 bytes as JSON"},
     )  # fmt: skip
     run = _stored(agent_aws).view()
     assert run.state is RunState.FAILED and run.error is not None

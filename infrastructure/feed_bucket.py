@@ -8,7 +8,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infrastructure.nag import acknowledge_scoped_wildcard
-from runly_core.resources import PACKAGES_PREFIX
+from runly_core.resources import PACKAGES_PREFIX, RUNS_PREFIX
 
 # A replaced or deleted package version stays recoverable this long.
 NONCURRENT_VERSION_DAYS = 30
@@ -58,6 +58,20 @@ class FeedBucket(Construct):
             ],
             # Packages are what nodes install; deleting the stack must not delete them.
             removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+
+    def grant_run_objects_read(self, grantee: iam.IGrantable) -> None:
+        """Get the objects of every environment's runs (``runs/*``: log chunks, outputs and checkpoints stored out
+        of their items, runly_core.run_objects), which GET /runs/{id} and the logs routes serve."""
+        iam.Grant.add_to_principal(
+            grantee=grantee, actions=["s3:GetObject"], resource_arns=[self.bucket.arn_for_objects(f"{RUNS_PREFIX}*")]
+        )
+        acknowledge_scoped_wildcard(
+            grantee,
+            resource=self.bucket.node.default_child,  # type: ignore[arg-type]
+            suffix=f"/{RUNS_PREFIX}*",
+            reason="Run object keys (environment, run, attempt, digest) are known only at run time; the API only "
+            "reads, and only under the runs/ prefix of the feed bucket.",
         )
 
     def grant_package_read_write(self, grantee: iam.IGrantable) -> None:

@@ -29,7 +29,7 @@ from infrastructure.nag import (
     acknowledge_wildcard_arn,
 )
 from infrastructure.run_store import RunStore
-from runly_core.records import environment_logs_prefix
+from runly_core.records import environment_runs_prefix
 from runly_core.resources import PACKAGES_PREFIX
 
 CREDENTIALS_HANDLER = "functions.nodes.credentials.lambda_handler"
@@ -110,9 +110,9 @@ class OnPremisesAccess(Construct):
             acknowledge_scoped_wildcard(
                 role,
                 resource=feed_resource,
-                suffix=f"/{environment_logs_prefix(environment)}*",
-                reason="A node uploads the log chunks of the runs it executes (logs/<environment>/<run>/<attempt>/"
-                "<seq>.log, keys known at run time); writes are confined to its environment's logs prefix.",
+                suffix=f"/{environment_runs_prefix(environment)}*",
+                reason="A node uploads the log chunks of the runs it executes (runs/<environment>/<run>/logs/<attempt>/"
+                "<seq>.log, keys known at run time) and its outputs; confined to its environment's runs/ prefix.",
             )
             self.node_roles[environment] = role
 

@@ -47,7 +47,7 @@ from infrastructure.settings import (
     FleetSettings,
     NodeGroupSettings,
 )
-from runly_core.records import environment_logs_prefix
+from runly_core.records import environment_runs_prefix
 from runly_core.resources import PACKAGES_PREFIX, ResourceNames
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
@@ -192,9 +192,9 @@ class NodeGroup(Construct):
         acknowledge_scoped_wildcard(
             self.role,
             resource=feed_resource,
-            suffix=f"/{environment_logs_prefix(environment)}*",
-            reason="A node uploads the log chunks of the runs it executes (logs/<environment>/<run>/<attempt>/"
-            "<seq>.log, keys known at run time); writes are confined to its environment's logs prefix.",
+            suffix=f"/{environment_runs_prefix(environment)}*",
+            reason="A node uploads the log chunks of the runs it executes (runs/<environment>/<run>/logs/<attempt>/"
+            "<seq>.log, keys known at run time) and outputs; confined to its environment's runs/ prefix.",
         )
         acknowledge_wildcard_actions(self.role, actions=QUEUE_ACTIONS, reason=NODE_QUEUE_ACTIONS_REASON)
         acknowledge_wildcard_arn(

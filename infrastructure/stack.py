@@ -72,6 +72,7 @@ class RunlyStack(cdk.Stack):
         store.grant_read_write(api.function)
         api.allow_authorizer_to_read_keys(store.table)
         feed.grant_package_read_write(api.function)
+        feed.grant_run_objects_read(api.function)
         queues.grant_send(api.function)
         schedules.grant_manage_schedules(api.function)
         values.grant_manage(api.function)

@@ -50,6 +50,7 @@ from runly_core.resources import (
     SQS_MAX_IN_FLIGHT_SECONDS,
     SSM_GET_PARAMETERS_BATCH,
 )
+from runly_core.run_objects import OUTPUT_INLINE_BYTES, RunObjects
 from runly_core.run_store import (
     MESSAGE_HANDOFF,
     RunChanged,
@@ -246,6 +247,11 @@ class AgentAws:
             if self._s3_client is None:
                 self._s3_client = self._session.client("s3", config=BOTO_CONFIG)
             return self._s3_client
+
+    @property
+    def run_objects(self) -> RunObjects:
+        """The run's values beyond the run item's inline sizes, in the feed bucket under ``runs/{env}/``."""
+        return RunObjects(self._s3, self.bucket)
 
     # ------------------------------------------------------------ queue
     def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
@@ -511,6 +517,12 @@ class AgentAws:
         # First, before anything is written: an output over its limit (or not JSON) raises here, and the caller
         # ends the run for that instead (runly.sizes.OutputTooLarge, NotJson).
         output_json = sizes.output_json(output) if state.terminal else None
+        output_ref = None
+        if output_json is not None and len(output_json.encode()) > OUTPUT_INLINE_BYTES:
+            # Out of the run item (runly_core.run_objects): stored, checksummed, before the fenced write that names
+            # it; a lost lease leaves an object nothing names (its key is its sha256: a rerun writes the same one).
+            output_ref = self.run_objects.put_output(record.run_id, output_json)
+            output_json = None
         if error is not None:
             error = bounded_error(error)
         self.runs.end_attempt(
@@ -521,6 +533,7 @@ class AgentAws:
             attempt_error=sizes.truncate_utf8(error["message"], MAX_ATTEMPT_ERROR_BYTES) if error is not None else None,
             error_json=sizes.stored_json(error) if error is not None else None,
             output_json=output_json,
+            output_ref=output_ref,
             progress_json=_progress_json(record, progress),
             retry_at=iso(retry_at) if retry_at is not None else None,
         )

@@ -1,7 +1,7 @@
 """Ship a job's output to the feed in chunks, during the run and at its end.
 
 The job writes stdout/stderr to a file on the node's disk (the spool); a
-shipper uploads what is new as ``logs/{environment}/{run_id}/{attempt:04d}/{seq:08d}.log``.
+shipper uploads what is new as ``runs/{environment}/{run_id}/logs/{attempt:04d}/{seq:08d}.log``.
 Its position is saved beside the spool, so after an agent crash the next agent
 on this node ships the leftovers and nothing is uploaded twice or lost.
 

@@ -196,7 +196,7 @@ class RunSupervisor:
             version=record.version,
             job=record.job,
             entry_point=record.entry_point,
-            config=json.loads(record.config_json),
+            config=json.loads(record.required_config_json),
             checkpoint=self.checkpoint,
             lease=self.lease,  # as of now; renewals that come while the job starts are sent once it says hello
         )

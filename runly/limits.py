@@ -16,12 +16,15 @@ import re
 # retried. Each limit is one constant here: the checks (runly.sizes) and the documents (docs/jobs.md,
 # docs/agent.md) name it, so raising one (when large values move out of the run item) changes it here only.
 DYNAMODB_MAX_ITEM_BYTES = 400 * 1024
-# What the run item holds at most, which the limits below add up to: config 64 KiB
-# (runly_core.contracts.MAX_CONFIG_BYTES)
-# + output 128 + error 21 + progress 16 + attempts 40 x 1.2 + the fixed attributes: about 275 KiB, under 70% of the
-# limit (tests/unit/test_sizes.py builds that item and counts it as DynamoDB does).
-# The job's return value (output_json of the run item). Larger results belong in S3, the output naming them.
-MAX_OUTPUT_BYTES = 128 * 1024
+# What the run item holds at most, which the limits below add up to: the config's size only (the config, up to
+# runly_core.contracts.MAX_CONFIG_BYTES, is its own CONFIG item) + output 4 KiB inline (beyond that, in S3) + error
+# 21 + progress 16 + attempts 40 x 1.2 + the fixed attributes: about 90 KiB, far under the limit
+# (tests/unit/test_sizes.py builds that item and counts it as DynamoDB does).
+# The job's return value: inline in the run item (output_json) up to runly_core.run_objects.OUTPUT_INLINE_BYTES
+# (4 KiB), beyond that an S3 object the run item names (output_ref), so the item's 400 KB no longer bounds it.
+# GET /runs/{id} serves it whole (a Lambda answer takes at most 6 MB). Larger results belong in the job's own
+# storage, the output naming them.
+MAX_OUTPUT_BYTES = 2 * 1024 * 1024
 # A failure's message, its detail (the traceback) and its exception type (error_json of the run item). An error
 # over them is truncated, not refused: the run fails either way, and the start of a message says most.
 MAX_ERROR_MESSAGE_BYTES = 4 * 1024

@@ -31,8 +31,8 @@ from runly_core.contracts import (
 from runly_core.resources import (
     ENVIRONMENT_NAME,
     ITEMS_BY_KIND,
-    LOGS_PREFIX,
     PARTITION_KEY,
+    RUNS_PREFIX,
     SORT_KEY,
 )
 
@@ -87,14 +87,20 @@ def environment_of_partition(partition: str) -> str | None:
     return name if sep and ENVIRONMENT_NAME.match(name) else None
 
 
+def run_objects_prefix(run_id: str) -> str:
+    """Where a run's objects go in the feed bucket: ``runs/{environment}/{run_id}/`` (its logs, its output and
+    checkpoints beyond their inline sizes: runly_core.run_objects), so a node's credentials can be bounded to its
+    environment's runs by prefix."""
+    return f"{environment_runs_prefix(run_environment(run_id))}{run_id}/"
+
+
 def run_log_prefix(run_id: str, attempt: int) -> str:
-    """Where an attempt's log chunks go in the feed: ``logs/{environment}/{run_id}/{attempt:04d}/``, so a node's
-    credentials can be bounded to its environment's logs by prefix."""
-    return f"{LOGS_PREFIX}{run_environment(run_id)}/{run_id}/{attempt:04d}/"
+    """Where an attempt's log chunks go: ``runs/{environment}/{run_id}/logs/{attempt:04d}/``."""
+    return f"{run_objects_prefix(run_id)}logs/{attempt:04d}/"
 
 
-def environment_logs_prefix(environment: str) -> str:
-    return f"{LOGS_PREFIX}{environment}/"
+def environment_runs_prefix(environment: str) -> str:
+    return f"{RUNS_PREFIX}{environment}/"
 
 
 def package_key(name: str, version: str) -> dict[str, str]:
@@ -103,6 +109,13 @@ def package_key(name: str, version: str) -> dict[str, str]:
 
 def package_partition(name: str) -> str:
     return f"PKG#{name}"
+
+
+class ObjectRef(BaseModel):
+    """What an item keeps of a value stored in S3 (runly_core.run_objects): its bytes' sha256 (hex), their length."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
 
 
 class RunRecord(BaseModel):
@@ -115,7 +128,11 @@ class RunRecord(BaseModel):
     job: str
     entry_point: str
     environment: str
-    config_json: str
+    # The config lives in the run's CONFIG item (runly_core.run_store.config_item), written once beside the run, so
+    # the item every heartbeat rewrites keeps only its size: ``config_json`` is None on a record read from the run
+    # item alone, and set on one the API created or read with its config (RunStore.get_with_config, a claim).
+    config_json: str | None = None
+    config_bytes: int | None = None  # the UTF-8 size of config_json, on the run item
     timeout_seconds: int
     max_attempts: int
     bundle_key: str
@@ -128,6 +145,8 @@ class RunRecord(BaseModel):
     lease_until_ms: int | None = None
     attempts: list[AttemptView] = Field(default_factory=list)
     output_json: str | None = None
+    # An output over runly_core.run_objects.OUTPUT_INLINE_BYTES: in S3, named by its sha256 (output_json absent).
+    output_ref: ObjectRef | None = None
     error_json: str | None = None
     progress_json: str | None = None  # latest Progress, written by the agent's heartbeat
     requeued_from: str | None = None  # the run this one was requeued from
@@ -158,7 +177,7 @@ class RunRecord(BaseModel):
             version=self.version,
             job=self.job,
             environment=self.environment,
-            config=json.loads(self.config_json),
+            config=json.loads(self.required_config_json),
             timeout_seconds=self.timeout_seconds,
             max_attempts=self.max_attempts,
             created_at=datetime.fromisoformat(self.created_at),
@@ -174,6 +193,13 @@ class RunRecord(BaseModel):
             not_before=datetime.fromisoformat(self.not_before) if self.not_before else None,
             trace_id=self.trace.trace_id if self.trace else None,
         )
+
+    @property
+    def required_config_json(self) -> str:
+        """The config, which a record read from the run item alone does not hold (a caller's mistake, said so)."""
+        if self.config_json is None:
+            raise ValueError(f"run {self.run_id}: its config was not read (the run's CONFIG item)")
+        return self.config_json
 
     @property
     def trace(self) -> TraceParent | None:

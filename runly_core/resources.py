@@ -131,7 +131,9 @@ FENCE_MARGIN_MS = 1000
 
 # S3 feed layout.
 PACKAGES_PREFIX = "packages/"
-LOGS_PREFIX = "logs/"
+# A run's objects: its log chunks, its output and checkpoints beyond the run item's inline sizes, all under
+# runs/{environment}/{run_id}/ (runly_core.records.run_objects_prefix), so a node's grant is one prefix.
+RUNS_PREFIX = "runs/"
 MAX_PACKAGE_BYTES = 200 * 1024 * 1024
 UPLOAD_URL_EXPIRY_SECONDS = 900
 # What the wheels inside a bundle may unpack to, checked at registration and again on the node before anything

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from runly_core.contracts import AttemptView, FailureReason, RunState
 from runly_core.records import (
+    ObjectRef,
     RunRecord,
     environment_of_partition,
     environment_prefix,
@@ -49,7 +50,7 @@ from runly_core.records import (
     utcnow,
 )
 from runly_core.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, SORT_KEY
-from runly_core.table import AlreadyExists, batch_write, condition_failed, refused_as
+from runly_core.table import AlreadyExists, batch_get, batch_write, condition_failed, refused_as
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 RUN_PARTITION = "RUN#"
 RUN_SORT_KEY = "RUN"
 CHECKPOINT_SORT_KEY = "CHECKPOINT"
+# The run's config (up to 64 KB): its own item, written once with the run, so the hot run item keeps its size only.
+CONFIG_SORT_KEY = "CONFIG"
+CONFIG_ATTRIBUTE = "config_json"
 # Index partitions of an environment's runs, each with a shard suffix "#{shard:02d}" (docs/store.md, "The indexes").
 RUNS_INDEX_PARTITION = "RUNS"
 LEASE_INDEX_PARTITION = "LEASED"
@@ -78,6 +82,9 @@ LEASE_ATTRIBUTES = (
     MESSAGE_HANDOFF,
 )
 LEASE_REMOVE = "REMOVE " + ", ".join(LEASE_ATTRIBUTES)
+# A new run is this many transaction actions (its item and its CONFIG item); a transaction takes at most 100.
+RUN_ACTIONS = 2
+TRANSACTION_ACTIONS = 100
 
 
 # Index partitions of an environment's runs are spread over this many shards (docs/store.md, "The indexes"): a
@@ -124,6 +131,12 @@ def checkpoint_key(run_id: str) -> dict[str, str]:
     return {PARTITION_KEY: run_partition(run_id), SORT_KEY: CHECKPOINT_SORT_KEY}
 
 
+def config_key(run_id: str) -> dict[str, str]:
+    """The run's config: written by the API in the same transaction (or before, in a batch) as the run item, never
+    changed; read by the claim after its fenced write and by the API beside the run (docs/store.md)."""
+    return {PARTITION_KEY: run_partition(run_id), SORT_KEY: CONFIG_SORT_KEY}
+
+
 def runs_index_partition(environment: str, shard: int) -> str:
     """A runs-by-environment index partition of an environment's runs (``gsi1pk``): ``ENV#{env}#RUNS#{shard:02d}``."""
     return f"{environment_prefix(environment)}{RUNS_INDEX_PARTITION}#{shard:02d}"
@@ -167,7 +180,8 @@ def lease_index_attributes(run_id: str, lease_until_ms: int) -> dict[str, str]:
 def run_item(record: RunRecord, *, api_created: bool = True) -> dict[str, Any]:
     """The whole item of a run: its fields, its keys, its index attributes, and (as the API writes it) the
     API_CREATED mark. ``api_created=False`` is an item no run may be taken from (tests write it as a forgery)."""
-    item = record.model_dump(mode="json", exclude_none=True)
+    item = record.model_dump(mode="json", exclude_none=True, exclude={CONFIG_ATTRIBUTE})
+    item["config_bytes"] = len(record.required_config_json.encode())
     item.update(run_key(record.run_id))
     item.update(search_index_attributes(record))
     if record.lease_until_ms is not None and not record.state.terminal:
@@ -182,6 +196,19 @@ def run_item(record: RunRecord, *, api_created: bool = True) -> dict[str, Any]:
 def tag_set_members(tags: dict[str, str]) -> list[str]:
     """The members of a run's tag set: a key holds no '=', so ``key=value`` names one tag unambiguously."""
     return [f"{key}={value}" for key, value in sorted(tags.items())]
+
+
+def config_item(record: RunRecord) -> dict[str, Any]:
+    """The run's CONFIG item: its config as JSON text, marked API_CREATED like the run (a node cannot write either)."""
+    return {**config_key(record.run_id), CONFIG_ATTRIBUTE: record.required_config_json, API_CREATED: True}
+
+
+def with_config(record: RunRecord, item: dict[str, Any] | None) -> RunRecord:
+    """``record`` with its config from its CONFIG item. The API writes both in one transaction (or the config
+    first), so a run without its config is a broken store: said so, never served as an empty config."""
+    if not item or item.get(API_CREATED) is not True or not isinstance(item.get(CONFIG_ATTRIBUTE), str):
+        raise MissingConfig(record.run_id)
+    return record.model_copy(update={"config_json": item[CONFIG_ATTRIBUTE]})
 
 
 def api_run(item: dict[str, Any] | None) -> RunRecord | None:
@@ -218,6 +245,14 @@ def abandoned_outcome(record: RunRecord) -> tuple[RunState, FailureReason, str]:
 # ---------------------------------------------------------------- domain exceptions
 class RunChanged(Exception):
     """A transition conditional on the run as read found it moved (a node renewed, claimed or finished it)."""
+
+
+class MissingConfig(Exception):
+    """A run's CONFIG item is missing or not the API's: never expected (it is written with the run)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id}: its CONFIG item is missing")
+        self.run_id = run_id
 
 
 class LeaseLost(Exception):
@@ -294,9 +329,40 @@ class RunStore:
             return None
         return api_run(self.read_item(run_id))
 
+    def read_config(self, record: RunRecord) -> RunRecord:
+        """``record`` with its config (one strongly consistent GetItem of its CONFIG item); MissingConfig if none."""
+        item = self._table.get_item(Key=config_key(record.run_id), ConsistentRead=True).get("Item")
+        return with_config(record, dict(item) if item else None)
+
+    def get_with_config(self, run_id: str) -> RunRecord | None:
+        """The run the API created, with its config: its RUN and CONFIG items in one BatchGetItem."""
+        found = self.get_items(run_id, (RUN_SORT_KEY, CONFIG_SORT_KEY))
+        record = api_run(found.get(RUN_SORT_KEY))
+        return None if record is None else with_config(record, found.get(CONFIG_SORT_KEY))
+
+    def get_items(self, run_id: str, sort_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Items of the run's partition by sort key, strongly consistent, in one BatchGetItem (UnprocessedKeys
+        retried until none is left: runly_core.table.batch_get); an id no run can have has none."""
+        if not is_run_id(run_id):
+            return {}
+        partition = run_partition(run_id)
+        keys = [{PARTITION_KEY: partition, SORT_KEY: sort_key} for sort_key in sort_keys]
+        found = batch_get(self._client, self.table_name, keys, sleep=self._sleep)
+        return {str(item[SORT_KEY]): dict(item) for item in found if item.get(PARTITION_KEY) == partition}
+
+    def configs(self, records: Sequence[RunRecord]) -> list[RunRecord]:
+        """``records`` with their configs, read in BatchGetItems of 100 (a page of search results)."""
+        found = batch_get(self._client, self.table_name, [config_key(r.run_id) for r in records], sleep=self._sleep)
+        by_partition = {str(item[PARTITION_KEY]): dict(item) for item in found}
+        return [with_config(r, by_partition.get(run_partition(r.run_id))) for r in records]
+
     # ------------------------------------------------------------ create (the API)
-    def _put_new(self, record: RunRecord) -> dict[str, Any]:
-        return {"Put": {"TableName": self.table_name, "Item": run_item(record), "ConditionExpression": self.IS_NEW}}
+    def _put_new(self, record: RunRecord) -> list[dict[str, Any]]:
+        """The Puts of a new run: its item and its CONFIG item, each IS_NEW (``RUN_ACTIONS`` of them)."""
+        return [
+            {"Put": {"TableName": self.table_name, "Item": item, "ConditionExpression": self.IS_NEW}}
+            for item in (run_item(record), config_item(record))
+        ]
 
     def create(
         self,
@@ -307,12 +373,20 @@ class RunStore:
     ) -> None:
         """Record a new run, with ``companions`` (transaction actions of other items: its Idempotency-Key) and a
         copied checkpoint (a resumed requeue), all or nothing. AlreadyExists if the run id is taken;
-        CompanionsRefused([0]) if a companion's own condition failed."""
+        CompanionsRefused([0]) if a companion's own condition failed.
+
+        No run exists without its config: alone, the CONFIG item is put first and the run item after it, each
+        IS_NEW (two standard writes: a transaction bills each item twice, DynamoDB's pricing of transactional
+        writes); with companions or a checkpoint, all are one transaction. A run put that fails after its config
+        leaves that CONFIG item without a run: nothing reads it (every reader starts from the run item), and it is
+        never deleted here, since a put whose answer was lost may have written the run."""
         if not companions and checkpoint is None:
+            with refused_as(lambda: AlreadyExists(record.run_id)):
+                self._table.put_item(Item=config_item(record), ConditionExpression=self.IS_NEW)
             with refused_as(lambda: AlreadyExists(record.run_id)):
                 self._table.put_item(Item=run_item(record), ConditionExpression=self.IS_NEW)
             return
-        items = [self._put_new(record), *companions]
+        items = [*self._put_new(record), *companions]
         if checkpoint is not None:
             items.append(
                 {
@@ -326,45 +400,57 @@ class RunStore:
         try:
             self._client.transact_write_items(TransactItems=items)
         except Exception as exc:
-            if any(condition_failed(exc, position) for position in range(1, 1 + len(companions))):
+            first = RUN_ACTIONS
+            if any(condition_failed(exc, position) for position in range(first, first + len(companions))):
                 raise CompanionsRefused([0]) from exc
-            if condition_failed(exc, 0):
+            if condition_failed(exc, 0) or condition_failed(exc, 1):
                 raise AlreadyExists(record.run_id) from exc
             raise
 
     def create_many(self, records: Sequence[RunRecord]) -> None:
         """Record new runs that have no companion, 25 per call. Unconditional, unlike ``create``: a run id is new
         by construction (time + 48 random bits), and BatchWriteItem takes no condition. Raises
-        ``runly_core.table.Unwritten`` if some stay unprocessed after every retry."""
-        requests = [{"PutRequest": {"Item": run_item(record)}} for record in records]
+        ``runly_core.table.Unwritten`` if some stay unprocessed after every retry. Every CONFIG item is written
+        before any run item (batch_write writes its calls in order and stops at one left unprocessed), so no run
+        exists without its config."""
+        requests = [{"PutRequest": {"Item": config_item(record)}} for record in records]
+        requests += [{"PutRequest": {"Item": run_item(record)}} for record in records]
         batch_write(self._client, self.table_name, requests, sleep=self._sleep)
 
     def create_many_with(self, pairs: Sequence[tuple[RunRecord, dict[str, Any]]]) -> None:
         """Record runs each with one companion (its Idempotency-Key's Put), in transactions of up to 50 pairs.
         If a companion's condition fails, that transaction writes nothing and CompanionsRefused names the
         positions (in ``pairs``) of such companions; the transactions before it stay written."""
-        per_transaction = 50  # TransactWriteItems takes 100 actions: two per pair
+        per_pair = RUN_ACTIONS + 1
+        per_transaction = TRANSACTION_ACTIONS // per_pair  # TransactWriteItems takes 100 actions: 33 pairs
         for start in range(0, len(pairs), per_transaction):
             chunk = pairs[start : start + per_transaction]
             items: list[dict[str, Any]] = []
             for record, companion in chunk:
-                items += [self._put_new(record), companion]
+                items += [*self._put_new(record), companion]
             try:
                 self._client.transact_write_items(TransactItems=items)
             except Exception as exc:
-                refused = [start + index for index in range(len(chunk)) if condition_failed(exc, 2 * index + 1)]
+                refused = [
+                    start + index
+                    for index in range(len(chunk))
+                    if condition_failed(exc, per_pair * index + RUN_ACTIONS)
+                ]
                 if refused:
                     raise CompanionsRefused(refused) from exc
                 raise
 
     def discard(self, run_id: str) -> None:
-        """Take back a run that was never dispatched, with its checkpoint copy."""
+        """Take back a run that was never dispatched, with its checkpoint copy; its config last (a run item
+        left by a failure here still has its config)."""
         self._table.delete_item(Key=run_key(run_id))
         self._table.delete_item(Key=checkpoint_key(run_id))
+        self._table.delete_item(Key=config_key(run_id))
 
     def discard_many(self, run_ids: Sequence[str]) -> None:
         """``discard`` for runs a batch recorded but did not dispatch (they have no checkpoint copy)."""
         requests = [{"DeleteRequest": {"Key": run_key(run_id)}} for run_id in run_ids]
+        requests += [{"DeleteRequest": {"Key": config_key(run_id)}} for run_id in run_ids]
         batch_write(self._client, self.table_name, requests, sleep=self._sleep)
 
     # ------------------------------------------------------------ cancel (the API)
@@ -414,7 +500,8 @@ class RunStore:
     def claim(self, previous: RunRecord, node_id: str, until_ms: int) -> RunRecord:
         """Take the run's lease as attempt ``previous.attempt + 1``, conditional on the run being ``previous``
         (AS_READ; a takeover of a lease, LEASE_AS_READ too); returns the run as the write left it (the write asks
-        for nothing back). RunChanged if the run moved since it was read."""
+        for nothing back), with its config, read from its CONFIG item once the lease is ours (a lost claim reads
+        none of it). RunChanged if the run moved since it was read."""
         number = previous.attempt + 1
         moment = utcnow()
         attempts = list(previous.attempts)
@@ -456,7 +543,7 @@ class RunStore:
                 ExpressionAttributeNames={**_AS_READ_NAMES, "#attempts": "attempts"},
                 ExpressionAttributeValues=values,
             )
-        return previous.model_copy(
+        claimed = previous.model_copy(
             update={
                 "state": RunState.RUNNING,
                 "attempt": number,
@@ -466,6 +553,7 @@ class RunStore:
                 "attempts": attempts,
             }
         )
+        return claimed if claimed.config_json is not None else self.read_config(claimed)
 
     def end_abandoned(self, record: RunRecord, state: RunState, reason: FailureReason, message: str) -> None:
         """Move a run nobody holds to ``state`` (Queued for another attempt, or terminal with ``reason`` and
@@ -620,11 +708,13 @@ class RunStore:
         attempt_error: str | None = None,
         error_json: str | None = None,
         output_json: str | None = None,
+        output_ref: ObjectRef | None = None,
         progress_json: str | None = None,
         retry_at: str | None = None,
     ) -> None:
-        """Close this attempt and give up the lease (HOLDS_LEASE): to a terminal state (with ``output_json`` and
-        ``error_json``), or back to Queued for a retry (``retry_at``). Values come measured and bounded (the
+        """Close this attempt and give up the lease (HOLDS_LEASE): to a terminal state (with ``output_json``, or
+        ``output_ref`` for an output stored in S3 by runly_core.run_objects, and ``error_json``), or back to
+        Queued for a retry (``retry_at``). Values come measured and bounded (the
         agent's runly.sizes checks): LeaseLost if this attempt no longer holds the lease."""
         index = len(record.attempts) - 1
         now = iso(utcnow())
@@ -649,7 +739,10 @@ class RunStore:
         if progress_json is not None:
             sets.append("progress_json = :progress")
             values[":progress"] = progress_json
-        if state.terminal:
+        if state.terminal and output_ref is not None:
+            sets += ["finished_at = :now", "output_ref = :output_ref"]
+            values[":output_ref"] = output_ref.model_dump()
+        elif state.terminal:
             sets += ["finished_at = :now", "output_json = :output"]
             values[":output"] = output_json if output_json is not None else "null"
             if error_json is not None:

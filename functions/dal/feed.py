@@ -14,13 +14,14 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from runly_core.records import run_log_prefix
+from runly_core.run_objects import RunObjects
 
 _CHUNK_NAME = re.compile(r"^(\d{8})\.log$")
 
 
 @dataclass(frozen=True)
 class LogChunk:
-    """One shipped piece of a run attempt's output: ``logs/{environment}/{run_id}/{attempt:04d}/{seq:08d}.log``."""
+    """One shipped piece of a run attempt's output: ``runs/{environment}/{run_id}/logs/{attempt:04d}/{seq:08d}.log``."""
 
     key: str
     seq: int
@@ -41,6 +42,11 @@ class StoredObject:
 
 
 class Feed:
+    @property
+    def run_objects(self) -> RunObjects:
+        """Runs' values stored out of their items (runly_core.run_objects), read with the API's credentials."""
+        return RunObjects(self._s3, self.bucket)
+
     def __init__(self, bucket: str, *, client: Any = None) -> None:
         self.bucket = bucket
         # SigV4: the headers a presigned URL names are signed, so the uploader must send them as given (SigV2,

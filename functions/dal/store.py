@@ -39,6 +39,7 @@ from runly_core.records import (
 from runly_core.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, SORT_KEY, TTL_ATTRIBUTE
 from runly_core.run_store import (
     CHECKPOINT_SORT_KEY,
+    CONFIG_SORT_KEY,
     RUN_SORT_KEY,
     TAG_SET,
     CompanionsRefused,
@@ -51,6 +52,7 @@ from runly_core.run_store import (
     run_key,
     runs_index_partition,
     tag_set_members,
+    with_config,
 )
 from runly_core.table import AlreadyExists, Unwritten, batch_get, batch_write, condition_failed, error_code, refused_as
 
@@ -181,10 +183,15 @@ class Store:
             raise IdempotencyKeysTaken(exc.positions) from exc
 
     def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
-        """The runs that exist among ``run_ids``, strongly consistent, 100 per call; ``Unread`` (503) if DynamoDB
-        kept some keys unprocessed through every retry."""
+        """The runs that exist among ``run_ids``, with their configs, strongly consistent, 100 per call; ``Unread``
+        (503) if DynamoDB kept some keys unprocessed through every retry."""
         items = self._batch_get([run_key(run_id) for run_id in dict.fromkeys(run_ids) if is_run_id(run_id)])
-        return {record.run_id: record for record in map(api_run, items) if record is not None}
+        records = [record for record in map(api_run, items) if record is not None]
+        return {record.run_id: record for record in self.with_configs(records)}
+
+    def with_configs(self, records: Sequence[RunRecord]) -> list[RunRecord]:
+        """``records`` (read from their run items) with their configs, from their CONFIG items, 100 per call."""
+        return self.runs.configs(records) if records else []
 
     def get_idempotency_many(self, owner: str, keys: Sequence[str]) -> dict[str, IdempotencyRecord]:
         """The stored Idempotency-Keys among ``keys`` of one API key (expired ones included), 100 per call."""
@@ -237,25 +244,25 @@ class Store:
         return batch_get(self._client, self._table.name, keys)
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        """The run, or None: no such run, an id no run can have, or an item the API did not create."""
-        return self.runs.get(run_id)
+        """The run with its config (its RUN and CONFIG items, one BatchGetItem), or None: no such run, an id no
+        run can have, or an item the API did not create."""
+        return self.runs.get_with_config(run_id)
 
     def get_run_and_checkpoint(self, run_id: str) -> tuple[RunRecord | None, Checkpoint | None]:
-        """The run and its last checkpoint in one strongly consistent call.
+        """The run (with its config) and its last checkpoint in one strongly consistent call.
 
-        A batch read of the two keys rather than a Query of the run's partition: it reads exactly
-        these two items, whatever else a run's partition may come to hold.
+        A batch read of the three keys (RUN, CONFIG, CHECKPOINT) rather than a Query of the run's partition: it
+        reads exactly these items, whatever else a run's partition may come to hold.
         """
-        if not is_run_id(run_id):
+        found = self.runs.get_items(run_id, (RUN_SORT_KEY, CONFIG_SORT_KEY, CHECKPOINT_SORT_KEY))
+        record = api_run(found.get(RUN_SORT_KEY))
+        if record is None:
             return None, None
-        found = self._batch_get([run_key(run_id), checkpoint_key(run_id)])
-        run = next((item for item in found if item[SORT_KEY] == RUN_SORT_KEY), None)
-        checkpoint = next((item for item in found if item[SORT_KEY] == CHECKPOINT_SORT_KEY), None)
-        record = api_run(run)
+        checkpoint = found.get(CHECKPOINT_SORT_KEY)
         return (
-            record,
+            with_config(record, found.get(CONFIG_SORT_KEY)),
             Checkpoint.model_validate_json(checkpoint["checkpoint_json"])
-            if record is not None and checkpoint and "checkpoint_json" in checkpoint
+            if checkpoint and "checkpoint_json" in checkpoint
             else None,
         )
 

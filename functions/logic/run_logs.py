@@ -1,6 +1,6 @@
 """Reading a run's output: the chunks its agent shipped to the feed, paged or whole.
 
-The agent uploads each attempt's stdout/stderr as ``logs/{environment}/{run_id}/{attempt:04d}/{seq:08d}.log``
+The agent uploads each attempt's stdout/stderr as ``runs/{environment}/{run_id}/logs/{attempt:04d}/{seq:08d}.log``
 (node_agent/logs.py), chunks of up to 1 MB cut at byte boundaries. A page is at most
 ``PAGE_BYTES`` read with ranged GETs from wherever the previous page stopped, so a page may
 start or end inside a chunk; it always ends on a whole UTF-8 character (a character split

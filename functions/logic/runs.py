@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -40,12 +41,15 @@ from runly_core.records import (
     iso,
     utcnow,
 )
+from runly_core.run_objects import RunObjects, RunObjectUnreadable
 
 from . import delays as delays_
 from .config_schemas import ConfigInvalid, SchemaRefused, validate_config
 from .delays import SQS_ONLY, Delays
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
 from .packages import resolve_in_environment
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY)
@@ -362,9 +366,27 @@ def _dispatch(
 # ---------------------------------------------------------------- get, cancel, requeue
 
 
-def get(run_id: str, *, store: Store, nodes: NodeStore, authorize: Authorize = allow_any) -> RunView:
+def get(
+    run_id: str,
+    *,
+    store: Store,
+    nodes: NodeStore,
+    authorize: Authorize = allow_any,
+    objects: Callable[[], RunObjects] | None = None,
+) -> RunView:
+    """The run with its config, checkpoint and output; an output stored out of the run item is read from S3
+    (``objects``, built only then) and checked against its sha256 and length."""
     record, checkpoint = store.get_run_and_checkpoint(run_id)
-    return view(authorized_run(record, run_id, authorize), nodes_of=nodes_lookup(nodes), checkpoint=checkpoint)
+    result = view(authorized_run(record, run_id, authorize), nodes_of=nodes_lookup(nodes), checkpoint=checkpoint)
+    if record is not None and record.output_ref is not None:
+        if objects is None:
+            raise Unavailable(f"run {run_id}: its output is stored out of line and no object store was given")
+        try:
+            result.output = json.loads(objects().get_output(run_id, record.output_ref))
+        except RunObjectUnreadable as exc:
+            log.error("run %s: its output cannot be read: %s", run_id, exc)
+            raise Unavailable(f"run {run_id}: its stored output cannot be read ({exc})") from exc
+    return result
 
 
 def cancel(
@@ -393,14 +415,20 @@ def cancel(
                 }
                 cancelled = store.cancel_queued(run_id, now=now, error=error)
                 delays_.cancel_timer(cancelled, delays=delays)
-                return view(cancelled, nodes_of=nodes_lookup(nodes))
+                return view(_config_of(record, cancelled), nodes_of=nodes_lookup(nodes))
             if record.state is RunState.RUNNING:
                 cancelling = store.request_cancel(run_id, now=now, requested_by=requested_by)
-                return view(cancelling, nodes_of=nodes_lookup(nodes))
+                return view(_config_of(record, cancelling), nodes_of=nodes_lookup(nodes))
         except StateChanged:
             continue
         raise Conflict(f"run {run_id} is {record.state.value}; only Queued or Running runs can be cancelled")
     raise Unavailable(f"run {run_id} kept changing state while being cancelled; retry")
+
+
+def _config_of(read: RunRecord, written: RunRecord) -> RunRecord:
+    """``written`` (a run item as a write returned it, without its config) with the config of ``read``, the same
+    run read with it before: a run's config never changes."""
+    return written.model_copy(update={"config_json": read.config_json})
 
 
 def requeue(
@@ -439,7 +467,7 @@ def requeue(
         job=original.job,
         entry_point=original.entry_point,
         environment=original.environment,
-        config_json=original.config_json,
+        config_json=original.required_config_json,
         timeout_seconds=original.timeout_seconds,
         max_attempts=original.max_attempts,
         bundle_key=original.bundle_key,

@@ -8,7 +8,7 @@ only for the node's own environment (docs/store.md):
 - the environment's run queue: receive, delete, change visibility (the heartbeat), and send (a run's message is
   replaced before SQS's 12-hour in-flight cap: node_agent.run_messages);
 - the feed: get packages (``packages/*``, shared by every environment), put run logs under the environment's own
-  prefix (``logs/{environment}/*``);
+  prefix (``runs/{environment}/*``: its logs and its outputs beyond their inline size, runly_core.run_objects);
 - the table, by partition key (``dynamodb:LeadingKeys``): read (GetItem, and ConditionCheckItem for the checkpoint
   transaction) the environment's runs, checkpoints and nodes (``ENV#{environment}#RUN#*``,
   ``ENV#{environment}#NODE#*``); update them naming only the attributes a node writes (``dynamodb:Attributes``,
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runly_core.records import NODE_PARTITION, environment_logs_prefix, environment_prefix
+from runly_core.records import NODE_PARTITION, environment_prefix, environment_runs_prefix
 from runly_core.resources import ITEMS_BY_KIND, PACKAGES_PREFIX, PARTITION_KEY, RUNS_BY_LEASE, SORT_KEY
 from runly_core.run_store import MESSAGE_HANDOFF, RUN_PARTITION
 
@@ -63,6 +63,7 @@ RUN_ATTRIBUTES = (
     "finished_at",
     "progress_json",
     "output_json",
+    "output_ref",
     "error_json",
     "retry_at",
     MESSAGE_HANDOFF,
@@ -147,7 +148,7 @@ def node_policy_document(
                 "Sid": "WriteRunLogs",
                 "Effect": "Allow",
                 "Action": "s3:PutObject",
-                "Resource": f"{feed_bucket_arn}/{environment_logs_prefix(environment)}*",
+                "Resource": f"{feed_bucket_arn}/{environment_runs_prefix(environment)}*",
             },
             {
                 "Sid": "ReadItems",

@@ -73,7 +73,7 @@ def _raw_items(stack: EmbeddedStack) -> list[dict[str, Any]]:
 def _shipped_logs(stack: EmbeddedStack, run_id: str) -> bytes:
     s3 = stack.client("s3")
     found = b""
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.names.feed_bucket, Prefix="logs/"):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.names.feed_bucket, Prefix="runs/"):
         for entry in sorted(page.get("Contents", []), key=lambda e: e["Key"]):
             if run_id in entry["Key"]:
                 found += s3.get_object(Bucket=stack.names.feed_bucket, Key=entry["Key"])["Body"].read()

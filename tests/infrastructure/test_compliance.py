@@ -23,8 +23,9 @@ EXPECTED_ACKNOWLEDGMENTS = {
     "AwsSolutions-IAM5[Resource::*]",
     "AwsSolutions-IAM5[Resource::<…>/index/*]",  # the table's indexes
     "AwsSolutions-IAM5[Resource::<…>/packages/*]",  # the feed's packages prefix (API, nodes)
-    "AwsSolutions-IAM5[Resource::<…>/logs/production/*]",  # an environment's logs prefix (nodes upload run logs)
-    "AwsSolutions-IAM5[Resource::<…>/logs/staging/*]",
+    "AwsSolutions-IAM5[Resource::<…>/runs/*]",  # every run's objects (the API reads logs, out-of-line outputs)
+    "AwsSolutions-IAM5[Resource::<…>/runs/production/*]",  # an environment's runs prefix (nodes: logs, outputs)
+    "AwsSolutions-IAM5[Resource::<…>/runs/staging/*]",
     "AwsSolutions-SQS3",  # the run events' failure queue is itself a dead-letter destination
     "AwsSolutions-IAM5[Resource::arn:<…>:scheduler:<…>:<…>:schedule/<…>/*]",  # the API: its group's schedules
 }

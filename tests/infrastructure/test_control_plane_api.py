@@ -163,14 +163,18 @@ def test_function_reads_and_writes_items_of_the_table_and_its_indexes_only(
     assert not {"dynamodb:CreateTable", "dynamodb:DeleteTable", "dynamodb:UpdateTable"} & _actions(statements)
 
 
-def test_function_gets_and_puts_objects_under_packages_only(
+def test_function_gets_and_puts_objects_under_packages_and_only_gets_runs_objects(
     template_json: dict[str, Any], role_statements: list[dict[str, Any]]
 ) -> None:
     statements = _statements_for(role_statements, "s3")
     feed_id = _feed_bucket_id(template_json)
     object_statements = [s for s in statements if "s3:ListBucket" not in as_list(s["Action"])]
-    assert _actions(object_statements) == {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"}
-    assert _resources(object_statements) == {f"<{feed_id}.Arn>/{resources.PACKAGES_PREFIX}*"}
+    packages = [s for s in object_statements if _resources([s]) == {f"<{feed_id}.Arn>/{resources.PACKAGES_PREFIX}*"}]
+    runs = [s for s in object_statements if _resources([s]) == {f"<{feed_id}.Arn>/{resources.RUNS_PREFIX}*"}]
+    assert len(packages) + len(runs) == len(object_statements)
+    assert _actions(packages) == {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"}
+    # Runs' objects (logs, outputs stored out of their items): read only, for GET /runs/{id} and the logs routes
+    assert _actions(runs) == {"s3:GetObject"}
 
     # Listing (so a missing package is a 404, as functions/dal/feed.py expects) is on the feed bucket alone.
     list_statements = [s for s in statements if "s3:ListBucket" in as_list(s["Action"])]

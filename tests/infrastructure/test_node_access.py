@@ -106,7 +106,7 @@ def expected_node_grants(
         *{(action, f"<{queue_id}.Arn>") for action in NODE_QUEUE_ACTIONS},
         # One statement for both (functions.nodes.policy): the pairs across services are void.
         *{(a, r) for a in ("s3:GetObject", "ssm:GetParameters") for r in (f"<{feed}.Arn>/packages/*", values)},
-        ("s3:PutObject", f"<{feed}.Arn>/logs/{environment}/*"),
+        ("s3:PutObject", f"<{feed}.Arn>/runs/{environment}/*"),
         *{(action, f"<{table_id}.Arn>") for action in NODE_ITEM_ACTIONS},
     }
 

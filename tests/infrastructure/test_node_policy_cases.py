@@ -27,7 +27,7 @@ from moto.core import set_initial_no_auth_action_count
 from functions.nodes.credentials import CredentialsSettings, NodeRoleTarget, session_policy
 from infrastructure.settings import StageSettings
 from infrastructure.stack import environment_output_id
-from runly_core.records import environment_partition, key_key, node_key, package_key, pin_key
+from runly_core.records import environment_partition, key_key, node_key, package_key, pin_key, run_log_prefix
 from runly_core.resources import PARTITION_KEY, ResourceNames
 from runly_core.run_store import checkpoint_key, run_key
 from tests.infrastructure.cfn import render
@@ -127,10 +127,10 @@ def cases(arns: Arns) -> list[Case]:
     node_a, node_b = node_key(A, NODE)[PARTITION_KEY], node_key(B, NODE)[PARTITION_KEY]
     pins_a, pins_b = pin_key(A, "pkg")[PARTITION_KEY], pin_key(B, "pkg")[PARTITION_KEY]
     assert pins_a == environment_partition(A)
-    log_a = f"{arns.bucket}/logs/{A}/{RUN_A}/0001/00000000.log"
+    log_a = f"{arns.bucket}/{run_log_prefix(RUN_A, 1)}00000000.log"
     secret_a, variable_a = f"{arns.parameters}/{A}/secrets/API_TOKEN", f"{arns.parameters}/{A}/variables/REGION"
     secret_b, variable_b = f"{arns.parameters}/{B}/secrets/API_TOKEN", f"{arns.parameters}/{B}/variables/REGION"
-    log_b = f"{arns.bucket}/logs/{B}/{RUN_B}/0001/00000000.log"
+    log_b = f"{arns.bucket}/{run_log_prefix(RUN_B, 1)}00000000.log"
     allow = [
         Case("get its environment's run", True, item("GetItem", arns, run_a)),
         Case("get its environment's checkpoint", True, item("GetItem", arns, checkpoint_a)),
@@ -223,7 +223,7 @@ def cases(arns: Arns) -> list[Case]:
         Case(
             "write outside every environment's logs",
             False,
-            Request("s3:PutObject", f"{arns.bucket}/logs/{RUN_A}/0001/00000000.log"),
+            Request("s3:PutObject", f"{arns.bucket}/runs/{RUN_A}/logs/0001/00000000.log"),
         ),
         Case("read a log", False, Request("s3:GetObject", log_a)),
         Case("overwrite a package", False, Request("s3:PutObject", f"{arns.bucket}/packages/pkg/1.0/bundle.zip")),
@@ -433,7 +433,7 @@ def test_environment_names_that_prefix_one_another_stay_apart() -> None:
     assert not allowed([policy], item("GetItem", arns, other_run))
     assert not allowed([policy], item("UpdateItem", arns, other_run, attributes=CLAIM, returns="NONE"))
     assert not allowed([policy], item("GetItem", arns, node_key("prod-eu", NODE)[PARTITION_KEY]))
-    assert not allowed([policy], Request("s3:PutObject", f"{arns.bucket}/logs/prod-eu/run_prod-eu_x/0001/0.log"))
+    assert not allowed([policy], Request("s3:PutObject", f"{arns.bucket}/runs/prod-eu/run_prod-eu_x/logs/0001/0.log"))
     assert not allowed([policy], Request("ssm:GetParameters", f"{arns.parameters}/prod-eu/secrets/API_TOKEN"))
     assert allowed([policy], Request("ssm:GetParameters", f"{arns.parameters}/prod/secrets/API_TOKEN"))
     assert allowed([policy], item("GetItem", arns, run_key("run_prod_20250101000000_0123456789ab")[PARTITION_KEY]))

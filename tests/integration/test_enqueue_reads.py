@@ -82,16 +82,24 @@ def test_a_named_version_is_read_with_the_pin_in_one_round_trip_then_from_memory
     api("PUT", "/environments/staging/pins/greeter", {"specifier": ">=1"})
     store = services().store
 
-    # The first run naming a version: the pin and the version in one BatchGetItem, then the run's PutItem
+    # The first run naming a version: the pin and the version in one BatchGetItem, then the PutItems of the run's
+    # config and of the run
     with dynamodb_calls(store) as calls:
         assert enqueue(api, environment="staging", version="1.0.0").body["version"] == "1.0.0"
-    assert calls == [("BatchGetItem", {"pin staging", "version 1.0.0"}), ("PutItem", set())]
+    assert calls == [("BatchGetItem", {"pin staging", "version 1.0.0"}), ("PutItem", set()), ("PutItem", set())]
 
     # The next (another environment too): the version from memory, the pin read again (one GetItem)
     with dynamodb_calls(store) as calls:
         assert enqueue(api, environment="staging", version="1.0.0").status == 201
         assert enqueue(api, environment="default", version="1.0.0").status == 201
-    assert calls == [("GetItem", {"pin staging"}), ("PutItem", set()), ("GetItem", {"pin default"}), ("PutItem", set())]
+    assert calls == [
+        ("GetItem", {"pin staging"}),
+        ("PutItem", set()),
+        ("PutItem", set()),
+        ("GetItem", {"pin default"}),
+        ("PutItem", set()),
+        ("PutItem", set()),
+    ]
 
     # A pin changed applies to the very next run, whatever is in memory
     api("PUT", "/environments/staging/pins/greeter", {"specifier": ">=1.5"})
@@ -111,12 +119,17 @@ def test_no_version_named_reads_the_pin_with_the_index_then_the_chosen_version(a
     # Two round trips: the pin and the index entry, then the newest allowed version's item
     with dynamodb_calls(store) as calls:
         assert enqueue(api).body["version"] == "1.5.0"
-    assert calls == [("BatchGetItem", {"pin default", "index"}), ("GetItem", {"version 1.5.0"}), ("PutItem", set())]
+    assert calls == [
+        ("BatchGetItem", {"pin default", "index"}),
+        ("GetItem", {"version 1.5.0"}),
+        ("PutItem", set()),
+        ("PutItem", set()),
+    ]
 
     # One once that version is in memory
     with dynamodb_calls(store) as calls:
         assert enqueue(api).body["version"] == "1.5.0"
-    assert calls == [("BatchGetItem", {"pin default", "index"}), ("PutItem", set())]
+    assert calls == [("BatchGetItem", {"pin default", "index"}), ("PutItem", set()), ("PutItem", set())]
 
     # A pin set now applies to the next run
     api("PUT", "/environments/default/pins/greeter", {"specifier": "<1.5"})

@@ -16,9 +16,8 @@ from runly_cli.embedded.gateway import Gateway
 from runly_core import resources
 from runly_core.contracts import Scope
 from runly_core.records import NodeRecord, iso, key_key, node_key, utcnow
-from runly_core.run_store import run_item
 from tests.support.api import api_event, function_env  # noqa: F401  (fixture)
-from tests.support.runs import queued_run
+from tests.support.runs import put_run, queued_run
 
 
 class Clock:
@@ -251,7 +250,7 @@ def test_a_node_key_sees_only_its_own_environment(api: Api, names: resources.Res
     # Given runs and nodes in two environments, and a node key of "default"
     mine = queued_run(names, "run_default_0")
     theirs = queued_run(names, "run_staging_1").model_copy(update={"environment": "staging"})
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=run_item(theirs))
+    put_run(boto3.resource("dynamodb").Table(names.table), theirs)
     _register_node(names, "eu-1", "default", online=True)
     _register_node(names, "st-1", "staging", online=True)
     node_key_secret = api.new_key(Scope.NODE, "default")["secret"]

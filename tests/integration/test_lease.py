@@ -17,7 +17,8 @@ from runly.wire import Checkpoint
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunMessage, RunState
 from runly_core.records import utcnow
-from runly_core.run_store import MESSAGE_HANDOFF, checkpoint_key, index_shard, run_item, run_key
+from runly_core.run_store import MESSAGE_HANDOFF, RunChanged, checkpoint_key, index_shard, run_key
+from tests.support.runs import put_run
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 30
@@ -202,7 +203,7 @@ def dynamodb_calls(agent_aws: AgentAws) -> Iterator[list[str]]:
         events.unregister("before-call.dynamodb", record)
 
 
-def test_a_first_claim_is_one_read_and_one_conditional_write_and_reads_no_checkpoint(
+def test_a_first_claim_is_one_read_one_conditional_write_and_its_config_and_reads_no_checkpoint(
     agent_aws: AgentAws, names: resources.ResourceNames
 ) -> None:
     _queued_run(names)
@@ -210,9 +211,21 @@ def test_a_first_claim_is_one_read_and_one_conditional_write_and_reads_no_checkp
         record = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
         checkpoint = agent_aws.checkpoint_for(record)
     # The read: the node's policy lets its writes return no attributes (functions.nodes.policy), so the run comes
-    # from a read, and the write is conditional on the run being as read.
-    assert calls == ["GetItem", "UpdateItem"]
+    # from a read, and the write is conditional on the run being as read; the config (its own item) is read once
+    # the lease is ours.
+    assert calls == ["GetItem", "UpdateItem", "GetItem"]
     assert record.attempt == 1 and record.lease_owner == "node-a" and checkpoint is None
+    assert record.config_json == '{"name": "Ada"}'
+
+
+def test_a_lost_claim_reads_no_config(agent_aws: AgentAws, names: resources.ResourceNames) -> None:
+    _queued_run(names)
+    read = agent_aws.get_run("run_default_1")
+    assert read is not None and read.config_json is None  # the run item alone holds only its size
+    agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
+    with dynamodb_calls(agent_aws) as calls, pytest.raises(RunChanged):
+        agent_aws.runs.claim(read, "node-b", now_ms() + LEASE * 1000)
+    assert calls == ["UpdateItem"]
 
 
 def test_a_retry_is_claimed_as_attempt_two_and_resumes_from_its_checkpoint(
@@ -231,8 +244,9 @@ def test_a_retry_is_claimed_as_attempt_two_and_resumes_from_its_checkpoint(
         second = agent_aws.claim("run_default_1", "node-b", LEASE, now_ms())
         checkpoint = agent_aws.checkpoint_for(second)
 
-    # Then it is attempt 2, and it gets attempt 1's checkpoint
-    assert calls == ["GetItem", "UpdateItem", "GetItem"]
+    # Then it is attempt 2, and it gets its config and attempt 1's checkpoint (two GetItems: no batch call is a
+    # node's, functions.nodes.policy)
+    assert calls == ["GetItem", "UpdateItem", "GetItem", "GetItem"]
     assert second.attempt == 2 and [a.number for a in second.attempts] == [1, 2]
     assert checkpoint is not None and checkpoint.watermark == 7
 
@@ -243,7 +257,7 @@ def test_a_resumed_requeue_gets_the_copied_checkpoint_on_its_first_attempt(
     # Given a run requeued with --resume: the API put the original's checkpoint on it before dispatching it
     table = boto3.resource("dynamodb").Table(names.table)
     requeued = _queued_run(names, "run_default_2").model_copy(update={"requeued_from": "run_default_1"})
-    table.put_item(Item=run_item(requeued))
+    put_run(table, requeued)
     copied = Checkpoint(watermark=40, last_item_id="39", attempt=2, written_at=utcnow())
     table.put_item(
         Item={

@@ -22,9 +22,9 @@ from runly_core.run_store import (
     RunChanged,
     lease_index_partition,
     lease_sort_key,
-    run_item,
     run_key,
 )
+from tests.support.runs import put_run
 from tests.support.runs import queued_run as _queued_run
 
 LEASE = 10
@@ -270,7 +270,7 @@ def test_a_run_item_forged_with_node_credentials_is_never_requeued(
             "lease_until_ms": now_ms() - 3_600_000,
         }
     )
-    table.put_item(Item=run_item(whole, api_created=False))
+    put_run(table, whole, api_created=False)
 
     # When the reaper runs
     report = reap(store, now_ms=now_ms(), grace_seconds=60)
@@ -309,7 +309,7 @@ def test_a_dead_letter_fails_only_an_api_created_run_of_its_own_environment(
     # Given a queued staging run, and a default DLQ holding messages that name it, a forged run and a bad id
     staging = _queued_run(names, "run_staging_victim").model_copy(update={"environment": "staging"})
     table = boto3.resource("dynamodb").Table(names.table)
-    table.put_item(Item=run_item(staging))
+    put_run(table, staging)
     table.update_item(
         Key=run_key("run_default_forged"),
         UpdateExpression="SET #state = :queued",

@@ -117,7 +117,7 @@ def test_the_node_policy_allows_its_queue_its_log_prefix_and_its_environment_ite
     )
     assert (by_sid["WriteRunLogs"]["Action"], by_sid["WriteRunLogs"]["Resource"]) == (
         "s3:PutObject",
-        f"{BUCKET_ARN}/logs/default/*",
+        f"{BUCKET_ARN}/runs/default/*",
     )
     leading = {
         sid: by_sid[sid]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]

@@ -24,8 +24,8 @@ from runly_cli.embedded.gateway import Gateway
 from runly_client.client import ApiError, RunlyClient
 from runly_core.contracts import EnqueueRunRequest, RunMessage, Scope
 from runly_core.records import IdempotencyRecord, PackageRecord, iso, utcnow
-from runly_core.run_store import run_item
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter
+from tests.support.runs import put_run
 
 stack, aws, api = api_fixtures()
 
@@ -180,7 +180,7 @@ def test_a_keyed_run_whose_batch_died_before_sending_is_dispatched_on_replay(
         expires_at=int(time.time()) + 3600,
     )
     table = boto3.resource("dynamodb").Table(NAMES.table)
-    table.put_item(Item=run_item(record))
+    put_run(table, record)
     table.put_item(Item=key.to_item())
 
     # When the client retries the batch
@@ -219,7 +219,7 @@ def test_runs_whose_message_the_queue_refused_are_taken_back_with_their_keys(
 
     # Then the caller is told which item was not enqueued; that run and its key are gone, the others stand
     assert reply.status == 503 and "runs[1]" in reply.body["message"]
-    recorded = {item["config_json"] for item in run_items()}
+    recorded = {item["config_json"] for item in _scan() if item["sk"] == "CONFIG"}
     assert recorded == {'{"name":"n0"}', '{"name":"n2"}'}
     assert len(messages(aws["default"])) == 2
     store = services().store

@@ -28,8 +28,9 @@ from runly_client.client import ApiError, RunlyClient
 from runly_core import resources, table
 from runly_core.contracts import EnqueueRunRequest, FailureReason, RunMessage, RunState, Scope
 from runly_core.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_log_prefix, utcnow
-from runly_core.run_store import RUN_INDEX_SHARDS, index_shard, run_item, run_key
+from runly_core.run_store import RUN_INDEX_SHARDS, index_shard, run_key
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter, serialized_dynamodb
+from tests.support.runs import put_run as put_run_items
 
 LEASE = 30
 
@@ -94,7 +95,7 @@ def put_run(
         created_at=iso(created_at or utcnow()),
         finished_at=iso(utcnow()) if state.terminal else None,
     )
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=run_item(record))
+    put_run_items(boto3.resource("dynamodb").Table(names.table), record)
     return record
 
 

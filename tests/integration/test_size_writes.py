@@ -17,8 +17,8 @@ from runly.wire import Checkpoint, Progress
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunState
 from runly_core.records import RunRecord, utcnow
-from runly_core.run_store import checkpoint_key, run_item, run_key
-from tests.support.runs import queued_run
+from runly_core.run_store import checkpoint_key, run_key
+from tests.support.runs import put_run, queued_run
 
 LEASE = 30
 MB = 1024 * 1024
@@ -39,7 +39,7 @@ def _item_bytes(names: resources.ResourceNames, key: dict[str, str]) -> int:
 
 
 def _stored(agent_aws: AgentAws, run_id: str = "run_default_1") -> RunRecord:
-    record = agent_aws.get_run(run_id)
+    record = agent_aws.runs.get_with_config(run_id)  # as the API reads it: with its config
     assert record is not None
     return record
 
@@ -50,15 +50,15 @@ def test_an_output_over_its_limit_is_refused_before_any_write_and_the_run_can_st
     queued_run(names)
     claimed = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
 
-    # When the node records a 1 MB output
+    # When the node records an output over its limit (2 MiB)
     with pytest.raises(sizes.OutputTooLarge):
-        agent_aws.end_attempt(claimed, "node-a", state=RunState.SUCCEEDED, output={"blob": "x" * MB})
+        agent_aws.end_attempt(claimed, "node-a", state=RunState.SUCCEEDED, output={"blob": "x" * (2 * MB)})
 
     # Then nothing was written (the lease is still this attempt's) and the run fails with the reason instead
     assert _stored(agent_aws).state is RunState.RUNNING
     agent_aws.end_attempt(
         claimed, "node-a", state=RunState.FAILED, reason=FailureReason.OUTPUT_TOO_LARGE,
-        error={"reason": "output_too_large", "message": "the job's output is 1048590 bytes as JSON"},
+        error={"reason": "output_too_large", "message": "the job's output is 2097166 bytes as JSON"},
     )  # fmt: skip
     run = _stored(agent_aws).view()
     assert run.state is RunState.FAILED and run.error is not None
@@ -135,7 +135,7 @@ def test_a_checkpoint_over_its_limit_in_bytes_is_refused_before_the_write(
 
 def _run_allowing(names: resources.ResourceNames, max_attempts: int) -> None:
     record = queued_run(names).model_copy(update={"max_attempts": max_attempts})
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=run_item(record))
+    put_run(boto3.resource("dynamodb").Table(names.table), record)
 
 
 def test_an_expired_lease_of_a_run_on_its_last_attempt_is_not_taken_over(

@@ -107,7 +107,7 @@ def reset_stack(
     for url in queue_urls.values():
         sqs.purge_queue(QueueUrl=url)
     s3 = boto3.client("s3")
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=names.feed_bucket, Prefix=resources.LOGS_PREFIX):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=names.feed_bucket, Prefix=resources.RUNS_PREFIX):
         for entry in page.get("Contents", []):
             s3.delete_object(Bucket=names.feed_bucket, Key=entry["Key"])
 

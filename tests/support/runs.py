@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import boto3
 
 from runly_core import resources
 from runly_core.contracts import RunState
 from runly_core.records import RunRecord, iso, utcnow
-from runly_core.run_store import run_item
+from runly_core.run_store import config_item, run_item
 
 
 def queued_run(names: resources.ResourceNames, run_id: str = "run_default_1") -> RunRecord:
@@ -28,5 +29,11 @@ def queued_run(names: resources.ResourceNames, run_id: str = "run_default_1") ->
         bundle_sha256="0" * 64,
         created_at=iso(utcnow()),
     )
-    boto3.resource("dynamodb").Table(names.table).put_item(Item=run_item(record))
+    put_run(boto3.resource("dynamodb").Table(names.table), record)
     return record
+
+
+def put_run(table: Any, record: RunRecord, *, api_created: bool = True) -> None:
+    """Write ``record`` as the API does: its run item and its CONFIG item (``api_created=False``: a forged run)."""
+    table.put_item(Item=config_item(record))
+    table.put_item(Item=run_item(record, api_created=api_created))

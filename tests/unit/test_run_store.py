@@ -154,8 +154,16 @@ def test_create_is_conditional_on_a_new_item_and_a_taken_id_is_already_exists() 
     table = _Table()
     store = RunStore(table)
     store.create(_run())
-    ((operation, call),) = table.calls
-    assert operation == "put_item" and call["ConditionExpression"] == RunStore.IS_NEW
+    # Its CONFIG item first, then the run item, each only if new: no run exists without its config
+    (config_op, config_call), (run_op, run_call) = table.calls
+    assert (config_op, config_call["Item"]["sk"], run_op, run_call["Item"]["sk"]) == (
+        "put_item",
+        "CONFIG",
+        "put_item",
+        "RUN",
+    )
+    assert config_call["ConditionExpression"] == run_call["ConditionExpression"] == RunStore.IS_NEW
+    assert "config_json" not in run_call["Item"] and run_call["Item"]["config_bytes"] == 2
     table.fail = _error("ConditionalCheckFailedException")
     with pytest.raises(AlreadyExists):
         store.create(_run())

@@ -27,6 +27,7 @@ from runly.wire import AckMessage, Checkpoint, CheckpointMessage, Progress, RunS
 from runly_cli.run_local import LocalRun, Project
 from runly_core.contracts import AttemptView, FailureReason, RunState
 from runly_core.records import RunRecord, iso, utcnow
+from runly_core.run_objects import OUTPUT_INLINE_BYTES
 from runly_core.run_store import run_item
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,8 +105,8 @@ def _finished(run: LocalRun, timeout: float = 20) -> LocalRun:
 
 
 def test_an_output_over_its_limit_fails_in_the_job_with_its_own_error() -> None:
-    # Given a job whose output is 1 MB
-    run = _finished(_local("Producer", {"what": "output", "size": 1024 * KB}))
+    # Given a job whose output is over its 2 MiB limit
+    run = _finished(_local("Producer", {"what": "output", "size": limits.MAX_OUTPUT_BYTES + 64 * KB}))
     # Then the job process sends no result but an OutputTooLarge error, which the agent maps to its reason
     assert run.exit_code == EXIT_JOB_FAILED and run.result is None
     assert run.error is not None and run.error.type == "OutputTooLarge"
@@ -277,21 +278,37 @@ def test_a_checkpoint_within_the_line_but_over_its_limit_in_bytes_is_refused_by_
             "16384",
         ),
         (
-            '{"kind":"progress","progress":{"message":"' + "m" * (500 * KB) + '"}}',
+            '{"kind":"progress","progress":{"message":"' + "m" * (limits.MAX_CHANNEL_MESSAGE_BYTES + KB) + '"}}',
             FailureReason.PROGRESS_TOO_LARGE,
             "progress line",
         ),
         # a result within the line's limit but over the output's
-        ('{"kind":"result","output":"' + "o" * (200 * KB) + '"}', FailureReason.OUTPUT_TOO_LARGE, "131072"),
+        (
+            '{"kind":"result","output":"' + "o" * (limits.MAX_OUTPUT_BYTES + KB) + '"}',
+            FailureReason.OUTPUT_TOO_LARGE,
+            str(limits.MAX_OUTPUT_BYTES),
+        ),
         # NaN, which would be stored as null
         ('{"kind":"result","output":{"mean":NaN}}', FailureReason.USER_ERROR, "NaN or Infinity"),
         ('{"kind":"result","output":[Infinity]}', FailureReason.USER_ERROR, "NaN or Infinity"),
         # a lone surrogate, which is not UTF-8 (DynamoDB refuses it)
         ('{"kind":"result","output":"\\ud800"}', FailureReason.USER_ERROR, "lone surrogate"),
         # a line over the channel's limit that is no known message
-        ('{"padding":"' + "p" * (400 * KB) + '"}', FailureReason.MESSAGE_TOO_LARGE, "message line"),
+        (
+            '{"padding":"' + "p" * (limits.MAX_CHANNEL_MESSAGE_BYTES + KB) + '"}',
+            FailureReason.MESSAGE_TOO_LARGE,
+            "message line",
+        ),
     ],
-    ids=["progress-20k", "progress-500k", "output-200k", "nan", "infinity", "surrogate", "unknown-400k"],
+    ids=[
+        "progress-20k",
+        "progress-over-a-line",
+        "output-over-2m",
+        "nan",
+        "infinity",
+        "surrogate",
+        "unknown-over-a-line",
+    ],
 )
 def test_a_value_the_agent_cannot_store_is_a_violation_with_its_reason(
     line: str, reason: FailureReason, said: str
@@ -358,7 +375,7 @@ def _config_json_at_the_limit() -> str:
     job = JobSpec(name="j", entry_point="m:J", config_schema={})
     package = PackageRecord(name="p", version="1", sha256="0" * 64, size=1, key="k", jobs_json="[]", created_at="")
     request = EnqueueRunRequest(package="p", job="j", config=config)
-    return new_run(request, package, job, now=utcnow()).config_json
+    return new_run(request, package, job, now=utcnow()).required_config_json
 
 
 def test_the_api_stores_a_config_as_it_measured_it() -> None:
@@ -389,7 +406,7 @@ def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_ite
                         error=sizes.truncate_utf8(long_error, limits.MAX_ATTEMPT_ERROR_BYTES))
             for n in range(1, limits.MAX_RECORDED_ATTEMPTS + 1)
         ],
-        output_json="€" * (limits.MAX_OUTPUT_BYTES // 3),
+        output_json="€" * (OUTPUT_INLINE_BYTES // 3),  # the most an output keeps inline (beyond, in S3)
         error_json=sizes.stored_json(error),
         progress_json=sizes.progress_json(progress),
     )  # fmt: skip
@@ -397,7 +414,7 @@ def test_a_run_item_with_every_value_at_its_limit_stays_well_under_dynamodbs_ite
     item = run_item(record)
     size = sum(len(name.encode()) + _dynamodb_size(value) for name, value in item.items())
     print(f"worst-case run item: {size} bytes of {limits.DYNAMODB_MAX_ITEM_BYTES}")
-    assert size <= 0.75 * limits.DYNAMODB_MAX_ITEM_BYTES, size
+    assert size <= 0.3 * limits.DYNAMODB_MAX_ITEM_BYTES, size
     # And every limit fits in one channel line, so a value within its limit always reaches the agent
     assert limits.MAX_CHANNEL_MESSAGE_BYTES > max(
         limits.MAX_OUTPUT_BYTES, limits.MAX_CHECKPOINT_BYTES, limits.MAX_ERROR_BYTES

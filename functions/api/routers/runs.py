@@ -184,7 +184,13 @@ def search(
 )
 def get_run(run_id: RunId) -> RunView:
     caller = require(router.current_event, Scope.READ)
-    return runs.get(run_id, store=services().store, nodes=node_store(), authorize=partial(require_environment, caller))
+    return runs.get(
+        run_id,
+        store=services().store,
+        nodes=node_store(),
+        authorize=partial(require_environment, caller),
+        objects=lambda: services().feed.run_objects,
+    )
 
 
 @router.post(

@@ -16,6 +16,7 @@ from runly_core.contracts import MAX_DELAY_SECONDS, EnqueueRunRequest, RunState,
 from runly_core.records import RunRecord, iso
 
 NOW = datetime(2027, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+WHOLE = NOW.replace(microsecond=0)  # stored times have milliseconds: whole-second arithmetic on it
 RUN_ID = "run_default_20270102030405_0123456789ab"
 
 
@@ -49,10 +50,11 @@ def test_a_year_is_the_longest_delay() -> None:
     assert refused.value.field == "not_before"
 
 
-def test_the_sqs_delay_is_rounded_up_and_capped_at_15_minutes() -> None:
+def test_the_sqs_delay_is_rounded_down_and_capped_at_15_minutes() -> None:
     assert delays.sqs_delay(None, NOW) == 0
     assert delays.sqs_delay(NOW - timedelta(seconds=5), NOW) == 0
-    assert delays.sqs_delay(NOW + timedelta(seconds=2, milliseconds=1), NOW) == 3  # never received early
+    # Received less than a second early: the claim waits the rest (node_agent.aws.EARLY_WAIT_MS)
+    assert delays.sqs_delay(NOW + timedelta(seconds=2, milliseconds=999), NOW) == 2
     assert delays.sqs_delay(NOW + timedelta(seconds=2), NOW) == 2
     assert delays.sqs_delay(NOW + timedelta(hours=1), NOW) == 900
 
@@ -111,7 +113,7 @@ class FakeStore:
 def test_dispatch_sends_an_sqs_delay_or_creates_a_timer_15_minutes_before() -> None:
     queue, timers = FakeQueue(), FakeTimers()
     on_timers = delays.Delays(timers=timers)  # type: ignore[arg-type]
-    delays.dispatch(record(NOW + timedelta(seconds=90)), queue=queue, delays=on_timers, now=NOW)  # type: ignore[arg-type]
+    delays.dispatch(record(WHOLE + timedelta(seconds=90)), queue=queue, delays=on_timers, now=WHOLE)  # type: ignore[arg-type]
     assert queue.sent == [(RUN_ID, 90)] and timers.created == []
 
     later = datetime(2027, 1, 3, 0, 0, 0, tzinfo=UTC)
@@ -120,10 +122,10 @@ def test_dispatch_sends_an_sqs_delay_or_creates_a_timer_15_minutes_before() -> N
 
 
 def test_a_timer_fire_sends_the_remaining_delay_and_nothing_for_a_run_no_longer_waiting() -> None:
-    not_before = NOW + timedelta(minutes=15)
-    event = RunTimerFire(run_id=RUN_ID, scheduled_time=NOW)
+    not_before = WHOLE + timedelta(minutes=15)
+    event = RunTimerFire(run_id=RUN_ID, scheduled_time=WHOLE)
     queue = FakeQueue()
-    outcome = delays.fire(event, store=FakeStore(record(not_before)), queue=queue, now=NOW)  # type: ignore[arg-type]
+    outcome = delays.fire(event, store=FakeStore(record(not_before)), queue=queue, now=WHOLE)  # type: ignore[arg-type]
     assert (outcome.status, outcome.delay_seconds) == ("dispatched", 900) and queue.sent == [(RUN_ID, 900)]
 
     for gone in (record(not_before, state=RunState.CANCELLED), record(not_before, attempt=1)):

@@ -204,3 +204,22 @@ def parse_config(raw: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CliError("--config must be a JSON object", EXIT_USAGE)
     return value
+
+
+TagOption = Annotated[
+    list[str] | None,
+    typer.Option("--tag", help="key=value; repeat for more (enqueue: the run's tags; ls: runs with all of them)"),
+]
+
+
+def parse_tags(pairs: list[str] | None) -> dict[str, str]:
+    """``--tag key=value`` options as a run's tags (the API checks keys and values and names what is wrong)."""
+    tags: dict[str, str] = {}
+    for pair in pairs or []:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise CliError(f"--tag {pair!r}: expected key=value", EXIT_USAGE)
+        if key in tags:
+            raise CliError(f"--tag {key!r} given twice", EXIT_USAGE)
+        tags[key] = value
+    return tags

@@ -24,6 +24,7 @@ from runly_cli.common import (
     CliError,
     JsonOption,
     KeyOption,
+    TagOption,
     client,
     console,
     default_environment,
@@ -33,6 +34,7 @@ from runly_cli.common import (
     parse_aware_time,
     parse_config,
     parse_duration,
+    parse_tags,
     print_json,
 )
 from runly_core.contracts import EnqueueRunRequest
@@ -113,6 +115,7 @@ def enqueue(
     version: Annotated[str | None, typer.Option(help="an exact version (default: the newest, or the pin)")] = None,
     timeout: Annotated[int | None, typer.Option(min=1, help="seconds the run may take (default: 3600)")] = None,
     max_attempts: Annotated[int | None, typer.Option(min=1, max=10, help="tries before it fails (default: 3)")] = None,
+    tag: TagOption = None,
     delay: Annotated[
         str | None, typer.Option(help="start no earlier than this from now: 90s, 15m, 2h, 3d or seconds (up to 366d)")
     ] = None,
@@ -137,6 +140,7 @@ def enqueue(
         config=parse_config(config),
         environment=default_environment(environment),
         version=version,
+        tags=parse_tags(tag),
         not_before=parse_aware_time(not_before, option="--not-before") if not_before is not None else None,
         **{k: v for k, v in limits.items() if v is not None},
     )

@@ -53,6 +53,56 @@ PackageName = Annotated[str, AfterValidator(normalize_package_name), Field(patte
 EnvironmentName = Annotated[str, AfterValidator(_environment)]
 Sha256 = Annotated[str, Field(pattern=SHA256_HEX, description="lower-case hex SHA-256")]
 
+# A run's tags (docs/api.md, "Tags"): what an application labels its runs with, to find them again
+# (``GET /runs?tag=key:value``). A key has no ':' or '=' (the search's and the CLI's separators).
+TAG_KEY = re.compile(r"^[A-Za-z0-9_.@/+-]{1,64}$")
+MAX_TAGS = 20
+MAX_TAG_VALUE_CHARS = 256
+
+
+def check_tag_value(key: str, value: str) -> None:
+    if len(value) > MAX_TAG_VALUE_CHARS:
+        raise ValueError(f"the value of tag {key!r} is {len(value)} characters: at most {MAX_TAG_VALUE_CHARS}")
+    if any(not character.isprintable() for character in value):
+        raise ValueError(f"the value of tag {key!r} holds a control or unprintable character")
+    if "," in value:
+        # API Gateway joins a repeated query parameter's values with commas: tag=a:1&tag=b:2 arrives as "a:1,b:2"
+        raise ValueError(f"the value of tag {key!r} holds a ',' (GET /runs?tag= could not name it)")
+
+
+def check_tag_key(key: str) -> None:
+    if not TAG_KEY.match(key):
+        raise ValueError(f"tag key {key[:80]!r} must be 1-64 of A-Z a-z 0-9 _ . @ / + - (no ':' or '=')")
+
+
+def _tags(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_TAGS:
+        raise ValueError(f"{len(value)} tags: a run has at most {MAX_TAGS}")
+    for key, text in value.items():
+        check_tag_key(key)
+        check_tag_value(key, text)
+    return value
+
+
+Tags = Annotated[
+    dict[str, str],
+    AfterValidator(_tags),
+    Field(
+        description=f"labels to find the run by (GET /runs?tag=key:value): at most {MAX_TAGS}; keys 1-64 of "
+        f"A-Z a-z 0-9 _ . @ / + - ; values at most {MAX_TAG_VALUE_CHARS} printable characters, no ','",
+    ),
+]
+
+
+def parse_tag_filter(text: str) -> tuple[str, str]:
+    """``key:value`` (the value may hold ':') as a search names a tag; ValueError saying what is wrong."""
+    key, separator, value = text.partition(":")
+    if not separator:
+        raise ValueError(f"{text[:80]!r} is not key:value")
+    check_tag_key(key)
+    check_tag_value(key, value)
+    return key, value
+
 
 class RunState(StrEnum):
     QUEUED = "Queued"
@@ -161,6 +211,7 @@ class EnqueueRunRequest(Strict):
     version: PackageVersion | None = Field(default=None, description="exact version; newest when omitted")
     timeout_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     max_attempts: int = Field(default=3, ge=1, le=10)
+    tags: Tags = Field(default_factory=dict)
     not_before: AwareDatetime | None = Field(
         default=None,
         description="ISO 8601 with a time zone: the run starts no earlier than this (at most a year ahead); a time "
@@ -220,6 +271,7 @@ class RunView(BaseModel):
     not_before: datetime | None = Field(default=None, description="the run starts no earlier than this (a delayed run)")
     requeued_from: str | None = Field(default=None, description="the run this one is a requeue of")
     schedule_id: str | None = Field(default=None, description="the schedule that enqueued it, if one did")
+    tags: dict[str, str] = Field(default_factory=dict, description="the labels it was enqueued with")
     trace_id: str | None = Field(
         default=None,
         description="the W3C trace id of the run's trace (from the enqueue request's traceparent, else a new one): "
@@ -477,6 +529,7 @@ class UpdateScheduleRequest(Strict):
     version: PackageVersion | None = None
     timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     max_attempts: int | None = Field(default=None, ge=1, le=10)
+    tags: Tags | None = None
     expression: str | None = Field(default=None, min_length=1, max_length=256, description=SCHEDULE_EXPRESSION_DOC)
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
     enabled: bool | None = None
@@ -495,6 +548,7 @@ class ScheduleView(BaseModel):
     version: str | None = Field(description="the version each run gets; null: the newest the pin allows then")
     timeout_seconds: int
     max_attempts: int
+    tags: dict[str, str] = Field(default_factory=dict, description="each run's tags")
     delay_seconds: int | None = Field(default=None, description="each run starts this long after its fire")
     expression: str = Field(description="as EventBridge Scheduler has it (canonical spelling)")
     timezone: str

@@ -63,6 +63,9 @@ LEASE_INDEX_PARTITION = "LEASED"
 # Written by the API on every run item it creates and never by a node (the node's policy cannot name it): the
 # reaper and the dead-letter handler act only on runs that carry it.
 API_CREATED = "api_created"
+# The run's tags as "key=value" strings (a string set, only on a run with tags): what a search's tag filter reads
+# (DynamoDB's contains() on a set; a map's keys could not be named in a filter without escaping every one).
+TAG_SET = "tag_set"
 # Written by a node that received a message of a run another attempt holds: the holder keeps that message (agent).
 MESSAGE_HANDOFF = "message_handoff"
 # What names a lease's owner and puts the run in the lease index, and a message offered to the attempt holding it:
@@ -162,9 +165,16 @@ def run_item(record: RunRecord, *, api_created: bool = True) -> dict[str, Any]:
     item.update(search_index_attributes(record))
     if record.lease_until_ms is not None and not record.state.terminal:
         item.update(lease_index_attributes(record.run_id, record.lease_until_ms))
+    if record.tags:
+        item[TAG_SET] = set(tag_set_members(record.tags))
     if api_created:
         item[API_CREATED] = True
     return item
+
+
+def tag_set_members(tags: dict[str, str]) -> list[str]:
+    """The members of a run's tag set: a key holds no '=', so ``key=value`` names one tag unambiguously."""
+    return [f"{key}={value}" for key, value in sorted(tags.items())]
 
 
 def api_run(item: dict[str, Any] | None) -> RunRecord | None:

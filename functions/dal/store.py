@@ -40,6 +40,7 @@ from runly_core.resources import PARTITION_KEY, RUNS_BY_ENVIRONMENT, SORT_KEY, T
 from runly_core.run_store import (
     CHECKPOINT_SORT_KEY,
     RUN_SORT_KEY,
+    TAG_SET,
     CompanionsRefused,
     RunStore,
     StateChanged,
@@ -48,6 +49,7 @@ from runly_core.run_store import (
     run_id_of_search_sort_key,
     run_key,
     runs_index_partition,
+    tag_set_members,
 )
 from runly_core.table import AlreadyExists, Unwritten, batch_get, batch_write, condition_failed, error_code, refused_as
 
@@ -269,6 +271,7 @@ class Store:
         filters: dict[str, str],
         start_after: str | None,
         page_size: int,
+        tags: dict[str, str] | None = None,
     ) -> RunQueryPage:
         """One page of an environment's runs, newest first, from the runs-by-environment index.
 
@@ -294,6 +297,9 @@ class Store:
         condition: ConditionBase | None = None
         for name, value in sorted(filters.items()):
             clause = Attr(name).eq(value)
+            condition = clause if condition is None else condition & clause
+        for member in tag_set_members(tags or {}):
+            clause = Attr(TAG_SET).contains(member)
             condition = clause if condition is None else condition & clause
         if condition is not None:
             query["FilterExpression"] = condition

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
 from functions.dal.store import InvalidStartKey, RunQueryPage, Store
-from runly_core.contracts import RunPage, RunState, RunView, normalize_package_name
+from runly_core.contracts import RunPage, RunState, RunView, normalize_package_name, parse_tag_filter
 from runly_core.records import RunRecord, iso
 
 from .errors import BadRequest, NotFound, Unprocessable
@@ -48,6 +48,25 @@ _FILTERED_QUERY_PAGE = 200
 _POSITION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z#[A-Za-z0-9_.:-]{1,128}$")
 
 
+MAX_TAG_FILTERS = 10
+
+
+def tag_filters(texts: list[str]) -> dict[str, str]:
+    """The ``tag`` query parameters (``key:value`` each) as the tags a run must all have; 400 naming ``tag``."""
+    if len(texts) > MAX_TAG_FILTERS:
+        raise BadRequest(f"{len(texts)} tag filters: at most {MAX_TAG_FILTERS}", field="tag")
+    tags: dict[str, str] = {}
+    for text in texts:
+        try:
+            key, value = parse_tag_filter(text)
+        except ValueError as exc:
+            raise BadRequest(f"tag: {exc}", field="tag") from None
+        if key in tags and tags[key] != value:
+            raise BadRequest(f"tag {key!r} given twice with different values: a run has one value per key", field="tag")
+        tags[key] = value
+    return tags
+
+
 @dataclass(frozen=True)
 class RunSearch:
     state: RunState | None = None
@@ -59,6 +78,7 @@ class RunSearch:
     limit: int = 50
     cursor: str | None = None
     schedule_id: str | None = None  # only the runs a schedule enqueued
+    tags: dict[str, str] = field(default_factory=dict)  # only runs with every one of these tags (key -> value)
 
 
 class _Cursor(BaseModel):
@@ -128,7 +148,7 @@ class _Loader:
         self.search = search
         self.filters = filters
         self.budget = budget
-        self.page_size = _FILTERED_QUERY_PAGE if filters else search.limit + 1
+        self.page_size = _FILTERED_QUERY_PAGE if filters or search.tags else search.limit + 1
 
     def __call__(self, stream: _Stream) -> RunQueryPage:
         try:
@@ -139,6 +159,7 @@ class _Loader:
                 filters=self.filters,
                 start_after=stream.position,
                 page_size=self.page_size,
+                tags=self.search.tags,
             )
         except InvalidStartKey as exc:
             raise BadRequest("this cursor does not fit the query", field="cursor") from exc
@@ -158,6 +179,7 @@ def _fingerprint(search: RunSearch, environments: list[str], filters: dict[str, 
     query = {
         "environments": environments,
         "filters": filters,
+        "tags": search.tags,
         "after": _bound(search.created_after),
         "before": _bound(search.created_before),
     }

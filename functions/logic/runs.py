@@ -58,7 +58,7 @@ _NOT_TAKING_WORK = frozenset({"draining", "stopped"})
 _STATE_CHANGE_TRIES = 5
 
 # Fields of EnqueueRunRequest added after Idempotency-Keys were first fingerprinted (request_fingerprint).
-_LATER_FIELDS = ("not_before", "delay_seconds")
+_LATER_FIELDS = ("not_before", "delay_seconds", "tags")
 
 NodesOf = Callable[[str], list[NodeRecord]]
 Authorize = Callable[[str], None]
@@ -112,7 +112,7 @@ def check_idempotency_key(key: str) -> None:
 def request_fingerprint(request: EnqueueRunRequest) -> str:
     """What "the same request" means for an Idempotency-Key: the validated body, keys in canonical order. Fields
     added since keys were first stored count only when given, so a key stored before them still matches its body."""
-    unset = {field for field in _LATER_FIELDS if getattr(request, field) is None}
+    unset = {field for field in _LATER_FIELDS if getattr(request, field) in (None, {})}
     canonical = json.dumps(request.model_dump(mode="json", exclude=unset), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -219,6 +219,7 @@ def new_run(
         bundle_sha256=package.sha256,
         created_at=iso(now),
         schedule_id=schedule_id,
+        tags=request.tags or None,
         traceparent=str(trace or TraceParent.new()),
         not_before=iso(not_before) if not_before else None,
     )
@@ -445,6 +446,7 @@ def requeue(
         bundle_sha256=original.bundle_sha256,
         created_at=iso(utcnow()),
         requeued_from=original.run_id,
+        tags=original.tags,
         traceparent=str(trace or TraceParent.new()),
     )
     store.create_run(record, checkpoint=copied)

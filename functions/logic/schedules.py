@@ -40,7 +40,7 @@ from .runs import Authorize, allow_any
 NEXT_FIRE_TIMES = 5
 _CHANGE_TRIES = 5
 # The fields of a schedule that make up the run it enqueues: a change to one of them is checked as enqueue would.
-_TEMPLATE_FIELDS = ("config_json", "version", "timeout_seconds", "max_attempts", "delay_seconds")
+_TEMPLATE_FIELDS = ("config_json", "version", "timeout_seconds", "max_attempts", "tags", "delay_seconds")
 
 
 def new_schedule_id() -> str:
@@ -67,6 +67,7 @@ def run_request(record: ScheduleRecord) -> EnqueueRunRequest:
         version=record.version,
         timeout_seconds=record.timeout_seconds,
         max_attempts=record.max_attempts,
+        tags=record.tags or {},
         delay_seconds=record.delay_seconds or None,
     )
 
@@ -140,6 +141,7 @@ def create(
         version=template.version,
         timeout_seconds=template.timeout_seconds,
         max_attempts=template.max_attempts,
+        tags=template.tags or None,
         delay_seconds=template.delay_seconds or None,
         expression=recurrence.expression,
         timezone=request.timezone,
@@ -229,6 +231,8 @@ def _changes(request: UpdateScheduleRequest) -> dict[str, Any]:
         changes["delay_seconds"] = request.delay_seconds or None  # 0: no delay
     if request.config is not None:
         changes["config_json"] = json.dumps(request.config)
+    if request.tags is not None:
+        changes["tags"] = request.tags or None  # {}: no tags any more
     if "version" in given:  # null: the newest version the pin allows
         changes["version"] = request.version
     return changes

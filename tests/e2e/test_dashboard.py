@@ -271,6 +271,7 @@ def test_the_runs_view_shows_stacked_bars_filters_and_fits_a_phone(
             package="e2ejobs",
             job="ledger",
             config={"items": 120, "item_seconds": 0.1, "parallelism": 1, "ledger": str(tmp_path / "ledger.txt")},
+            tags={"tenant": "acme"},
         )
     )
     page = open_page()
@@ -296,6 +297,14 @@ def test_the_runs_view_shows_stacked_bars_filters_and_fits_a_phone(
     page.wait_for_url(re.compile(r".*#/runs\?state=Failed$"))
     expect(page.locator("tbody tr")).to_have_count(1)
     expect(page.locator("tbody tr .badge")).to_have_text("Failed")
+
+    # A run's tags are on its row, each a link to the runs with that tag: the filter then holds it
+    page.goto("/#/runs")
+    page.locator(f"tr[data-run-id='{ledger.id}'] a.tag").click()
+    page.wait_for_url(re.compile(r".*#/runs\?tag=tenant%3Aacme$"))
+    expect(page.locator("tbody tr")).to_have_count(1)
+    expect(page.locator(f"tr[data-run-id='{ledger.id}']")).to_be_visible()
+    expect(page.get_by_label("Tag")).to_have_value("tenant:acme")
 
     # The run detail of the checksums run: progress by category
     page.goto(f"/#/runs/{feed['checksums']}")

@@ -843,6 +843,11 @@ def test_the_client_drives_runs_logs_pins_and_the_feed_over_http(
         run = client.enqueue(request, idempotency_key="client-1")
         assert client.enqueue(request, idempotency_key="client-1").id == run.id
         assert [r.id for r in client.iter_runs(page_size=1)] == [run.id]
+        tagged = client.enqueue(request.model_copy(update={"tags": {"tenant": "acme", "tier": "gold"}}))
+        assert tagged.tags == {"tenant": "acme", "tier": "gold"}
+        assert [r.id for r in client.iter_runs(tags={"tenant": "acme", "tier": "gold"})] == [tagged.id]
+        assert client.list_runs(tags={"tenant": "acme", "tier": "silver"}).items == []
+        client.cancel_run(tagged.id)
         assert client.cancel_run(run.id).state is RunState.CANCELLED
         requeued = client.requeue_run(run.id, resume=True)
         assert requeued.requeued_from == run.id and requeued.state is RunState.QUEUED
@@ -858,3 +863,67 @@ def test_the_client_drives_runs_logs_pins_and_the_feed_over_http(
         with pytest.raises(ApiError) as missing:
             client.get_pin("default", "greeter")
         assert missing.value.status == 404
+
+
+# ---------------------------------------------------------------- tags
+
+
+def test_tags_are_kept_shown_and_searched_with_the_other_filters(api: Api, greeter: dict[str, Any]) -> None:
+    def enqueue(tags: dict[str, str]) -> str:
+        reply = api("POST", "/runs", {"package": "greeter", "job": "greet", "config": {"name": "x"}, "tags": tags})
+        assert reply.status == 201, reply.body
+        assert reply.body["tags"] == tags
+        return str(reply.body["id"])
+
+    acme = enqueue({"tenant": "acme", "tier": "gold", "url": "https://x.test/a:b"})
+    acme_silver = enqueue({"tenant": "acme", "tier": "silver"})
+    other = enqueue({"tenant": "globex"})
+    untagged = enqueue({})
+
+    def search(**query: Any) -> list[str]:
+        reply = api("GET", "/runs", query=query)
+        assert reply.status == 200, reply.body
+        return ids(reply.body)
+
+    assert api("GET", f"/runs/{acme}").body["tags"] == {"tenant": "acme", "tier": "gold", "url": "https://x.test/a:b"}
+    assert api("GET", f"/runs/{untagged}").body["tags"] == {}
+    assert search(tag="tenant:acme") == [acme_silver, acme]
+    # repeated (API Gateway joins them with commas): a run must have all of them
+    assert search(tag="tenant:acme,tier:gold") == [acme]
+    assert search(tag="url:https://x.test/a:b") == [acme]  # the value is everything after the first ':'
+    assert search(tag="tenant:globex", state="Queued") == [other]
+    assert search(tag="tenant:globex", state="Running") == []
+    assert search(tag="tenant:nobody") == []
+    # a requeue keeps the tags of the run it repeats
+    api("POST", f"/runs/{other}/cancel")
+    requeued = api("POST", f"/runs/{other}/requeue", {})
+    assert requeued.status == 201, requeued.body
+    assert requeued.body["tags"] == {"tenant": "globex"}
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"a:b": "c"},
+        {"a=b": "c"},
+        {"": "c"},
+        {"k" * 65: "c"},
+        {"key": "v" * 257},
+        {"key": "line\nbreak"},
+        {"key": "a,b"},
+        {f"k{i}": "v" for i in range(21)},
+    ],
+)
+def test_bad_tags_are_refused_naming_the_field(api: Api, greeter: dict[str, Any], tags: dict[str, str]) -> None:
+    reply = api("POST", "/runs", {"package": "greeter", "job": "greet", "config": {"name": "x"}, "tags": tags})
+    field = error_field(reply)
+    assert reply.status == 422 and field is not None and field.startswith("tags"), reply.body
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["tenant", "a=b:c", ":v", "key:a\tb", ",".join(f"k{i}:v" for i in range(11)), "tenant:a,tenant:b"],
+)
+def test_bad_tag_filters_are_refused_naming_the_field(api: Api, tag: str) -> None:
+    reply = api("GET", "/runs", query={"tag": tag})
+    assert (reply.status, error_field(reply)) == (400, "tag"), reply.body

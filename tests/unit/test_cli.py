@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,9 +164,34 @@ def test_enqueue_sends_the_config_and_waits_for_the_outcome(api: FakeApi) -> Non
     assert printed.exit_code == 0 and printed.stdout.strip() == "new"
     assert api.requests[0][2] == {
         "package": "hello", "job": "hello", "config": {"name": "Ada"}, "environment": "staging",
-        "timeout_seconds": 3600, "max_attempts": 3,
+        "timeout_seconds": 3600, "max_attempts": 3, "tags": {},
     }  # fmt: skip
     assert waited.exit_code == 0 and json.loads(waited.stdout)["state"] == "Succeeded"
+
+
+def test_enqueue_and_ls_take_tags(api: FakeApi) -> None:
+    seen: list[str] = []
+    api.routes["POST /runs"] = lambda body, query: (201, run_view("new", "Queued", tags=(body or {})["tags"]))
+    api.routes["GET /runs/new"] = lambda body, query: (200, run_view("new", "Queued", tags={"tenant": "acme"}))
+
+    def page(body: Any, query: str) -> tuple[int, Any]:
+        seen.append(query)
+        return 200, {"items": [], "next_cursor": None}
+
+    api.routes["GET /runs"] = page
+
+    enqueued = invoke("enqueue", "hello", "hello", "--tag", "tenant=acme", "--tag", "url=https://x.test/?a=b")
+    listed = invoke("runs", "ls", "--tag", "tenant=acme", "--tag", "tier=gold")
+    shown = invoke("runs", "show", "new")
+
+    assert enqueued.exit_code == 0, enqueued.output
+    assert api.requests[0][2]["tags"] == {"tenant": "acme", "url": "https://x.test/?a=b"}
+    assert listed.exit_code == 0 and urllib.parse.parse_qs(seen[0])["tag"] == ["tenant:acme,tier:gold"]
+    assert "tags: tenant=acme" in shown.stdout
+    # a malformed option is a usage error, and nothing is sent
+    bad = invoke("enqueue", "hello", "hello", "--tag", "tenant")
+    assert bad.exit_code == 2 and "key=value" in bad.output
+    assert len(api.requests) == 3
 
 
 def test_cancel_requeue_logs_and_nodes(api: FakeApi) -> None:

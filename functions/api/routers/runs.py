@@ -14,7 +14,7 @@ from functions.api.observability import count, enqueue_span
 from functions.api.openapi import declare, errors
 from functions.logic import run_batches, run_logs, runs
 from functions.logic.errors import BadRequest
-from functions.logic.run_search import RunSearch, search_runs
+from functions.logic.run_search import MAX_TAG_FILTERS, RunSearch, search_runs, tag_filters
 from runly.tracing import TRACEPARENT_HEADER
 from runly.wire import JOB_NAME
 from runly_core.contracts import (
@@ -148,8 +148,16 @@ def search(
     schedule_id: Annotated[
         str | None, Query(pattern=SCHEDULE_ID, description="only the runs this schedule enqueued")
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        Query(
+            description=f"key:value, only runs with this tag; repeat for runs with all of them (at most "
+            f"{MAX_TAG_FILTERS})"
+        ),
+    ] = None,
 ) -> RunPage:
     caller = require(router.current_event, Scope.READ, environment=environment)
+    tags = tag_filters(tag or [])
     deps = services()
     query = RunSearch(
         state=state,
@@ -161,6 +169,7 @@ def search(
         limit=limit,
         cursor=cursor,
         schedule_id=schedule_id,
+        tags=tags,
     )
     return search_runs(
         query, store=deps.store, queue=deps.queue, nodes=node_store(), visible_environment=caller.environment

@@ -3,14 +3,16 @@
 How its message waits, by how far ahead ``not_before`` is when the run is dispatched:
 
 - up to ``Delays.sqs_seconds`` (SQS's own limit, 15 minutes; tests shrink it): the message is sent at once with SQS
-  ``DelaySeconds``, rounded up to the whole second, so it is never received before ``not_before``;
+  ``DelaySeconds``, rounded down to the whole second, so it is received up to a second before ``not_before``
+  (rounding up would make every delayed run start up to a second late);
 - further ahead: a one-time EventBridge Scheduler schedule (``at(...)``, ``functions.dal.schedules.RunTimers``)
   fires ``sqs_seconds`` before ``not_before`` into the fire function (``fire``), which sends the message with the
   delay that remains. A timer costs nothing while it waits and deletes itself once it fired.
 
-Whatever the path, the agent's claim reads ``not_before`` on the run (``node_agent.aws.AgentAws.claim``) and hides
-a message received early (clocks disagreeing by a fraction of a second, a timer fired early) until then: the
-message is kept, never dropped. A ``not_before`` already past starts the run at once.
+Whatever the path, the agent's claim reads ``not_before`` on the run (``node_agent.aws.AgentAws.claim``): a message
+received up to a second early is claimed once that second is over; one received earlier (clocks disagreeing, a
+timer fired early) is hidden again until then: kept, never dropped. A ``not_before`` already past starts the run at
+once.
 
 Cancelling a delayed run deletes its timer (``cancel_timer``); a timer that fires for a run that is no longer
 waiting (cancelled, or started) sends nothing.
@@ -80,10 +82,11 @@ def not_before(record: RunRecord) -> datetime | None:
 
 
 def sqs_delay(moment: datetime | None, now: datetime) -> int:
-    """The DelaySeconds that keeps a message hidden until ``moment`` (rounded up; at most SQS's 15 minutes)."""
+    """The DelaySeconds that keeps a message hidden until at most a second before ``moment`` (rounded down: the
+    claim waits the fraction), at most SQS's 15 minutes."""
     if moment is None:
         return 0
-    return max(0, min(SQS_MAX_DELAY_SECONDS, math.ceil((moment - now).total_seconds())))
+    return max(0, min(SQS_MAX_DELAY_SECONDS, math.floor((moment - now).total_seconds())))
 
 
 def delayed_until(record: RunRecord, now: datetime) -> datetime | None:

@@ -86,7 +86,8 @@ class Schedules(Construct):
         # Items by partition key (dynamodb:LeadingKeys): what enqueue and the schedule's own record touch.
         self.fire.role.add_to_principal_policy(
             iam.PolicyStatement(
-                actions=[*FIRE_ITEM_ACTIONS, "dynamodb:Query"],
+                # BatchGetItem: nodes are listed from a KEYS_ONLY index, their items read under ENV#*.
+                actions=[*FIRE_ITEM_ACTIONS, "dynamodb:Query", "dynamodb:BatchGetItem"],
                 resources=[store.table.table_arn],
                 conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(FIRE_ITEM_PREFIXES)}},
             )

@@ -12,7 +12,7 @@ from typing import Any
 from runly_core.contracts import Scope
 from runly_core.records import KEY_KIND, KeyRecord, key_key
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
-from runly_core.table import AlreadyExists, refused_as
+from runly_core.table import AlreadyExists, query_items, refused_as
 
 
 class KeyNotFound(Exception):
@@ -42,19 +42,14 @@ class KeyStore:
 
     def list(self) -> list[KeyRecord]:
         """Every key, revoked ones included, oldest first."""
-        records: list[KeyRecord] = []
         query: dict[str, Any] = {
             "IndexName": ITEMS_BY_KIND.name,
             "KeyConditionExpression": "#kind = :kind",
             "ExpressionAttributeNames": {"#kind": ITEMS_BY_KIND.partition_key},
             "ExpressionAttributeValues": {":kind": KEY_KIND},
         }
-        while True:
-            page = self._table.query(**query)
-            records.extend(KeyRecord.from_item(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return records
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        # The index is KEYS_ONLY: the keys' items are read from the table.
+        return [KeyRecord.from_item(item) for item in query_items(self._table, query)]
 
     def active_admin_keys(self) -> builtins.list[KeyRecord]:
         return [record for record in self.list() if record.scope is Scope.ADMIN and record.active]

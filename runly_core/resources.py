@@ -69,7 +69,7 @@ RUNS_BY_LEASE = IndexSpec(name="runs-by-lease", partition_key="gsi2pk", sort_key
 # Small sets of items listed whole, by kind (API keys, nodes, schedules), so listing them never scans the runs.
 # Sparse: only the items that list themselves carry it (see runly_core.records). KEYS_ONLY: a listing reads the
 # items it found from the table (BatchGetItem), so a node's heartbeat (which rewrites its record) writes no index item.
-ITEMS_BY_KIND = IndexSpec(name="items-by-kind", partition_key="gsi3pk", sort_key="gsi3sk", projection="ALL")
+ITEMS_BY_KIND = IndexSpec(name="items-by-kind", partition_key="gsi3pk", sort_key="gsi3sk", projection="KEYS_ONLY")
 TABLE_INDEXES: tuple[IndexSpec, ...] = (RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, ITEMS_BY_KIND)
 TABLE_BILLING_MODE = "PAY_PER_REQUEST"
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from runly_core import backoff
+from runly_core.resources import PARTITION_KEY, SORT_KEY
 
 # BatchWriteItem takes 25 requests, BatchGetItem 100 keys, TransactWriteItems 100 actions.
 BATCH_WRITE_SIZE = 25
@@ -99,6 +100,26 @@ def batch_get(
         if pending:
             raise Unread(f"{len(pending)} keys left unprocessed after {BATCH_WRITE_ATTEMPTS} attempts")
     return found
+
+
+def query_items(
+    table: Any, query: dict[str, Any], *, sleep: Callable[[float], None] = time.sleep
+) -> list[dict[str, Any]]:
+    """Every item a query of a KEYS_ONLY index finds, read from the table (``batch_get``, strongly consistent), in
+    the index's order. An entry whose item is gone when it is read (the index lags a deletion) is left out."""
+    keys: list[dict[str, str]] = []
+    query = dict(query)
+    while True:
+        page = table.query(**query)
+        keys.extend({PARTITION_KEY: str(item[PARTITION_KEY]), SORT_KEY: str(item[SORT_KEY])} for item in page["Items"])
+        if "LastEvaluatedKey" not in page:
+            break
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    found = {
+        (str(item[PARTITION_KEY]), str(item[SORT_KEY])): item
+        for item in batch_get(table.meta.client, table.name, keys, sleep=sleep)
+    }
+    return [item for key in keys if (item := found.get((key[PARTITION_KEY], key[SORT_KEY]))) is not None]
 
 
 @contextmanager

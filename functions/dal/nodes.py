@@ -15,7 +15,7 @@ from boto3.dynamodb.conditions import Key
 
 from runly_core.records import NODE_KIND, NodeRecord, node_key, node_kind_sort_key, node_of_partition
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
-from runly_core.table import refused_as
+from runly_core.table import query_items, refused_as
 
 # BatchGetItem takes 100 keys: a node id is looked up in up to this many environments at once.
 _BATCH_GET_SIZE = 100
@@ -55,17 +55,15 @@ class NodeStore:
             condition &= Key(ITEMS_BY_KIND.sort_key).begins_with(node_kind_sort_key(environment, ""))
         records: list[NodeRecord] = []
         query: dict[str, Any] = {"IndexName": ITEMS_BY_KIND.name, "KeyConditionExpression": condition}
-        while True:
-            page = self._table.query(**query)
-            for item in page.get("Items", []):
-                record = _record(item)
-                if record is not None and item.get(ITEMS_BY_KIND.sort_key) == node_kind_sort_key(
-                    record.environment, record.node_id
-                ):
-                    records.append(record)
-            if "LastEvaluatedKey" not in page:
-                return records
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        # The index is KEYS_ONLY (a node's heartbeat rewrites its record, never its index entry): the nodes' items
+        # are read from the table.
+        for item in query_items(self._table, query):
+            record = _record(item)
+            if record is not None and item.get(ITEMS_BY_KIND.sort_key) == node_kind_sort_key(
+                record.environment, record.node_id
+            ):
+                records.append(record)
+        return records
 
     def find(self, node_id: str, environment: str | None = None) -> str:
         """The environment of the node registered as ``node_id`` (in ``environment``, when given): one batch read

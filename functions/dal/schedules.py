@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from runly_core.contracts import RunTimerFire, ScheduleFire
 from runly_core.records import SCHEDULE_KIND, ScheduleRecord, schedule_key, schedule_kind_sort_key
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
-from runly_core.table import condition_failed, error_code, refused_as
+from runly_core.table import condition_failed, error_code, query_items, refused_as
 
 # EventBridge Scheduler retries a failed invocation for this long (and this often); the fire function is idempotent
 # per scheduled time for 24 h (runly_core.records.IDEMPOTENCY_TTL_SECONDS), well beyond it.
@@ -61,13 +61,8 @@ class ScheduleStore:
         if environment is not None:
             condition &= Key(ITEMS_BY_KIND.sort_key).begins_with(schedule_kind_sort_key(environment))
         query: dict[str, Any] = {"IndexName": ITEMS_BY_KIND.name, "KeyConditionExpression": condition}
-        records: list[ScheduleRecord] = []
-        while True:
-            page = self._table.query(**query)
-            records.extend(ScheduleRecord.from_item(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return records
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        # The index is KEYS_ONLY: the schedules' items are read from the table.
+        return [ScheduleRecord.from_item(item) for item in query_items(self._table, query)]
 
     def replace_definition(self, record: ScheduleRecord, *, expected_revision: int) -> None:
         """Write ``record``'s definition over the stored one if it is still at ``expected_revision`` (else

@@ -104,7 +104,7 @@ def test_the_fire_function_may_touch_the_items_a_fire_needs_query_nodes_and_send
     assert grants(statements) == {
         *{
             (f"dynamodb:{action}", f"<{table_id}.Arn>")
-            for action in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query")
+            for action in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
         ("dynamodb:Query", f"<{table_id}.Arn>/index/{resources.ITEMS_BY_KIND.name}"),
         *{("sqs:SendMessage", f"<{queue}.Arn>") for queue in run_queues},

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runly_core.resources import values_path_of_table
+from runly_core.resources import SQS_MAX_DELAY_SECONDS, values_path_of_table
 
 ENV_PREFIX = "RUNLY_"
 
@@ -80,6 +80,9 @@ class ApiSettings(EnvSettings):
         min_length=20, description="the role EventBridge Scheduler assumes to invoke the fire function"
     )
     schedule_fire_function_arn: str = Field(min_length=20, description="the function every schedule invokes")
+    # Delayed runs (functions.logic.delays): up to this far ahead a run's message is sent with an SQS delay, further
+    # ahead its timer fires this long before not_before. SQS's limit; tests shrink it to see the timer path.
+    delay_sqs_seconds: int = Field(default=SQS_MAX_DELAY_SECONDS, ge=1, le=SQS_MAX_DELAY_SECONDS)
     # Variables and secrets (functions/dal/values.py): the SSM path of this deployment's; None: the one its table
     # name implies (runly_core.resources.values_path_of_table), as the stack names both.
     values_path: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9_.-]{1,64}$")

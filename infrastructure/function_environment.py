@@ -7,6 +7,8 @@ the `POWERTOOLS_*` ones are read by Powertools itself.
 
 from __future__ import annotations
 
+from runly_core.resources import SQS_MAX_DELAY_SECONDS
+
 TABLE_NAME = "RUNLY_TABLE_NAME"
 FEED_BUCKET = "RUNLY_FEED_BUCKET"
 QUEUE_URLS = "RUNLY_QUEUE_URLS"  # JSON object: environment name -> queue URL
@@ -16,6 +18,9 @@ SCHEDULER_ROLE_ARN = "RUNLY_SCHEDULER_ROLE_ARN"
 SCHEDULE_FIRE_FUNCTION_ARN = "RUNLY_SCHEDULE_FIRE_FUNCTION_ARN"
 # Variables and secrets (infrastructure/job_values.py): the SSM path they live under.
 VALUES_PATH = "RUNLY_VALUES_PATH"
+# Delayed runs (functions.logic.delays): the longest delay sent as an SQS delay; beyond it a run waits on a timer
+# (a one-time schedule in the schedules' group). On AWS always SQS's limit; the embedded stack's tests shrink it.
+DELAY_SQS_SECONDS = "RUNLY_DELAY_SQS_SECONDS"
 
 SETTINGS_VARIABLES = frozenset(
     {
@@ -26,6 +31,7 @@ SETTINGS_VARIABLES = frozenset(
         SCHEDULER_ROLE_ARN,
         SCHEDULE_FIRE_FUNCTION_ARN,
         VALUES_PATH,
+        DELAY_SQS_SECONDS,
     }
 )
 
@@ -63,6 +69,7 @@ def api_function_environment(
         SCHEDULER_ROLE_ARN: scheduler_role_arn,
         SCHEDULE_FIRE_FUNCTION_ARN: schedule_fire_function_arn,
         VALUES_PATH: values_path,
+        DELAY_SQS_SECONDS: str(SQS_MAX_DELAY_SECONDS),
         **POWERTOOLS_ENVIRONMENT,
     }
 

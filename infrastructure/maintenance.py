@@ -80,7 +80,9 @@ class Maintenance(Construct):
             environment={**environment, "POWERTOOLS_SERVICE_NAME": "runly-reaper"},
         )
         store.grant_query(self.reaper.role, RUNS_BY_LEASE)
-        store.grant_items(self.reaper.role, "GetItem", "UpdateItem")
+        # BatchGetItem: the lease index is KEYS_ONLY, candidates are read from the table; GetItem and UpdateItem
+        # also keep the reaper's position item (functions.dal.maintenance.REAPER_POSITION_KEY).
+        store.grant_items(self.reaper.role, "GetItem", "BatchGetItem", "UpdateItem")
         queues.grant_send(self.reaper.role)
         self.schedule = events.Rule(
             self,

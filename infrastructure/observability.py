@@ -36,7 +36,15 @@ from runly_core.resources import ResourceNames
 PERIOD = cdk.Duration.minutes(5)
 # Emitted by functions.maintenance.reaper (namespace runly, service runly-reaper): one per ReapReport field.
 REAPER_SERVICE = "runly-reaper"
-REAPER_METRICS = ("ReaperRequeued", "ReaperFailed", "ReaperCancelled", "ReaperSkipped", "ReaperRefused")
+REAPER_METRICS = (
+    "ReaperRequeued",
+    "ReaperFailed",
+    "ReaperCancelled",
+    "ReaperSkipped",
+    "ReaperRefused",
+    "ReaperRenewed",
+    "ReaperBounded",
+)
 REAPER_REFUSED_METRIC = "ReaperRefused"
 # Emitted by the API function (functions.api.observability), once per run POST /runs or POST /runs/batch creates.
 API_SERVICE = "runly-api"

@@ -3,6 +3,11 @@
 - A schedule group (``runly_core.resources.ResourceNames.scheduler_group``) holds one EventBridge schedule per runly
   schedule; the API function creates, updates and deletes them (``grant_manage_schedules``), and nothing else may.
 - The fire function (``functions.schedules.fire``) enqueues the schedule's run, once per scheduled time.
+- The same group holds delayed runs' timers (``functions.dal.schedules.RunTimers``): a one-time ``at(...)``
+  schedule per run delayed beyond SQS's 15 minutes, named after the run, created (and deleted on cancel) by the API
+  with the same grants, deleting itself after it fired (ActionAfterCompletion DELETE: EventBridge does that, no
+  grant needed). It invokes the same fire function, which then sends the run's message: ``sqs:SendMessage`` and a
+  read of the run item, both granted here already.
 - The scheduler role is what EventBridge Scheduler assumes to invoke it: trusted by the scheduler service for this
   account's group only, allowed ``lambda:InvokeFunction`` on the fire function only. The API may pass that role,
   and only that role, only to EventBridge Scheduler.
@@ -139,6 +144,7 @@ class Schedules(Construct):
         acknowledge_wildcard_arn(
             principal,
             arn=self.schedules_arn,
-            reason="The API creates a schedule per runly schedule, named by an id it makes; the wildcard covers only "
-            "the schedules of this deployment's group, for the four actions the API uses.",
+            reason="The API creates a schedule per runly schedule, and a one-time timer per delayed run, each named by "
+            "an id it makes; the wildcard covers only the schedules of this deployment's group, for the four actions "
+            "the API uses.",
         )

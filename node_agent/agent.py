@@ -452,9 +452,16 @@ class Agent:
                 continue  # a failed beat for this run (logged): the next one tries again
             try:
                 drop = self.messages.handoff_to_drop(supervisor.run_id)
+                indexed = supervisor.indexed_lease_until_ms or supervisor.record.lease_until_ms
                 renewal = self.aws.renew_lease(
-                    supervisor.record, self.settings.node_id, until, supervisor.progress_to_send(), drop_handoff=drop
+                    supervisor.record,
+                    self.settings.node_id,
+                    until,
+                    supervisor.progress_to_send(),
+                    drop_handoff=drop,
+                    indexed_until_ms=indexed,
                 )
+                supervisor.indexed_lease_until_ms = renewal.indexed_until_ms
                 # Durable: now the job may hear it, and stop later (runly.fencing).
                 supervisor.lease_renewed(job_lease(until, wall_ms, monotonic))
                 if drop:

@@ -84,6 +84,10 @@ def may_have_checkpoint(record: RunRecord) -> bool:
     return record.attempt > 1 or record.requeued_from is not None
 
 
+# A delayed run's message received this little before its not_before is claimed after waiting the rest, not hidden.
+EARLY_WAIT_MS = 1000
+
+
 class ClaimRefused(Exception):
     """The run cannot be started by this node now."""
 
@@ -114,6 +118,8 @@ class LeaseRenewal:
     # A newer message of this run that another node (or this one) received while this attempt held the lease,
     # handed over through the run item (AgentAws.hand_over); the holder keeps it and deletes its older one.
     handoff: Delivery | None = None
+    # The lease expiry the lease index now holds for the run (the next renewal's ``indexed_until_ms``).
+    indexed_until_ms: int = 0
 
 
 def bounded_error(error: dict[str, Any]) -> dict[str, Any]:
@@ -399,6 +405,16 @@ class AgentAws:
                 retry_in=(record.lease_until_ms + FENCE_MARGIN_MS - now_ms) // 1000 + 1,
                 leased=record,
             )
+        if record.state is RunState.QUEUED and record.attempt == 0 and record.not_before is not None:
+            # A delayed run (functions.logic.delays) never starts early. Its SQS delay is whole seconds rounded down,
+            # so its message comes up to a second early: that fraction is waited here (the lease still counts from
+            # the receipt, so it only gets shorter). Earlier (clocks apart, a timer that fired early): hidden again
+            # until then, not dropped.
+            early_ms = int(datetime.fromisoformat(record.not_before).timestamp() * 1000) - now_ms
+            if 0 < early_ms <= EARLY_WAIT_MS:
+                time.sleep(early_ms / 1000)
+            elif early_ms > 0:
+                raise ClaimRefused(run_id, f"delayed until {record.not_before}", retry_in=-(-early_ms // 1000))
         if record.state is RunState.QUEUED and record.retry_at is not None:
             # A retry delay longer than one message could be hidden for (SQS's cap, or its 15-minute delay on a
             # fresh message) is carried by the run: a message that comes back early is hidden again until then.
@@ -447,14 +463,21 @@ class AgentAws:
         progress: Progress | None = None,
         *,
         drop_handoff: bool = False,
+        indexed_until_ms: int | None = None,
     ) -> LeaseRenewal:
         """extend_lease, also answering with a message of the run handed over to this attempt (hand_over);
-        ``drop_handoff`` clears the one the last renewal answered with, now that it is kept."""
+        ``drop_handoff`` clears the one the last renewal answered with, now that it is kept. ``indexed_until_ms``:
+        the lease expiry the lease index holds (RunStore.renew); the answer says what it holds now."""
         renewal = self.runs.renew(
-            record, node_id, until_ms, progress_json=_progress_json(record, progress), drop_handoff=drop_handoff
+            record,
+            node_id,
+            until_ms,
+            progress_json=_progress_json(record, progress),
+            drop_handoff=drop_handoff,
+            indexed_until_ms=indexed_until_ms,
         )
         if renewal.item is None:
-            return LeaseRenewal(RunState.RUNNING)
+            return LeaseRenewal(RunState.RUNNING, indexed_until_ms=renewal.indexed_until_ms)
         attributes = renewal.item
         handoff = None if drop_handoff else attributes.get(MESSAGE_HANDOFF)
         delivery = None
@@ -467,7 +490,9 @@ class AgentAws:
                 received_at=int(handoff["received_ms"]) / 1000,
             )
         state = RunState(attributes.get("state", RunState.RUNNING.value))
-        return LeaseRenewal(state if state is RunState.CANCELLING else RunState.RUNNING, delivery)
+        return LeaseRenewal(
+            state if state is RunState.CANCELLING else RunState.RUNNING, delivery, renewal.indexed_until_ms
+        )
 
     def hand_over(self, leased: RunRecord, delivery: Delivery) -> bool:
         """Offer ``delivery``, a message of a run that a live attempt holds, to that attempt through the run

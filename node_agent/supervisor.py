@@ -77,6 +77,9 @@ class RunSupervisor:
     hosts: WarmHosts | None = None  # None: every run in a new interpreter
     # The newest lease durably written, as the job hears it (runly.fencing): from the claim, then each renewal.
     lease: LeaseMessage | None = None
+    # The lease expiry the table's lease index holds for this attempt (None: the claim's, record.lease_until_ms):
+    # a renewal moves the index entry only every few minutes (runly_core.run_store.LEASE_INDEX_REFRESH_MS).
+    indexed_lease_until_ms: int | None = None
     isolation: Isolation | None = None  # the job user, the run's process tree and limits; None: none of them
     started: float = field(default_factory=time.monotonic)
     # When the job process started (monotonic): the run's timeout counts from here, per attempt, so the package's

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import click
@@ -158,6 +160,31 @@ def default_environment(flag: str | None) -> str:
     return flag or os.environ.get("RUNLY_ENVIRONMENT") or load_profile().environment or "default"
 
 
+_DURATION = re.compile(r"(\d{1,9})([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str, *, option: str) -> int:
+    """``--delay``: seconds, or a number with a unit (``90s``, ``15m``, ``2h``, ``3d``)."""
+    match = _DURATION.fullmatch(raw.strip().lower())
+    if match is None:
+        raise CliError(
+            f"{option}: expected seconds or a number with s, m, h or d (e.g. 90s, 2h); got {raw!r}", EXIT_USAGE
+        )
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_aware_time(raw: str, *, option: str) -> datetime:
+    """``--not-before``: ISO 8601 with a time zone (a time without one would mean another moment on each machine)."""
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError as exc:
+        raise CliError(f"{option}: not an ISO 8601 time: {raw!r}", EXIT_USAGE) from exc
+    if moment.tzinfo is None:
+        raise CliError(f"{option}: give a time zone (e.g. {raw.strip()}Z or +02:00)", EXIT_USAGE)
+    return moment
+
+
 def parse_config(raw: str | None) -> dict[str, Any]:
     """``--config``: a JSON object, or ``@file.json``."""
     if not raw:
@@ -177,3 +204,22 @@ def parse_config(raw: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CliError("--config must be a JSON object", EXIT_USAGE)
     return value
+
+
+TagOption = Annotated[
+    list[str] | None,
+    typer.Option("--tag", help="key=value; repeat for more (enqueue: the run's tags; ls: runs with all of them)"),
+]
+
+
+def parse_tags(pairs: list[str] | None) -> dict[str, str]:
+    """``--tag key=value`` options as a run's tags (the API checks keys and values and names what is wrong)."""
+    tags: dict[str, str] = {}
+    for pair in pairs or []:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise CliError(f"--tag {pair!r}: expected key=value", EXIT_USAGE)
+        if key in tags:
+            raise CliError(f"--tag {key!r} given twice", EXIT_USAGE)
+        tags[key] = value
+    return tags

@@ -19,16 +19,22 @@ from runly_cli.commands.runs import cancel, logs, nodes_app, print_run, requeue,
 from runly_cli.commands.values import secrets_app, vars_app
 from runly_cli.common import (
     EXIT_CODES_HELP,
+    EXIT_USAGE,
     ApiOption,
+    CliError,
     JsonOption,
     KeyOption,
+    TagOption,
     client,
     console,
     default_environment,
     err,
     exit_code_for,
     handle_errors,
+    parse_aware_time,
     parse_config,
+    parse_duration,
+    parse_tags,
     print_json,
 )
 from runly_core.contracts import EnqueueRunRequest
@@ -109,18 +115,34 @@ def enqueue(
     version: Annotated[str | None, typer.Option(help="an exact version (default: the newest, or the pin)")] = None,
     timeout: Annotated[int | None, typer.Option(min=1, help="seconds the run may take (default: 3600)")] = None,
     max_attempts: Annotated[int | None, typer.Option(min=1, max=10, help="tries before it fails (default: 3)")] = None,
+    tag: TagOption = None,
+    delay: Annotated[
+        str | None, typer.Option(help="start no earlier than this from now: 90s, 15m, 2h, 3d or seconds (up to 366d)")
+    ] = None,
+    not_before: Annotated[
+        str | None, typer.Option(help="start no earlier than this time: ISO 8601 with a time zone (Z, +02:00)")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", "--watch", help="follow the run until it ends")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Enqueue a run of a job; prints its id (with --wait: follows it, exit code by outcome)."""
+    if delay is not None and not_before is not None:
+        raise CliError("give --delay or --not-before, not both", EXIT_USAGE)
     api_client = client(api, key)
+    limits = {
+        "timeout_seconds": timeout,
+        "max_attempts": max_attempts,
+        "delay_seconds": parse_duration(delay, option="--delay") if delay is not None else None,
+    }
     request = EnqueueRunRequest(
         package=package,
         job=job,
         config=parse_config(config),
         environment=default_environment(environment),
         version=version,
-        **{k: v for k, v in {"timeout_seconds": timeout, "max_attempts": max_attempts}.items() if v is not None},
+        tags=parse_tags(tag),
+        not_before=parse_aware_time(not_before, option="--not-before") if not_before is not None else None,
+        **{k: v for k, v in limits.items() if v is not None},
     )
     run = api_client.enqueue(request)
     if not wait:

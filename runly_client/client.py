@@ -38,7 +38,7 @@ import logging
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -365,6 +365,12 @@ def _query(**values: Any) -> dict[str, str]:
     return {name: str(value) for name, value in values.items() if value is not None}
 
 
+def _tag_filter(tags: Mapping[str, str] | None) -> str | None:
+    # One ``tag`` parameter, the pairs joined with commas: what API Gateway makes of a repeated one (a tag's value
+    # holds no comma, runly_core.contracts.check_tag_value).
+    return ",".join(f"{key}:{value}" for key, value in tags.items()) if tags else None
+
+
 def new_idempotency_key() -> str:
     """A fresh Idempotency-Key (what an enqueue gets when its caller gives none)."""
     return f"rly-{uuid.uuid4().hex}"
@@ -418,6 +424,8 @@ class _Operations:
         """Enqueue a run. The same ``idempotency_key`` and request give back the run the first call created (for
         24 h): pass one derived from what asks for the run (a request id, an order id) to make a whole retry of
         yours safe. Without one, a key is generated for this call, so that the client's own retries are safe.
+
+        A delayed run: ``request.not_before`` (an aware datetime) or ``request.delay_seconds``, up to a year.
 
         ``traceparent`` (W3C trace context): the trace the run continues; by default the current OpenTelemetry
         span's where the application uses OpenTelemetry, else none (the run starts a trace: its ``trace_id``)."""
@@ -473,16 +481,25 @@ class _Operations:
             yield _Sleep(interval)
 
     def list_runs(
-        self, *, limit: int | None = None, cursor: str | None = None, **filters: str | None
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        **filters: str | None,
     ) -> Operation[RunPage]:
-        """GET /runs; filters: state, package, job, environment, created_after, created_before."""
-        return (yield _Request("GET", "/runs", _model(RunPage), params=_query(**filters, limit=limit, cursor=cursor)))
+        """GET /runs; filters: state, package, job, environment, created_after, created_before, schedule_id, and
+        ``tags`` (runs with every one of these tags)."""
+        params = _query(**filters, limit=limit, cursor=cursor, tag=_tag_filter(tags))
+        return (yield _Request("GET", "/runs", _model(RunPage), params=params))
 
-    def iter_runs(self, *, page_size: int = 100, **filters: str | None) -> Operation[None]:
+    def iter_runs(
+        self, *, page_size: int = 100, tags: Mapping[str, str] | None = None, **filters: str | None
+    ) -> Operation[None]:
         """Every run matching the filters (see list_runs), newest first, following the cursor page by page."""
         cursor: str | None = None
         while True:
-            page: RunPage = yield from self.list_runs(limit=page_size, cursor=cursor, **filters)
+            page: RunPage = yield from self.list_runs(limit=page_size, cursor=cursor, tags=tags, **filters)
             for run in page.items:
                 yield _Emit(run)
             if page.next_cursor is None:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from packaging.version import InvalidVersion, Version
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, ValidationInfo, field_validator
 
 from runly.wire import (
     JOB_NAME,
@@ -22,8 +22,10 @@ from runly.wire import (
     Progress,
     Strict,
 )
-from runly_core.resources import ENVIRONMENT_NAME, MAX_VALUE_BYTES
+from runly_core.resources import ENVIRONMENT_NAME, MAX_VALUE_BYTES, SQS_MAX_DELAY_SECONDS
 
+# The longest delay a run may be enqueued with (not_before, delay_seconds): a year.
+MAX_DELAY_SECONDS = 366 * 24 * 3600
 PACKAGE_NAME = r"^[a-z0-9]([a-z0-9._-]{0,98}[a-z0-9])?$"
 SHA256_HEX = r"^[0-9a-f]{64}$"
 
@@ -50,6 +52,56 @@ PackageVersion = Annotated[str, AfterValidator(_pep440)]
 PackageName = Annotated[str, AfterValidator(normalize_package_name), Field(pattern=PACKAGE_NAME)]
 EnvironmentName = Annotated[str, AfterValidator(_environment)]
 Sha256 = Annotated[str, Field(pattern=SHA256_HEX, description="lower-case hex SHA-256")]
+
+# A run's tags (docs/api.md, "Tags"): what an application labels its runs with, to find them again
+# (``GET /runs?tag=key:value``). A key has no ':' or '=' (the search's and the CLI's separators).
+TAG_KEY = re.compile(r"^[A-Za-z0-9_.@/+-]{1,64}$")
+MAX_TAGS = 20
+MAX_TAG_VALUE_CHARS = 256
+
+
+def check_tag_value(key: str, value: str) -> None:
+    if len(value) > MAX_TAG_VALUE_CHARS:
+        raise ValueError(f"the value of tag {key!r} is {len(value)} characters: at most {MAX_TAG_VALUE_CHARS}")
+    if any(not character.isprintable() for character in value):
+        raise ValueError(f"the value of tag {key!r} holds a control or unprintable character")
+    if "," in value:
+        # API Gateway joins a repeated query parameter's values with commas: tag=a:1&tag=b:2 arrives as "a:1,b:2"
+        raise ValueError(f"the value of tag {key!r} holds a ',' (GET /runs?tag= could not name it)")
+
+
+def check_tag_key(key: str) -> None:
+    if not TAG_KEY.match(key):
+        raise ValueError(f"tag key {key[:80]!r} must be 1-64 of A-Z a-z 0-9 _ . @ / + - (no ':' or '=')")
+
+
+def _tags(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_TAGS:
+        raise ValueError(f"{len(value)} tags: a run has at most {MAX_TAGS}")
+    for key, text in value.items():
+        check_tag_key(key)
+        check_tag_value(key, text)
+    return value
+
+
+Tags = Annotated[
+    dict[str, str],
+    AfterValidator(_tags),
+    Field(
+        description=f"labels to find the run by (GET /runs?tag=key:value): at most {MAX_TAGS}; keys 1-64 of "
+        f"A-Z a-z 0-9 _ . @ / + - ; values at most {MAX_TAG_VALUE_CHARS} printable characters, no ','",
+    ),
+]
+
+
+def parse_tag_filter(text: str) -> tuple[str, str]:
+    """``key:value`` (the value may hold ':') as a search names a tag; ValueError saying what is wrong."""
+    key, separator, value = text.partition(":")
+    if not separator:
+        raise ValueError(f"{text[:80]!r} is not key:value")
+    check_tag_key(key)
+    check_tag_value(key, value)
+    return key, value
 
 
 class RunState(StrEnum):
@@ -159,6 +211,25 @@ class EnqueueRunRequest(Strict):
     version: PackageVersion | None = Field(default=None, description="exact version; newest when omitted")
     timeout_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     max_attempts: int = Field(default=3, ge=1, le=10)
+    tags: Tags = Field(default_factory=dict)
+    not_before: AwareDatetime | None = Field(
+        default=None,
+        description="ISO 8601 with a time zone: the run starts no earlier than this (at most a year ahead); a time "
+        "already past starts it at once. Not with delay_seconds.",
+    )
+    delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_DELAY_SECONDS,
+        description="start the run this many seconds after it is enqueued (at most a year); not with not_before",
+    )
+
+    @field_validator("delay_seconds")
+    @classmethod
+    def _one_delay(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("not_before") is not None:
+            raise ValueError("give not_before or delay_seconds, not both")
+        return value
 
 
 class AttemptView(BaseModel):
@@ -197,8 +268,10 @@ class RunView(BaseModel):
     progress: Progress | None = None
     checkpoint: Checkpoint | None = None
     queued_reason: str | None = Field(default=None, description="why a Queued run has not started yet")
+    not_before: datetime | None = Field(default=None, description="the run starts no earlier than this (a delayed run)")
     requeued_from: str | None = Field(default=None, description="the run this one is a requeue of")
     schedule_id: str | None = Field(default=None, description="the schedule that enqueued it, if one did")
+    tags: dict[str, str] = Field(default_factory=dict, description="the labels it was enqueued with")
     trace_id: str | None = Field(
         default=None,
         description="the W3C trace id of the run's trace (from the enqueue request's traceparent, else a new one): "
@@ -426,6 +499,21 @@ class CreateScheduleRequest(EnqueueRunRequest):
         default="UTC", min_length=1, max_length=64, description="IANA time zone the expression is read in"
     )
     enabled: bool = True
+    # A schedule's run may be offset from its fire by an SQS delay (at most 15 minutes: a later run is a later
+    # fire); a fixed not_before makes no sense for a run that recurs.
+    delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=SQS_MAX_DELAY_SECONDS,
+        description="each run starts no earlier than this many seconds after its fire (at most 900)",
+    )
+
+    @field_validator("not_before")
+    @classmethod
+    def _no_fixed_time(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            raise ValueError("a schedule's runs recur: give delay_seconds (after each fire), not not_before")
+        return value
 
     def run_request(self) -> EnqueueRunRequest:
         """The run each fire enqueues."""
@@ -441,9 +529,13 @@ class UpdateScheduleRequest(Strict):
     version: PackageVersion | None = None
     timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     max_attempts: int | None = Field(default=None, ge=1, le=10)
+    tags: Tags | None = None
     expression: str | None = Field(default=None, min_length=1, max_length=256, description=SCHEDULE_EXPRESSION_DOC)
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
     enabled: bool | None = None
+    delay_seconds: int | None = Field(
+        default=None, ge=0, le=SQS_MAX_DELAY_SECONDS, description="0: each run starts at its fire"
+    )
 
 
 class ScheduleView(BaseModel):
@@ -456,6 +548,8 @@ class ScheduleView(BaseModel):
     version: str | None = Field(description="the version each run gets; null: the newest the pin allows then")
     timeout_seconds: int
     max_attempts: int
+    tags: dict[str, str] = Field(default_factory=dict, description="each run's tags")
+    delay_seconds: int | None = Field(default=None, description="each run starts this long after its fire")
     expression: str = Field(description="as EventBridge Scheduler has it (canonical spelling)")
     timezone: str
     enabled: bool
@@ -495,6 +589,28 @@ class ScheduleFire(BaseModel):
         return json.dumps(
             {
                 "schedule_id": schedule_id,
+                "scheduled_time": SCHEDULED_TIME_ATTRIBUTE,
+                "execution_id": EXECUTION_ID_ATTRIBUTE,
+                "attempt": ATTEMPT_NUMBER_ATTRIBUTE,
+            }
+        )
+
+
+class RunTimerFire(BaseModel):
+    """What a delayed run's one-time timer (an ``at(...)`` schedule named after the run, ``functions.dal.schedules
+    .RunTimers``) sends the fire function: the run's id, and the scheduled time as for a schedule's fire."""
+
+    run_id: str = Field(pattern=r"^run_[A-Za-z0-9_-]{1,59}$")
+    scheduled_time: datetime
+    execution_id: str | None = None
+    attempt: int | None = Field(default=None, ge=1)
+
+    @staticmethod
+    def input_template(run_id: str) -> str:
+        """The target input a run's timer is created with; EventBridge Scheduler substitutes the attributes."""
+        return json.dumps(
+            {
+                "run_id": run_id,
                 "scheduled_time": SCHEDULED_TIME_ATTRIBUTE,
                 "execution_id": EXECUTION_ID_ATTRIBUTE,
                 "attempt": ATTEMPT_NUMBER_ATTRIBUTE,

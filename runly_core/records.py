@@ -152,6 +152,8 @@ class RunRecord(BaseModel):
     requeued_from: str | None = None  # the run this one was requeued from
     retry_at: str | None = None  # when a Queued run that failed an attempt becomes visible again (agent)
     schedule_id: str | None = None  # the schedule that enqueued it
+    tags: dict[str, str] | None = None  # written once by the API (contracts.Tags); none: no attribute
+    not_before: str | None = None  # a delayed run starts no earlier than this (the API writes it once)
     # The run's W3C trace context (runly.tracing): written once by the API, read by the agent that claims it; no
     # node writes it (functions.nodes.policy.RUN_ATTRIBUTES), no heartbeat touches it.
     traceparent: str | None = None
@@ -187,6 +189,8 @@ class RunRecord(BaseModel):
             progress=Progress.model_validate_json(self.progress_json) if self.progress_json else None,
             requeued_from=self.requeued_from,
             schedule_id=self.schedule_id,
+            tags=self.tags or {},
+            not_before=datetime.fromisoformat(self.not_before) if self.not_before else None,
             trace_id=self.trace.trace_id if self.trace else None,
         )
 
@@ -471,6 +475,8 @@ class ScheduleRecord(BaseModel):
     version: str | None = None
     timeout_seconds: int
     max_attempts: int
+    tags: dict[str, str] | None = None  # each run's tags
+    delay_seconds: int | None = None  # each run's SQS delay after its fire
     expression: str  # canonical (functions.logic.schedule_expression)
     timezone: str
     enabled: bool
@@ -513,6 +519,8 @@ class ScheduleRecord(BaseModel):
             version=self.version,
             timeout_seconds=self.timeout_seconds,
             max_attempts=self.max_attempts,
+            tags=self.tags or {},
+            delay_seconds=self.delay_seconds,
             expression=self.expression,
             timezone=self.timezone,
             enabled=self.enabled,

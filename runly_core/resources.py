@@ -49,12 +49,26 @@ class IndexSpec(BaseModel):
         return projection
 
 
-# Runs of an environment, newest first (search, dashboard).
-RUNS_BY_ENVIRONMENT = IndexSpec(name="runs-by-environment", partition_key="gsi1pk", sort_key="gsi1sk", projection="ALL")
-# Runs that hold a lease, by lease expiry (the reaper's query). Sparse: only leased runs carry it.
-RUNS_BY_LEASE = IndexSpec(name="runs-by-lease", partition_key="gsi2pk", sort_key="gsi2sk", projection="ALL")
-# Small sets of items listed whole, by kind (API keys, nodes), so listing them never scans the runs.
-# Sparse: only the items that list themselves carry it (see runly_core.records).
+# What the search reads of a run without reading the run: the attributes its filters test (functions.logic.run_search).
+# tag_set: a tagged run's "key=value" string set (runly_core.run_store.TAG_SET), written once, at creation.
+RUN_SEARCH_ATTRIBUTES = ("state", "package", "job", "schedule_id", "tag_set")
+# Runs of an environment, newest first, spread over shards (runly_core.run_store.RUN_INDEX_SHARDS; search, dashboard).
+# INCLUDE, not ALL: an index entry is rewritten only when a filtered attribute changes (a state change), at a few
+# hundred bytes, and the search reads the page's runs from the table afterwards (BatchGetItem).
+RUNS_BY_ENVIRONMENT = IndexSpec(
+    name="runs-by-environment",
+    partition_key="gsi1pk",
+    sort_key="gsi1sk",
+    projection="INCLUDE",
+    non_key_attributes=RUN_SEARCH_ATTRIBUTES,
+)
+# Runs that hold a lease, by the lease expiry written at claim (the reaper's query), sharded like the runs. Sparse:
+# only leased runs carry it. KEYS_ONLY: the reaper reads the candidates' rows and decides by their real lease; a
+# heartbeat moves the indexed expiry only every few minutes (runly_core.run_store.LEASE_INDEX_REFRESH_MS).
+RUNS_BY_LEASE = IndexSpec(name="runs-by-lease", partition_key="gsi2pk", sort_key="gsi2sk", projection="KEYS_ONLY")
+# Small sets of items listed whole, by kind (API keys, nodes, schedules), so listing them never scans the runs.
+# Sparse: only the items that list themselves carry it (see runly_core.records). KEYS_ONLY: a listing reads the
+# items it found from the table (BatchGetItem), so a node's heartbeat (which rewrites its record) writes no index item.
 ITEMS_BY_KIND = IndexSpec(name="items-by-kind", partition_key="gsi3pk", sort_key="gsi3sk", projection="ALL")
 TABLE_INDEXES: tuple[IndexSpec, ...] = (RUNS_BY_ENVIRONMENT, RUNS_BY_LEASE, ITEMS_BY_KIND)
 TABLE_BILLING_MODE = "PAY_PER_REQUEST"

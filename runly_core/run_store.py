@@ -23,7 +23,7 @@ UpdateItem (a ConditionCheck and an Update in the checkpoint's transaction) nami
 ReturnValues NONE; what an ALL_NEW would have told it is read from a failed condition instead (``renew``).
 
 The run item's layout, its keys and index attributes, is here too (``run_key``, ``run_item``,
-``lease_index_attributes``): the table's re-keying (issue 14: sharded index partitions) changes this module alone.
+``lease_index_attributes``, ``index_shard``): sharded index partitions, written by this module alone.
 """
 
 from __future__ import annotations
@@ -61,12 +61,15 @@ CHECKPOINT_SORT_KEY = "CHECKPOINT"
 # The run's config (up to 64 KB): its own item, written once with the run, so the hot run item keeps its size only.
 CONFIG_SORT_KEY = "CONFIG"
 CONFIG_ATTRIBUTE = "config_json"
-# Index partitions of an environment's runs (issue 14 adds a shard suffix, "#{n}", to both: docs/store.md).
+# Index partitions of an environment's runs, each with a shard suffix "#{shard:02d}" (docs/store.md, "The indexes").
 RUNS_INDEX_PARTITION = "RUNS"
 LEASE_INDEX_PARTITION = "LEASED"
 # Written by the API on every run item it creates and never by a node (the node's policy cannot name it): the
 # reaper and the dead-letter handler act only on runs that carry it.
 API_CREATED = "api_created"
+# The run's tags as "key=value" strings (a string set, only on a run with tags): what a search's tag filter reads
+# (DynamoDB's contains() on a set; a map's keys could not be named in a filter without escaping every one).
+TAG_SET = "tag_set"
 # Written by a node that received a message of a run another attempt holds: the holder keeps that message (agent).
 MESSAGE_HANDOFF = "message_handoff"
 # What names a lease's owner and puts the run in the lease index, and a message offered to the attempt holding it:
@@ -89,6 +92,12 @@ TRANSACTION_ACTIONS = 100
 # 0.5 * 1,000 * RUN_INDEX_SHARDS / (index writes per run) a second with every shard under half its limit.
 # Changing it re-keys every run index entry: it is part of the table's key design, not a setting.
 RUN_INDEX_SHARDS = 16
+# A renewal moves the run's lease index entry (its sort key, the lease expiry as last indexed) only when the lease it
+# writes ends at least this long after the indexed one: with a 15 s heartbeat, one beat in 16 writes an index item.
+# The indexed expiry is never later than the real lease (both only grow within an attempt, and the index is moved
+# to the lease being written), so the reaper, which looks for entries older than its grace, misses no expired lease;
+# an entry that looks expired while its lease is live is read from the table and left alone (docs/agent.md).
+LEASE_INDEX_REFRESH_MS = 4 * 60 * 1000
 
 
 def index_shard(run_id: str) -> int:
@@ -128,14 +137,15 @@ def config_key(run_id: str) -> dict[str, str]:
     return {PARTITION_KEY: run_partition(run_id), SORT_KEY: CONFIG_SORT_KEY}
 
 
-def runs_index_partition(environment: str) -> str:
-    """The runs-by-environment index partition of an environment's runs (``gsi1pk``)."""
-    return f"{environment_prefix(environment)}{RUNS_INDEX_PARTITION}"
+def runs_index_partition(environment: str, shard: int) -> str:
+    """A runs-by-environment index partition of an environment's runs (``gsi1pk``): ``ENV#{env}#RUNS#{shard:02d}``."""
+    return f"{environment_prefix(environment)}{RUNS_INDEX_PARTITION}#{shard:02d}"
 
 
-def lease_index_partition(environment: str) -> str:
-    """The runs-by-lease index partition of an environment's leased runs (``gsi2pk``)."""
-    return f"{environment_prefix(environment)}{LEASE_INDEX_PARTITION}"
+def lease_index_partition(environment: str, shard: int) -> str:
+    """A runs-by-lease index partition of an environment's leased runs (``gsi2pk``):
+    ``ENV#{env}#LEASED#{shard:02d}``."""
+    return f"{environment_prefix(environment)}{LEASE_INDEX_PARTITION}#{shard:02d}"
 
 
 def lease_sort_key(lease_until_ms: int) -> str:
@@ -146,7 +156,7 @@ def lease_sort_key(lease_until_ms: int) -> str:
 def search_index_attributes(record: RunRecord) -> dict[str, str]:
     """The run's place in the runs-by-environment index: written once, when it is created."""
     return {
-        RUNS_BY_ENVIRONMENT.partition_key: runs_index_partition(record.environment),
+        RUNS_BY_ENVIRONMENT.partition_key: runs_index_partition(record.environment, index_shard(record.run_id)),
         RUNS_BY_ENVIRONMENT.sort_key: search_sort_key(record.created_at, record.run_id),
     }
 
@@ -162,7 +172,7 @@ def run_id_of_search_sort_key(sort_key: str) -> str:
 def lease_index_attributes(run_id: str, lease_until_ms: int) -> dict[str, str]:
     """The run's place in the runs-by-lease index while a lease until ``lease_until_ms`` is held."""
     return {
-        RUNS_BY_LEASE.partition_key: lease_index_partition(run_environment(run_id)),
+        RUNS_BY_LEASE.partition_key: lease_index_partition(run_environment(run_id), index_shard(run_id)),
         RUNS_BY_LEASE.sort_key: lease_sort_key(lease_until_ms),
     }
 
@@ -176,9 +186,16 @@ def run_item(record: RunRecord, *, api_created: bool = True) -> dict[str, Any]:
     item.update(search_index_attributes(record))
     if record.lease_until_ms is not None and not record.state.terminal:
         item.update(lease_index_attributes(record.run_id, record.lease_until_ms))
+    if record.tags:
+        item[TAG_SET] = set(tag_set_members(record.tags))
     if api_created:
         item[API_CREATED] = True
     return item
+
+
+def tag_set_members(tags: dict[str, str]) -> list[str]:
+    """The members of a run's tag set: a key holds no '=', so ``key=value`` names one tag unambiguously."""
+    return [f"{key}={value}" for key, value in sorted(tags.items())]
 
 
 def config_item(record: RunRecord) -> dict[str, Any]:
@@ -258,9 +275,11 @@ class CompanionsRefused(Exception):
 @dataclass(frozen=True)
 class Renewal:
     """What ``RunStore.renew`` learned: None for the common beat (still Running, nothing handed over), else the
-    run item it read once the plain fenced renewal was written."""
+    run item it read once the plain fenced renewal was written; and the lease expiry the lease index now holds for
+    the run (the renewer passes it to the next renewal)."""
 
     item: dict[str, Any] | None
+    indexed_until_ms: int = 0
 
 
 _FENCE_NAMES = {"#attempt": "attempt", "#owner": "lease_owner", "#state": "state"}
@@ -607,15 +626,23 @@ class RunStore:
         *,
         progress_json: str | None = None,
         drop_handoff: bool = False,
+        indexed_until_ms: int | None = None,
     ) -> Renewal:
         """Extend the lease to ``until_ms`` (and write the newest progress, if any); ``drop_handoff`` clears the
         message handed over to this attempt, now kept. The common beat (STILL_RUNNING and, unless dropping,
         NO_HANDOFF) returns nothing; anything else shows as that condition failing, and the run is read to see
-        which (a cancel, a handoff, a lost lease) and renewed with the plain fence. LeaseLost if not ours."""
-        lease_index = lease_index_attributes(record.run_id, until_ms)
-        sort_key = RUNS_BY_LEASE.sort_key
-        update = f"SET lease_until_ms = :until, {sort_key} = :{sort_key}"
-        values: dict[str, Any] = {":until": until_ms, f":{sort_key}": lease_index[sort_key]}
+        which (a cancel, a handoff, a lost lease) and renewed with the plain fence. LeaseLost if not ours.
+
+        ``indexed_until_ms``: the lease expiry the lease index holds for this attempt (the claim's, or what the last
+        renewal answered); the index entry moves to ``until_ms`` only once that is LEASE_INDEX_REFRESH_MS later,
+        so most beats write the run item alone. None: not known, the entry moves."""
+        update = "SET lease_until_ms = :until"
+        values: dict[str, Any] = {":until": until_ms}
+        if indexed_until_ms is None or until_ms >= indexed_until_ms + LEASE_INDEX_REFRESH_MS:
+            sort_key = RUNS_BY_LEASE.sort_key
+            update += f", {sort_key} = :{sort_key}"
+            values[f":{sort_key}"] = lease_sort_key(until_ms)
+            indexed_until_ms = until_ms
         if progress_json is not None:
             update += ", progress_json = :progress"
             values[":progress"] = progress_json
@@ -625,10 +652,10 @@ class RunStore:
             update += f" REMOVE {MESSAGE_HANDOFF}"
         expected = self.STILL_RUNNING if drop_handoff else f"{self.STILL_RUNNING} AND {self.NO_HANDOFF}"
         if self._fenced_update(record, node_id, update, values, {}, expected):
-            return Renewal(None)
+            return Renewal(None, indexed_until_ms)
         item = self.read_item(record.run_id) or {}
         self._fenced(record, node_id, update, values, {})
-        return Renewal(item)
+        return Renewal(item, indexed_until_ms)
 
     def hand_over(self, leased: RunRecord, handoff: dict[str, Any]) -> bool:
         """Offer ``handoff`` (a message of the run, received by another node) to the attempt holding ``leased``;

@@ -18,7 +18,7 @@ from runly_core import backoff
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
 TRANSACTION_SIZE = 100
-# Calls per batch write, the first included, before what DynamoDB left unprocessed is given up on.
+# Calls per batch write or read, the first included, before what DynamoDB left unprocessed is given up on.
 BATCH_WRITE_ATTEMPTS = 5
 BATCH_RETRY_BASE_SECONDS = 0.05
 BATCH_RETRY_CAP_SECONDS = 1.0
@@ -33,7 +33,8 @@ class Unwritten(Exception):
 
 
 class Unread(Exception):
-    """A batch read left keys unprocessed after every retry (throttling): what it read is not the whole answer."""
+    """A batch read left keys unprocessed after every retry (throttling): what was asked for is not all known, so
+    nothing read is answered (the API answers 503; a caller retries)."""
 
 
 def error_code(exc: BaseException) -> str:
@@ -81,9 +82,9 @@ def batch_write(
 def batch_get(
     client: Any, table_name: str, keys: Sequence[dict[str, str]], *, sleep: Callable[[float], None] = time.sleep
 ) -> list[dict[str, Any]]:
-    """BatchGetItem, strongly consistent, 100 keys per call, retrying the UnprocessedKeys DynamoDB leaves (over its
-    16 MB answer, or throttled) with backoff; raises ``Unread`` if some stay unprocessed after every attempt, so no
-    key is silently dropped."""
+    """BatchGetItem, strongly consistent, 100 keys per call, retrying what DynamoDB left unprocessed (it does so
+    under throttling, or past 16 MB a call) with backoff; raises ``Unread`` if some keys stay unprocessed after
+    BATCH_WRITE_ATTEMPTS calls: a row is never silently missing. Items come back in no particular order."""
     found: list[dict[str, Any]] = []
     for start in range(0, len(keys), BATCH_GET_SIZE):
         pending = list(keys[start : start + BATCH_GET_SIZE])

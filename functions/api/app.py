@@ -146,8 +146,8 @@ def _domain_error(exc: DomainError) -> Response[Any]:
 
 @app.exception_handler(Unread)
 def _unread(exc: Unread) -> Response[Any]:
-    # A batch read DynamoDB kept leaving unprocessed (throttling): no answer is made of part of the items.
-    return _error(503, ErrorBody(code="unavailable", message=f"the run store is busy ({exc}); retry"))
+    # A batch read DynamoDB kept refusing (throttled): nothing partial is answered.
+    return _error(503, ErrorBody(code="unavailable", message="the store is busy; nothing was read, retry"))
 
 
 @app.exception_handler(ServiceError)

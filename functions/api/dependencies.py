@@ -8,9 +8,10 @@ from functions.dal.feed import Feed
 from functions.dal.keys import key_store_of
 from functions.dal.nodes import NodeStore
 from functions.dal.queue import RunQueue
-from functions.dal.schedules import Scheduler, ScheduleStore
+from functions.dal.schedules import RunTimers, Scheduler, ScheduleStore
 from functions.dal.store import Store
 from functions.dal.values import ValueStore
+from functions.logic.delays import Delays
 from functions.settings import ApiSettings, get_settings
 from runly_core.key_store import KeyStore
 
@@ -65,6 +66,18 @@ def scheduler() -> Scheduler:
         role_arn=settings.scheduler_role_arn,
         target_arn=settings.schedule_fire_function_arn,
     )
+
+
+@lru_cache(maxsize=1)
+def delays() -> Delays:
+    """Delayed runs' timers: one-time schedules in the schedules' group, invoking the same fire function."""
+    settings = get_settings()
+    timers = RunTimers(
+        group=settings.scheduler_group,
+        role_arn=settings.scheduler_role_arn,
+        target_arn=settings.schedule_fire_function_arn,
+    )
+    return Delays(timers=timers, sqs_seconds=settings.delay_sqs_seconds)
 
 
 @lru_cache(maxsize=1)

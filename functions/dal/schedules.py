@@ -10,13 +10,14 @@ updates that never touch the definition.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-from runly_core.contracts import ScheduleFire
+from runly_core.contracts import RunTimerFire, ScheduleFire
 from runly_core.records import SCHEDULE_KIND, ScheduleRecord, schedule_key, schedule_kind_sort_key
 from runly_core.resources import ITEMS_BY_KIND, PARTITION_KEY
 from runly_core.table import condition_failed, error_code, refused_as
@@ -208,3 +209,61 @@ class Scheduler:
                 message = str(exc.response.get("Error", {}).get("Message", "")) or "invalid schedule"
                 raise SchedulerRefused(message) from exc
             raise
+
+
+class RunTimers:
+    """Delayed runs' timers: a one-time EventBridge Scheduler schedule per run (``at(...)``, in UTC, named after
+    the run, in the schedules' group) that invokes the fire function with the run's id once, then deletes itself
+    (ActionAfterCompletion DELETE). A timer costs nothing while it waits (EventBridge Scheduler bills invocations).
+    Quotas relied on, per account and Region, adjustable: at least 1,000,000 schedules (timers and schedules
+    together), CreateSchedule and DeleteSchedule at least 250 requests/s (1,000 in the main Regions); a throttled
+    create is an enqueue that fails with 503 and records nothing (``runs._dispatch``)."""
+
+    def __init__(self, *, group: str, role_arn: str, target_arn: str, client: Any = None) -> None:
+        self.group = group
+        self._role_arn = role_arn
+        self._target_arn = target_arn
+        self._given_client = client
+
+    @cached_property
+    def _client(self) -> Any:
+        # Built on first use: most enqueues are not delayed, and a client costs a cold start tens of milliseconds.
+        return self._given_client or boto3.client("scheduler")
+
+    def create(self, run_id: str, expression: str) -> None:
+        """A timer that fires at ``expression`` (``at(yyyy-mm-ddThh:mm:ss)``, UTC:
+        ``functions.logic.schedule_expression.at_expression``); one that already exists (a retried request that
+        made it) is left as it is."""
+        try:
+            self._client.create_schedule(
+                GroupName=self.group,
+                Name=run_id,
+                Description="runly: a delayed run's timer",
+                ScheduleExpression=expression,
+                ScheduleExpressionTimezone="UTC",
+                State="ENABLED",
+                FlexibleTimeWindow={"Mode": "OFF"},
+                ActionAfterCompletion="DELETE",
+                Target={
+                    "Arn": self._target_arn,
+                    "RoleArn": self._role_arn,
+                    "Input": RunTimerFire.input_template(run_id),
+                    "RetryPolicy": {
+                        "MaximumEventAgeInSeconds": FIRE_RETRY_MAX_AGE_SECONDS,
+                        "MaximumRetryAttempts": FIRE_RETRY_ATTEMPTS,
+                    },
+                },
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConflictException":
+                raise
+
+    def delete(self, run_id: str) -> bool:
+        """Delete the run's timer; whether there was one (a timer that fired has deleted itself)."""
+        try:
+            self._client.delete_schedule(GroupName=self.group, Name=run_id)
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                return False
+            raise
+        return True

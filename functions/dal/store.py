@@ -41,14 +41,17 @@ from runly_core.run_store import (
     CHECKPOINT_SORT_KEY,
     CONFIG_SORT_KEY,
     RUN_SORT_KEY,
+    TAG_SET,
     CompanionsRefused,
     RunStore,
     StateChanged,
     api_run,
     checkpoint_key,
+    run_id_of_partition,
     run_id_of_search_sort_key,
     run_key,
     runs_index_partition,
+    tag_set_members,
     with_config,
 )
 from runly_core.table import AlreadyExists, Unwritten, batch_get, batch_write, condition_failed, error_code, refused_as
@@ -87,20 +90,30 @@ class PinAndPackage:
 
 
 @dataclass(frozen=True)
+class RunIndexEntry:
+    """A run as the runs-by-environment index holds it: its id and its index sort key (what the search merges
+    by); the run itself is read from the table (``get_runs``)."""
+
+    run_id: str
+    sort_key: str
+
+
+@dataclass(frozen=True)
 class RunQueryPage:
-    """Matching runs of one Query page, newest first, and where the next page starts (None: exhausted)."""
+    """Matching index entries of one Query page of one shard, newest first, and where the next page starts (None:
+    exhausted)."""
 
-    records: list[RunRecord]
-    last_evaluated: str | None  # the index sort key of the last item DynamoDB read, matching or not
-    evaluated: int  # items DynamoDB read (what the query cost), not only those that matched
+    entries: list[RunIndexEntry]
+    last_evaluated: str | None  # the index sort key of the last entry DynamoDB read, matching or not
+    evaluated: int  # entries DynamoDB read (what the query cost), not only those that matched
 
 
-def _start_key(environment: str, sort_key: str) -> dict[str, str]:
+def _start_key(environment: str, shard: int, sort_key: str) -> dict[str, str]:
     # The index sort key is "{created_at}#{run_id}" (runly_core.run_store.search_sort_key); a start key names both
     # the index's keys and the table's keys of the item to start after.
     run_id = run_id_of_search_sort_key(sort_key)
     return {
-        RUNS_BY_ENVIRONMENT.partition_key: runs_index_partition(environment),
+        RUNS_BY_ENVIRONMENT.partition_key: runs_index_partition(environment, shard),
         RUNS_BY_ENVIRONMENT.sort_key: sort_key,
         **run_key(run_id),
     }
@@ -170,7 +183,8 @@ class Store:
             raise IdempotencyKeysTaken(exc.positions) from exc
 
     def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
-        """The runs that exist among ``run_ids``, with their configs, strongly consistent, 100 per call."""
+        """The runs that exist among ``run_ids``, with their configs, strongly consistent, 100 per call; ``Unread``
+        (503) if DynamoDB kept some keys unprocessed through every retry."""
         items = self._batch_get([run_key(run_id) for run_id in dict.fromkeys(run_ids) if is_run_id(run_id)])
         records = [record for record in map(api_run, items) if record is not None]
         return {record.run_id: record for record in self.with_configs(records)}
@@ -270,26 +284,39 @@ class Store:
     def query_runs(
         self,
         environment: str,
+        shard: int,
         *,
         created_from: str | None,
         created_before: str | None,
         filters: dict[str, str],
         start_after: str | None,
         page_size: int,
+        start_at: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> RunQueryPage:
-        """One page of an environment's runs, newest first, from the runs-by-environment index.
+        """One page of one shard of an environment's runs, newest first, from the runs-by-environment index.
 
         The time range is the key condition (``created_from`` inclusive, ``created_before``
         exclusive, both ``runly_core.records.iso`` strings); the other filters are a filter
-        expression, so a page may hold fewer matches than ``page_size`` without being the last.
+        expression on the attributes the index projects (runly_core.resources.RUN_SEARCH_ATTRIBUTES), so a page
+        may hold fewer matches than ``page_size`` without being the last. The index is eventually consistent: a
+        reader checks the filters again on the runs it reads from the table. ``start_at``: an index sort key to
+        start at (inclusive; ``start_after`` starts after one).
         """
-        key: ConditionBase = Key(RUNS_BY_ENVIRONMENT.partition_key).eq(runs_index_partition(environment))
+        unprojected = set(filters) - set(RUNS_BY_ENVIRONMENT.non_key_attributes)
+        if unprojected:
+            raise ValueError(f"the runs index does not project {sorted(unprojected)}")
+        key: ConditionBase = Key(RUNS_BY_ENVIRONMENT.partition_key).eq(runs_index_partition(environment, shard))
         sort = Key(RUNS_BY_ENVIRONMENT.sort_key)
         # "{created_at}#{run_id}" sorts after "{created_at}" and before any later time: the bounds need no run id.
-        if created_from is not None and created_before is not None:
-            key = key & sort.between(created_from, created_before)
+        # BETWEEN is inclusive at both ends: created_before is exclusive, but no sort key equals a bare time.
+        upper = start_at if start_at is not None else created_before
+        if created_from is not None and upper is not None:
+            key = key & sort.between(created_from, upper)
         elif created_from is not None:
             key = key & sort.gte(created_from)
+        elif start_at is not None:
+            key = key & sort.lte(start_at)
         elif created_before is not None:
             key = key & sort.lt(created_before)
         query: dict[str, Any] = {
@@ -302,10 +329,13 @@ class Store:
         for name, value in sorted(filters.items()):
             clause = Attr(name).eq(value)
             condition = clause if condition is None else condition & clause
+        for member in tag_set_members(tags or {}):
+            clause = Attr(TAG_SET).contains(member)
+            condition = clause if condition is None else condition & clause
         if condition is not None:
             query["FilterExpression"] = condition
         if start_after is not None:
-            query["ExclusiveStartKey"] = _start_key(environment, start_after)
+            query["ExclusiveStartKey"] = _start_key(environment, shard, start_after)
         try:
             page = self._table.query(**query)
         except ClientError as exc:
@@ -313,8 +343,16 @@ class Store:
                 raise InvalidStartKey(str(exc)) from exc
             raise
         last = page.get("LastEvaluatedKey")
+        entries = []
+        for item in page.get("Items", []):
+            sort_key = str(item[RUNS_BY_ENVIRONMENT.sort_key])
+            run_id = run_id_of_partition(str(item[PARTITION_KEY]))
+            # The table key names the run (a node cannot write under another's); an entry whose index sort key
+            # names another run is no run's entry.
+            if run_id is not None and run_id_of_search_sort_key(sort_key) == run_id:
+                entries.append(RunIndexEntry(run_id=run_id, sort_key=sort_key))
         return RunQueryPage(
-            records=[record for record in map(api_run, page.get("Items", [])) if record is not None],
+            entries=entries,
             last_evaluated=str(last[RUNS_BY_ENVIRONMENT.sort_key]) if last else None,
             evaluated=int(page.get("ScannedCount", 0)),
         )

@@ -22,10 +22,21 @@ import {
 } from "./dom.js";
 
 const PAGE_SIZES = [50, 100, 200]; // the API's largest page is 200 runs
-const FILTERS = ["state", "package", "job", "environment"];
+const FILTERS = ["state", "package", "job", "environment", "tag"];
 const REFRESH_MS = 2500;
 const LOG_REFRESH_MS = 1500;
 const MAX_LOG_CHARS = 1_000_000; // the page keeps the newest megabyte of a long log
+
+// A run's tags, each a link to the runs with that tag (null when it has none).
+function tagList(tags) {
+  const pairs = Object.entries(tags || {}).sort(([a], [b]) => a.localeCompare(b));
+  if (!pairs.length) return null;
+  return h(
+    "span",
+    { class: "tags" },
+    pairs.map(([key, value]) => h("a", { class: "tag mono", href: `#/runs${query({ tag: `${key}:${value}` })}`, title: "Runs with this tag" }, `${key}:${value}`)),
+  );
+}
 
 // ------------------------------------------------------------------ the list
 
@@ -49,6 +60,7 @@ export function runsView(main, ctx) {
     filterInput("package", "Package", filters.package, "package-options"),
     filterInput("job", "Job", filters.job, "job-options"),
     filterInput("environment", "Environment", filters.environment, "environment-options"),
+    filterInput("tag", "Tag", filters.tag, null, "key:value, …"),
     h(
       "div",
       { class: "filter-actions" },
@@ -88,12 +100,12 @@ export function runsView(main, ctx) {
     );
   }
 
-  function filterInput(name, label, value, list) {
+  function filterInput(name, label, value, list, placeholder = "Any") {
     return h(
       "div",
       { class: "field" },
       h("label", { for: `filter-${name}` }, label),
-      h("input", { id: `filter-${name}`, name, value, list, autocomplete: "off", spellcheck: "false", placeholder: "Any" }),
+      h("input", { id: `filter-${name}`, name, value, list, autocomplete: "off", spellcheck: "false", placeholder }),
     );
   }
 
@@ -197,11 +209,23 @@ export function runsView(main, ctx) {
         },
       },
       h("td", { "data-label": "Run" }, h("a", { href, class: "run-link mono", "data-focus-key": `run-${run.id}` }, run.id)),
-      h("td", { "data-label": "Job" }, h("span", { class: "job" }, run.job), h("span", { class: "muted small" }, ` ${run.package} ${run.version}`)),
+      h(
+        "td",
+        { "data-label": "Job" },
+        h("span", { class: "job" }, run.job),
+        h("span", { class: "muted small" }, ` ${run.package} ${run.version}`),
+        tagList(run.tags),
+      ),
       h("td", { "data-label": "Environment" }, run.environment),
       h("td", { "data-label": "State" }, stateBadge(run.state)),
       h("td", { "data-label": "Progress", class: "progress-col" }, progressCell(run, `Progress of run ${run.id}`)),
-      h("td", { "data-label": "Created" }, timeElement(run.created_at)),
+      h(
+        "td",
+        { "data-label": "Created" },
+        timeElement(run.created_at),
+        // A delayed run: when it may start (shown until it has started).
+        run.not_before && !run.started_at ? h("span", { class: "muted small not-before" }, " not before ", timeElement(run.not_before)) : null,
+      ),
       h("td", { "data-label": "Duration" }, runDuration(run)),
     );
   }
@@ -307,6 +331,7 @@ export function runView(main, ctx, runId) {
     if (current.state === "Cancelling") return "the node stops the job on its next heartbeat";
     if (current.finished_at) return `finished ${new Date(current.finished_at).toLocaleString()} after ${runDuration(current)}`;
     if (current.started_at) return `running for ${runDuration(current)}`;
+    if (current.not_before && new Date(current.not_before) > new Date()) return `delayed until ${new Date(current.not_before).toLocaleString()}`;
     return `queued since ${new Date(current.created_at).toLocaleString()}`;
   }
 
@@ -408,12 +433,14 @@ export function runView(main, ctx, runId) {
         ["Job", run.job],
         ["Environment", run.environment],
         ["Created", timeElement(run.created_at)],
+        ["Not before", run.not_before ? timeElement(run.not_before) : null],
         ["Started", run.started_at ? timeElement(run.started_at) : null],
         ["Finished", run.finished_at ? timeElement(run.finished_at) : null],
         ["Duration", runDuration(run)],
         ["Attempts", `${run.attempts.length} of at most ${run.max_attempts}`],
         ["Timeout", `${run.timeout_seconds} s`],
         ["Checkpoint", run.checkpoint ? checkpointWords(run.checkpoint) : null],
+        ["Tags", tagList(run.tags)],
         ["Schedule", run.schedule_id ? h("span", { class: "mono" }, run.schedule_id) : null],
         ["Requeued from", run.requeued_from ? h("a", { href: `#/runs/${encodeURIComponent(run.requeued_from)}`, class: "mono" }, run.requeued_from) : null],
       ]),

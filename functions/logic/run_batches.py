@@ -20,7 +20,7 @@ from runly.tracing import TraceParent
 from runly_core.contracts import EnqueueBatchItem, EnqueueRunRequest, RunMessage, RunView
 from runly_core.records import IdempotencyRecord, PackageRecord, RunRecord, utcnow
 
-from . import runs
+from . import delays, runs
 from .errors import DomainError, Unavailable, Unprocessable
 
 KEY_FIELD = "idempotency_key"
@@ -108,6 +108,14 @@ def enqueue_many(
                 packages[which] = runs.resolve_package(item.request, store=store, queue=queue)
             package, job = runs.resolve_job(item.request, store=store, queue=queue, package=packages[which])
             item.record = runs.new_run(item.request, package, job, now=now, trace=trace)
+            if delays.SQS_ONLY.needs_timer(delays.not_before(item.record), now):
+                # No timers here: a batch sends its messages at once. A longer delay is one POST /runs away.
+                field = "not_before" if item.request.not_before is not None else "delay_seconds"
+                raise Unprocessable(
+                    f"a run of a batch may be delayed by at most {delays.SQS_ONLY.sqs_seconds} s; enqueue a run "
+                    "delayed further with POST /runs",
+                    field=field,
+                )
             if item.key is not None:
                 item.key_record = runs.new_key(owner, item.key, item.fingerprint, item.record.run_id, now=now)
 
@@ -148,13 +156,11 @@ def _record(new: list[_Item], *, store: Store, now_epoch: int) -> None:
 
 def _dispatch(new: list[_Item], *, store: Store, queue: RunQueue) -> None:
     """Send the new runs' messages; take back the runs whose message could not be sent (and raise)."""
-    messages = [
-        RunMessage(run_id=item.record.run_id, environment=item.request.environment)
-        for item in new
-        if item.record is not None
-    ]
+    records = [item.record for item in new if item.record is not None]
+    messages = [RunMessage(run_id=record.run_id, environment=record.environment) for record in records]
+    now = utcnow()
     try:
-        unsent = queue.dispatch_many(messages)
+        unsent = queue.dispatch_many(messages, [delays.sqs_delay(delays.not_before(record), now) for record in records])
     except Exception as exc:
         _take_back(new, store=store)
         raise Unavailable("the run queue did not accept the runs; nothing was enqueued, retry") from exc

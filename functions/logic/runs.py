@@ -29,7 +29,6 @@ from runly_core.contracts import (
     EnqueueRunRequest,
     FailureReason,
     RequeueRunRequest,
-    RunMessage,
     RunState,
     RunView,
 )
@@ -44,7 +43,9 @@ from runly_core.records import (
 )
 from runly_core.run_objects import RunObjects, RunObjectUnreadable
 
+from . import delays as delays_
 from .config_schemas import ConfigInvalid, SchemaRefused, validate_config
+from .delays import SQS_ONLY, Delays
 from .errors import Conflict, NotFound, TooLarge, Unavailable, Unprocessable
 from .packages import resolve_in_environment
 
@@ -59,6 +60,9 @@ DISPATCH_GRACE_SECONDS = 60
 _NOT_TAKING_WORK = frozenset({"draining", "stopped"})
 # How often a state change that lost a race with an agent is read and tried again.
 _STATE_CHANGE_TRIES = 5
+
+# Fields of EnqueueRunRequest added after Idempotency-Keys were first fingerprinted (request_fingerprint).
+_LATER_FIELDS = ("not_before", "delay_seconds", "tags")
 
 NodesOf = Callable[[str], list[NodeRecord]]
 Authorize = Callable[[str], None]
@@ -110,8 +114,10 @@ def check_idempotency_key(key: str) -> None:
 
 
 def request_fingerprint(request: EnqueueRunRequest) -> str:
-    """What "the same request" means for an Idempotency-Key: the validated body, keys in canonical order."""
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """What "the same request" means for an Idempotency-Key: the validated body, keys in canonical order. Fields
+    added since keys were first stored count only when given, so a key stored before them still matches its body."""
+    unset = {field for field in _LATER_FIELDS if getattr(request, field) in (None, {})}
+    canonical = json.dumps(request.model_dump(mode="json", exclude=unset), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -129,6 +135,9 @@ def queued_reason(record: RunRecord, *, now: datetime, nodes_of: NodesOf) -> str
     """Why a Queued run has not started (None for any other state): the user's first question."""
     if record.state is not RunState.QUEUED:
         return None
+    delayed = delays_.delayed_until(record, now)
+    if delayed is not None:
+        return f"delayed until {iso(delayed)}"
     last = record.attempts[-1] if record.attempts else None
     if last is not None:
         retry_at = datetime.fromisoformat(record.retry_at) if record.retry_at else None
@@ -196,7 +205,9 @@ def new_run(
     schedule_id: str | None = None,
     trace: TraceParent | None = None,
 ) -> RunRecord:
-    """A Queued run of ``request``, continuing ``trace`` (the enqueue's span; None: the root of a new trace)."""
+    """A Queued run of ``request``, continuing ``trace`` (the enqueue's span; None: the root of a new trace).
+    A ``not_before`` more than a year ahead is a 422."""
+    not_before = delays_.not_before_of(request, now)
     return RunRecord(
         run_id=new_run_id(request.environment),
         state=RunState.QUEUED,
@@ -212,7 +223,9 @@ def new_run(
         bundle_sha256=package.sha256,
         created_at=iso(now),
         schedule_id=schedule_id,
+        tags=request.tags or None,
         traceparent=str(trace or TraceParent.new()),
+        not_before=iso(not_before) if not_before else None,
     )
 
 
@@ -236,6 +249,7 @@ def enqueue(
     idempotency_key: str | None = None,
     schedule_id: str | None = None,
     trace: TraceParent | None = None,
+    delays: Delays = SQS_ONLY,
 ) -> tuple[RunView, bool]:
     """Record a run and dispatch it; returns the run and whether this call created it.
 
@@ -243,7 +257,7 @@ def enqueue(
     key and body (from the same API key, for 24 h) gets that run back; another body is a 409.
     ``schedule_id`` marks a run a schedule enqueued (its owner is then the schedule, its key the fire's time).
     ``trace``: the trace context the run continues (the enqueue's span); None: a new trace. A replayed key's run
-    keeps the trace it was created in.
+    keeps the trace it was created in. ``delays``: how a delayed run waits (``functions.logic.delays``).
 
     The answer has no ``queued_reason``: a run just enqueued is waiting for its message to be received, and
     finding out whether a node could take it would cost a read of the environment's nodes on every enqueue.
@@ -256,10 +270,13 @@ def enqueue(
     if idempotency_key is not None:
         existing = _live_key(store, owner, idempotency_key, now)
         if existing is not None:
-            return replay(existing, fingerprint, store=store, queue=queue), False
+            return replay(existing, fingerprint, store=store, queue=queue, delays=delays), False
 
     package, job = resolve_job(request, store=store, queue=queue)
     record = new_run(request, package, job, now=now, schedule_id=schedule_id, trace=trace)
+    if delays.timers is None and delays.needs_timer(delays_.not_before(record), now):
+        field = "not_before" if request.not_before is not None else "delay_seconds"
+        raise Unprocessable(f"here a run may be delayed by at most {delays.sqs_seconds} s", field=field)
     key_record = None
     if idempotency_key is not None:
         key_record = new_key(owner, idempotency_key, fingerprint, record.run_id, now=now)
@@ -272,9 +289,13 @@ def enqueue(
         existing = _live_key(store, owner, idempotency_key, utcnow())
         if existing is None:
             raise Unavailable(f"{IDEMPOTENCY_HEADER} {idempotency_key!r} is being released; retry") from None
-        return replay(existing, fingerprint, store=store, queue=queue), False
-    _dispatch(record, store=store, queue=queue, key_record=key_record)
-    return record.view(), True
+        return replay(existing, fingerprint, store=store, queue=queue, delays=delays), False
+    _dispatch(record, store=store, queue=queue, key_record=key_record, delays=delays)
+    answer = record.view()
+    delayed = delays_.delayed_until(record, now)
+    if delayed is not None:  # known without reading anything: say it
+        answer.queued_reason = f"delayed until {iso(delayed)}"
+    return answer, True
 
 
 def _live_key(store: Store, owner: str, key: str, now: datetime) -> IdempotencyRecord | None:
@@ -295,6 +316,7 @@ def replay(
     queue: RunQueue,
     record: RunRecord | None = None,
     key_field: str = IDEMPOTENCY_HEADER,
+    delays: Delays = SQS_ONLY,
 ) -> RunView:
     """The run an earlier request with this key created (409 for another body, named ``key_field``), dispatched if
     the request that recorded it died before sending its message; ``record``: that run, if already read."""
@@ -315,16 +337,24 @@ def replay(
             # The request that recorded it died before sending its message; a duplicate message would be harmless
             # (claims are conditional), a missing one would leave the run queued forever.
             try:
-                queue.dispatch(RunMessage(run_id=record.run_id, environment=record.environment))
+                delays_.dispatch(record, queue=queue, delays=delays, now=utcnow())
             except Exception as exc:
                 raise Unavailable("the run queue did not accept the run's message; retry with the same key") from exc
         store.mark_dispatched(existing)
     return record.view()
 
 
-def _dispatch(record: RunRecord, *, store: Store, queue: RunQueue, key_record: IdempotencyRecord | None = None) -> None:
+def _dispatch(
+    record: RunRecord,
+    *,
+    store: Store,
+    queue: RunQueue,
+    key_record: IdempotencyRecord | None = None,
+    delays: Delays = SQS_ONLY,
+) -> None:
     try:
-        queue.dispatch(RunMessage(run_id=record.run_id, environment=record.environment))
+        # The message, or for a run delayed beyond what SQS can delay, its timer (functions.logic.delays).
+        delays_.dispatch(record, queue=queue, delays=delays, now=utcnow())
     except Exception as exc:
         # Not dispatched: take the record back so no run waits forever for a message that was never sent.
         store.discard_run(record.run_id, idempotency=key_record)
@@ -360,9 +390,16 @@ def get(
 
 
 def cancel(
-    run_id: str, *, store: Store, nodes: NodeStore, requested_by: str, authorize: Authorize = allow_any
+    run_id: str,
+    *,
+    store: Store,
+    nodes: NodeStore,
+    requested_by: str,
+    authorize: Authorize = allow_any,
+    delays: Delays = SQS_ONLY,
 ) -> RunView:
-    """Queued: Cancelled at once (an agent that receives its message later finds it terminal and drops it).
+    """Queued: Cancelled at once (an agent that receives its message later finds it terminal and drops it); a
+    delayed run's timer is deleted (``delays.cancel_timer``), so it never fires.
     Running: Cancelling; the lease holder sees it on its next heartbeat, stops the job and ends the run Cancelled.
 
     Each change is conditional on the state it was read in; losing a race with an agent means reading again.
@@ -377,6 +414,7 @@ def cancel(
                     "message": f"cancelled before it started (by key {requested_by})",
                 }
                 cancelled = store.cancel_queued(run_id, now=now, error=error)
+                delays_.cancel_timer(cancelled, delays=delays)
                 return view(_config_of(record, cancelled), nodes_of=nodes_lookup(nodes))
             if record.state is RunState.RUNNING:
                 cancelling = store.request_cancel(run_id, now=now, requested_by=requested_by)
@@ -436,6 +474,7 @@ def requeue(
         bundle_sha256=original.bundle_sha256,
         created_at=iso(utcnow()),
         requeued_from=original.run_id,
+        tags=original.tags,
         traceparent=str(trace or TraceParent.new()),
     )
     store.create_run(record, checkpoint=copied)

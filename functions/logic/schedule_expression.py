@@ -14,7 +14,9 @@ a schedule fires locally when it would on AWS.
 - ``rate(value unit)``, unit minute(s), hour(s) or day(s): every fixed interval (a day is 24 hours) from a start
   time (EventBridge's ``StartDate``), which is its first occurrence.
 
-One-time ``at(...)`` schedules are not recurring and are refused (enqueue the run at that time instead).
+One-time ``at(yyyy-mm-ddThh:mm:ss)`` expressions are not recurring: ``parse`` refuses them (a user's schedule
+recurs). They are runly's own delayed-run timers (``functions.logic.delays``): ``at_expression`` writes one and
+``parse_at`` reads it back (the embedded scheduler fires them).
 
 Pure (no AWS); cronsim evaluates the five standard cron fields, this module adds the sixth (year) and AWS's
 numbering and ``?``.
@@ -37,6 +39,7 @@ MAX_RATE = timedelta(days=3650)
 MAX_EXPRESSION_LENGTH = 256
 _RATE = re.compile(r"rate\(\s*(\d{1,9})\s+(minute|minutes|hour|hours|day|days)\s*\)")
 _CRON = re.compile(r"cron\((.*)\)")
+_AT = re.compile(r"at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)")
 _UNITS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 _DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 # Fields of an AWS cron expression, in order, as errors name them.
@@ -289,3 +292,24 @@ def _years(field: str) -> frozenset[int] | None:
             raise InvalidSchedule(f"cron: years run {MIN_YEAR}-{MAX_YEAR}, ranges low to high; got {term[:20]!r}")
         years.update(range(first, last + 1, step))
     return frozenset(years)
+
+
+def at_expression(moment: datetime) -> str:
+    """EventBridge Scheduler's one-time expression for ``moment``, to be read in UTC, to the second: rounded up,
+    so that it never fires before ``moment``."""
+    utc = moment.astimezone(UTC)
+    if utc.microsecond:
+        utc = utc.replace(microsecond=0) + timedelta(seconds=1)
+    return f"at({utc.strftime('%Y-%m-%dT%H:%M:%S')})"
+
+
+def parse_at(expression: str, timezone: str = "UTC") -> datetime | None:
+    """When a one-time ``at(...)`` expression fires (aware, UTC); None for any other expression."""
+    match = _AT.fullmatch(expression.strip())
+    if match is None:
+        return None
+    try:
+        wall = datetime.fromisoformat(match.group(1))
+    except ValueError as exc:
+        raise InvalidSchedule(f"{expression!r} is no valid time") from exc
+    return wall.replace(tzinfo=parse_timezone(timezone)).astimezone(UTC)

@@ -40,7 +40,7 @@ from .runs import Authorize, allow_any
 NEXT_FIRE_TIMES = 5
 _CHANGE_TRIES = 5
 # The fields of a schedule that make up the run it enqueues: a change to one of them is checked as enqueue would.
-_TEMPLATE_FIELDS = ("config_json", "version", "timeout_seconds", "max_attempts")
+_TEMPLATE_FIELDS = ("config_json", "version", "timeout_seconds", "max_attempts", "tags", "delay_seconds")
 
 
 def new_schedule_id() -> str:
@@ -67,6 +67,8 @@ def run_request(record: ScheduleRecord) -> EnqueueRunRequest:
         version=record.version,
         timeout_seconds=record.timeout_seconds,
         max_attempts=record.max_attempts,
+        tags=record.tags or {},
+        delay_seconds=record.delay_seconds or None,
     )
 
 
@@ -139,6 +141,8 @@ def create(
         version=template.version,
         timeout_seconds=template.timeout_seconds,
         max_attempts=template.max_attempts,
+        tags=template.tags or None,
+        delay_seconds=template.delay_seconds or None,
         expression=recurrence.expression,
         timezone=request.timezone,
         enabled=request.enabled,
@@ -223,8 +227,12 @@ def _changes(request: UpdateScheduleRequest) -> dict[str, Any]:
         for field in ("name", "timeout_seconds", "max_attempts", "enabled", "timezone", "expression")
         if getattr(request, field) is not None
     }
+    if request.delay_seconds is not None:
+        changes["delay_seconds"] = request.delay_seconds or None  # 0: no delay
     if request.config is not None:
         changes["config_json"] = json.dumps(request.config)
+    if request.tags is not None:
+        changes["tags"] = request.tags or None  # {}: no tags any more
     if "version" in given:  # null: the newest version the pin allows
         changes["version"] = request.version
     return changes

@@ -31,6 +31,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, i
     counts = {name: len(ids) for name, ids in vars(report).items()}
     for name, ids in vars(report).items():
         metrics.add_metric(name=f"Reaper{name.capitalize()}", unit=MetricUnit.Count, value=len(ids))
-        if ids and name != "skipped":
+        if ids and name not in ("skipped", "renewed"):
             logger.info(f"reaper {name}", extra={"run_ids": ids})
     return counts

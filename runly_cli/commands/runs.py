@@ -16,10 +16,12 @@ from runly_cli.common import (
     ApiOption,
     JsonOption,
     KeyOption,
+    TagOption,
     client,
     console,
     exit_code_for,
     handle_errors,
+    parse_tags,
     print_json,
 )
 from runly_cli.view import RunView as LiveRunView
@@ -41,6 +43,8 @@ def print_run(run: RunView) -> None:
         console.print(f"  waiting: {run.queued_reason}", markup=False)
     if run.requeued_from:
         console.print(f"  requeue of {run.requeued_from}")
+    if run.tags:
+        console.print("  tags: " + ", ".join(f"{k}={v}" for k, v in sorted(run.tags.items())), markup=False)
     for attempt in run.attempts:
         ended = attempt.ended_at.isoformat() if attempt.ended_at else "-"
         reason = f" reason={attempt.reason}" if attempt.reason else ""
@@ -100,12 +104,13 @@ def runs_ls(
     until: Annotated[str | None, typer.Option(help="created before (ISO 8601)")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many runs")] = 20,
     cursor: Annotated[str | None, typer.Option(help="the next page, from a previous --json output")] = None,
+    tag: TagOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List runs, newest first."""
     page = client(api, key).list_runs(
         state=state.value if state else None, package=package, job=job, environment=environment,
-        created_after=since, created_before=until, limit=limit, cursor=cursor,
+        created_after=since, created_before=until, limit=limit, cursor=cursor, tags=parse_tags(tag),
     )  # fmt: skip
     if as_json:
         print_json(page)

@@ -8,6 +8,11 @@ handler with the event EventBridge Scheduler would send: the schedule's target i
 EventBridge retries, up to ``MAX_ATTEMPTS``. Occurrences before it started, or before a schedule was last changed,
 are not fired (EventBridge does not catch up either).
 
+One-time ``at(...)`` schedules (delayed runs' timers, ``functions.logic.delays``) fire once, when their time has
+come, and with ActionAfterCompletion DELETE are then deleted, as EventBridge deletes them. Such a schedule that still
+exists has not fired yet, whenever its time was: one whose time passed while this process was down (the stack
+restarted) fires on the first check after it starts again; nothing of it is kept in this process but moto's copy.
+
     python -m runly_cli.embedded.scheduler --group G --target-arn ARN               # the loop (EmbeddedStack starts it)
     python -m runly_cli.embedded.scheduler --group G --target-arn ARN --fire ID     # fire one schedule now
 
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from functions.logic.schedule_expression import InvalidSchedule, parse
+from functions.logic.schedule_expression import InvalidSchedule, parse, parse_at
 from runly_core.contracts import ATTEMPT_NUMBER_ATTRIBUTE, EXECUTION_ID_ATTRIBUTE, SCHEDULED_TIME_ATTRIBUTE
 
 log = logging.getLogger("runly_cli.embedded.scheduler")
@@ -41,6 +46,7 @@ MAX_FIRES_PER_CHECK = 10  # of one schedule, after a long pause (a suspended lap
 SCHEDULE_ARN_ATTRIBUTE = "<aws.scheduler.schedule-arn>"
 
 Event = dict[str, Any]
+Fired = list[tuple[str, datetime]]  # (schedule name, scheduled time) of each fire that succeeded
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class Definition:
     input: str
     modified: datetime
     start: datetime | None = None
+    action_after_completion: str = "NONE"  # DELETE: a one-time schedule is deleted once it fired
 
     @classmethod
     def from_schedule(cls, schedule: dict[str, Any]) -> Definition:
@@ -69,6 +76,7 @@ class Definition:
             input=schedule["Target"].get("Input", "{}"),
             modified=_aware(schedule.get("LastModificationDate")) or datetime.now(UTC),
             start=_aware(schedule.get("StartDate")),
+            action_after_completion=schedule.get("ActionAfterCompletion") or "NONE",
         )
 
 
@@ -107,6 +115,9 @@ class LocalScheduler:
     invoke: Callable[[Event], Any]
     started_at: datetime
     target_arn: str | None = None  # only schedules targeting it are fired (None: every one)
+    # Deletes a one-time schedule with ActionAfterCompletion DELETE once it fired (None: nothing is deleted).
+    complete: Callable[[Definition], None] | None = None
+    _fired_once: set[str] = field(default_factory=set)  # one-time schedules fired (or given up) by this process
     _checked_until: dict[str, datetime] = field(default_factory=dict)
     _retries: list[tuple[Definition, datetime, int]] = field(default_factory=list)
 
@@ -127,6 +138,14 @@ class LocalScheduler:
             if not definition.enabled:
                 continue
             try:
+                once = parse_at(definition.expression, definition.timezone)
+            except InvalidSchedule as exc:
+                log.warning("schedule %s: cannot evaluate %r: %s", definition.name, definition.expression, exc)
+                continue
+            if once is not None:
+                self._fire_once(definition, once, since=since, now=now, fired=fired)
+                continue
+            try:
                 recurrence = parse(definition.expression, definition.timezone)
             except InvalidSchedule as exc:
                 log.warning("schedule %s: cannot evaluate %r: %s", definition.name, definition.expression, exc)
@@ -136,7 +155,18 @@ class LocalScheduler:
                 self._fire(definition, moment, 1, fired)
         for gone in set(self._checked_until) - seen:
             del self._checked_until[gone]
+        self._fired_once &= seen
         return fired
+
+    def _fire_once(
+        self, definition: Definition, moment: datetime, *, since: datetime, now: datetime, fired: Fired
+    ) -> None:
+        if moment > now or definition.name in self._fired_once:
+            return
+        if definition.action_after_completion != "DELETE" and moment <= since:
+            return  # kept after it fired: whether it did is not known here, and EventBridge does not catch up
+        self._fired_once.add(definition.name)
+        self._fire(definition, moment, 1, fired)
 
     def _fire(self, definition: Definition, moment: datetime, attempt: int, fired: list[tuple[str, datetime]]) -> None:
         try:
@@ -145,9 +175,22 @@ class LocalScheduler:
             log.exception("schedule %s: fire at %s failed (attempt %d)", definition.name, moment, attempt)
             if attempt < MAX_ATTEMPTS:
                 self._retries.append((definition, moment, attempt + 1))
+            else:
+                self._completed(definition)  # EventBridge too gives up on the event, and completes the schedule
             return
         log.info("schedule %s: fired for %s: %s", definition.name, scheduled_time_text(moment), result)
         fired.append((definition.name, moment))
+        self._completed(definition)
+
+    def _completed(self, definition: Definition) -> None:
+        if self.complete is None or definition.action_after_completion != "DELETE":
+            return
+        if definition.name not in self._fired_once:
+            return  # a recurring schedule: never completed by a fire
+        try:
+            self.complete(definition)
+        except Exception:  # kept in _fired_once: not fired again by this process; deleted on a later try
+            log.exception("schedule %s: deleting it after its one fire failed", definition.name)
 
 
 # ---------------------------------------------------------------- on the embedded AWS
@@ -170,6 +213,13 @@ def read_definitions(client: Any, group: str) -> list[Definition]:
         except client.exceptions.ResourceNotFoundException:
             continue  # deleted since it was listed
     return definitions
+
+
+def _delete(client: Any, group: str, name: str) -> None:
+    try:
+        client.delete_schedule(GroupName=group, Name=name)
+    except client.exceptions.ResourceNotFoundException:
+        pass  # deleted meanwhile (a delayed run cancelled)
 
 
 def _invoker(handler_path: str) -> Callable[[Event], Any]:
@@ -218,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         invoke=invoke,
         started_at=datetime.now(UTC),
         target_arn=args.target_arn,
+        complete=lambda definition: _delete(client, args.group, definition.name),
     )
     log.info("firing the schedules of group %s every %.1f s", args.group, args.interval)
     while not stopping.is_set():

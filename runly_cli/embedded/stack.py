@@ -67,6 +67,9 @@ class EmbeddedStack:
     agent_env: dict[str, str] = field(default_factory=dict)  # extra RUNLY_* settings for agents (tests: short leases)
     # SQS's in-flight cap, counted from each receipt as SQS does (runly_cli.embedded.moto_server); tests lower it.
     sqs_max_in_flight_seconds: int = resources.SQS_MAX_IN_FLIGHT_SECONDS
+    # Delayed runs: the longest delay sent as an SQS delay, beyond which a run waits on a timer (ApiSettings
+    # .delay_sqs_seconds); tests shrink it to see the timer path in seconds. None: SQS's 15 minutes.
+    delay_sqs_seconds: int | None = None
     # Something to put in front of moto (bench.recorder: a proxy that records every AWS request): given moto's
     # endpoint, it returns the one every component of the stack is pointed at. None: moto itself.
     aws_front: Callable[[str], str] | None = None
@@ -181,6 +184,7 @@ class EmbeddedStack:
                 "RUNLY_QUEUE_URLS": json.dumps(self.queue_urls),
                 **schedule_settings(self.names),
                 "RUNLY_VALUES_PATH": self.names.values_path,  # variables and secrets: SSM parameters in moto
+                **({"RUNLY_DELAY_SQS_SECONDS": str(self.delay_sqs_seconds)} if self.delay_sqs_seconds else {}),
                 "POWERTOOLS_SERVICE_NAME": "runly-api",
                 "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray locally
                 "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
@@ -229,6 +233,17 @@ class EmbeddedStack:
     def _start_scheduler(self) -> None:
         """EventBridge Scheduler's part (runly_cli.embedded.scheduler): fires the schedules moto keeps, on time."""
         self._spawn("scheduler", self._scheduler_command(), self._scheduler_env())
+
+    def stop_scheduler(self, timeout: float = 15.0) -> None:
+        """Stop the scheduler (as a restart of the stack does); ``start_scheduler`` starts it again. What it fires
+        from stays in moto, so nothing due meanwhile is lost."""
+        for child in [c for c in self.children if c.name == "scheduler"]:
+            child.process.send_signal(signal.SIGTERM)
+            child.process.wait(timeout=timeout)
+            self.children.remove(child)
+
+    def start_scheduler(self) -> None:
+        self._start_scheduler()
 
     def fire_schedule(self, schedule_id: str, *, at: str | None = None) -> dict[str, object]:
         """Fire a schedule now (or for the scheduled time ``at``), as EventBridge Scheduler would; returns what the

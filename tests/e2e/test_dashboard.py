@@ -271,6 +271,7 @@ def test_the_runs_view_shows_stacked_bars_filters_and_fits_a_phone(
             package="e2ejobs",
             job="ledger",
             config={"items": 120, "item_seconds": 0.1, "parallelism": 1, "ledger": str(tmp_path / "ledger.txt")},
+            tags={"tenant": "acme"},
         )
     )
     page = open_page()
@@ -296,6 +297,14 @@ def test_the_runs_view_shows_stacked_bars_filters_and_fits_a_phone(
     page.wait_for_url(re.compile(r".*#/runs\?state=Failed$"))
     expect(page.locator("tbody tr")).to_have_count(1)
     expect(page.locator("tbody tr .badge")).to_have_text("Failed")
+
+    # A run's tags are on its row, each a link to the runs with that tag: the filter then holds it
+    page.goto("/#/runs")
+    page.locator(f"tr[data-run-id='{ledger.id}'] a.tag").click()
+    page.wait_for_url(re.compile(r".*#/runs\?tag=tenant%3Aacme$"))
+    expect(page.locator("tbody tr")).to_have_count(1)
+    expect(page.locator(f"tr[data-run-id='{ledger.id}']")).to_be_visible()
+    expect(page.get_by_label("Tag")).to_have_value("tenant:acme")
 
     # The run detail of the checksums run: progress by category
     page.goto(f"/#/runs/{feed['checksums']}")
@@ -477,3 +486,30 @@ def test_the_form_generator_covers_every_kind_of_field(open_page: Callable[..., 
         "tags": ["x"],
     }
     assert result["broken"] == ["inner"]
+
+
+def test_a_delayed_run_shows_its_not_before_on_its_page_and_in_the_list(
+    open_page: Callable[..., Any], dashboard_stack: EmbeddedStack, admin: RunlyClient, feed: dict[str, Any]
+) -> None:
+    from playwright.sync_api import expect
+
+    # Given a run delayed by an hour (waiting on its timer)
+    run = admin.enqueue(EnqueueRunRequest(package="e2ejobs", job="echo", config={}, delay_seconds=3600))
+    assert run.not_before is not None
+    page = open_page()
+    sign_in(page, dashboard_stack.admin_key)
+    try:
+        # Then its row in the list says when it may start
+        row = page.locator(f'tr[data-run-id="{run.id}"]')
+        expect(row.locator(".not-before time")).to_have_attribute("datetime", re.compile(r"^\d{4}-\d\d-\d\dT"))
+        expect(row.locator(".not-before")).to_contain_text("not before in ")
+
+        # And its page shows it, and why it is still queued
+        row.get_by_role("link", name=run.id).click()
+        wait_for_state(page, "Queued")
+        expect(page.locator(".state-line")).to_contain_text("delayed until")
+        expect(page.locator(".banner-info")).to_contain_text("delayed until ")
+        expect(page.locator("dt", has_text="Not before")).to_be_visible()
+        screenshot(page, "run-delayed")
+    finally:
+        admin.cancel_run(run.id)

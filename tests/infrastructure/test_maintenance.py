@@ -134,6 +134,7 @@ def test_reaper_queries_the_lease_index_updates_runs_and_sends_to_run_queues_onl
     assert grants(statements) == {
         ("dynamodb:Query", f"<{table_id}.Arn>/index/{resources.RUNS_BY_LEASE.name}"),
         ("dynamodb:GetItem", f"<{table_id}.Arn>"),
+        ("dynamodb:BatchGetItem", f"<{table_id}.Arn>"),
         ("dynamodb:UpdateItem", f"<{table_id}.Arn>"),
         *{("sqs:SendMessage", f"<{queue}.Arn>") for queue in run_queues},
         ("logs:CreateLogStream", f"<{log_group}.Arn>"),

@@ -35,6 +35,7 @@ class HeldRun:
         self.lease_lost = threading.Event()
         self.finished = threading.Event()
         self.release = threading.Event()
+        self.indexed_lease_until_ms: int | None = None
 
     @property
     def run_id(self) -> str:

@@ -17,7 +17,7 @@ from runly.wire import Checkpoint
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunMessage, RunState
 from runly_core.records import utcnow
-from runly_core.run_store import MESSAGE_HANDOFF, RunChanged, checkpoint_key, run_key
+from runly_core.run_store import MESSAGE_HANDOFF, RunChanged, checkpoint_key, index_shard, run_key
 from tests.support.runs import put_run
 from tests.support.runs import queued_run as _queued_run
 
@@ -41,7 +41,7 @@ def test_claim_takes_the_lease_as_attempt_one(agent_aws: AgentAws, names: resour
     assert [(a.number, a.node_id) for a in record.attempts] == [(1, "node-a")]
     # The leased run is visible to the reaper's index.
     item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key("run_default_1"))["Item"]
-    assert item[resources.RUNS_BY_LEASE.partition_key] == "ENV#default#LEASED"
+    assert item[resources.RUNS_BY_LEASE.partition_key] == f"ENV#default#LEASED#{index_shard('run_default_1'):02d}"
 
 
 def test_a_live_lease_is_not_taken_twice(agent_aws: AgentAws, names: resources.ResourceNames) -> None:

@@ -16,7 +16,14 @@ from functions.maintenance.settings import get_dead_letter_settings, get_reaper_
 from node_agent.aws import AgentAws
 from runly_core import resources
 from runly_core.contracts import FailureReason, RunMessage, RunState
-from runly_core.run_store import RunChanged, lease_index_partition, lease_sort_key, run_key
+from runly_core.run_store import (
+    LEASE_INDEX_REFRESH_MS,
+    RUN_INDEX_SHARDS,
+    RunChanged,
+    lease_index_partition,
+    lease_sort_key,
+    run_key,
+)
 from tests.support.runs import put_run
 from tests.support.runs import queued_run as _queued_run
 
@@ -103,8 +110,7 @@ def test_a_node_renewing_between_read_and_write_wins(
 ) -> None:
     _queued_run(names, "run_default_race")
     claimed = agent.claim("run_default_race", "node-a", LEASE, now_ms() - 3_600_000)
-    (entry,) = list(store.expired_leases("default", now_ms()))
-    stale = entry.record
+    stale = store.runs.get("run_default_race")  # as the reaper reads a candidate: from the table
     assert stale is not None
     # The node was only slow, not dead: it heartbeats after the reaper read the run.
     boto3.resource("dynamodb").Table(names.table).update_item(
@@ -220,6 +226,8 @@ def test_reaper_handler_reports_counts(maintenance_env: None, agent: AgentAws, n
         "cancelled": 0,
         "skipped": 0,
         "refused": 0,
+        "renewed": 0,
+        "bounded": 0,
     }  # type: ignore[arg-type]
 
 
@@ -232,7 +240,7 @@ def _expired_lease_values() -> dict[str, object]:
         ":one": 1,
         ":node": "node-evil",
         ":until": now_ms() - 3_600_000,
-        ":leased": lease_index_partition("default"),
+        ":leased": lease_index_partition("default", 0),
         ":until_key": lease_sort_key(now_ms() - 3_600_000),
         ":attempts": [],
     }
@@ -283,7 +291,7 @@ def test_the_reaper_requeues_a_run_to_the_queue_its_key_names_whatever_lease_par
     boto3.resource("dynamodb").Table(names.table).update_item(
         Key=run_key("run_default_moved"),
         UpdateExpression="SET gsi2pk = :staging",
-        ExpressionAttributeValues={":staging": lease_index_partition("staging")},
+        ExpressionAttributeValues={":staging": lease_index_partition("staging", 3)},
     )
 
     # When the reaper runs
@@ -326,3 +334,116 @@ def test_a_dead_letter_fails_only_an_api_created_run_of_its_own_environment(
     victim = table.get_item(Key=run_key("run_staging_victim"))["Item"]
     assert victim["state"] == RunState.QUEUED.value and "error_json" not in victim
     assert table.get_item(Key=run_key("run_default_forged"))["Item"]["state"] == RunState.QUEUED.value
+
+
+# ---------------------------------------------------------------- the lease index: lean, moved every few minutes
+
+
+def _index_sort_key(names: resources.ResourceNames, run_id: str) -> str:
+    item = boto3.resource("dynamodb").Table(names.table).get_item(Key=run_key(run_id))["Item"]
+    return str(item[resources.RUNS_BY_LEASE.sort_key])
+
+
+def test_a_heartbeat_writes_no_lease_index_change_until_the_lease_is_minutes_past_the_indexed_one(
+    agent: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given a claimed run: its lease index entry holds the claim's lease expiry
+    _queued_run(names, "run_default_beat")
+    claimed = agent.claim("run_default_beat", "node-a", LEASE, now_ms())
+    assert claimed.lease_until_ms is not None
+    indexed = claimed.lease_until_ms
+    assert _index_sort_key(names, "run_default_beat") == lease_sort_key(indexed)
+
+    # When heartbeats extend the lease by less than the refresh step past the indexed expiry
+    for beat in range(1, 4):
+        renewal = agent.renew_lease(claimed, "node-a", indexed + beat * 15_000, indexed_until_ms=indexed)
+        # Then the run item holds the new lease, and the index entry (its keys) is untouched
+        assert renewal.indexed_until_ms == indexed
+        assert _index_sort_key(names, "run_default_beat") == lease_sort_key(indexed)
+    run = agent.get_run("run_default_beat")
+    assert run is not None and run.lease_until_ms == indexed + 45_000
+
+    # And the beat whose lease is the refresh step past the indexed one moves the entry to it
+    later = indexed + LEASE_INDEX_REFRESH_MS
+    renewal = agent.renew_lease(claimed, "node-a", later, indexed_until_ms=indexed)
+    assert renewal.indexed_until_ms == later
+    assert _index_sort_key(names, "run_default_beat") == lease_sort_key(later)
+
+
+def test_the_reaper_reclaims_an_expired_lease_whose_index_entry_is_stale(
+    store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames, aws: dict[str, str]
+) -> None:
+    # Given a run claimed 3 h ago whose node renewed without moving the index entry, then died 2 h ago
+    _queued_run(names, "run_default_stale")
+    claimed = agent.claim("run_default_stale", "node-a", LEASE, now_ms() - 3 * 3_600_000)
+    assert claimed.lease_until_ms is not None
+    agent.renew_lease(claimed, "node-a", now_ms() - 2 * 3_600_000, indexed_until_ms=now_ms() - 2 * 3_600_000 - 60_000)
+    assert _index_sort_key(names, "run_default_stale") == lease_sort_key(claimed.lease_until_ms)
+
+    # When the reaper runs
+    report = reap(store, now_ms=now_ms(), grace_seconds=60)
+
+    # Then it judged the real lease (expired), not the entry, and re-queued the run
+    assert report.requeued == ["run_default_stale"] and report.renewed == []
+    run = agent.get_run("run_default_stale")
+    assert run is not None and run.state is RunState.QUEUED
+    assert _messages(aws["default"]) == ["run_default_stale"]
+
+
+def test_the_reaper_leaves_a_live_lease_whose_index_entry_looks_expired(
+    store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames, aws: dict[str, str]
+) -> None:
+    # Given a run claimed an hour ago (its index entry: the claim's lease, long past) whose node heartbeats to
+    # a live lease without moving the entry
+    _queued_run(names, "run_default_alive")
+    claimed = agent.claim("run_default_alive", "node-a", LEASE, now_ms() - 3_600_000)
+    agent.renew_lease(claimed, "node-a", now_ms() + 60_000, indexed_until_ms=now_ms())
+    assert claimed.lease_until_ms is not None
+    assert _index_sort_key(names, "run_default_alive") == lease_sort_key(claimed.lease_until_ms)
+
+    # When the reaper runs
+    report = reap(store, now_ms=now_ms(), grace_seconds=60)
+
+    # Then it read the row, found the lease live, and left the run alone
+    assert report.renewed == ["run_default_alive"]
+    assert report.requeued == report.failed == report.cancelled == []
+    run = agent.get_run("run_default_alive")
+    assert run is not None and run.state is RunState.RUNNING and run.attempt == 1
+    assert _messages(aws["default"]) == []
+
+
+def test_a_bounded_reaper_continues_where_it_stopped(
+    store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames
+) -> None:
+    # Given three runs whose nodes vanished, in (at least two) lease partitions
+    lost = ["run_default_lost-a", "run_default_lost-b", "run_default_lost-c"]
+    for run_id in lost:
+        _queued_run(names, run_id)
+        agent.claim(run_id, "node-a", LEASE, now_ms() - 3_600_000)
+
+    # When the reaper may read one candidate per invocation
+    first = reap(store, now_ms=now_ms(), grace_seconds=60, max_candidates=1)
+
+    # Then it re-queues one, says it stopped at its bound, and keeps where to continue
+    assert len(first.requeued) == 1 and len(first.bounded) == 1
+    assert store.reaper_position() is not None
+    # And the next invocations take the others, each once, until a sweep ends and the position is cleared
+    requeued = list(first.requeued)
+    for _ in range(2 * RUN_INDEX_SHARDS):
+        report = reap(store, now_ms=now_ms(), grace_seconds=60, max_candidates=1)
+        requeued += report.requeued
+        if not report.bounded:
+            break
+    assert sorted(requeued) == lost
+    assert store.reaper_position() is None
+
+
+def test_a_reaper_out_of_time_saves_its_position_before_reading(
+    store: MaintenanceStore, agent: AgentAws, names: resources.ResourceNames
+) -> None:
+    _queued_run(names, "run_default_late")
+    agent.claim("run_default_late", "node-a", LEASE, now_ms() - 3_600_000)
+    ticks = iter([0.0, 30.0])
+    report = reap(store, now_ms=now_ms(), grace_seconds=60, max_seconds=20, clock=lambda: next(ticks))
+    assert report.requeued == [] and report.bounded == [lease_index_partition("default", 0)]
+    assert reap(store, now_ms=now_ms(), grace_seconds=60).requeued == ["run_default_late"]

@@ -207,7 +207,7 @@ def test_runs_whose_message_the_queue_refused_are_taken_back_with_their_keys(
     # Given a queue that keeps refusing the second message of a batch
     send = RunQueue.dispatch_many
 
-    def dispatch_many(self: RunQueue, batch_messages: Sequence[RunMessage]) -> set[int]:
+    def dispatch_many(self: RunQueue, batch_messages: Sequence[RunMessage], delays: Sequence[int] = ()) -> set[int]:
         unsent = send(self, [m for position, m in enumerate(batch_messages) if position != 1])
         assert not unsent
         return {1}

@@ -7,6 +7,7 @@ import base64
 import json
 import threading
 import time
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,10 @@ from runly.tracing import TraceParent
 from runly.wire import Checkpoint
 from runly_cli.embedded.gateway import Gateway
 from runly_client.client import ApiError, RunlyClient
-from runly_core import resources
+from runly_core import resources, table
 from runly_core.contracts import EnqueueRunRequest, FailureReason, RunMessage, RunState, Scope
 from runly_core.records import IdempotencyRecord, NodeRecord, RunRecord, iso, run_log_prefix, utcnow
-from runly_core.run_store import run_key
+from runly_core.run_store import RUN_INDEX_SHARDS, index_shard, run_key
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, error_field, registered_greeter, serialized_dynamodb
 from tests.support.runs import put_run as put_run_items
 
@@ -320,10 +321,10 @@ def test_a_run_the_queue_refused_is_taken_back_with_its_key(
     queue_down.set()
     send = RunQueue.dispatch
 
-    def dispatch(self: RunQueue, message: RunMessage) -> str:
+    def dispatch(self: RunQueue, message: RunMessage, *, delay_seconds: int = 0) -> str:
         if queue_down.is_set():
             raise RuntimeError("SQS is down")
-        return send(self, message)
+        return send(self, message, delay_seconds=delay_seconds)
 
     monkeypatch.setattr(RunQueue, "dispatch", dispatch)
     reply = api("POST", "/runs", GREET, headers={"Idempotency-Key": "retry-me"})
@@ -648,16 +649,17 @@ def test_a_selective_filter_fills_its_pages_across_short_reads(
 def test_a_page_that_runs_out_of_read_budget_is_short_but_loses_nothing(
     api: Api, names: resources.ResourceNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a search that may read only 4 items per page, where only the oldest of 12 runs matches
+    # Given a search that may read only its floor of 2 entries per stream (2 environments x 16 shards) per page,
+    # where only the oldest of 200 runs matches
     monkeypatch.setattr(run_search, "_FILTERED_QUERY_PAGE", 2)
     monkeypatch.setattr(run_search, "MAX_EVALUATED_PER_PAGE", 4)
     base = datetime(2030, 1, 1, tzinfo=UTC)
-    for i in range(12):
+    for i in range(200):
         state = RunState.FAILED if i == 0 else RunState.SUCCEEDED
         environment = ("default", "staging")[i % 2]
         put_run(
             names,
-            f"run_{environment}_{i:02d}",
+            f"run_{environment}_{i:03d}",
             created_at=base + timedelta(minutes=i),
             environment=environment,
             state=state,
@@ -667,7 +669,7 @@ def test_a_page_that_runs_out_of_read_budget_is_short_but_loses_nothing(
     found, pages = read_all(api, {"state": "Failed", "limit": 10})
 
     # Then the early pages come back empty with a cursor, and the match is found once, at the end
-    assert found == ["run_default_00"]
+    assert found == ["run_default_000"]
     assert pages > 1
 
 
@@ -700,9 +702,14 @@ def test_a_cursor_only_continues_its_own_query(api: Api, names: resources.Resour
     # Another filter
     assert error_field(api("GET", "/runs", query={"limit": 1, "cursor": cursor, "state": "Queued"})) == "cursor"
     # A position edited by hand to something that is not a position
-    raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    raw["after"] = {"default": "DROP TABLE"}
-    tampered = base64.urlsafe_b64encode(json.dumps(raw).encode()).decode()
+    raw = json.loads(run_search.decode_cursor_json(cursor))
+    raw["after"] = {"0": "DROP TABLE"}
+    tampered = base64.urlsafe_b64encode(zlib.compress(json.dumps(raw).encode())).decode()
+    assert error_field(api("GET", "/runs", query={"limit": 1, "cursor": tampered})) == "cursor"
+    # A position that is a run of another stream than the one it is kept for
+    other_stream = (index_shard("run_default_0") + 1) % RUN_INDEX_SHARDS  # another shard, or another environment's
+    raw["after"] = {str(other_stream): "2030-01-01T00:00:00.000Z#run_default_0"}
+    tampered = base64.urlsafe_b64encode(zlib.compress(json.dumps(raw).encode())).decode()
     assert error_field(api("GET", "/runs", query={"limit": 1, "cursor": tampered})) == "cursor"
     # A node key cannot continue an admin's cursor over every environment
     assert (
@@ -844,6 +851,11 @@ def test_the_client_drives_runs_logs_pins_and_the_feed_over_http(
         run = client.enqueue(request, idempotency_key="client-1")
         assert client.enqueue(request, idempotency_key="client-1").id == run.id
         assert [r.id for r in client.iter_runs(page_size=1)] == [run.id]
+        tagged = client.enqueue(request.model_copy(update={"tags": {"tenant": "acme", "tier": "gold"}}))
+        assert tagged.tags == {"tenant": "acme", "tier": "gold"}
+        assert [r.id for r in client.iter_runs(tags={"tenant": "acme", "tier": "gold"})] == [tagged.id]
+        assert client.list_runs(tags={"tenant": "acme", "tier": "silver"}).items == []
+        client.cancel_run(tagged.id)
         assert client.cancel_run(run.id).state is RunState.CANCELLED
         requeued = client.requeue_run(run.id, resume=True)
         assert requeued.requeued_from == run.id and requeued.state is RunState.QUEUED
@@ -859,3 +871,164 @@ def test_the_client_drives_runs_logs_pins_and_the_feed_over_http(
         with pytest.raises(ApiError) as missing:
             client.get_pin("default", "greeter")
         assert missing.value.status == 404
+
+
+# ---------------------------------------------------------------- tags
+
+
+def test_tags_are_kept_shown_and_searched_with_the_other_filters(api: Api, greeter: dict[str, Any]) -> None:
+    def enqueue(tags: dict[str, str]) -> str:
+        reply = api("POST", "/runs", {"package": "greeter", "job": "greet", "config": {"name": "x"}, "tags": tags})
+        assert reply.status == 201, reply.body
+        assert reply.body["tags"] == tags
+        return str(reply.body["id"])
+
+    acme = enqueue({"tenant": "acme", "tier": "gold", "url": "https://x.test/a:b"})
+    acme_silver = enqueue({"tenant": "acme", "tier": "silver"})
+    other = enqueue({"tenant": "globex"})
+    untagged = enqueue({})
+
+    def search(**query: Any) -> list[str]:
+        reply = api("GET", "/runs", query=query)
+        assert reply.status == 200, reply.body
+        return ids(reply.body)
+
+    assert api("GET", f"/runs/{acme}").body["tags"] == {"tenant": "acme", "tier": "gold", "url": "https://x.test/a:b"}
+    assert api("GET", f"/runs/{untagged}").body["tags"] == {}
+    assert search(tag="tenant:acme") == [acme_silver, acme]
+    # repeated (API Gateway joins them with commas): a run must have all of them
+    assert search(tag="tenant:acme,tier:gold") == [acme]
+    assert search(tag="url:https://x.test/a:b") == [acme]  # the value is everything after the first ':'
+    assert search(tag="tenant:globex", state="Queued") == [other]
+    assert search(tag="tenant:globex", state="Running") == []
+    assert search(tag="tenant:nobody") == []
+    # a requeue keeps the tags of the run it repeats
+    api("POST", f"/runs/{other}/cancel")
+    requeued = api("POST", f"/runs/{other}/requeue", {})
+    assert requeued.status == 201, requeued.body
+    assert requeued.body["tags"] == {"tenant": "globex"}
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"a:b": "c"},
+        {"a=b": "c"},
+        {"": "c"},
+        {"k" * 65: "c"},
+        {"key": "v" * 257},
+        {"key": "line\nbreak"},
+        {"key": "a,b"},
+        {f"k{i}": "v" for i in range(21)},
+    ],
+)
+def test_bad_tags_are_refused_naming_the_field(api: Api, greeter: dict[str, Any], tags: dict[str, str]) -> None:
+    reply = api("POST", "/runs", {"package": "greeter", "job": "greet", "config": {"name": "x"}, "tags": tags})
+    field = error_field(reply)
+    assert reply.status == 422 and field is not None and field.startswith("tags"), reply.body
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["tenant", "a=b:c", ":v", "key:a\tb", ",".join(f"k{i}:v" for i in range(11)), "tenant:a,tenant:b"],
+)
+def test_bad_tag_filters_are_refused_naming_the_field(api: Api, tag: str) -> None:
+    reply = api("GET", "/runs", query={"tag": tag})
+    assert (reply.status, error_field(reply)) == (400, "tag"), reply.body
+
+
+# ---------------------------------------------------------------- search over the index shards
+
+
+def test_shards_merge_newest_first_across_pages_with_filters(api: Api, names: resources.ResourceNames) -> None:
+    # Given 64 runs of one environment, spread over the index shards, every third one failed
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    failed: list[tuple[str, str]] = []
+    for i in range(64):
+        state = RunState.FAILED if i % 3 == 0 else RunState.SUCCEEDED
+        created = base + timedelta(seconds=i // 4)  # four runs at each instant: the run id breaks the tie
+        put_run(names, f"run_default_{i:02d}", created_at=created, state=state)
+        if state is RunState.FAILED:
+            failed.append((iso(created), f"run_default_{i:02d}"))
+    assert len({index_shard(run_id) for _, run_id in failed}) > 8  # the matches really live in many shards
+
+    # When failed runs are read 5 at a time
+    found, pages = read_all(api, {"state": "Failed", "environment": "default", "limit": 5})
+
+    # Then every match comes once, newest first (time, then run id), over full pages but the last
+    assert found == [run_id for _, run_id in sorted(failed, reverse=True)]
+    assert pages == -(-len(failed) // 5)
+
+
+def test_a_run_whose_state_moved_since_the_index_was_written_is_checked_on_its_row(
+    api: Api, names: resources.ResourceNames
+) -> None:
+    # Given a Queued run whose index entry still says Queued while its row, read afterwards, says Running (the
+    # index is eventually consistent: here its entry is made stale by hand, as a lagging index would hold it)
+    put_run(names, "run_default_moved", state=RunState.QUEUED)
+    table = boto3.resource("dynamodb").Table(names.table)
+    table.update_item(
+        Key=run_key("run_default_moved"),
+        UpdateExpression="SET #state = :running",
+        ExpressionAttributeNames={"#state": "state"},
+        ExpressionAttributeValues={":running": RunState.RUNNING.value},
+    )
+    original_query = Store.query_runs
+
+    def lagging(self: Store, *args: Any, **kwargs: Any) -> Any:
+        kwargs["filters"] = {}  # the index "matched" it: the row decides
+        return original_query(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Store, "query_runs", lagging)
+        reply = api("GET", "/runs", query={"state": "Queued"})
+    assert reply.status == 200 and ids(reply.body) == []
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "A" * (run_search.MAX_CURSOR_CHARS + 1),  # longer than any cursor
+        # A few hundred bytes that inflate past what a cursor may hold
+        base64.urlsafe_b64encode(zlib.compress(b'{"v": 2, "q": "' + b"x" * (200 * 1024) + b'"}')).decode(),
+        base64.urlsafe_b64encode(b"not zlib at all").decode(),
+    ],
+    ids=["oversize", "inflates-too-far", "not-compressed"],
+)
+def test_a_cursor_past_its_bounds_is_a_400_naming_cursor(api: Api, cursor: str) -> None:
+    reply = api("GET", "/runs", query={"cursor": cursor})
+    assert (reply.status, error_field(reply)) == (400, "cursor"), reply.body
+
+
+def test_a_cursor_of_every_environment_stream_stays_small(api: Api, names: resources.ResourceNames) -> None:
+    # Given runs in both environments, and a page that stops with every stream part read
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    for i in range(40):
+        environment = ("default", "staging")[i % 2]
+        put_run(names, f"run_{environment}_{i:02d}", environment=environment, created_at=base + timedelta(seconds=i))
+    cursor = api("GET", "/runs", query={"limit": 3}).body["next_cursor"]
+    # Then its cursor is compressed JSON well within the bound, at version 2
+    assert cursor is not None and len(cursor) < run_search.MAX_CURSOR_CHARS // 4
+    assert json.loads(run_search.decode_cursor_json(cursor))["v"] == 2
+
+
+def test_a_batch_read_dynamodb_keeps_refusing_is_a_503(api: Api, names: resources.ResourceNames) -> None:
+    # Given a run to list, and DynamoDB leaving every key of a BatchGetItem unprocessed (throttled)
+    put_run(names, "run_default_throttled")
+    calls: list[int] = []
+
+    class Throttled:
+        def batch_get_item(self, **request: Any) -> dict[str, Any]:
+            calls.append(1)
+            return {"Responses": {}, "UnprocessedKeys": request["RequestItems"]}
+
+    def read(self: Store, keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+        return table.batch_get(Throttled(), names.table, keys, sleep=lambda seconds: None)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Store, "_batch_get", read)
+        reply = api("GET", "/runs")
+
+    # Then the search answers 503 after its retries: never a page silently missing the run
+    assert reply.status == 503 and reply.body["code"] == "unavailable"
+    assert len(calls) == table.BATCH_WRITE_ATTEMPTS

@@ -118,9 +118,11 @@ def test_a_created_schedule_is_saved_with_its_next_fire_times_and_given_to_event
 def test_a_rate_schedule_first_fires_one_interval_after_it_is_created(api: Api, greeter: dict[str, Any]) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     created = api("POST", "/schedules", {**NIGHTLY, "expression": "rate(2 hours)", "timezone": "UTC"})
+    after = datetime.now(UTC)
     assert created.status == 201, created.body
     times = [datetime.fromisoformat(t) for t in created.body["next_fire_times"]]
-    assert before + timedelta(hours=2) <= times[0] <= before + timedelta(hours=2, seconds=2)
+    # two hours after the request was handled (a whole second: EventBridge's StartDate has no fraction)
+    assert before + timedelta(hours=2) <= times[0] <= after + timedelta(hours=2, seconds=1)
     assert times[1] - times[0] == timedelta(hours=2)
     # EventBridge gets that first occurrence as the StartDate, so it fires when the preview says
     assert eventbridge(created.body["id"])["StartDate"] == times[0]
@@ -305,3 +307,65 @@ def test_a_deleted_schedule_fired_late_enqueues_nothing(api: Api, greeter: dict[
 
     assert outcome["status"] == "missing"
     assert queued_run_ids(aws["default"]) == []
+
+
+def test_a_schedules_tags_go_on_every_run_it_enqueues_and_a_change_of_them_on_the_next(
+    api: Api, greeter: dict[str, Any]
+) -> None:
+    schedule = api("POST", "/schedules", {**NIGHTLY, "tags": {"report": "nightly"}}).body
+    assert schedule["tags"] == {"report": "nightly"}
+    first = fire(schedule["id"], "2030-01-02T01:00:00+00:00")
+    assert api("GET", f"/runs/{first['run_id']}").body["tags"] == {"report": "nightly"}
+
+    changed = api("PATCH", f"/schedules/{schedule['id']}", {"tags": {"report": "nightly", "team": "finance"}})
+    assert changed.status == 200 and changed.body["tags"] == {"report": "nightly", "team": "finance"}
+    second = fire(schedule["id"], "2030-01-03T01:00:00+00:00")
+    found = api("GET", "/runs", query={"tag": "team:finance"}).body["items"]
+    assert [run["id"] for run in found] == [second["run_id"]]
+
+    # {} takes them off; a bad tag is refused naming the field, and the schedule keeps what it had
+    assert api("PATCH", f"/schedules/{schedule['id']}", {"tags": {}}).body["tags"] == {}
+    refused = api("PATCH", f"/schedules/{schedule['id']}", {"tags": {"bad key": "x"}})
+    assert refused.status == 422 and (error_field(refused) or "").startswith("tags"), refused.body
+    assert api("GET", f"/schedules/{schedule['id']}").body["tags"] == {}
+
+
+# ---------------------------------------------------------------- delayed runs of a schedule
+
+
+def test_a_schedules_runs_may_be_delayed_after_each_fire(
+    api: Api, greeter: dict[str, Any], aws: dict[str, str]
+) -> None:
+    # Given a schedule whose runs start 5 minutes after each fire
+    created = api("POST", "/schedules", {**NIGHTLY, "delay_seconds": 300}, scope=Scope.WRITE)
+    assert created.status == 201, created.body
+    assert created.body["delay_seconds"] == 300
+
+    # When it fires
+    at = "2030-01-01T02:00:00+00:00"
+    before = datetime.now(UTC)
+    outcome = fire(created.body["id"], at)
+
+    # Then its run is delayed 5 minutes from the fire, as an SQS delay (its message is not receivable yet)
+    assert outcome["status"] == "enqueued", outcome
+    run = api("GET", f"/runs/{outcome['run_id']}").body
+    not_before = datetime.fromisoformat(run["not_before"])
+    assert before + timedelta(seconds=300) <= not_before <= datetime.now(UTC) + timedelta(seconds=300)
+    assert run["queued_reason"].startswith("delayed until ")
+    assert queued_run_ids(aws["default"]) == []
+
+    # And the delay can be changed, and taken away (0)
+    changed = api("PATCH", f"/schedules/{created.body['id']}", {"delay_seconds": 0}, scope=Scope.WRITE)
+    assert changed.status == 200 and changed.body["delay_seconds"] is None, changed.body
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"not_before": "2030-01-01T00:00:00Z"}, "not_before"), ({"delay_seconds": 901}, "delay_seconds")],
+)
+def test_a_schedule_takes_no_fixed_not_before_nor_a_delay_beyond_sqs(
+    api: Api, greeter: dict[str, Any], fields: dict[str, Any], field: str
+) -> None:
+    reply = api("POST", "/schedules", {**NIGHTLY, **fields}, scope=Scope.WRITE)
+    assert reply.status == 422 and error_field(reply) == field, reply.body
+    assert boto3.client("scheduler").list_schedules(GroupName=GROUP)["Schedules"] == []

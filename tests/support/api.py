@@ -44,6 +44,7 @@ def clear_function_caches() -> None:
         dependencies.node_store,
         dependencies.schedule_store,
         dependencies.scheduler,
+        dependencies.delays,
         dependencies.value_store,
         authorizer_app.key_store,
         fire._services,

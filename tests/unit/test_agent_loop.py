@@ -120,7 +120,14 @@ class FakeAws:
         self.deleted_soon.append(delivery.receipt_handle)
 
     def renew_lease(
-        self, record: RunRecord, node_id: str, until_ms: int, progress: Any = None, *, drop_handoff: bool = False
+        self,
+        record: RunRecord,
+        node_id: str,
+        until_ms: int,
+        progress: Any = None,
+        *,
+        drop_handoff: bool = False,
+        indexed_until_ms: int | None = None,
     ) -> LeaseRenewal:
         self.leases_until.append(until_ms)
         if isinstance(self.lease_state, Exception):
@@ -160,6 +167,7 @@ class FakeSupervisor:
         self.finished = threading.Event()
         self.release = threading.Event()
         self.leases: list[Any] = [kwargs["lease"]]  # the claim's, then every renewal the job was to hear
+        self.indexed_lease_until_ms: int | None = None
 
     @property
     def run_id(self) -> str:

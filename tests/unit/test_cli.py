@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,9 +164,34 @@ def test_enqueue_sends_the_config_and_waits_for_the_outcome(api: FakeApi) -> Non
     assert printed.exit_code == 0 and printed.stdout.strip() == "new"
     assert api.requests[0][2] == {
         "package": "hello", "job": "hello", "config": {"name": "Ada"}, "environment": "staging",
-        "timeout_seconds": 3600, "max_attempts": 3,
+        "timeout_seconds": 3600, "max_attempts": 3, "tags": {},
     }  # fmt: skip
     assert waited.exit_code == 0 and json.loads(waited.stdout)["state"] == "Succeeded"
+
+
+def test_enqueue_and_ls_take_tags(api: FakeApi) -> None:
+    seen: list[str] = []
+    api.routes["POST /runs"] = lambda body, query: (201, run_view("new", "Queued", tags=(body or {})["tags"]))
+    api.routes["GET /runs/new"] = lambda body, query: (200, run_view("new", "Queued", tags={"tenant": "acme"}))
+
+    def page(body: Any, query: str) -> tuple[int, Any]:
+        seen.append(query)
+        return 200, {"items": [], "next_cursor": None}
+
+    api.routes["GET /runs"] = page
+
+    enqueued = invoke("enqueue", "hello", "hello", "--tag", "tenant=acme", "--tag", "url=https://x.test/?a=b")
+    listed = invoke("runs", "ls", "--tag", "tenant=acme", "--tag", "tier=gold")
+    shown = invoke("runs", "show", "new")
+
+    assert enqueued.exit_code == 0, enqueued.output
+    assert api.requests[0][2]["tags"] == {"tenant": "acme", "url": "https://x.test/?a=b"}
+    assert listed.exit_code == 0 and urllib.parse.parse_qs(seen[0])["tag"] == ["tenant:acme,tier:gold"]
+    assert "tags: tenant=acme" in shown.stdout
+    # a malformed option is a usage error, and nothing is sent
+    bad = invoke("enqueue", "hello", "hello", "--tag", "tenant")
+    assert bad.exit_code == 2 and "key=value" in bad.output
+    assert len(api.requests) == 3
 
 
 def test_cancel_requeue_logs_and_nodes(api: FakeApi) -> None:
@@ -442,3 +468,27 @@ def test_run_local_ends_the_processes_a_job_leaves_behind(tmp_path: Path) -> Non
         if state_of(left) not in (None, "Z", "X"):
             os.kill(left, 9)
     assert "the job left 1 process(es) running" in result.stderr
+
+
+def test_enqueue_sends_a_delay_or_a_not_before(api: FakeApi) -> None:
+    api.routes["POST /runs"] = lambda body, query: (201, run_view("new", "Queued"))
+
+    assert invoke("enqueue", "hello", "hello", "--delay", "90s").exit_code == 0
+    assert invoke("enqueue", "hello", "hello", "--delay", "2h").exit_code == 0
+    assert invoke("enqueue", "hello", "hello", "--not-before", "2030-01-02T03:04:05+02:00").exit_code == 0
+
+    assert api.requests[0][2]["delay_seconds"] == 90 and "not_before" not in api.requests[0][2]
+    assert api.requests[1][2]["delay_seconds"] == 7200
+    assert api.requests[2][2]["not_before"] == "2030-01-02T03:04:05+02:00"
+    assert "delay_seconds" not in api.requests[2][2]
+
+
+def test_a_bad_delay_is_a_usage_error(api: FakeApi) -> None:
+    assert_one_line_error(invoke("enqueue", "hello", "hello", "--delay", "soon"), 2, "--delay: expected seconds")
+    assert_one_line_error(
+        invoke("enqueue", "hello", "hello", "--not-before", "2030-01-02T03:04:05"), 2, "--not-before: give a time zone"
+    )
+    assert_one_line_error(
+        invoke("enqueue", "hello", "hello", "--delay", "5", "--not-before", "2030-01-02T03:04:05Z"), 2, "not both"
+    )
+    assert api.requests == []

@@ -168,11 +168,13 @@ def test_a_job_that_hears_no_renewal_ends_before_its_deadline_less_the_margin(tm
     code = run.wait(timeout=10)
     ended = time.monotonic()
 
-    # Then the job lived past its first lease (the renewals reached it) and ended before the last one, less the
-    # margin, with the lease's own exit code: no finalize, nothing published
+    # Then the job lived past its first lease (the renewals reached it), its process was gone before the lease
+    # itself ended (stop_at + margin: when another node may take the run over; how soon after stop_at this test
+    # sees the exit depends on the machine's load), with the lease's own exit code; its last side effect came
+    # before stop_at, the deadline less the margin: no finalize, nothing published
     assert code == EXIT_LEASE_EXPIRED
-    assert lease.stop_at < ended <= renewed.stop_at + 0.05, (started, lease.stop_at, ended, renewed.stop_at)
-    wall_stop = time.time() - (ended - renewed.stop_at)
+    assert lease.stop_at < ended < renewed.deadline_monotonic, (started, lease.stop_at, ended, renewed.stop_at)
+    wall_stop = time.time() - (time.monotonic() - renewed.stop_at)
     lines = _lines(ledger)
     assert lines and max(t for t, _ in lines) <= wall_stop
     assert not [what for _, what in lines if what.startswith("finalize")]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from runly_cli.embedded.scheduler import MAX_ATTEMPTS, Definition, LocalScheduler
-from runly_core.contracts import ScheduleFire
+from runly_core.contracts import RunTimerFire, ScheduleFire
 
 T0 = datetime(2026, 3, 4, 12, 0, 0, tzinfo=UTC)
 FIRE_ARN = "arn:aws:lambda:us-east-1:123456789012:function:runly-local-schedule-fire"
@@ -123,3 +123,68 @@ def test_a_deleted_schedule_is_forgotten() -> None:
     clock.fire_due(T0 + timedelta(minutes=2))
     assert target.fired() == [("sch_d", "2026-03-04T12:01:00Z")]
     assert clock._checked_until == {}
+
+
+# ---------------------------------------------------------------- one-time at(...) schedules (delayed runs' timers)
+
+
+def timer(name: str, at: datetime, **fields: Any) -> Definition:
+    return definition(
+        name,
+        f"at({at.strftime('%Y-%m-%dT%H:%M:%S')})",
+        input=RunTimerFire.input_template(name),
+        action_after_completion="DELETE",
+        **fields,
+    )
+
+
+def test_a_one_time_schedule_fires_once_at_its_time_and_is_deleted() -> None:
+    # Given a run's timer due at 12:00:10
+    run_id = "run_default_20260304120000_0123456789ab"
+    timers = [timer(run_id, T0 + timedelta(seconds=10))]
+    fired: list[dict[str, Any]] = []
+    deleted: list[str] = []
+    clock = LocalScheduler(
+        read=lambda: timers, invoke=lambda event: fired.append(event), started_at=T0, target_arn=FIRE_ARN,
+        complete=lambda d: deleted.append(d.name),
+    )  # fmt: skip
+
+    # When the scheduler checks before, at and after its time
+    clock.fire_due(T0 + timedelta(seconds=9))
+    assert fired == []
+    clock.fire_due(T0 + timedelta(seconds=11))
+    clock.fire_due(T0 + timedelta(seconds=13))  # moto still lists it if the delete was slow: no second fire
+
+    # Then it fired once, naming the run and its scheduled time, and was deleted (ActionAfterCompletion DELETE)
+    assert [(e["run_id"], e["scheduled_time"]) for e in fired] == [(run_id, "2026-03-04T12:00:10Z")]
+    assert deleted == [run_id]
+
+
+def test_a_one_time_schedule_whose_time_passed_while_the_scheduler_was_down_fires_on_start() -> None:
+    # Given a timer due at 11:59, still in moto (so not fired), and a scheduler (re)started at 12:00
+    target: list[dict[str, Any]] = []
+    timers = [timer("run_default_20260304115900_0123456789ab", T0 - timedelta(minutes=1))]
+    clock = LocalScheduler(read=lambda: timers, invoke=target.append, started_at=T0, target_arn=FIRE_ARN)
+
+    # When it first checks
+    clock.fire_due(T0 + timedelta(seconds=2))
+
+    # Then the timer fires (late, never lost), with its own scheduled time
+    assert [e["scheduled_time"] for e in target] == ["2026-03-04T11:59:00Z"]
+
+
+def test_a_one_time_schedule_that_fails_is_retried_then_completed() -> None:
+    target = Target(failures=MAX_ATTEMPTS)
+    deleted: list[str] = []
+    timers = [timer("run_default_20260304120000_0123456789ab", T0)]
+    clock = LocalScheduler(
+        read=lambda: timers,
+        invoke=target,
+        started_at=T0,
+        target_arn=FIRE_ARN,
+        complete=lambda d: deleted.append(d.name),
+    )
+    for second in range(1, MAX_ATTEMPTS + 3):
+        clock.fire_due(T0 + timedelta(seconds=second))
+    assert len(target.events) == MAX_ATTEMPTS
+    assert deleted == ["run_default_20260304120000_0123456789ab"]

@@ -130,11 +130,12 @@ def test_a_run_item_carries_its_keys_its_index_attributes_and_the_api_mark() -> 
         "ENV#prod#RUN#run_prod_20250101000000_0123456789ab",
         "RUN",
     )
-    assert item[resources.RUNS_BY_ENVIRONMENT.partition_key] == "ENV#prod#RUNS"
+    shard = index_shard("run_prod_20250101000000_0123456789ab")
+    assert item[resources.RUNS_BY_ENVIRONMENT.partition_key] == f"ENV#prod#RUNS#{shard:02d}"
     assert (
         item[resources.RUNS_BY_ENVIRONMENT.sort_key] == "2025-01-01T00:00:00.000Z#run_prod_20250101000000_0123456789ab"
     )
-    assert item[resources.RUNS_BY_LEASE.partition_key] == "ENV#prod#LEASED"
+    assert item[resources.RUNS_BY_LEASE.partition_key] == f"ENV#prod#LEASED#{shard:02d}"
     assert item[resources.RUNS_BY_LEASE.sort_key] == "000000000000042"
     assert item[API_CREATED] is True and api_run(item) is not None
     forged = run_item(_leased(), api_created=False)

@@ -120,3 +120,15 @@ def test_what_cannot_be_evaluated_is_refused_naming_the_field(
 
 def test_an_expression_whose_years_are_past_has_no_next_time() -> None:
     assert parse("cron(0 0 1 1 ? 2001-2003)").next_times(after=NOW) == []
+
+
+def test_a_one_time_expression_rounds_up_to_the_second_and_reads_back() -> None:
+    from functions.logic.schedule_expression import at_expression, parse_at
+
+    moment = datetime(2027, 1, 2, 3, 4, 5, 1, tzinfo=UTC)
+    assert at_expression(moment) == "at(2027-01-02T03:04:06)"  # never fires before the moment
+    assert at_expression(moment.replace(microsecond=0)) == "at(2027-01-02T03:04:05)"
+    assert parse_at("at(2027-01-02T03:04:06)") == datetime(2027, 1, 2, 3, 4, 6, tzinfo=UTC)
+    assert parse_at("rate(5 minutes)") is None
+    with pytest.raises(InvalidSchedule):
+        parse("at(2027-01-02T03:04:06)")  # a user's schedule recurs

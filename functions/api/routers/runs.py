@@ -9,12 +9,12 @@ from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Que
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from functions.api.auth import require, require_environment
-from functions.api.dependencies import node_store, services
+from functions.api.dependencies import delays, node_store, services
 from functions.api.observability import count, enqueue_span
 from functions.api.openapi import declare, errors
 from functions.logic import run_batches, run_logs, runs
 from functions.logic.errors import BadRequest
-from functions.logic.run_search import RunSearch, search_runs
+from functions.logic.run_search import MAX_TAG_FILTERS, RunSearch, search_runs, tag_filters
 from runly.tracing import TRACEPARENT_HEADER
 from runly.wire import JOB_NAME
 from runly_core.contracts import (
@@ -55,8 +55,9 @@ TraceParentHeader = Annotated[
     status_code=201,
     description="The config is validated against the job's JSON schema before anything is queued. Without a "
     "version, the newest version the environment's pin allows is run. With an Idempotency-Key, a repeated request "
-    "(same key, same body, same API key, within 24 h) returns the run the first one created, with 200. The answer's "
-    "`queued_reason` is null: GET /runs/{run_id} says why a run still waits.",
+    "(same key, same body, same API key, within 24 h) returns the run the first one created, with 200. With "
+    "`not_before` or `delay_seconds` (up to a year) the run starts no earlier than then. The answer's "
+    "`queued_reason` is null (or says until when a delayed run waits): GET /runs/{run_id} says why a run still waits.",
     responses={
         **declare(201, "The new run", 404, 409, 413, 503),
         200: {"description": "The run an earlier request with this Idempotency-Key created"},
@@ -80,7 +81,13 @@ def enqueue(
     deps = services()
     with enqueue_span("enqueue run", traceparent) as trace:
         run, created = runs.enqueue(
-            body, store=deps.store, queue=deps.queue, owner=caller.key_id, idempotency_key=idempotency_key, trace=trace
+            body,
+            store=deps.store,
+            queue=deps.queue,
+            owner=caller.key_id,
+            idempotency_key=idempotency_key,
+            trace=trace,
+            delays=delays(),
         )
     if created:
         count("RunsEnqueued")
@@ -141,8 +148,16 @@ def search(
     schedule_id: Annotated[
         str | None, Query(pattern=SCHEDULE_ID, description="only the runs this schedule enqueued")
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        Query(
+            description=f"key:value, only runs with this tag; repeat for runs with all of them (at most "
+            f"{MAX_TAG_FILTERS})"
+        ),
+    ] = None,
 ) -> RunPage:
     caller = require(router.current_event, Scope.READ, environment=environment)
+    tags = tag_filters(tag or [])
     deps = services()
     query = RunSearch(
         state=state,
@@ -154,6 +169,7 @@ def search(
         limit=limit,
         cursor=cursor,
         schedule_id=schedule_id,
+        tags=tags,
     )
     return search_runs(
         query, store=deps.store, queue=deps.queue, nodes=node_store(), visible_environment=caller.environment
@@ -193,6 +209,7 @@ def cancel(run_id: RunId) -> RunView:
         nodes=node_store(),
         requested_by=caller.key_id,
         authorize=partial(require_environment, caller),
+        delays=delays(),
     )
     count("RunsCancelled")
     return cancelled

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from runly import limits
 from runly_cli.embedded.stack import EmbeddedStack
 from runly_client.client import RunlyClient
 from runly_core.contracts import EnqueueRunRequest, FailureReason, PackageVersionView, RunState, RunView
@@ -27,12 +28,17 @@ def _assert_failed_once(run: RunView, reason: FailureReason) -> None:
     assert run.output is None
 
 
+# Over every value's limit and over one channel line (the output's 2 MiB, plus its envelope): the SDK refuses it
+# naming its limit, the agent reading a raw line refuses the line.
+OVER_A_LINE_KIB = limits.MAX_CHANNEL_MESSAGE_BYTES // 1024 + 64
+
+
 @pytest.mark.parametrize(
     ("what", "kib", "reason"),
     [
-        ("output", MiB, FailureReason.OUTPUT_TOO_LARGE),
-        ("checkpoint", 350, FailureReason.CHECKPOINT_TOO_LARGE),
-        ("progress", 500, FailureReason.PROGRESS_TOO_LARGE),
+        ("output", OVER_A_LINE_KIB, FailureReason.OUTPUT_TOO_LARGE),
+        ("checkpoint", OVER_A_LINE_KIB, FailureReason.CHECKPOINT_TOO_LARGE),
+        ("progress", OVER_A_LINE_KIB, FailureReason.PROGRESS_TOO_LARGE),
     ],
 )
 @pytest.mark.parametrize("raw", [False, True], ids=["sdk", "bypassing-the-sdk"])
@@ -43,6 +49,17 @@ def test_a_value_over_its_limit_ends_the_run_with_its_reason_and_is_not_retried(
     _assert_failed_once(run, reason)
     # Said as that: by the SDK in the job (its limit named), or by the agent (the line it refused)
     assert run.error is not None and ("line over" if raw else "the limit is") in run.error.message
+
+
+def test_a_1000_kib_output_is_stored_out_of_line_and_served_whole(
+    client: RunlyClient, e2ejobs: PackageVersionView
+) -> None:
+    # A real job returns about 1000 KiB: the agent stores it in S3 (runs/{env}/{run}/output/{sha256}.json) and the
+    # run item names it; GET /runs/{id} reads it back, checked against its sha256, byte for byte.
+    run = _run(client, {"what": "output", "kib": 1000})
+    assert run.state is RunState.SUCCEEDED, run.error
+    assert run.output == {"blob": "x" * (1000 * 1024)}
+    assert client.get_run(run.id).output == run.output
 
 
 def test_nan_in_an_output_is_a_job_failure_saying_so(client: RunlyClient, e2ejobs: PackageVersionView) -> None:
@@ -67,7 +84,7 @@ def test_a_150_mb_line_leaves_the_agents_memory_bounded(
     assert len(agents) == 1
     pid = agents[0].process.pid
     # Given the agent has run an oversized line once (every code path it takes is loaded)
-    _run(client, {"what": "line", "kib": MiB, "raw": True})
+    _run(client, {"what": "line", "kib": 3 * MiB, "raw": True})
     before = _memory_kib(pid)
 
     # When a job writes one 150 MB line to its channel

@@ -676,6 +676,9 @@ def bills(measured: Mapping[str, Any], prices: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+SQS_BATCH_ENTRIES = 10  # entries a ChangeMessageVisibilityBatch request carries at most
+
+
 def running_hours_cost(
     measured: Mapping[str, Any], prices: Mapping[str, Any], workload: Workload = WORKLOAD
 ) -> dict[str, Any] | None:
@@ -684,7 +687,14 @@ def running_hours_cost(
     if not heartbeat:
         return None
     beats = 1000 * 3600 / workload.heartbeat_seconds
-    sqs = sum(v for k, v in heartbeat["billed_requests"].items() if k.startswith("sqs "))
+    # The measured beat is of one run alone on its node, so its ChangeMessageVisibilityBatch carried one entry; a
+    # node with runs_per_node runs sends one per 10 of them (node_agent: one batch per 10 runs per beat).
+    batch_share = math.ceil(workload.runs_per_node / SQS_BATCH_ENTRIES) / workload.runs_per_node
+    sqs = sum(
+        v * (batch_share if k == "sqs ChangeMessageVisibilityBatch" else 1.0)
+        for k, v in heartbeat["billed_requests"].items()
+        if k.startswith("sqs ")
+    )
     # Per run and beat: the run's own writes, and its share of its node's record (one write per node per beat).
     write = heartbeat["write_units"] + heartbeat.get("node_write_units", 0.0) / workload.runs_per_node
     read = heartbeat["read_units"] + heartbeat.get("node_read_units", 0.0) / workload.runs_per_node

@@ -471,3 +471,32 @@ def test_a_second_design_is_written_beside_the_first(tmp_path: Any) -> None:
     assert "| write units per short run (batch path) | 13.00 | 5.00 |" in text
     # 5,000 runs/s x 9 index units over 10 environments: 4,500 per partition, flagged over half the limit
     assert "4,500 (450% of the limit)" in text
+
+
+def test_a_running_hour_bills_its_share_of_the_nodes_visibility_batches() -> None:
+    # A beat measured with one run on its node: one ChangeMessageVisibilityBatch and one run write a beat
+    measured = {
+        "heartbeat": {
+            "billed_requests": {"sqs ChangeMessageVisibilityBatch": 1.0, "dynamodb UpdateItem": 2.0},
+            "write_units": 1.0,
+            "read_units": 0.0,
+            "index_write_units": 0,
+            "node_write_units": 1.0,
+        }
+    }
+    prices = {
+        "dynamodb_on_demand_per_million_wru": 0.625,
+        "dynamodb_on_demand_per_million_rru": 0.125,
+        "sqs_standard_per_million_requests": 0.40,
+    }
+    workload = capacity.Workload(runs_per_node=50)
+    cost = capacity.running_hours_cost(measured, prices, workload)
+    assert cost is not None
+    # 50 runs a node: 5 batches a beat, a tenth of one per run; the node's own write shared 50 ways
+    assert cost["per_beat"]["sqs_requests"] == pytest.approx(0.1)
+    assert cost["per_beat"]["write_units"] == pytest.approx(1.02)
+    beats = 1000 * 3600 / workload.heartbeat_seconds
+    assert cost["lines"]["SQS requests"] == pytest.approx(0.1 * beats * 0.40 / 1e6)
+    # 15 runs a node: 2 batches for 15 runs
+    uneven = capacity.running_hours_cost(measured, prices, capacity.Workload(runs_per_node=15))
+    assert uneven is not None and uneven["per_beat"]["sqs_requests"] == pytest.approx(2 / 15)

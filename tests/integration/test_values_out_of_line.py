@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ from bench.counting import item_size
 from functions.logic.packages import bundle_key
 from functions.logic.runs import check_config_size, new_run
 from node_agent.aws import AgentAws
+from node_agent.settings import AgentSettings
+from node_agent.supervisor import RunSupervisor
 from runly import limits, sizes
 from runly.sizes import stored_json
 from runly.wire import Checkpoint, JobSpec, Progress
 from runly_core import resources
-from runly_core.contracts import MAX_CONFIG_BYTES, EnqueueRunRequest, RunState
+from runly_core.contracts import MAX_CONFIG_BYTES, EnqueueRunRequest, FailureReason, RunState
 from runly_core.records import ObjectRef, PackageRecord, RunRecord, run_objects_prefix, utcnow
 from runly_core.run_objects import CHECKPOINT_INLINE_BYTES, OUTPUT_INLINE_BYTES, RunObjectUnreadable, output_object_key
 from runly_core.run_store import RunStore, checkpoint_key, config_key, run_key
@@ -301,3 +304,37 @@ def test_a_checkpoint_state_changed_or_gone_is_refused_on_resume_and_by_get_run(
     with pytest.raises(RunObjectUnreadable, match="no such object"):
         agent_aws.get_checkpoint(run_id)
     assert api("GET", f"/runs/{run_id}").status == 503
+
+
+def test_a_resumed_attempt_whose_checkpoint_state_is_gone_fails_checkpoint_unreadable_not_retried(
+    api: Api, greeter: dict[str, Any], agent_aws: AgentAws, names: resources.ResourceNames, tmp_path: Path
+) -> None:
+    # Given a run that checkpointed a 64 KiB state (in S3), then lost its node, and that state's object gone
+    run_id = str(api("POST", "/runs", GREET).body["id"])
+    first = agent_aws.claim(run_id, "node-a", LEASE, now_ms())
+    state = {"blob": "b" * (64 * 1024)}
+    agent_aws.write_checkpoint(first, "node-a", Checkpoint(watermark=1, state=state, attempt=1, written_at=utcnow()))
+    ref = _state_ref(names, run_id)
+    assert ref is not None
+    boto3.client("s3").delete_object(Bucket=names.feed_bucket, Key=ref["key"])
+    # When the next attempt is claimed on another node (the first's lease long past) and its agent reads the state
+    (delivery,) = agent_aws.receive(1, 0, 30)
+    second = agent_aws.claim(run_id, "node-b", LEASE, now_ms() + (LEASE + 60) * 1000)
+    with pytest.raises(RunObjectUnreadable) as unreadable:
+        agent_aws.checkpoint_for(second)
+    settings = AgentSettings(
+        queue_url=agent_aws.queue_url, table_name=names.table, feed_bucket=names.feed_bucket, node_id="node-b",
+        work_dir=tmp_path,
+    )  # fmt: skip
+    supervisor = RunSupervisor(
+        settings=settings, aws=agent_aws, cache=None,  # type: ignore[arg-type]
+        record=second, delivery=delivery, checkpoint=None, cold=threading.Event(),
+        checkpoint_error=str(unreadable.value),
+    )  # fmt: skip
+    supervisor._run(tmp_path)
+    # Then the run failed for it, at once, with no retry queued
+    run = _stored(names, run_key(run_id))
+    assert run["state"] == RunState.FAILED.value
+    error = json.loads(str(run["error_json"]))
+    assert error["reason"] == FailureReason.CHECKPOINT_UNREADABLE.value and "no such object" in error["message"]
+    assert "retry_at" not in run

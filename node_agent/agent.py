@@ -36,6 +36,7 @@ from runly.wire import LeaseMessage
 from runly_core.contracts import RunState
 from runly_core.records import NodeRecord, RunRecord, iso, utcnow
 from runly_core.resources import FENCE_MARGIN_MS, LEASE_MARGIN_MS
+from runly_core.run_objects import RunObjectUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,12 @@ class Agent:
             # A lease as long as the message stays hidden, counted from when it was handed out: it ends
             # (LEASE_MARGIN_MS) before the message can reappear. The first heartbeat extends both.
             record = self.aws.claim(run_id, self.settings.node_id, visibility, received_ms)
-            checkpoint = self.aws.checkpoint_for(record)
+            checkpoint_error = None
+            try:
+                checkpoint = self.aws.checkpoint_for(record)
+            except RunObjectUnreadable as exc:
+                log.error("run %s: its checkpoint cannot be read: %s", run_id, exc)
+                checkpoint, checkpoint_error = None, str(exc)
         except ClaimRefused as refused:
             log.info("not starting %s: %s", run_id, refused)
             if refused.terminal:
@@ -375,6 +381,7 @@ class Agent:
             record=record,
             delivery=delivery,
             checkpoint=checkpoint,
+            checkpoint_error=checkpoint_error,
             cold=self._cold,
             hosts=self.hosts,
             # The lease the claim wrote, for the job to stop by unless it hears a renewal (runly.fencing).

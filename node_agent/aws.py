@@ -50,7 +50,7 @@ from runly_core.resources import (
     SQS_MAX_IN_FLIGHT_SECONDS,
     SSM_GET_PARAMETERS_BATCH,
 )
-from runly_core.run_objects import OUTPUT_INLINE_BYTES, RunObjects
+from runly_core.run_objects import OUTPUT_INLINE_BYTES, RunObjects, load_checkpoint
 from runly_core.run_store import (
     MESSAGE_HANDOFF,
     RunChanged,
@@ -369,13 +369,23 @@ class AgentAws:
         return self.runs.get(run_id)
 
     def get_checkpoint(self, run_id: str) -> Checkpoint | None:
+        """The run's last checkpoint, its state read back from S3 if it is stored there (runly_core.run_objects:
+        RunObjectUnreadable if that object is missing or not the bytes written)."""
         item = self._table.get_item(Key=checkpoint_key(run_id), ConsistentRead=True).get("Item")
-        return Checkpoint.model_validate_json(item["checkpoint_json"]) if item else None
+        if not item or "checkpoint_json" not in item:
+            return None
+        return load_checkpoint(run_id, item["checkpoint_json"], lambda: self.run_objects)
 
-    def write_checkpoint(self, record: RunRecord, node_id: str, checkpoint: Checkpoint) -> None:
-        """Store the checkpoint only if this attempt still holds the lease, in one transaction (LeaseLost if not)."""
+    def write_checkpoint(self, record: RunRecord, node_id: str, checkpoint: Checkpoint, sequence: int = 0) -> None:
+        """Store the checkpoint only if this attempt still holds the lease, in one transaction (LeaseLost if not).
+
+        ``sequence``: how many checkpoints this attempt wrote before; a state stored in S3 goes to its slot
+        (``sequence % 2``), never to the one the last acknowledged checkpoint names."""
         # Measured before any write (raises runly.sizes.CheckpointTooLarge or NotJson): never refused by DynamoDB.
-        self.runs.write_checkpoint(record, node_id, sizes.checkpoint_json(checkpoint))
+        measured = sizes.checkpoint_json(checkpoint)
+        # A state over the inline size is put first: the fenced write then names an object that is there.
+        stored = self.run_objects.store_checkpoint(record.run_id, record.attempt, checkpoint, measured, sequence)
+        self.runs.write_checkpoint(record, node_id, stored)
 
     def checkpoint_for(self, record: RunRecord) -> Checkpoint | None:
         """The checkpoint a claimed attempt resumes from; read only when there can be one."""

@@ -81,6 +81,9 @@ class RunSupervisor:
     # a renewal moves the index entry only every few minutes (runly_core.run_store.LEASE_INDEX_REFRESH_MS).
     indexed_lease_until_ms: int | None = None
     isolation: Isolation | None = None  # the job user, the run's process tree and limits; None: none of them
+    # Why the checkpoint to resume from could not be read (runly_core.run_objects.RunObjectUnreadable): the attempt
+    # fails checkpoint_unreadable before its job starts. None: read, or none to read.
+    checkpoint_error: str | None = None
     started: float = field(default_factory=time.monotonic)
     # When the job process started (monotonic): the run's timeout counts from here, per attempt, so the package's
     # download and install (bounded by the package cache itself) never count against the job's timeout_seconds.
@@ -93,6 +96,8 @@ class RunSupervisor:
     # The secrets the job got, masked in whatever of the run the agent records (node_agent.job_values).
     redactor: Redactor = field(default_factory=lambda: Redactor(()))
     _last_progress_sent: Progress | None = None
+    # Checkpoints this attempt wrote (acknowledged): a state stored in S3 alternates between two slots by it.
+    _checkpoints_written: int = 0
     _lease_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -147,6 +152,14 @@ class RunSupervisor:
 
     def _run(self, work_dir: Any) -> None:
         record = self.record
+        if self.checkpoint_error is not None:
+            # Not retried: another attempt would read the same object. A requeue without resume starts afresh.
+            self._finish(
+                RunState.FAILED,
+                FailureReason.CHECKPOINT_UNREADABLE,
+                {"message": self.checkpoint_error, "type": "CheckpointUnreadable"},
+            )
+            return
         phase_started = time.monotonic()
         attributes = run_attributes(record, self.node_id)
         try:
@@ -274,10 +287,12 @@ class RunSupervisor:
         try:
             # Synchronous and retried through throttling: a checkpoint is never silently dropped. One over its
             # limit raises runly.sizes.CheckpointTooLarge before any write: the channel fails the run for it.
-            retry(lambda: self.aws.write_checkpoint(self.record, self.node_id, checkpoint), what="checkpoint")
+            sequence = self._checkpoints_written
+            retry(lambda: self.aws.write_checkpoint(self.record, self.node_id, checkpoint, sequence), what="checkpoint")
         except LeaseLost:
             self.lease_lost.set()
             return "lease lost: another attempt owns this run"
+        self._checkpoints_written += 1
         return None
 
     def _wait(self) -> bool:

@@ -47,11 +47,13 @@ OTHER_CATEGORY = "(other categories)"
 MAX_RECORDED_ATTEMPTS = 40
 MAX_ATTEMPT_ERROR_BYTES = 1024
 # A checkpoint (its own item, checkpoint_json): the job's state blob, plus the SDK's envelope (watermark, the last
-# item's id of at most MAX_ITEM_ID_BYTES, the counts by category). The job's state may take all but the reserve.
-MAX_CHECKPOINT_BYTES = 300 * 1024
+# item's id of at most MAX_ITEM_ID_BYTES, the counts by category). The job's state may take up to 1 MiB: a
+# checkpoint over 8 KiB as stored keeps its state in S3 (runly_core.run_objects), so DynamoDB's 400 KB item limit
+# does not bound it; the envelope stays in the item.
+MAX_CHECKPOINT_STATE_BYTES = 1024 * 1024
 MAX_ITEM_ID_BYTES = 1024
 CHECKPOINT_ENVELOPE_BYTES = 16 * 1024
-MAX_CHECKPOINT_STATE_BYTES = MAX_CHECKPOINT_BYTES - CHECKPOINT_ENVELOPE_BYTES
+MAX_CHECKPOINT_BYTES = MAX_CHECKPOINT_STATE_BYTES + CHECKPOINT_ENVELOPE_BYTES
 # One line on the job -> agent channel (every message: progress, checkpoint, result, error): the largest value
 # above plus its message's own fields. The agent reads at most this much of a line, so its memory stays bounded
 # whatever a job writes; a longer line ends the run (by the message's kind: output_too_large, ...). A job's

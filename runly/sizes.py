@@ -118,7 +118,9 @@ def model_json(model: BaseModel, what: str) -> str:
 
 
 def checkpoint_json(checkpoint: Checkpoint) -> str:
-    """A whole checkpoint as stored (the job's state and the envelope); raises NotJson or CheckpointTooLarge."""
+    """A whole checkpoint as stored (the job's state and the envelope); raises NotJson or CheckpointTooLarge (its
+    state over MAX_CHECKPOINT_STATE_BYTES, or the whole over MAX_CHECKPOINT_BYTES)."""
+    checkpoint_state_json(checkpoint.state)
     return check(model_json(checkpoint, "the checkpoint"), MAX_CHECKPOINT_BYTES, CheckpointTooLarge)
 
 

@@ -144,6 +144,8 @@ class FailureReason(StrEnum):
     # A value the job produced is over its byte limit (runly_core.resources, checked by runly.sizes): not retried.
     OUTPUT_TOO_LARGE = "output_too_large"
     CHECKPOINT_TOO_LARGE = "checkpoint_too_large"
+    # The checkpoint to resume from names a state in S3 that is missing or not the bytes written: not retried.
+    CHECKPOINT_UNREADABLE = "checkpoint_unreadable"
     PROGRESS_TOO_LARGE = "progress_too_large"
     MESSAGE_TOO_LARGE = "message_too_large"  # a line on the job's channel over MAX_CHANNEL_MESSAGE_BYTES
     MEMORY_LIMIT = "memory_limit"  # the run went over its memory limit (RUNLY_MEMORY_LIMIT_BYTES, memory_limit_mb)

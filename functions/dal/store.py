@@ -20,7 +20,6 @@ import boto3
 from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
-from runly.wire import Checkpoint
 from runly_core.records import (
     PACKAGE_INDEX_PARTITION,
     IdempotencyRecord,
@@ -248,8 +247,9 @@ class Store:
         run can have, or an item the API did not create."""
         return self.runs.get_with_config(run_id)
 
-    def get_run_and_checkpoint(self, run_id: str) -> tuple[RunRecord | None, Checkpoint | None]:
-        """The run (with its config) and its last checkpoint in one strongly consistent call.
+    def get_run_and_checkpoint(self, run_id: str) -> tuple[RunRecord | None, str | None]:
+        """The run (with its config) and its last checkpoint as stored (``checkpoint_json``: its state inline, or a
+        ``state_ref`` into S3, read by runly_core.run_objects.load_checkpoint) in one strongly consistent call.
 
         A batch read of the three keys (RUN, CONFIG, CHECKPOINT) rather than a Query of the run's partition: it
         reads exactly these items, whatever else a run's partition may come to hold.
@@ -261,9 +261,7 @@ class Store:
         checkpoint = found.get(CHECKPOINT_SORT_KEY)
         return (
             with_config(record, found.get(CONFIG_SORT_KEY)),
-            Checkpoint.model_validate_json(checkpoint["checkpoint_json"])
-            if checkpoint and "checkpoint_json" in checkpoint
-            else None,
+            checkpoint["checkpoint_json"] if checkpoint and "checkpoint_json" in checkpoint else None,
         )
 
     def get_checkpoint_item(self, run_id: str) -> dict[str, Any] | None:

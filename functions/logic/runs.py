@@ -41,7 +41,7 @@ from runly_core.records import (
     iso,
     utcnow,
 )
-from runly_core.run_objects import RunObjects, RunObjectUnreadable
+from runly_core.run_objects import RunObjects, RunObjectUnreadable, load_checkpoint, stored_state_ref
 
 from . import delays as delays_
 from .config_schemas import ConfigInvalid, SchemaRefused, validate_config
@@ -376,8 +376,10 @@ def get(
 ) -> RunView:
     """The run with its config, checkpoint and output; an output stored out of the run item is read from S3
     (``objects``, built only then) and checked against its sha256 and length."""
-    record, checkpoint = store.get_run_and_checkpoint(run_id)
-    result = view(authorized_run(record, run_id, authorize), nodes_of=nodes_lookup(nodes), checkpoint=checkpoint)
+    record, checkpoint_json = store.get_run_and_checkpoint(run_id)
+    result = view(authorized_run(record, run_id, authorize), nodes_of=nodes_lookup(nodes))
+    if checkpoint_json is not None:
+        result.checkpoint = _stored_checkpoint(run_id, checkpoint_json, objects)
     if record is not None and record.output_ref is not None:
         if objects is None:
             raise Unavailable(f"run {run_id}: its output is stored out of line and no object store was given")
@@ -387,6 +389,18 @@ def get(
             log.error("run %s: its output cannot be read: %s", run_id, exc)
             raise Unavailable(f"run {run_id}: its stored output cannot be read ({exc})") from exc
     return result
+
+
+def _stored_checkpoint(run_id: str, checkpoint_json: str, objects: Callable[[], RunObjects] | None) -> Checkpoint:
+    """A stored checkpoint with its state, read from S3 (``objects``) if it is not inline; Unavailable if that
+    object cannot be read (missing, or not the bytes written): the run's view never shows another state."""
+    if stored_state_ref(run_id, checkpoint_json) is not None and objects is None:
+        raise Unavailable(f"run {run_id}: its checkpoint is stored out of line and no object store was given")
+    try:
+        return load_checkpoint(run_id, checkpoint_json, objects)
+    except RunObjectUnreadable as exc:
+        log.error("run %s: its checkpoint cannot be read: %s", run_id, exc)
+        raise Unavailable(f"run {run_id}: its stored checkpoint cannot be read ({exc})") from exc
 
 
 def cancel(
@@ -440,6 +454,7 @@ def requeue(
     nodes: NodeStore,
     authorize: Authorize = allow_any,
     trace: TraceParent | None = None,
+    objects: Callable[[], RunObjects] | None = None,
 ) -> RunView:
     """A new run of the same package version, job, config and limits, linked to the original, in ``trace`` (the
     requeue request's; None: a new trace), not the original's: it is another request's work.
@@ -479,5 +494,8 @@ def requeue(
     )
     store.create_run(record, checkpoint=copied)
     _dispatch(record, store=store, queue=queue)
-    checkpoint = Checkpoint.model_validate_json(copied["checkpoint_json"]) if copied else None
-    return view(record, nodes_of=nodes_lookup(nodes), checkpoint=checkpoint)
+    result = view(record, nodes_of=nodes_lookup(nodes))
+    if copied:
+        # The copy names the original's object (same environment): shown as read back, checked, from there.
+        result.checkpoint = _stored_checkpoint(record.run_id, copied["checkpoint_json"], objects)
+    return result

@@ -137,18 +137,26 @@ def node_policy_document(
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "RunQueue", "Effect": "Allow", "Action": list(QUEUE_ACTIONS), "Resource": queue_arn},
             {
-                "Sid": "ReadPackagesAndValues",
+                # One statement for three services, to spare the session policy's characters (STS: 2,048):
+                # an action applies only to resources of its own service, so this cross product grants nothing
+                # beyond its parts: the queue actions on the queue, the value reads on the environment's values,
+                # s3:GetObject and s3:PutObject on the environment's runs (logs, outputs, checkpoints).
+                "Sid": "QueueValuesAndRuns",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", *VALUE_ACTIONS],
-                "Resource": [f"{feed_bucket_arn}/{PACKAGES_PREFIX}*", values_arn(parameters_arn, environment)],
+                "Action": [*QUEUE_ACTIONS, *VALUE_ACTIONS, "s3:GetObject", "s3:PutObject"],
+                "Resource": [
+                    queue_arn,
+                    values_arn(parameters_arn, environment),
+                    f"{feed_bucket_arn}/{environment_runs_prefix(environment)}*",
+                ],
             },
+            # Read only: a node never writes a package.
             {
-                "Sid": "WriteRunLogs",
+                "Sid": "ReadPackages",
                 "Effect": "Allow",
-                "Action": "s3:PutObject",
-                "Resource": f"{feed_bucket_arn}/{environment_runs_prefix(environment)}*",
+                "Action": "s3:GetObject",
+                "Resource": f"{feed_bucket_arn}/{PACKAGES_PREFIX}*",
             },
             {
                 "Sid": "ReadItems",

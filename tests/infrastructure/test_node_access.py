@@ -102,11 +102,13 @@ def expected_node_grants(
     table_id = logical_id(template_json, "AWS::DynamoDB::Table")
     feed = feed_bucket_id(template_json)
     values = f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{values_path}/{environment}/*"
+    # One statement for the queue, the values and the runs (functions.nodes.policy): the pairs across services
+    # are void; the packages apart, read only.
+    actions = (*NODE_QUEUE_ACTIONS, "ssm:GetParameters", "s3:GetObject", "s3:PutObject")
+    resources = (f"<{queue_id}.Arn>", values, f"<{feed}.Arn>/runs/{environment}/*")
     return {
-        *{(action, f"<{queue_id}.Arn>") for action in NODE_QUEUE_ACTIONS},
-        # One statement for both (functions.nodes.policy): the pairs across services are void.
-        *{(a, r) for a in ("s3:GetObject", "ssm:GetParameters") for r in (f"<{feed}.Arn>/packages/*", values)},
-        ("s3:PutObject", f"<{feed}.Arn>/runs/{environment}/*"),
+        *{(a, r) for a in actions for r in resources},
+        ("s3:GetObject", f"<{feed}.Arn>/packages/*"),
         *{(action, f"<{table_id}.Arn>") for action in NODE_ITEM_ACTIONS},
     }
 

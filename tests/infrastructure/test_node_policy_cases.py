@@ -29,6 +29,7 @@ from infrastructure.settings import StageSettings
 from infrastructure.stack import environment_output_id
 from runly_core.records import environment_partition, key_key, node_key, package_key, pin_key, run_log_prefix
 from runly_core.resources import PARTITION_KEY, ResourceNames
+from runly_core.run_objects import checkpoint_object_key
 from runly_core.run_store import checkpoint_key, run_key
 from tests.infrastructure.cfn import render
 from tests.infrastructure.iam import feed_bucket_id, logical_id
@@ -131,6 +132,8 @@ def cases(arns: Arns) -> list[Case]:
     secret_a, variable_a = f"{arns.parameters}/{A}/secrets/API_TOKEN", f"{arns.parameters}/{A}/variables/REGION"
     secret_b, variable_b = f"{arns.parameters}/{B}/secrets/API_TOKEN", f"{arns.parameters}/{B}/variables/REGION"
     log_b = f"{arns.bucket}/{run_log_prefix(RUN_B, 1)}00000000.log"
+    state_a = f"{arns.bucket}/{checkpoint_object_key(RUN_A, 1, 0)}"
+    state_b = f"{arns.bucket}/{checkpoint_object_key(RUN_B, 1, 1)}"
     allow = [
         Case("get its environment's run", True, item("GetItem", arns, run_a)),
         Case("get its environment's checkpoint", True, item("GetItem", arns, checkpoint_a)),
@@ -225,7 +228,13 @@ def cases(arns: Arns) -> list[Case]:
             False,
             Request("s3:PutObject", f"{arns.bucket}/runs/{RUN_A}/logs/0001/00000000.log"),
         ),
-        Case("read a log", False, Request("s3:GetObject", log_a)),
+        # Its environment's runs, read and written (a resumed attempt reads the checkpoint state stored there)
+        Case("read a log", True, Request("s3:GetObject", log_a)),
+        Case("store a checkpoint state", True, Request("s3:PutObject", state_a)),
+        Case("read a checkpoint state", True, Request("s3:GetObject", state_a)),
+        Case("read B's checkpoint state", False, Request("s3:GetObject", state_b)),
+        Case("write B's checkpoint state", False, Request("s3:PutObject", state_b)),
+        Case("read outside every environment's runs", False, Request("s3:GetObject", f"{arns.bucket}/runs/x.json")),
         Case("overwrite a package", False, Request("s3:PutObject", f"{arns.bucket}/packages/pkg/1.0/bundle.zip")),
         Case("delete a log", False, Request("s3:DeleteObject", log_a)),
         Case("list the feed", False, Request("s3:ListBucket", arns.bucket)),

@@ -107,17 +107,17 @@ def test_the_node_policy_allows_its_queue_its_log_prefix_and_its_environment_ite
         parameters_arn=PARAMETERS_ARN,
     )
     by_sid = {statement["Sid"]: statement for statement in document["Statement"]}
-    assert set(by_sid) == {"RunQueue", "ReadPackagesAndValues", "WriteRunLogs", "ReadItems", "WriteRuns", "WriteNodes"}
-    assert by_sid["RunQueue"]["Resource"] == QUEUE_ARN
-    # Receive, Delete, SendMessage; ChangeMessageVisibility (tests/infrastructure/test_node_policy_cases.py).
-    assert set(by_sid["RunQueue"]["Action"]) == {"sqs:*Message", "sqs:Change*"}
-    assert (by_sid["ReadPackagesAndValues"]["Action"], by_sid["ReadPackagesAndValues"]["Resource"]) == (
-        ["s3:GetObject", "ssm:GetParameters"],
-        [f"{BUCKET_ARN}/packages/*", f"{PARAMETERS_ARN}/default/*"],
+    assert set(by_sid) == {"QueueValuesAndRuns", "ReadPackages", "ReadItems", "WriteRuns", "WriteNodes"}
+    # Receive, Delete, SendMessage; ChangeMessageVisibility (tests/infrastructure/test_node_policy_cases.py); the
+    # values' reads; the runs' objects read and written. Each action applies only to its own service's resource.
+    assert (by_sid["QueueValuesAndRuns"]["Action"], by_sid["QueueValuesAndRuns"]["Resource"]) == (
+        ["sqs:*Message", "sqs:Change*", "ssm:GetParameters", "s3:GetObject", "s3:PutObject"],
+        [QUEUE_ARN, f"{PARAMETERS_ARN}/default/*", f"{BUCKET_ARN}/runs/default/*"],
     )
-    assert (by_sid["WriteRunLogs"]["Action"], by_sid["WriteRunLogs"]["Resource"]) == (
-        "s3:PutObject",
-        f"{BUCKET_ARN}/runs/default/*",
+    # The packages: read only
+    assert (by_sid["ReadPackages"]["Action"], by_sid["ReadPackages"]["Resource"]) == (
+        "s3:GetObject",
+        f"{BUCKET_ARN}/packages/*",
     )
     leading = {
         sid: by_sid[sid]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]

@@ -121,16 +121,17 @@ def test_a_checkpoint_over_its_limit_in_bytes_is_refused_before_the_write(
 ) -> None:
     queued_run(names)
     claimed = agent_aws.claim("run_default_1", "node-a", LEASE, now_ms())
-    # 175,000 characters, 350,000 bytes: within the old limit in characters, over it in bytes
-    big = Checkpoint(watermark=1, state="é" * 175_000, attempt=1, written_at=utcnow())
-    with pytest.raises(sizes.CheckpointTooLarge):
+    # 550,000 characters, 1,100,000 bytes: within the 1 MiB limit in characters, over it in bytes
+    big = Checkpoint(watermark=1, state="é" * 550_000, attempt=1, written_at=utcnow())
+    with pytest.raises(sizes.CheckpointTooLarge, match="the limit is 1048576"):
         agent_aws.write_checkpoint(claimed, "node-a", big)
     assert agent_aws.get_checkpoint("run_default_1") is None
     # While one at the limit is written
-    fits = Checkpoint(watermark=2, state="é" * 150_000, attempt=1, written_at=utcnow())
+    fits = Checkpoint(watermark=2, state="é" * 524_000, attempt=1, written_at=utcnow())
     agent_aws.write_checkpoint(claimed, "node-a", fits)
     assert agent_aws.get_checkpoint("run_default_1") == fits
-    assert _item_bytes(names, checkpoint_key("run_default_1")) <= limits.MAX_CHECKPOINT_BYTES + 100
+    # Its state in S3 (runly_core.run_objects): the item keeps the envelope and the reference only
+    assert _item_bytes(names, checkpoint_key("run_default_1")) <= 1024
 
 
 def _run_allowing(names: resources.ResourceNames, max_attempts: int) -> None:

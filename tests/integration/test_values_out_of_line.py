@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,16 @@ from bench.counting import item_size
 from functions.logic.packages import bundle_key
 from functions.logic.runs import check_config_size, new_run
 from node_agent.aws import AgentAws
+from node_agent.settings import AgentSettings
+from node_agent.supervisor import RunSupervisor
 from runly import limits, sizes
 from runly.sizes import stored_json
-from runly.wire import JobSpec, Progress
+from runly.wire import Checkpoint, JobSpec, Progress
 from runly_core import resources
-from runly_core.contracts import MAX_CONFIG_BYTES, EnqueueRunRequest, RunState
+from runly_core.contracts import MAX_CONFIG_BYTES, EnqueueRunRequest, FailureReason, RunState
 from runly_core.records import ObjectRef, PackageRecord, RunRecord, run_objects_prefix, utcnow
-from runly_core.run_objects import OUTPUT_INLINE_BYTES, RunObjectUnreadable, output_object_key
-from runly_core.run_store import RunStore, config_key, run_key
+from runly_core.run_objects import CHECKPOINT_INLINE_BYTES, OUTPUT_INLINE_BYTES, RunObjectUnreadable, output_object_key
+from runly_core.run_store import RunStore, checkpoint_key, config_key, run_key
 from runly_core.table import BATCH_WRITE_ATTEMPTS, Unread, batch_get
 from tests.support.run_api import GREET, NAMES, Api, api_fixtures, registered_greeter
 
@@ -223,3 +227,114 @@ def test_an_output_over_2_mib_is_refused_naming_its_limit_before_anything_is_wri
         agent_aws.end_attempt(claimed, "node-a", state=RunState.SUCCEEDED, output="x" * limits.MAX_OUTPUT_BYTES)
     assert boto3.client("s3").list_objects_v2(Bucket=names.feed_bucket, Prefix="runs/").get("KeyCount") == 0
     assert _stored(names, run_key(run_id))["state"] == "Running"
+
+
+def _checkpointing(api: Api, agent_aws: AgentAws) -> RunRecord:
+    run_id = str(api("POST", "/runs", GREET).body["id"])
+    return agent_aws.claim(run_id, "node-a", LEASE, now_ms())
+
+
+def _state_ref(names: resources.ResourceNames, run_id: str) -> dict[str, Any] | None:
+    stored = json.loads(str(_stored(names, checkpoint_key(run_id))["checkpoint_json"]))
+    return stored.get("state_ref")
+
+
+def test_a_checkpoint_up_to_8_kib_stays_inline_in_its_item(
+    api: Api, greeter: dict[str, Any], agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    claimed = _checkpointing(api, agent_aws)
+    checkpoint = Checkpoint(
+        watermark=3, state={"s": "x" * (CHECKPOINT_INLINE_BYTES - 200)}, attempt=1, written_at=utcnow()
+    )
+    assert len(sizes.checkpoint_json(checkpoint).encode()) <= CHECKPOINT_INLINE_BYTES
+    agent_aws.write_checkpoint(claimed, "node-a", checkpoint)
+    assert _state_ref(names, claimed.run_id) is None
+    assert agent_aws.get_checkpoint(claimed.run_id) == checkpoint
+    assert api("GET", f"/runs/{claimed.run_id}").body["checkpoint"]["state"] == checkpoint.state
+    prefix = f"{run_objects_prefix(claimed.run_id)}checkpoints/"
+    assert boto3.client("s3").list_objects_v2(Bucket=names.feed_bucket, Prefix=prefix).get("KeyCount") == 0
+
+
+def test_a_350_kib_checkpoint_state_goes_to_s3_alternating_two_slots(
+    api: Api, greeter: dict[str, Any], agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    claimed = _checkpointing(api, agent_aws)
+    run_id = claimed.run_id
+    s3 = boto3.client("s3")
+    states = [{"n": n, "blob": "é" * (175 * 1024)} for n in range(3)]  # 350 KiB of UTF-8 each
+    keys = []
+    for sequence, state in enumerate(states):
+        checkpoint = Checkpoint(watermark=sequence, state=state, attempt=1, written_at=utcnow())
+        agent_aws.write_checkpoint(claimed, "node-a", checkpoint, sequence)
+        ref = _state_ref(names, run_id)
+        assert ref is not None
+        data = stored_json(state).encode()
+        assert ref == {"key": ref["key"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        keys.append(ref["key"])
+        # The item keeps the envelope and the reference only
+        assert item_size(_stored(names, checkpoint_key(run_id))) <= WRITE_UNIT
+        assert agent_aws.get_checkpoint(run_id) == checkpoint
+    assert keys == [f"runs/default/{run_id}/checkpoints/0001-{slot}.json" for slot in (0, 1, 0)]
+    # The earlier slot's object stayed while the next was written; the third overwrote the first
+    assert s3.get_object(Bucket=names.feed_bucket, Key=keys[1])["Body"].read() == stored_json(states[1]).encode()
+    assert s3.get_object(Bucket=names.feed_bucket, Key=keys[0])["Body"].read() == stored_json(states[2]).encode()
+    answer = api("GET", f"/runs/{run_id}")
+    assert answer.status == 200 and answer.body["checkpoint"]["state"] == states[2]
+
+
+def test_a_checkpoint_state_changed_or_gone_is_refused_on_resume_and_by_get_run(
+    api: Api, greeter: dict[str, Any], agent_aws: AgentAws, names: resources.ResourceNames
+) -> None:
+    claimed = _checkpointing(api, agent_aws)
+    run_id = claimed.run_id
+    state = {"blob": "b" * (64 * 1024)}
+    agent_aws.write_checkpoint(claimed, "node-a", Checkpoint(watermark=1, state=state, attempt=1, written_at=utcnow()))
+    ref = _state_ref(names, run_id)
+    assert ref is not None
+    # Same length, one byte changed: only the digest tells
+    tampered = stored_json({"blob": "c" + "b" * (64 * 1024 - 1)}).encode()
+    assert len(tampered) == ref["bytes"]
+    boto3.client("s3").put_object(Bucket=names.feed_bucket, Key=ref["key"], Body=tampered)
+    with pytest.raises(RunObjectUnreadable, match="sha256"):
+        agent_aws.get_checkpoint(run_id)  # the agent fails the attempt checkpoint_unreadable for it
+    answer = api("GET", f"/runs/{run_id}")
+    assert answer.status == 503 and "checkpoint cannot be read" in answer.body["message"]
+    # Gone: said so
+    boto3.client("s3").delete_object(Bucket=names.feed_bucket, Key=ref["key"])
+    with pytest.raises(RunObjectUnreadable, match="no such object"):
+        agent_aws.get_checkpoint(run_id)
+    assert api("GET", f"/runs/{run_id}").status == 503
+
+
+def test_a_resumed_attempt_whose_checkpoint_state_is_gone_fails_checkpoint_unreadable_not_retried(
+    api: Api, greeter: dict[str, Any], agent_aws: AgentAws, names: resources.ResourceNames, tmp_path: Path
+) -> None:
+    # Given a run that checkpointed a 64 KiB state (in S3), then lost its node, and that state's object gone
+    run_id = str(api("POST", "/runs", GREET).body["id"])
+    first = agent_aws.claim(run_id, "node-a", LEASE, now_ms())
+    state = {"blob": "b" * (64 * 1024)}
+    agent_aws.write_checkpoint(first, "node-a", Checkpoint(watermark=1, state=state, attempt=1, written_at=utcnow()))
+    ref = _state_ref(names, run_id)
+    assert ref is not None
+    boto3.client("s3").delete_object(Bucket=names.feed_bucket, Key=ref["key"])
+    # When the next attempt is claimed on another node (the first's lease long past) and its agent reads the state
+    (delivery,) = agent_aws.receive(1, 0, 30)
+    second = agent_aws.claim(run_id, "node-b", LEASE, now_ms() + (LEASE + 60) * 1000)
+    with pytest.raises(RunObjectUnreadable) as unreadable:
+        agent_aws.checkpoint_for(second)
+    settings = AgentSettings(
+        queue_url=agent_aws.queue_url, table_name=names.table, feed_bucket=names.feed_bucket, node_id="node-b",
+        work_dir=tmp_path,
+    )  # fmt: skip
+    supervisor = RunSupervisor(
+        settings=settings, aws=agent_aws, cache=None,  # type: ignore[arg-type]
+        record=second, delivery=delivery, checkpoint=None, cold=threading.Event(),
+        checkpoint_error=str(unreadable.value),
+    )  # fmt: skip
+    supervisor._run(tmp_path)
+    # Then the run failed for it, at once, with no retry queued
+    run = _stored(names, run_key(run_id))
+    assert run["state"] == RunState.FAILED.value
+    error = json.loads(str(run["error_json"]))
+    assert error["reason"] == FailureReason.CHECKPOINT_UNREADABLE.value and "no such object" in error["message"]
+    assert "retry_at" not in run

@@ -121,8 +121,8 @@ def test_nan_in_the_output_is_a_job_failure_saying_so_not_null() -> None:
 
 
 def test_a_checkpoint_over_its_limit_counted_in_bytes_raises_in_the_job() -> None:
-    # 175,000 characters but 350,000 bytes: under the limit in characters, over it in bytes
-    run = run_job(Producer, {"what": "checkpoint", "size": 350_000})
+    # 550,000 characters but 1,100,000 bytes: under the limit (1 MiB of state) in characters, over it in bytes
+    run = run_job(Producer, {"what": "checkpoint", "size": 1_100_000})
     assert run.outcome == "failed" and isinstance(run.error, sizes.CheckpointTooLarge)
     assert run.checkpoints == []
 
@@ -250,7 +250,7 @@ def test_a_150_mb_line_costs_the_agent_no_more_than_the_line_limit_and_fails_the
 
 def test_an_oversized_checkpoint_line_is_answered_with_its_reason_and_fails_the_run() -> None:
     with agent_channel(_checkpoint_handler) as (channel, fd, acks):
-        _send(fd, '{"kind":"checkpoint","seq":7,"state":"' + "s" * (350 * KB) + '"}\n')
+        _send(fd, '{"kind":"checkpoint","seq":7,"state":"' + "s" * (1100 * KB) + '"}\n')
         ack = AckMessage.model_validate_json(acks.readline())
     assert ack.seq == 7 and not ack.ok and ack.reason == FailureReason.CHECKPOINT_TOO_LARGE.value
     assert channel.violation is not None and channel.violation.reason is FailureReason.CHECKPOINT_TOO_LARGE
@@ -258,8 +258,9 @@ def test_an_oversized_checkpoint_line_is_answered_with_its_reason_and_fails_the_
 
 def test_a_checkpoint_within_the_line_but_over_its_limit_in_bytes_is_refused_by_the_handler() -> None:
     with agent_channel(_checkpoint_handler) as (channel, fd, acks):
-        # 154,000 characters of two bytes: 308,000 bytes, over MAX_CHECKPOINT_BYTES, in a line within the channel's
-        state = "é" * 154_000
+        # 530,000 characters of two bytes: 1,060,000 bytes, over MAX_CHECKPOINT_STATE_BYTES, in a line within the
+        # channel's
+        state = "é" * 530_000
         line = CheckpointMessage(seq=1, watermark=3, state=state).model_dump_json()
         assert len(line.encode()) <= limits.MAX_CHANNEL_MESSAGE_BYTES
         _send(fd, line + "\n")

@@ -179,7 +179,7 @@ def search(
 @router.get(
     "/<run_id>",
     summary="Get one run: state, progress, attempts, timings, output, checkpoint, why it is still queued",
-    responses=declare(200, "The run", 404),
+    responses=declare(200, "The run", 404, 503),
     tags=["runs"],
 )
 def get_run(run_id: RunId) -> RunView:
@@ -239,6 +239,7 @@ def requeue(
             nodes=node_store(),
             authorize=partial(require_environment, caller),
             trace=trace,
+            objects=lambda: deps.feed.run_objects,
         )
     count("RunsRequeued")
     return run, 201

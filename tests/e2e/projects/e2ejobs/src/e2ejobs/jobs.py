@@ -1,4 +1,6 @@
 import glob
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -319,3 +321,27 @@ class NeedsAbsent(Job[EchoConfig]):
     def run(self) -> dict[str, object]:
         print("this job should never have started", flush=True)
         return {}
+
+
+class BigStateConfig(BaseModel):
+    kib: int = Field(default=350, ge=1, description="the checkpoint state's size, in KiB")
+    ledger: str = Field(description="an append-only file where the first attempt notes its acknowledged checkpoint")
+
+
+class BigState(Job[BigStateConfig]):
+    """Checkpoints a large state, notes its sha256 once the agent acknowledged it, then waits to be killed; an
+    attempt resumed from it returns the sha256 of the state it was handed (a test compares the two)."""
+
+    def run(self) -> dict[str, Any]:
+        resumed = self.resumed_state
+        if resumed is not None:
+            data = json.dumps(resumed, ensure_ascii=False, separators=(",", ":")).encode()
+            return {"resumed_sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        state = {"attempt": self.context.attempt, "blob": "é" * (self.config.kib * 512)}
+        self.checkpoint(state)  # returns once durable
+        data = json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode()
+        note(
+            self.config.ledger, f"{self.context.run_id} ckpt {self.context.attempt} {hashlib.sha256(data).hexdigest()}"
+        )
+        time.sleep(600)  # until its node is killed
+        return {"resumed_sha256": None}

@@ -166,3 +166,32 @@ def test_a_node_killed_after_a_replacement_loses_the_run_to_another_which_resume
     # And both messages the run may have had when its node died are gone: none is left to run it again
     _wait_for(lambda: _messages_in_queue(stack) == 0, 3 * SQS_CAP, "the queue to empty")
     stack.start_agent()
+
+
+def test_a_350_kib_checkpoint_survives_its_node_killed_and_the_next_attempt_resumes_from_exactly_it(
+    long_runs: tuple[EmbeddedStack, RunlyClient], tmp_path: Path
+) -> None:
+    # (On this module's own stack: it kills a node, which the shared session stack's other tests must not see.)
+    stack, client = long_runs
+    # Given a real job that checkpointed a 350 KiB state (stored in S3: over 8 KiB) and noted its sha256
+    ledger = tmp_path / "ledger.txt"
+    request = EnqueueRunRequest(package="e2ejobs", job="bigstate", config={"kib": 350, "ledger": str(ledger)})
+    run = client.enqueue(request)
+    deadline = time.monotonic() + 60
+    while not (ledger.exists() and ledger.read_text().strip()):
+        assert time.monotonic() < deadline, "the job never noted its checkpoint"
+        time.sleep(0.1)
+    written = ledger.read_text().split()[3]
+    holder = next(c for c in stack.children if c.name == client.get_run(run.id).attempts[0].node_id)
+
+    # When its node is SIGKILLed (the stack's other node takes the run over)
+    holder.process.send_signal(signal.SIGKILL)
+    holder.process.wait()
+
+    # Then the next attempt resumes from exactly that state (its sha256) and succeeds
+    final = client.wait(run.id, timeout=120)
+    assert final.state is RunState.SUCCEEDED, final
+    assert [a.outcome for a in final.attempts] == [None, RunState.SUCCEEDED]
+    assert final.attempts[0].reason is FailureReason.NODE_LOST
+    assert final.output == {"resumed_sha256": written, "bytes": 350 * 1024 + len('{"attempt":1,"blob":""}')}
+    stack.start_agent()  # two nodes again, for the module's next test

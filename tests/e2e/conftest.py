@@ -58,6 +58,14 @@ def tmp_path(tmp_path: Path) -> Path:
     return share_with_jobs(tmp_path)
 
 
+def stop_printing_failures(embedded: EmbeddedStack) -> None:
+    """Stop a module's own stack, printing the output of each child that ended in failure first."""
+    for child in embedded.children:
+        if child.process.poll() not in (None, 0):
+            print_tail(child)
+    embedded.stop()
+
+
 @contextmanager
 def pushed_stack(
     state_dir: Path, bundle: Path, *, agents: int, agent_env: dict[str, str]
@@ -70,10 +78,7 @@ def pushed_stack(
     try:
         yield embedded, client
     finally:
-        for child in embedded.children:
-            if child.process.poll() not in (None, 0):
-                print_tail(child)
-        embedded.stop()
+        stop_printing_failures(embedded)
 
 
 @pytest.fixture(scope="session")

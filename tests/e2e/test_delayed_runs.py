@@ -14,11 +14,11 @@ from datetime import timedelta
 
 import pytest
 
-from runly_cli.embedded.stack import EmbeddedStack, print_tail
+from runly_cli.embedded.stack import EmbeddedStack
 from runly_cli.pack import pack_project
 from runly_client.client import RunlyClient
 from runly_core.contracts import EnqueueRunRequest, RunState, RunView
-from tests.e2e.conftest import FAST_AGENT, REPO
+from tests.e2e.conftest import FAST_AGENT, REPO, stop_printing_failures
 
 # Timers fire this long before not_before: room for the embedded scheduler's 2 s checks and the fire handler's first
 # (cold) import in its process, as the 15 minutes on AWS are room for EventBridge's own lateness.
@@ -40,10 +40,7 @@ def delayed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Em
     try:
         yield embedded, client
     finally:
-        for child in embedded.children:
-            if child.process.poll() not in (None, 0):
-                print_tail(child)
-        embedded.stop()
+        stop_printing_failures(embedded)
 
 
 def hello(name: str, *, delay_seconds: int | None = None) -> EnqueueRunRequest:

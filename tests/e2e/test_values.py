@@ -18,11 +18,11 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from functions.events.changes import state_change
-from runly_cli.embedded.stack import EmbeddedStack, print_tail
+from runly_cli.embedded.stack import EmbeddedStack
 from runly_client.client import RunlyClient
 from runly_core.contracts import EnqueueRunRequest, RunState, RunView
 from runly_core.run_store import run_key
-from tests.e2e.conftest import FAST_AGENT
+from tests.e2e.conftest import FAST_AGENT, stop_printing_failures
 
 # Per environment: its region and its secret (each long and unlike anything else a run writes).
 VALUES = {
@@ -51,10 +51,7 @@ def values_stack(
             embedded.start_agent(environment, **AGENT_SETTINGS[environment])
         yield embedded, client
     finally:
-        for child in embedded.children:
-            if child.process.poll() not in (None, 0):
-                print_tail(child)
-        embedded.stop()
+        stop_printing_failures(embedded)
 
 
 def _run(client: RunlyClient, environment: str, job: str, config: dict[str, Any] | None = None) -> RunView:
